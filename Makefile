@@ -1,0 +1,61 @@
+SHELL := /bin/bash
+# OSAGO edge: top-level build.
+#   make          build the nginx module and the tools into build/
+#   make run      install what is missing, build, start the local stack (foreground)
+#   make test     install what is missing, build, run every test
+#   make bench    run the benchmarks in bench/ (minutes; figures go to docs/BENCHMARKS.md)
+
+NGX_SRC    ?= /usr/share/nginx/src
+BUILD      := $(CURDIR)/build
+NGX_BUILD  := $(BUILD)/nginx
+MODULE     := $(NGX_BUILD)/ngx_http_osago_module.so
+
+CC         ?= cc
+CFLAGS     ?= -O2 -g
+TOOL_FLAGS := -std=c11 -D_POSIX_C_SOURCE=200809L -Wall -Wextra -Werror
+SAN_FLAGS  := -fsanitize=address,undefined -fno-omit-frame-pointer
+
+MODULE_SRCS := config $(wildcard ngx_osago_module/*.c ngx_osago_module/*.h)
+OSAGOCTL_SRCS := $(wildcard tools/osagoctl/*.c)
+OSAGOCTL_HDRS := $(wildcard tools/osagoctl/*.h)
+
+.PHONY: all module tools deps run test bench clean
+
+all: module tools
+
+module: $(MODULE)
+tools: $(BUILD)/osagoctl
+
+deps:
+	@tools/install-deps.sh
+
+# configure is slow (~20 s): rerun it only when the addon script changes.
+$(NGX_BUILD)/Makefile: config
+	@mkdir -p $(NGX_BUILD)
+	cd $(NGX_SRC) && . ./conf_flags && ./configure "$${NGX_CONF_FLAGS[@]}" \
+	    --add-dynamic-module=$(CURDIR) --builddir=$(NGX_BUILD) > $(NGX_BUILD)/configure.log
+	@touch $@
+
+$(MODULE): $(NGX_BUILD)/Makefile $(MODULE_SRCS)
+	$(MAKE) -s -f $(NGX_BUILD)/Makefile -C $(NGX_SRC) modules
+
+$(BUILD)/osagoctl: $(OSAGOCTL_SRCS) $(OSAGOCTL_HDRS)
+	@mkdir -p $(BUILD)
+	$(CC) $(TOOL_FLAGS) $(CFLAGS) -o $@ $(OSAGOCTL_SRCS) -lhiredis -lcrypto
+
+# The tests use the same tools, built with sanitizers.
+$(BUILD)/san/osagoctl: $(OSAGOCTL_SRCS) $(OSAGOCTL_HDRS)
+	@mkdir -p $(BUILD)/san
+	$(CC) $(TOOL_FLAGS) $(CFLAGS) $(SAN_FLAGS) -o $@ $(OSAGOCTL_SRCS) -lhiredis -lcrypto
+
+run: deps all
+	tools/run-stack
+
+test: deps all $(BUILD)/san/osagoctl
+	OSAGO_BUILD=$(BUILD) prove -j2 -r t/
+
+bench: deps all
+	bench/run-all
+
+clean:
+	rm -rf $(BUILD)
