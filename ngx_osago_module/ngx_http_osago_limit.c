@@ -1,0 +1,842 @@
+/*
+ * Per-partner rate limiting: a PREACCESS phase handler that identifies the
+ * partner by its API key and asks Redis for a GCRA decision (one EVALSHA),
+ * parking the request until the reply resumes it; a header filter that adds
+ * the RateLimit headers; the $osago_partner* variables.
+ */
+
+#include "ngx_http_osago_zone.h"
+
+#include <openssl/sha.h>
+
+
+/* why a key was refused; indexes ngx_http_osago_limit_unauthorized[] */
+typedef enum {
+    NGX_HTTP_OSAGO_KEY_MISSING = 0,
+    NGX_HTTP_OSAGO_KEY_MALFORMED,
+    NGX_HTTP_OSAGO_KEY_UNKNOWN,
+    NGX_HTTP_OSAGO_KEY_DISABLED
+} ngx_http_osago_key_problem_e;
+
+
+typedef struct {
+    ngx_http_osago_limit_ctx_t      limit;
+
+    ngx_http_osago_contract_t       contract;
+    ngx_uint_t                      key_problem;
+    ngx_uint_t                      fetched;
+    ngx_event_t                     resume;
+} ngx_http_osago_limit_state_t;
+
+
+static ngx_int_t ngx_http_osago_limit_handler(ngx_http_request_t *r);
+static ngx_int_t ngx_http_osago_limit_finish(ngx_http_request_t *r,
+    ngx_http_osago_limit_state_t *st);
+static void ngx_http_osago_limit_fallback(ngx_http_request_t *r,
+    ngx_http_osago_limit_state_t *st, ngx_http_osago_partner_t *partner);
+static void ngx_http_osago_limit_cleanup(void *data);
+static ngx_int_t ngx_http_osago_limit_header_filter(ngx_http_request_t *r);
+static ngx_int_t ngx_http_osago_limit_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data);
+
+
+static ngx_http_output_header_filter_pt  ngx_http_next_header_filter;
+
+
+static ngx_http_osago_problem_t  ngx_http_osago_limit_unauthorized[] = {
+    { NGX_HTTP_UNAUTHORIZED,
+      ngx_string("urn:osago:problem:api-key-missing"),
+      ngx_string("API key required"),
+      ngx_string("send the partner API key in the X-API-Key header"),
+      ngx_null_string },
+
+    { NGX_HTTP_UNAUTHORIZED,
+      ngx_string("urn:osago:problem:api-key-malformed"),
+      ngx_string("API key malformed"),
+      ngx_string("an API key is at most 256 printable ASCII characters"),
+      ngx_null_string },
+
+    { NGX_HTTP_UNAUTHORIZED,
+      ngx_string("urn:osago:problem:api-key-unknown"),
+      ngx_string("API key not recognised"),
+      ngx_string("no partner has this API key"),
+      ngx_null_string },
+
+    { NGX_HTTP_UNAUTHORIZED,
+      ngx_string("urn:osago:problem:api-key-disabled"),
+      ngx_string("API key disabled"),
+      ngx_string("this partner's access is disabled; contact the operator"),
+      ngx_null_string }
+};
+
+static ngx_http_osago_problem_t  ngx_http_osago_limit_limited = {
+    429,
+    ngx_string("urn:osago:problem:rate-limited"),
+    ngx_string("Too many requests"),
+    ngx_string("over the contracted request rate; retry after the time in "
+               "the Retry-After header"),
+    ngx_null_string
+};
+
+static ngx_http_osago_problem_t  ngx_http_osago_limit_unavailable = {
+    NGX_HTTP_SERVICE_UNAVAILABLE,
+    ngx_string("urn:osago:problem:limiter-unavailable"),
+    ngx_string("Service temporarily unavailable"),
+    ngx_string("the request could not be checked against the partner "
+               "contract; retry shortly"),
+    ngx_null_string
+};
+
+
+static ngx_str_t  ngx_http_osago_limit_status_names[] = {
+    ngx_string("allowed"),
+    ngx_string("limited"),
+    ngx_string("unauthorized"),
+    ngx_string("fallback_allowed"),
+    ngx_string("fallback_limited"),
+    ngx_string("unavailable")
+};
+
+
+#define NGX_HTTP_OSAGO_VAR_PARTNER  0
+#define NGX_HTTP_OSAGO_VAR_POOL     1
+#define NGX_HTTP_OSAGO_VAR_STATUS   2
+
+static ngx_http_variable_t  ngx_http_osago_limit_vars[] = {
+
+    { ngx_string("osago_partner"), NULL, ngx_http_osago_limit_variable,
+      NGX_HTTP_OSAGO_VAR_PARTNER, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("osago_partner_pool"), NULL, ngx_http_osago_limit_variable,
+      NGX_HTTP_OSAGO_VAR_POOL, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("osago_limit_status"), NULL, ngx_http_osago_limit_variable,
+      NGX_HTTP_OSAGO_VAR_STATUS, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+      ngx_http_null_variable
+};
+
+
+/*
+ * Module contexts are wiped by internal redirects; the pool cleanup that
+ * owns the state is not, so the decision is found again through it and a
+ * redirected request is not counted twice.
+ */
+ngx_http_osago_limit_ctx_t *
+ngx_http_osago_limit_get_ctx(ngx_http_request_t *r)
+{
+    ngx_pool_cleanup_t          *cln;
+    ngx_http_osago_limit_ctx_t  *ctx;
+
+    r = r->main;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_osago_module);
+
+    if (ctx || !r->internal) {
+        return ctx;
+    }
+
+    for (cln = r->pool->cleanup; cln; cln = cln->next) {
+        if (cln->handler == ngx_http_osago_limit_cleanup) {
+            ctx = cln->data;
+            ngx_http_set_ctx(r, ctx, ngx_http_osago_module);
+            return ctx;
+        }
+    }
+
+    return NULL;
+}
+
+
+static void
+ngx_http_osago_limit_decide(ngx_http_osago_limit_state_t *st,
+    ngx_uint_t outcome)
+{
+    st->limit.outcome = outcome;
+    st->limit.decided = 1;
+}
+
+
+static void
+ngx_http_osago_limit_set_policy(ngx_http_osago_limit_state_t *st,
+    ngx_uint_t rate_milli, ngx_uint_t burst, uint64_t remaining,
+    uint64_t retry_us, uint64_t reset_us)
+{
+    ngx_http_osago_limit_ctx_t  *ctx = &st->limit;
+
+    ctx->has_policy = 1;
+    ctx->quota = burst;
+    ctx->window = ngx_max((burst * 1000 + rate_milli - 1) / rate_milli, 1);
+    ctx->remaining = remaining;
+    ctx->reset = (reset_us + 999999) / 1000000;
+    ctx->retry_after = ngx_max((retry_us + 999999) / 1000000, 1);
+}
+
+
+static void
+ngx_http_osago_limit_set_partner(ngx_http_osago_limit_state_t *st,
+    ngx_http_osago_contract_t *contract)
+{
+    if (contract != &st->contract) {
+        st->contract = *contract;
+    }
+
+    st->limit.partner.data = st->contract.name;
+    st->limit.partner.len = st->contract.name_len;
+    st->limit.pool.data = st->contract.pool;
+    st->limit.pool.len = st->contract.pool_len;
+}
+
+
+static ngx_int_t
+ngx_http_osago_limit_check_key(ngx_str_t *key)
+{
+    u_char  *p, *last;
+
+    if (key->len > NGX_HTTP_OSAGO_API_KEY_MAX) {
+        return NGX_ERROR;
+    }
+
+    for (p = key->data, last = p + key->len; p < last; p++) {
+        if (*p < 0x21 || *p > 0x7e) {
+            return NGX_ERROR;
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_osago_limit_copy_str(u_char *dst, size_t *len, redisReply *reply)
+{
+    *len = 0;
+
+    if (reply->type == REDIS_REPLY_STRING) {
+        *len = ngx_min((size_t) reply->len, NGX_HTTP_OSAGO_NAME_MAX);
+        ngx_memcpy(dst, reply->str, *len);
+    }
+}
+
+
+/*
+ * Reads the script's answer into the request's state and, when it carried
+ * the contract, into this worker's partner cache.
+ */
+static void
+ngx_http_osago_limit_apply_reply(ngx_http_osago_limit_state_t *st,
+    ngx_http_osago_main_conf_t *omcf, redisReply *reply)
+{
+    ngx_int_t                   code;
+    ngx_uint_t                  i;
+    ngx_http_osago_partner_t   *partner;
+    ngx_http_osago_contract_t  *c = &st->contract;
+
+    code = reply->element[0]->integer;
+
+    if (code != -1 && reply->elements >= 8) {
+        c->rate_milli = reply->element[4]->integer;
+        c->burst = reply->element[5]->integer;
+        ngx_http_osago_limit_copy_str(c->name, &c->name_len,
+                                      reply->element[6]);
+        ngx_http_osago_limit_copy_str(c->pool, &c->pool_len,
+                                      reply->element[7]);
+    }
+
+    /* an unusable contract is an operator's error: ask again next time */
+    if (st->fetched && code != -3) {
+        partner = ngx_http_osago_partner_store(omcf->partners,
+                                               st->limit.digest);
+        if (partner) {
+            partner->expires = ngx_current_msec + omcf->partner_cache_ttl;
+
+            switch (code) {
+            case -1:
+                partner->state = NGX_HTTP_OSAGO_PARTNER_UNKNOWN;
+                break;
+            case -2:
+                partner->state = NGX_HTTP_OSAGO_PARTNER_DISABLED;
+                break;
+            default:
+                partner->state = NGX_HTTP_OSAGO_PARTNER_KNOWN;
+            }
+
+            if (code >= 0 || code == -2) {
+                if (partner->shared == NULL
+                    || ngx_memn2cmp(partner->contract.name, c->name,
+                                    partner->contract.name_len, c->name_len))
+                {
+                    partner->shared = ngx_http_osago_zone_partner(omcf,
+                                                      c->name, c->name_len);
+                }
+
+                partner->contract = *c;
+            }
+        }
+    }
+
+    switch (code) {
+
+    case 1:
+    case 0:
+        for (i = 1; i < 4; i++) {
+            if (reply->element[i]->integer < 0) {
+                reply->element[i]->integer = 0;
+            }
+        }
+
+        ngx_http_osago_limit_set_partner(st, c);
+        ngx_http_osago_limit_set_policy(st, c->rate_milli, c->burst,
+                                        reply->element[1]->integer,
+                                        reply->element[2]->integer,
+                                        reply->element[3]->integer);
+        ngx_http_osago_limit_decide(st, code ? NGX_HTTP_OSAGO_ALLOWED
+                                             : NGX_HTTP_OSAGO_LIMITED);
+        return;
+
+    case -1:
+        st->key_problem = NGX_HTTP_OSAGO_KEY_UNKNOWN;
+        ngx_http_osago_limit_decide(st, NGX_HTTP_OSAGO_UNAUTHORIZED);
+        return;
+
+    case -2:
+        ngx_http_osago_limit_set_partner(st, c);
+        st->key_problem = NGX_HTTP_OSAGO_KEY_DISABLED;
+        ngx_http_osago_limit_decide(st, NGX_HTTP_OSAGO_UNAUTHORIZED);
+        return;
+
+    default:
+        ngx_log_error(NGX_LOG_ERR, st->limit.request->connection->log, 0,
+                      "osago limit: partner \"%*s\" has an unusable contract "
+                      "(rate or burst missing or not positive)",
+                      c->name_len, c->name);
+        ngx_http_osago_limit_set_partner(st, c);
+        ngx_http_osago_limit_decide(st, NGX_HTTP_OSAGO_UNAVAILABLE);
+    }
+}
+
+
+static ngx_uint_t
+ngx_http_osago_limit_reply_valid(redisReply *reply)
+{
+    size_t  i, n;
+
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements < 1) {
+        return 0;
+    }
+
+    n = (reply->element[0]->type == REDIS_REPLY_INTEGER
+         && reply->element[0]->integer == -1) ? 1 : 4;
+
+    if (reply->elements < n || (reply->elements != n && reply->elements < 8))
+    {
+        return 0;
+    }
+
+    for (i = 0; i < n; i++) {
+        if (reply->element[i]->type != REDIS_REPLY_INTEGER) {
+            return 0;
+        }
+    }
+
+    if (reply->elements >= 8
+        && (reply->element[4]->type != REDIS_REPLY_INTEGER
+            || reply->element[5]->type != REDIS_REPLY_INTEGER))
+    {
+        return 0;
+    }
+
+    return 1;
+}
+
+
+static void
+ngx_http_osago_limit_reply(void *data, ngx_http_osago_redis_status_e status,
+    redisReply *reply)
+{
+    ngx_http_osago_limit_state_t  *st = data;
+    ngx_http_request_t            *r = st->limit.request;
+    ngx_http_osago_main_conf_t    *omcf;
+
+    st->limit.cmd = NULL;
+    st->limit.waiting = 0;
+
+    omcf = ngx_http_get_module_main_conf(r, ngx_http_osago_module);
+
+    if (status == NGX_HTTP_OSAGO_REDIS_REPLY
+        && ngx_http_osago_limit_reply_valid(reply))
+    {
+        ngx_http_osago_limit_apply_reply(st, omcf, reply);
+
+    } else {
+        if (status == NGX_HTTP_OSAGO_REDIS_REPLY) {
+            ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                          "osago limit: unexpected reply from Redis%s%*s",
+                          reply->type == REDIS_REPLY_ERROR ? ": " : "",
+                          reply->type == REDIS_REPLY_ERROR
+                          ? (size_t) reply->len : 0,
+                          reply->str);
+        }
+
+        ngx_http_osago_limit_fallback(r, st,
+            ngx_http_osago_partner_lookup(omcf->partners, st->limit.digest));
+    }
+
+    /* resumed from the event loop, not from inside hiredis */
+    ngx_post_event(&st->resume, &ngx_posted_events);
+}
+
+
+static void
+ngx_http_osago_limit_resume(ngx_event_t *ev)
+{
+    ngx_http_osago_limit_state_t  *st = ev->data;
+    ngx_http_request_t            *r = st->limit.request;
+    ngx_connection_t              *c = r->connection;
+
+    ngx_http_set_log_request(c->log, r);
+
+    r->write_event_handler(r);
+    ngx_http_run_posted_requests(c);
+}
+
+
+static void
+ngx_http_osago_limit_cleanup(void *data)
+{
+    ngx_http_osago_limit_state_t  *st = data;
+
+    if (st->limit.cmd) {
+        ngx_http_osago_redis_cancel(st->limit.cmd);
+        st->limit.cmd = NULL;
+    }
+
+    if (st->resume.posted) {
+        ngx_delete_posted_event(&st->resume);
+    }
+}
+
+
+static ngx_int_t
+ngx_http_osago_limit_handler(ngx_http_request_t *r)
+{
+    u_char                         rate[NGX_INT_T_LEN], burst[NGX_INT_T_LEN];
+    size_t                         argvlen[6];
+    ngx_str_t                      key;
+    const char                    *argv[6];
+    ngx_pool_cleanup_t            *cln;
+    ngx_http_osago_partner_t      *partner;
+    ngx_http_osago_loc_conf_t     *olcf;
+    ngx_http_osago_main_conf_t    *omcf;
+    ngx_http_osago_limit_ctx_t    *ctx;
+    ngx_http_osago_limit_state_t  *st;
+    ngx_http_osago_redis_cmd_t    *cmd;
+    u_char                         partner_key[sizeof("osago:partner:") - 1
+                                               + 2 * NGX_HTTP_OSAGO_DIGEST_LEN];
+
+    olcf = ngx_http_get_module_loc_conf(r, ngx_http_osago_module);
+
+    if (!olcf->limit || r != r->main) {
+        return NGX_DECLINED;
+    }
+
+    ctx = ngx_http_osago_limit_get_ctx(r);
+
+    if (ctx) {
+        if (ctx->waiting) {
+            return NGX_AGAIN;
+        }
+
+        st = (ngx_http_osago_limit_state_t *) ctx;
+
+        return ngx_http_osago_limit_finish(r, st);
+    }
+
+    cln = ngx_pool_cleanup_add(r->pool, sizeof(ngx_http_osago_limit_state_t));
+    if (cln == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    st = cln->data;
+    ngx_memzero(st, sizeof(ngx_http_osago_limit_state_t));
+
+    cln->handler = ngx_http_osago_limit_cleanup;
+
+    st->limit.request = r;
+    st->resume.handler = ngx_http_osago_limit_resume;
+    st->resume.data = st;
+    st->resume.log = r->connection->log;
+
+    ngx_http_set_ctx(r, &st->limit, ngx_http_osago_module);
+
+    if (ngx_http_complex_value(r, olcf->api_key, &key) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (key.len == 0) {
+        st->key_problem = NGX_HTTP_OSAGO_KEY_MISSING;
+        ngx_http_osago_limit_decide(st, NGX_HTTP_OSAGO_UNAUTHORIZED);
+        return ngx_http_osago_limit_finish(r, st);
+    }
+
+    if (ngx_http_osago_limit_check_key(&key) != NGX_OK) {
+        st->key_problem = NGX_HTTP_OSAGO_KEY_MALFORMED;
+        ngx_http_osago_limit_decide(st, NGX_HTTP_OSAGO_UNAUTHORIZED);
+        return ngx_http_osago_limit_finish(r, st);
+    }
+
+    /* only the key's hash ever reaches Redis, never its bytes */
+    SHA256(key.data, key.len, st->limit.digest);
+
+    omcf = ngx_http_get_module_main_conf(r, ngx_http_osago_module);
+
+    partner = ngx_http_osago_partner_lookup(omcf->partners, st->limit.digest);
+
+    if (partner
+        && (ngx_msec_int_t) (partner->expires - ngx_current_msec) > 0)
+    {
+        if (partner->state == NGX_HTTP_OSAGO_PARTNER_UNKNOWN) {
+            st->key_problem = NGX_HTTP_OSAGO_KEY_UNKNOWN;
+            ngx_http_osago_limit_decide(st, NGX_HTTP_OSAGO_UNAUTHORIZED);
+            return ngx_http_osago_limit_finish(r, st);
+        }
+
+        if (partner->state == NGX_HTTP_OSAGO_PARTNER_DISABLED) {
+            ngx_http_osago_limit_set_partner(st, &partner->contract);
+            st->key_problem = NGX_HTTP_OSAGO_KEY_DISABLED;
+            ngx_http_osago_limit_decide(st, NGX_HTTP_OSAGO_UNAUTHORIZED);
+            return ngx_http_osago_limit_finish(r, st);
+        }
+
+        st->contract = partner->contract;
+
+    } else {
+        st->fetched = 1;
+    }
+
+    ngx_memcpy(partner_key, "osago:partner:", sizeof("osago:partner:") - 1);
+    ngx_hex_dump(partner_key + sizeof("osago:partner:") - 1,
+                 st->limit.digest, NGX_HTTP_OSAGO_DIGEST_LEN);
+
+    argv[0] = (const char *) partner_key;
+    argvlen[0] = sizeof(partner_key);
+    argv[1] = st->fetched ? "1" : "0";
+    argvlen[1] = 1;
+    argv[2] = (const char *) rate;
+    argvlen[2] = ngx_sprintf(rate, "%ui", st->contract.rate_milli) - rate;
+    argv[3] = (const char *) burst;
+    argvlen[3] = ngx_sprintf(burst, "%ui", st->contract.burst) - burst;
+    argv[4] = (const char *) st->contract.name;
+    argvlen[4] = st->contract.name_len;
+    argv[5] = "osago:rl:partner:";
+    argvlen[5] = sizeof("osago:rl:partner:") - 1;
+
+    cmd = ngx_http_osago_redis_eval(omcf->redis_conn, omcf->gcra, 1, 6,
+                                    argv, argvlen,
+                                    ngx_http_osago_limit_reply, st);
+
+    if (cmd == NULL) {
+        ngx_http_osago_limit_fallback(r, st, partner);
+        return ngx_http_osago_limit_finish(r, st);
+    }
+
+    st->limit.cmd = cmd;
+    st->limit.waiting = 1;
+
+    /* notice a client that gives up while Redis answers */
+    r->read_event_handler = ngx_http_test_reading;
+
+    return NGX_AGAIN;
+}
+
+
+/* Redis is unreachable or did not answer in time. */
+static void
+ngx_http_osago_limit_fallback(ngx_http_request_t *r,
+    ngx_http_osago_limit_state_t *st, ngx_http_osago_partner_t *partner)
+{
+    uint64_t                    remaining, retry_us, reset_us;
+    ngx_uint_t                  rate, burst;
+    ngx_http_osago_loc_conf_t  *olcf;
+
+    olcf = ngx_http_get_module_loc_conf(r, ngx_http_osago_module);
+
+    if (olcf->fallback == NGX_HTTP_OSAGO_FALLBACK_CLOSED) {
+        ngx_http_osago_limit_decide(st, NGX_HTTP_OSAGO_UNAVAILABLE);
+        return;
+    }
+
+    /* what this worker last heard of the key still holds */
+    if (partner && partner->state != NGX_HTTP_OSAGO_PARTNER_KNOWN) {
+        st->key_problem = (partner->state == NGX_HTTP_OSAGO_PARTNER_UNKNOWN)
+                          ? NGX_HTTP_OSAGO_KEY_UNKNOWN
+                          : NGX_HTTP_OSAGO_KEY_DISABLED;
+        ngx_http_osago_limit_decide(st, NGX_HTTP_OSAGO_UNAUTHORIZED);
+        return;
+    }
+
+    if (partner) {
+        ngx_http_osago_limit_set_partner(st, &partner->contract);
+    }
+
+    if (olcf->fallback == NGX_HTTP_OSAGO_FALLBACK_OPEN) {
+        ngx_http_osago_limit_decide(st, NGX_HTTP_OSAGO_FALLBACK_ALLOWED);
+        return;
+    }
+
+    if (partner == NULL || partner->shared == NULL) {
+        ngx_http_osago_limit_decide(st, NGX_HTTP_OSAGO_UNAVAILABLE);
+        return;
+    }
+
+    /* this instance's share of the contract */
+    rate = ngx_max(partner->contract.rate_milli / olcf->edges, 1);
+    burst = ngx_max(partner->contract.burst / olcf->edges, 1);
+
+    if (ngx_http_osago_zone_local_gcra(
+            ngx_http_get_module_main_conf(r, ngx_http_osago_module),
+            partner->shared, rate, burst, &remaining, &retry_us, &reset_us)
+        == NGX_OK)
+    {
+        ngx_http_osago_limit_decide(st, NGX_HTTP_OSAGO_FALLBACK_ALLOWED);
+
+    } else {
+        ngx_http_osago_limit_decide(st, NGX_HTTP_OSAGO_FALLBACK_LIMITED);
+    }
+
+    ngx_http_osago_limit_set_policy(st, rate, burst, remaining, retry_us,
+                                    reset_us);
+}
+
+
+static ngx_int_t
+ngx_http_osago_limit_set_header(ngx_http_request_t *r, char *name,
+    ngx_uint_t value)
+{
+    u_char           *p;
+    ngx_table_elt_t  *h;
+
+    h = ngx_list_push(&r->headers_out.headers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = ngx_pnalloc(r->pool, NGX_INT_T_LEN);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    h->hash = 1;
+    ngx_str_set(&h->key, name);
+    h->key.len = ngx_strlen(name);
+    h->value.data = p;
+    h->value.len = ngx_sprintf(p, "%ui", value) - p;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_osago_limit_finish(ngx_http_request_t *r,
+    ngx_http_osago_limit_state_t *st)
+{
+    ngx_table_elt_t               *h;
+    ngx_http_osago_problem_t      *problem;
+    ngx_http_osago_partner_t      *partner;
+    ngx_http_osago_main_conf_t    *omcf;
+    ngx_http_osago_shm_partner_t  *shared;
+
+    static ngx_str_t  www_authenticate = ngx_string("ApiKey header=\"X-API-Key\"");
+
+    omcf = ngx_http_get_module_main_conf(r, ngx_http_osago_module);
+
+    if (!st->limit.counted) {
+        st->limit.counted = 1;
+
+        shared = NULL;
+
+        if (st->limit.partner.len) {
+            partner = ngx_http_osago_partner_lookup(omcf->partners,
+                                                    st->limit.digest);
+            shared = partner ? partner->shared : NULL;
+        }
+
+        ngx_http_osago_metrics_decision(omcf, shared, st->limit.outcome);
+    }
+
+    switch (st->limit.outcome) {
+
+    case NGX_HTTP_OSAGO_ALLOWED:
+    case NGX_HTTP_OSAGO_FALLBACK_ALLOWED:
+        return NGX_DECLINED;
+
+    case NGX_HTTP_OSAGO_UNAUTHORIZED:
+        problem = &ngx_http_osago_limit_unauthorized[st->key_problem];
+
+        h = ngx_list_push(&r->headers_out.headers);
+        if (h == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        h->hash = 1;
+        ngx_str_set(&h->key, "WWW-Authenticate");
+        h->value = www_authenticate;
+
+        r->headers_out.www_authenticate = h;
+        break;
+
+    case NGX_HTTP_OSAGO_LIMITED:
+    case NGX_HTTP_OSAGO_FALLBACK_LIMITED:
+        problem = &ngx_http_osago_limit_limited;
+
+        if (ngx_http_osago_limit_set_header(r, "Retry-After",
+                                            st->limit.retry_after)
+            != NGX_OK)
+        {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+        break;
+
+    default: /* NGX_HTTP_OSAGO_UNAVAILABLE */
+        problem = &ngx_http_osago_limit_unavailable;
+
+        if (ngx_http_osago_limit_set_header(r, "Retry-After", 1) != NGX_OK) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+    }
+
+    ngx_http_finalize_request(r, ngx_http_osago_problem_send(r, problem));
+
+    return NGX_DONE;
+}
+
+
+static ngx_int_t
+ngx_http_osago_limit_header_filter(ngx_http_request_t *r)
+{
+    u_char                      *p;
+    ngx_table_elt_t             *h;
+    ngx_http_osago_limit_ctx_t  *ctx;
+
+    if (r != r->main) {
+        return ngx_http_next_header_filter(r);
+    }
+
+    ctx = ngx_http_osago_limit_get_ctx(r);
+
+    if (ctx == NULL || !ctx->has_policy) {
+        return ngx_http_next_header_filter(r);
+    }
+
+    h = ngx_list_push(&r->headers_out.headers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = ngx_pnalloc(r->pool, sizeof("\"partner\";q=;w=") - 1
+                             + 2 * NGX_INT_T_LEN);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    h->hash = 1;
+    ngx_str_set(&h->key, "RateLimit-Policy");
+    h->value.data = p;
+    h->value.len = ngx_sprintf(p, "\"partner\";q=%ui;w=%ui",
+                               ctx->quota, ctx->window) - p;
+
+    h = ngx_list_push(&r->headers_out.headers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = ngx_pnalloc(r->pool, sizeof("\"partner\";r=;t=") - 1
+                             + 2 * NGX_INT_T_LEN);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    h->hash = 1;
+    ngx_str_set(&h->key, "RateLimit");
+    h->value.data = p;
+    h->value.len = ngx_sprintf(p, "\"partner\";r=%ui;t=%ui",
+                               ctx->remaining, ctx->reset) - p;
+
+    return ngx_http_next_header_filter(r);
+}
+
+
+static ngx_int_t
+ngx_http_osago_limit_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data)
+{
+    ngx_str_t                   *s;
+    ngx_http_osago_limit_ctx_t  *ctx;
+
+    ctx = ngx_http_osago_limit_get_ctx(r);
+
+    if (ctx == NULL || !ctx->decided) {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    switch (data) {
+    case NGX_HTTP_OSAGO_VAR_PARTNER:
+        s = &ctx->partner;
+        break;
+    case NGX_HTTP_OSAGO_VAR_POOL:
+        s = &ctx->pool;
+        break;
+    default:
+        s = &ngx_http_osago_limit_status_names[ctx->outcome];
+    }
+
+    v->len = s->len;
+    v->data = s->data;
+    v->valid = 1;
+    v->no_cacheable = 0;
+    v->not_found = 0;
+
+    return NGX_OK;
+}
+
+
+ngx_int_t
+ngx_http_osago_limit_add_variables(ngx_conf_t *cf)
+{
+    ngx_http_variable_t  *var, *v;
+
+    for (v = ngx_http_osago_limit_vars; v->name.len; v++) {
+        var = ngx_http_add_variable(cf, &v->name, v->flags);
+        if (var == NULL) {
+            return NGX_ERROR;
+        }
+
+        var->get_handler = v->get_handler;
+        var->data = v->data;
+    }
+
+    return NGX_OK;
+}
+
+
+ngx_int_t
+ngx_http_osago_limit_init(ngx_conf_t *cf)
+{
+    ngx_http_handler_pt        *h;
+    ngx_http_core_main_conf_t  *cmcf;
+
+    cmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_core_module);
+
+    h = ngx_array_push(&cmcf->phases[NGX_HTTP_PREACCESS_PHASE].handlers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    *h = ngx_http_osago_limit_handler;
+
+    ngx_http_next_header_filter = ngx_http_top_header_filter;
+    ngx_http_top_header_filter = ngx_http_osago_limit_header_filter;
+
+    return NGX_OK;
+}

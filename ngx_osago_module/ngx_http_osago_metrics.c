@@ -1,0 +1,264 @@
+/*
+ * Counters in the shared zone, and the osago_metrics location that shows
+ * them in the Prometheus text format.  Counting is lock-free (atomic adds);
+ * only the exposition takes the zone lock, to walk the partner list.
+ */
+
+#include "ngx_http_osago_zone.h"
+
+
+/* Redis round-trip buckets, in microseconds */
+static ngx_uint_t  ngx_http_osago_rtt_bounds[NGX_HTTP_OSAGO_RTT_BUCKETS] = {
+    100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000,
+    1000000
+};
+
+static ngx_str_t  ngx_http_osago_outcomes[] = {
+    ngx_string("allowed"),
+    ngx_string("limited"),
+    ngx_string("unauthorized"),
+    ngx_string("fallback_allowed"),
+    ngx_string("fallback_limited"),
+    ngx_string("unavailable")
+};
+
+static ngx_str_t  ngx_http_osago_redis_errors[] = {
+    ngx_string("timeout"),
+    ngx_string("disconnect"),
+    ngx_string("reply")
+};
+
+
+void
+ngx_http_osago_metrics_decision(ngx_http_osago_main_conf_t *omcf,
+    ngx_http_osago_shm_partner_t *sp, ngx_uint_t outcome)
+{
+    ngx_http_osago_shctx_t  *sh = ngx_http_osago_zone_ctx(omcf);
+
+    (void) ngx_atomic_fetch_add(&sh->decisions[outcome], 1);
+
+    switch (outcome) {
+
+    case NGX_HTTP_OSAGO_ALLOWED:
+    case NGX_HTTP_OSAGO_FALLBACK_ALLOWED:
+        if (sp) {
+            (void) ngx_atomic_fetch_add(&sp->allowed, 1);
+        }
+        break;
+
+    case NGX_HTTP_OSAGO_LIMITED:
+    case NGX_HTTP_OSAGO_FALLBACK_LIMITED:
+        if (sp) {
+            (void) ngx_atomic_fetch_add(&sp->limited, 1);
+        }
+        break;
+    }
+}
+
+
+void
+ngx_http_osago_metrics_redis_rtt(void *data, ngx_uint_t usec)
+{
+    ngx_uint_t               i;
+    ngx_http_osago_shctx_t  *sh = ngx_http_osago_zone_ctx(data);
+
+    for (i = 0; i < NGX_HTTP_OSAGO_RTT_BUCKETS - 1; i++) {
+        if (usec <= ngx_http_osago_rtt_bounds[i]) {
+            break;
+        }
+    }
+
+    /* buckets are stored non-cumulative and summed on exposition */
+    (void) ngx_atomic_fetch_add(&sh->rtt_bucket[i], 1);
+    (void) ngx_atomic_fetch_add(&sh->rtt_count, 1);
+    (void) ngx_atomic_fetch_add(&sh->rtt_sum_us, usec);
+}
+
+
+void
+ngx_http_osago_metrics_redis_state(void *data, ngx_uint_t up)
+{
+    ngx_http_osago_shctx_t  *sh = ngx_http_osago_zone_ctx(data);
+
+    if (ngx_worker < NGX_HTTP_OSAGO_MAX_WORKERS) {
+        sh->redis_up[ngx_worker] = up;
+    }
+}
+
+
+void
+ngx_http_osago_metrics_redis_error(void *data, ngx_uint_t kind)
+{
+    ngx_http_osago_shctx_t  *sh = ngx_http_osago_zone_ctx(data);
+
+    (void) ngx_atomic_fetch_add(&sh->redis_errors[kind], 1);
+}
+
+
+#define NGX_HTTP_OSAGO_METRICS_LINE  (128 + NGX_HTTP_OSAGO_NAME_MAX)
+
+
+static ngx_int_t
+ngx_http_osago_metrics_handler(ngx_http_request_t *r)
+{
+    size_t                         size;
+    u_char                        *p;
+    ngx_int_t                      rc;
+    ngx_buf_t                     *b;
+    ngx_uint_t                     i, n, workers, cumulative;
+    ngx_chain_t                    out;
+    ngx_queue_t                   *q;
+    ngx_core_conf_t               *ccf;
+    ngx_http_osago_zone_t         *ozone;
+    ngx_http_osago_shctx_t        *sh;
+    ngx_http_osago_main_conf_t    *omcf;
+    ngx_http_osago_shm_partner_t  *sp;
+
+    if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
+        return NGX_HTTP_NOT_ALLOWED;
+    }
+
+    rc = ngx_http_discard_request_body(r);
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    omcf = ngx_http_get_module_main_conf(r, ngx_http_osago_module);
+    ozone = omcf->shm_zone->data;
+    sh = ozone->sh;
+
+    ccf = (ngx_core_conf_t *) ngx_get_conf(ngx_cycle->conf_ctx,
+                                           ngx_core_module);
+    workers = ngx_min((ngx_uint_t) ccf->worker_processes,
+                      NGX_HTTP_OSAGO_MAX_WORKERS);
+
+    ngx_shmtx_lock(&ozone->shpool->mutex);
+
+    n = 0;
+    for (q = ngx_queue_head(&sh->partners);
+         q != ngx_queue_sentinel(&sh->partners);
+         q = ngx_queue_next(q))
+    {
+        n++;
+    }
+
+    size = 4096
+           + (NGX_HTTP_OSAGO_OUTCOME_MAX + NGX_HTTP_OSAGO_RTT_BUCKETS
+              + NGX_HTTP_OSAGO_REDIS_ERR_MAX + workers + 2 * n)
+             * NGX_HTTP_OSAGO_METRICS_LINE;
+
+    b = ngx_create_temp_buf(r->pool, size);
+    if (b == NULL) {
+        ngx_shmtx_unlock(&ozone->shpool->mutex);
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    p = b->last;
+
+    p = ngx_sprintf(p,
+            "# HELP osago_limit_decisions_total Rate limiter decisions.\n"
+            "# TYPE osago_limit_decisions_total counter\n");
+
+    for (i = 0; i < NGX_HTTP_OSAGO_OUTCOME_MAX; i++) {
+        p = ngx_sprintf(p, "osago_limit_decisions_total{outcome=\"%V\"} %uA\n",
+                        &ngx_http_osago_outcomes[i], sh->decisions[i]);
+    }
+
+    p = ngx_sprintf(p,
+            "# HELP osago_limit_partner_decisions_total "
+            "Admitted and limited requests by partner.\n"
+            "# TYPE osago_limit_partner_decisions_total counter\n");
+
+    /* partner names are [A-Za-z0-9_.-], safe inside a label value */
+    for (q = ngx_queue_head(&sh->partners);
+         q != ngx_queue_sentinel(&sh->partners);
+         q = ngx_queue_next(q))
+    {
+        sp = ngx_queue_data(q, ngx_http_osago_shm_partner_t, queue);
+
+        p = ngx_sprintf(p,
+                "osago_limit_partner_decisions_total"
+                "{partner=\"%*s\",outcome=\"allowed\"} %uA\n"
+                "osago_limit_partner_decisions_total"
+                "{partner=\"%*s\",outcome=\"limited\"} %uA\n",
+                sp->name_len, sp->name, sp->allowed,
+                sp->name_len, sp->name, sp->limited);
+    }
+
+    ngx_shmtx_unlock(&ozone->shpool->mutex);
+
+    p = ngx_sprintf(p,
+            "# HELP osago_redis_rtt_seconds Redis round-trip time.\n"
+            "# TYPE osago_redis_rtt_seconds histogram\n");
+
+    cumulative = 0;
+
+    for (i = 0; i < NGX_HTTP_OSAGO_RTT_BUCKETS; i++) {
+        cumulative += sh->rtt_bucket[i];
+        p = ngx_sprintf(p, "osago_redis_rtt_seconds_bucket{le=\"%ui.%06ui\"} %ui\n",
+                        ngx_http_osago_rtt_bounds[i] / 1000000,
+                        ngx_http_osago_rtt_bounds[i] % 1000000, cumulative);
+    }
+
+    p = ngx_sprintf(p,
+            "osago_redis_rtt_seconds_bucket{le=\"+Inf\"} %uA\n"
+            "osago_redis_rtt_seconds_sum %uA.%06uA\n"
+            "osago_redis_rtt_seconds_count %uA\n",
+            sh->rtt_count, sh->rtt_sum_us / 1000000, sh->rtt_sum_us % 1000000,
+            sh->rtt_count);
+
+    p = ngx_sprintf(p,
+            "# HELP osago_redis_up Whether the worker's Redis connection "
+            "is ready.\n"
+            "# TYPE osago_redis_up gauge\n");
+
+    for (i = 0; i < workers; i++) {
+        p = ngx_sprintf(p, "osago_redis_up{worker=\"%ui\"} %uA\n",
+                        i, sh->redis_up[i]);
+    }
+
+    p = ngx_sprintf(p,
+            "# HELP osago_redis_errors_total Redis commands that failed.\n"
+            "# TYPE osago_redis_errors_total counter\n");
+
+    for (i = 0; i < NGX_HTTP_OSAGO_REDIS_ERR_MAX; i++) {
+        p = ngx_sprintf(p, "osago_redis_errors_total{kind=\"%V\"} %uA\n",
+                        &ngx_http_osago_redis_errors[i], sh->redis_errors[i]);
+    }
+
+    b->last = p;
+    b->last_buf = (r == r->main) ? 1 : 0;
+    b->last_in_chain = 1;
+
+    r->headers_out.status = NGX_HTTP_OK;
+    r->headers_out.content_length_n = b->last - b->pos;
+    ngx_str_set(&r->headers_out.content_type, "text/plain; version=0.0.4");
+    r->headers_out.content_type_len = r->headers_out.content_type.len;
+
+    rc = ngx_http_send_header(r);
+
+    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
+        return rc;
+    }
+
+    out.buf = b;
+    out.next = NULL;
+
+    return ngx_http_output_filter(r, &out);
+}
+
+
+char *
+ngx_http_osago_metrics(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_core_loc_conf_t    *clcf;
+    ngx_http_osago_main_conf_t  *omcf;
+
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+    clcf->handler = ngx_http_osago_metrics_handler;
+
+    omcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_osago_module);
+    omcf->used = 1;
+
+    return NGX_CONF_OK;
+}

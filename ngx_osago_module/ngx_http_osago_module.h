@@ -1,0 +1,170 @@
+/*
+ * ngx_http_osago_module: the OSAGO edge.
+ *
+ * Shared declarations between the module's files: configuration, the
+ * per-request limiter state, the per-worker state hung off the main conf.
+ */
+
+#ifndef _NGX_HTTP_OSAGO_MODULE_H_INCLUDED_
+#define _NGX_HTTP_OSAGO_MODULE_H_INCLUDED_
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include "ngx_http_osago_redis.h"
+
+
+#define NGX_HTTP_OSAGO_FALLBACK_LOCAL    0
+#define NGX_HTTP_OSAGO_FALLBACK_OPEN     1
+#define NGX_HTTP_OSAGO_FALLBACK_CLOSED   2
+
+#define NGX_HTTP_OSAGO_API_KEY_MAX       256
+#define NGX_HTTP_OSAGO_NAME_MAX          64
+#define NGX_HTTP_OSAGO_DIGEST_LEN        32
+
+
+/* outcomes of a limiter decision; indexes into the metrics counters */
+typedef enum {
+    NGX_HTTP_OSAGO_ALLOWED = 0,
+    NGX_HTTP_OSAGO_LIMITED,
+    NGX_HTTP_OSAGO_UNAUTHORIZED,
+    NGX_HTTP_OSAGO_FALLBACK_ALLOWED,
+    NGX_HTTP_OSAGO_FALLBACK_LIMITED,
+    NGX_HTTP_OSAGO_UNAVAILABLE,
+    NGX_HTTP_OSAGO_OUTCOME_MAX
+} ngx_http_osago_outcome_e;
+
+
+typedef struct ngx_http_osago_partner_cache_s  ngx_http_osago_partner_cache_t;
+typedef struct ngx_http_osago_shm_partner_s    ngx_http_osago_shm_partner_t;
+typedef struct ngx_http_osago_shctx_s          ngx_http_osago_shctx_t;
+
+
+/* A partner's contract as the limiter uses it. */
+typedef struct {
+    ngx_uint_t                       rate_milli;   /* requests per 1000 s */
+    ngx_uint_t                       burst;
+    u_char                           name[NGX_HTTP_OSAGO_NAME_MAX];
+    size_t                           name_len;
+    u_char                           pool[NGX_HTTP_OSAGO_NAME_MAX];
+    size_t                           pool_len;
+} ngx_http_osago_contract_t;
+
+
+typedef struct {
+    ngx_http_osago_redis_conf_t      redis;
+    ngx_http_osago_redis_script_t   *gcra;
+
+    ngx_msec_t                       partner_cache_ttl;
+    ngx_uint_t                       partner_cache_size;
+
+    size_t                           zone_size;
+    ngx_shm_zone_t                  *shm_zone;
+
+    /* some location limits or shows metrics: connect to Redis */
+    ngx_flag_t                       used;
+
+    /* per worker process, created in init_process */
+    ngx_http_osago_redis_t          *redis_conn;
+    ngx_http_osago_partner_cache_t  *partners;
+} ngx_http_osago_main_conf_t;
+
+
+typedef struct {
+    ngx_flag_t                       limit;
+    ngx_http_complex_value_t        *api_key;
+    ngx_uint_t                       fallback;
+    ngx_uint_t                       edges;
+} ngx_http_osago_loc_conf_t;
+
+
+/* The limiter's per-request state; survives internal redirects. */
+typedef struct {
+    ngx_http_request_t              *request;
+    ngx_http_osago_redis_cmd_t      *cmd;
+
+    u_char                           digest[NGX_HTTP_OSAGO_DIGEST_LEN];
+
+    ngx_uint_t                       outcome;
+    ngx_str_t                        partner;
+    ngx_str_t                        pool;
+
+    /* what the RateLimit headers report */
+    ngx_uint_t                       quota;
+    ngx_uint_t                       window;
+    ngx_uint_t                       remaining;
+    ngx_uint_t                       reset;
+    ngx_uint_t                       retry_after;
+
+    unsigned                         waiting:1;
+    unsigned                         decided:1;
+    unsigned                         has_policy:1;
+    unsigned                         counted:1;
+} ngx_http_osago_limit_ctx_t;
+
+
+extern ngx_module_t  ngx_http_osago_module;
+
+
+/* limit */
+ngx_int_t ngx_http_osago_limit_init(ngx_conf_t *cf);
+ngx_int_t ngx_http_osago_limit_add_variables(ngx_conf_t *cf);
+ngx_http_osago_limit_ctx_t *ngx_http_osago_limit_get_ctx(ngx_http_request_t *r);
+
+/* partner cache (per worker) */
+typedef struct {
+    ngx_uint_t                       state;
+    ngx_msec_t                       expires;
+    ngx_http_osago_contract_t        contract;
+    ngx_http_osago_shm_partner_t    *shared;
+} ngx_http_osago_partner_t;
+
+#define NGX_HTTP_OSAGO_PARTNER_KNOWN     0
+#define NGX_HTTP_OSAGO_PARTNER_UNKNOWN   1
+#define NGX_HTTP_OSAGO_PARTNER_DISABLED  2
+
+ngx_http_osago_partner_cache_t *ngx_http_osago_partner_cache_create(
+    ngx_uint_t size, ngx_log_t *log);
+void ngx_http_osago_partner_cache_destroy(
+    ngx_http_osago_partner_cache_t *cache);
+ngx_http_osago_partner_t *ngx_http_osago_partner_lookup(
+    ngx_http_osago_partner_cache_t *cache, u_char *digest);
+ngx_http_osago_partner_t *ngx_http_osago_partner_store(
+    ngx_http_osago_partner_cache_t *cache, u_char *digest);
+
+/* shared zone: counters and per-partner state of all workers */
+ngx_int_t ngx_http_osago_zone_add(ngx_conf_t *cf,
+    ngx_http_osago_main_conf_t *omcf);
+ngx_http_osago_shctx_t *ngx_http_osago_zone_ctx(ngx_http_osago_main_conf_t *omcf);
+ngx_http_osago_shm_partner_t *ngx_http_osago_zone_partner(
+    ngx_http_osago_main_conf_t *omcf, u_char *name, size_t len);
+ngx_int_t ngx_http_osago_zone_local_gcra(ngx_http_osago_main_conf_t *omcf,
+    ngx_http_osago_shm_partner_t *sp, ngx_uint_t rate_milli, ngx_uint_t burst,
+    uint64_t *remaining, uint64_t *retry_us, uint64_t *reset_us);
+
+/* metrics */
+void ngx_http_osago_metrics_decision(ngx_http_osago_main_conf_t *omcf,
+    ngx_http_osago_shm_partner_t *sp, ngx_uint_t outcome);
+void ngx_http_osago_metrics_redis_rtt(void *data, ngx_uint_t usec);
+void ngx_http_osago_metrics_redis_state(void *data, ngx_uint_t up);
+void ngx_http_osago_metrics_redis_error(void *data, ngx_uint_t kind);
+char *ngx_http_osago_metrics(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+
+/* problem+json responses (RFC 9457) */
+typedef struct {
+    ngx_uint_t                       status;
+    ngx_str_t                        type;
+    ngx_str_t                        title;
+    ngx_str_t                        detail;
+    ngx_str_t                        pointer;
+} ngx_http_osago_problem_t;
+
+ngx_int_t ngx_http_osago_problem_send(ngx_http_request_t *r,
+    ngx_http_osago_problem_t *problem);
+u_char *ngx_http_osago_json_escape(u_char *dst, u_char *src, size_t size);
+size_t ngx_http_osago_json_escaped_len(u_char *src, size_t size);
+
+
+#endif /* _NGX_HTTP_OSAGO_MODULE_H_INCLUDED_ */

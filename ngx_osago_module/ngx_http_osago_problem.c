@@ -1,0 +1,138 @@
+/*
+ * Error responses as application/problem+json (RFC 9457), and the JSON
+ * string escaping they (and later the other handlers) need.
+ */
+
+#include "ngx_http_osago_module.h"
+
+
+/* JSON needs '"', '\\' and control characters escaped; the rest is as is */
+size_t
+ngx_http_osago_json_escaped_len(u_char *src, size_t size)
+{
+    size_t  n;
+
+    for (n = size; size; size--, src++) {
+        if (*src == '"' || *src == '\\') {
+            n++;
+
+        } else if (*src < 0x20) {
+            n += 5;     /* \u00XX */
+        }
+    }
+
+    return n;
+}
+
+
+u_char *
+ngx_http_osago_json_escape(u_char *dst, u_char *src, size_t size)
+{
+    static u_char  hex[] = "0123456789abcdef";
+
+    for ( /* void */ ; size; size--, src++) {
+
+        if (*src == '"' || *src == '\\') {
+            *dst++ = '\\';
+            *dst++ = *src;
+
+        } else if (*src < 0x20) {
+            *dst++ = '\\';
+            *dst++ = 'u';
+            *dst++ = '0';
+            *dst++ = '0';
+            *dst++ = hex[*src >> 4];
+            *dst++ = hex[*src & 0xf];
+
+        } else {
+            *dst++ = *src;
+        }
+    }
+
+    return dst;
+}
+
+
+ngx_int_t
+ngx_http_osago_problem_send(ngx_http_request_t *r,
+    ngx_http_osago_problem_t *problem)
+{
+    size_t        len;
+    u_char       *p;
+    ngx_int_t     rc;
+    ngx_buf_t    *b;
+    ngx_chain_t   out;
+
+    static ngx_str_t  type = ngx_string("application/problem+json");
+
+    /* the body of a refused request is of no interest, keep-alive is */
+    rc = ngx_http_discard_request_body(r);
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    len = sizeof("{\"type\":\"\",\"title\":\"\",\"status\":,\"detail\":\"\"}\n")
+          - 1 + NGX_INT_T_LEN
+          + ngx_http_osago_json_escaped_len(problem->type.data,
+                                            problem->type.len)
+          + ngx_http_osago_json_escaped_len(problem->title.data,
+                                            problem->title.len)
+          + ngx_http_osago_json_escaped_len(problem->detail.data,
+                                            problem->detail.len);
+
+    if (problem->pointer.len) {
+        len += sizeof(",\"pointer\":\"\"") - 1
+               + ngx_http_osago_json_escaped_len(problem->pointer.data,
+                                                 problem->pointer.len);
+    }
+
+    b = ngx_create_temp_buf(r->pool, len);
+    if (b == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    p = ngx_cpymem(b->last, "{\"type\":\"", sizeof("{\"type\":\"") - 1);
+    p = ngx_http_osago_json_escape(p, problem->type.data, problem->type.len);
+    p = ngx_cpymem(p, "\",\"title\":\"", sizeof("\",\"title\":\"") - 1);
+    p = ngx_http_osago_json_escape(p, problem->title.data, problem->title.len);
+    p = ngx_sprintf(p, "\",\"status\":%ui,\"detail\":\"", problem->status);
+    p = ngx_http_osago_json_escape(p, problem->detail.data,
+                                   problem->detail.len);
+    *p++ = '"';
+
+    if (problem->pointer.len) {
+        p = ngx_cpymem(p, ",\"pointer\":\"", sizeof(",\"pointer\":\"") - 1);
+        p = ngx_http_osago_json_escape(p, problem->pointer.data,
+                                       problem->pointer.len);
+        *p++ = '"';
+    }
+
+    *p++ = '}';
+    *p++ = '\n';
+
+    b->last = p;
+    b->last_buf = (r == r->main) ? 1 : 0;
+    b->last_in_chain = 1;
+
+    r->headers_out.status = problem->status;
+    r->headers_out.content_type = type;
+    r->headers_out.content_type_len = type.len;
+    r->headers_out.content_type_lowcase = NULL;
+    r->headers_out.content_length_n = b->last - b->pos;
+
+    if (r->headers_out.content_length) {
+        r->headers_out.content_length->hash = 0;
+        r->headers_out.content_length = NULL;
+    }
+
+    rc = ngx_http_send_header(r);
+
+    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
+        return rc;
+    }
+
+    out.buf = b;
+    out.next = NULL;
+
+    return ngx_http_output_filter(r, &out);
+}

@@ -1,0 +1,1036 @@
+/*
+ * Asynchronous Redis for nginx workers (see ngx_http_osago_redis.h).
+ *
+ * The hiredis socket is wrapped in an ngx_connection_t whose read and write
+ * events call into hiredis.  Both directions are registered level-triggered:
+ * hiredis reads at most 16 KB per call, and with edge-triggered epoll a
+ * larger reply would never be read to the end.
+ */
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_event.h>
+#include <ngx_http.h>
+
+#include <time.h>
+#include <openssl/sha.h>
+#include <hiredis/async.h>
+
+#include "ngx_http_osago_redis.h"
+
+
+#define NGX_HTTP_OSAGO_REDIS_BACKOFF_MIN  50
+#define NGX_HTTP_OSAGO_REDIS_BACKOFF_MAX  1000
+#define NGX_HTTP_OSAGO_REDIS_MAX_ARGS     32
+
+
+typedef enum {
+    NGX_HTTP_OSAGO_REDIS_DISCONNECTED = 0,
+    NGX_HTTP_OSAGO_REDIS_CONNECTING,    /* TCP connect or handshake */
+    NGX_HTTP_OSAGO_REDIS_READY
+} ngx_http_osago_redis_state_e;
+
+
+struct ngx_http_osago_redis_s {
+    ngx_http_osago_redis_conf_t     *conf;
+    ngx_http_osago_redis_observer_t  observer;
+    ngx_log_t                       *log;
+
+    redisAsyncContext               *ac;
+    ngx_connection_t                *conn;
+    ngx_uint_t                       state;
+    ngx_uint_t                       handshake_pending;
+    unsigned                         tcp_connected:1;
+    unsigned                         exiting:1;
+
+    ngx_msec_t                       backoff;
+    ngx_event_t                      reconnect_ev;
+    ngx_event_t                      connect_timer;
+    ngx_event_t                      command_timer;
+
+    /* commands sent and not yet answered, oldest first */
+    ngx_queue_t                      in_flight;
+    uint64_t                         last_reply_us;
+};
+
+
+struct ngx_http_osago_redis_cmd_s {
+    ngx_queue_t                      queue;
+    ngx_http_osago_redis_t          *redis;
+    ngx_http_osago_redis_handler_pt  handler;
+    void                            *data;
+
+    ngx_msec_t                       deadline;
+    uint64_t                         sent_us;
+
+    /* kept to resend as EVAL should Redis have lost the script */
+    ngx_http_osago_redis_script_t   *script;
+    int                              nkeys;
+    int                              argc;
+    const char                     **argv;
+    size_t                          *argvlen;
+
+    unsigned                         in_flight:1;
+    unsigned                         answered:1;
+};
+
+
+static void ngx_http_osago_redis_connect(ngx_http_osago_redis_t *redis);
+static void ngx_http_osago_redis_drop(ngx_http_osago_redis_t *redis,
+    const char *reason);
+static void ngx_http_osago_redis_schedule_reconnect(
+    ngx_http_osago_redis_t *redis);
+static void ngx_http_osago_redis_release_conn(ngx_http_osago_redis_t *redis);
+static void ngx_http_osago_redis_set_ready(ngx_http_osago_redis_t *redis);
+static ngx_http_osago_redis_cmd_t *ngx_http_osago_redis_send(
+    ngx_http_osago_redis_t *redis, ngx_http_osago_redis_cmd_t *cmd,
+    int argc, const char **argv, const size_t *argvlen);
+
+
+static uint64_t
+ngx_http_osago_redis_now_us(void)
+{
+    struct timespec  ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+
+    return (uint64_t) ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+
+/* configuration */
+
+
+char *
+ngx_http_osago_redis_set_server(ngx_conf_t *cf,
+    ngx_http_osago_redis_conf_t *rcf, ngx_str_t *value)
+{
+    size_t     len;
+    ngx_url_t  u;
+
+    ngx_memzero(&u, sizeof(ngx_url_t));
+
+    u.url = *value;
+    u.default_port = 6379;
+
+    if (ngx_parse_url(cf->pool, &u) != NGX_OK) {
+        if (u.err) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "%s in osago_redis_server \"%V\"",
+                               u.err, &u.url);
+        }
+        return NGX_CONF_ERROR;
+    }
+
+    if (u.naddrs == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "osago_redis_server \"%V\" has no address",
+                           &u.url);
+        return NGX_CONF_ERROR;
+    }
+
+    rcf->server = *value;
+    rcf->addr = &u.addrs[0];
+
+#if (NGX_HAVE_UNIX_DOMAIN)
+    if (u.family == AF_UNIX) {
+        struct sockaddr_un  *saun = (struct sockaddr_un *) u.addrs[0].sockaddr;
+
+        ngx_cpystrn(rcf->host, (u_char *) saun->sun_path,
+                    sizeof(rcf->host));
+        rcf->port = 0;
+        return NGX_CONF_OK;
+    }
+#endif
+
+    /* hiredis resolves names synchronously: hand it the numeric address */
+    len = ngx_sock_ntop(u.addrs[0].sockaddr, u.addrs[0].socklen, rcf->host,
+                        NGX_SOCKADDR_STRLEN, 0);
+    rcf->host[len] = '\0';
+    rcf->port = ngx_inet_get_port(u.addrs[0].sockaddr);
+
+    return NGX_CONF_OK;
+}
+
+
+ngx_http_osago_redis_script_t *
+ngx_http_osago_redis_add_script(ngx_conf_t *cf,
+    ngx_http_osago_redis_conf_t *rcf, char *name, char *body)
+{
+    u_char                          digest[SHA_DIGEST_LENGTH];
+    ngx_http_osago_redis_script_t  *script, **slot;
+
+    if (rcf->scripts == NULL) {
+        rcf->scripts = ngx_array_create(cf->pool, 4, sizeof(void *));
+        if (rcf->scripts == NULL) {
+            return NULL;
+        }
+    }
+
+    script = ngx_pcalloc(cf->pool, sizeof(ngx_http_osago_redis_script_t));
+    if (script == NULL) {
+        return NULL;
+    }
+
+    script->name.data = (u_char *) name;
+    script->name.len = ngx_strlen(name);
+    script->body.data = (u_char *) body;
+    script->body.len = ngx_strlen(body);
+
+    /* EVALSHA names a script by the SHA-1 of its text */
+    SHA1(script->body.data, script->body.len, digest);
+    ngx_hex_dump(script->sha1, digest, SHA_DIGEST_LENGTH);
+
+    slot = ngx_array_push(rcf->scripts);
+    if (slot == NULL) {
+        return NULL;
+    }
+
+    *slot = script;
+
+    return script;
+}
+
+
+/* hiredis event hooks */
+
+
+static void
+ngx_http_osago_redis_event(ngx_event_t *ev, ngx_int_t event, ngx_uint_t add)
+{
+    ngx_connection_t  *c = ev->data;
+
+    if (add) {
+        if (!ev->active
+            && ngx_add_event(ev, event, NGX_LEVEL_EVENT) != NGX_OK)
+        {
+            ngx_log_error(NGX_LOG_ALERT, c->log, 0,
+                          "osago redis: cannot add event");
+        }
+        return;
+    }
+
+    if (ev->active) {
+        /* level: the other direction, if registered, stays level too */
+        (void) ngx_del_event(ev, event, NGX_LEVEL_EVENT);
+    }
+}
+
+
+static void
+ngx_http_osago_redis_add_read(void *privdata)
+{
+    ngx_http_osago_redis_t  *redis = privdata;
+
+    if (redis->conn) {
+        ngx_http_osago_redis_event(redis->conn->read, NGX_READ_EVENT, 1);
+    }
+}
+
+
+static void
+ngx_http_osago_redis_del_read(void *privdata)
+{
+    ngx_http_osago_redis_t  *redis = privdata;
+
+    if (redis->conn) {
+        ngx_http_osago_redis_event(redis->conn->read, NGX_READ_EVENT, 0);
+    }
+}
+
+
+static void
+ngx_http_osago_redis_add_write(void *privdata)
+{
+    ngx_http_osago_redis_t  *redis = privdata;
+
+    if (redis->conn) {
+        ngx_http_osago_redis_event(redis->conn->write, NGX_WRITE_EVENT, 1);
+    }
+}
+
+
+static void
+ngx_http_osago_redis_del_write(void *privdata)
+{
+    ngx_http_osago_redis_t  *redis = privdata;
+
+    if (redis->conn) {
+        ngx_http_osago_redis_event(redis->conn->write, NGX_WRITE_EVENT, 0);
+    }
+}
+
+
+static void
+ngx_http_osago_redis_cleanup(void *privdata)
+{
+    ngx_http_osago_redis_release_conn(privdata);
+}
+
+
+static void
+ngx_http_osago_redis_read_handler(ngx_event_t *ev)
+{
+    ngx_connection_t        *c = ev->data;
+    ngx_http_osago_redis_t  *redis = c->data;
+
+    /* may free the context and the connection: touch neither afterwards */
+    redisAsyncHandleRead(redis->ac);
+}
+
+
+static void
+ngx_http_osago_redis_write_handler(ngx_event_t *ev)
+{
+    ngx_connection_t        *c = ev->data;
+    ngx_http_osago_redis_t  *redis = c->data;
+
+    redisAsyncHandleWrite(redis->ac);
+}
+
+
+/*
+ * hiredis closes the socket itself: the nginx connection only forgets it.
+ * Safe to call more than once.
+ */
+static void
+ngx_http_osago_redis_release_conn(ngx_http_osago_redis_t *redis)
+{
+    ngx_connection_t  *c = redis->conn;
+
+    if (c == NULL) {
+        return;
+    }
+
+    redis->conn = NULL;
+
+    if (c->read->timer_set) {
+        ngx_del_timer(c->read);
+    }
+
+    if (c->write->timer_set) {
+        ngx_del_timer(c->write);
+    }
+
+    if (c->read->posted) {
+        ngx_delete_posted_event(c->read);
+    }
+
+    if (c->write->posted) {
+        ngx_delete_posted_event(c->write);
+    }
+
+    if (c->read->active) {
+        (void) ngx_del_event(c->read, NGX_READ_EVENT, NGX_CLOSE_EVENT);
+    }
+
+    if (c->write->active) {
+        (void) ngx_del_event(c->write, NGX_WRITE_EVENT, NGX_CLOSE_EVENT);
+    }
+
+    /* stale events of this fd in the current epoll batch are now skipped */
+    c->fd = (ngx_socket_t) -1;
+
+    ngx_free_connection(c);
+}
+
+
+/* connection life cycle */
+
+
+static void
+ngx_http_osago_redis_on_connect(const redisAsyncContext *ac, int status)
+{
+    ngx_http_osago_redis_t  *redis = ac->data;
+
+    if (redis == NULL || redis->ac != ac) {
+        return;
+    }
+
+    if (status != REDIS_OK) {
+        ngx_log_error(NGX_LOG_ERR, redis->log, 0,
+                      "osago redis: cannot connect to %V: %s",
+                      &redis->conf->server, ac->errstr);
+
+        /* hiredis frees the context when this callback returns */
+        redis->ac = NULL;
+        redis->state = NGX_HTTP_OSAGO_REDIS_DISCONNECTED;
+        ngx_http_osago_redis_release_conn(redis);
+
+        if (redis->connect_timer.timer_set) {
+            ngx_del_timer(&redis->connect_timer);
+        }
+
+        if (redis->observer.error) {
+            redis->observer.error(redis->observer.data,
+                                  NGX_HTTP_OSAGO_REDIS_ERR_DISCONNECT);
+        }
+
+        ngx_http_osago_redis_schedule_reconnect(redis);
+        return;
+    }
+
+    redis->tcp_connected = 1;
+
+    if (redis->handshake_pending == 0) {
+        ngx_http_osago_redis_set_ready(redis);
+    }
+}
+
+
+static void
+ngx_http_osago_redis_on_disconnect(const redisAsyncContext *ac, int status)
+{
+    ngx_http_osago_redis_t  *redis = ac->data;
+
+    if (redis == NULL || redis->ac != ac) {
+        return;     /* we dropped it ourselves, and already said so */
+    }
+
+    redis->ac = NULL;
+    ngx_http_osago_redis_release_conn(redis);
+
+    if (redis->exiting) {
+        redis->state = NGX_HTTP_OSAGO_REDIS_DISCONNECTED;
+        return;
+    }
+
+    ngx_log_error(NGX_LOG_ERR, redis->log, 0,
+                  "osago redis: connection to %V lost: %s",
+                  &redis->conf->server,
+                  (status == REDIS_OK || ac->errstr == NULL)
+                  ? "closed" : ac->errstr);
+
+    if (redis->state == NGX_HTTP_OSAGO_REDIS_READY
+        && redis->observer.state)
+    {
+        redis->observer.state(redis->observer.data, 0);
+    }
+
+    redis->state = NGX_HTTP_OSAGO_REDIS_DISCONNECTED;
+
+    if (redis->observer.error) {
+        redis->observer.error(redis->observer.data,
+                              NGX_HTTP_OSAGO_REDIS_ERR_DISCONNECT);
+    }
+
+    ngx_http_osago_redis_schedule_reconnect(redis);
+}
+
+
+static void
+ngx_http_osago_redis_set_ready(ngx_http_osago_redis_t *redis)
+{
+    redis->state = NGX_HTTP_OSAGO_REDIS_READY;
+    redis->backoff = NGX_HTTP_OSAGO_REDIS_BACKOFF_MIN;
+
+    if (redis->connect_timer.timer_set) {
+        ngx_del_timer(&redis->connect_timer);
+    }
+
+    ngx_log_error(NGX_LOG_INFO, redis->log, 0,
+                  "osago redis: connected to %V", &redis->conf->server);
+
+    if (redis->observer.state) {
+        redis->observer.state(redis->observer.data, 1);
+    }
+}
+
+
+static void
+ngx_http_osago_redis_handshake_reply(void *data,
+    ngx_http_osago_redis_status_e status, redisReply *reply)
+{
+    ngx_http_osago_redis_t  *redis = data;
+
+    if (redis->state != NGX_HTTP_OSAGO_REDIS_CONNECTING) {
+        return;     /* that connection is gone already */
+    }
+
+    if (status != NGX_HTTP_OSAGO_REDIS_REPLY) {
+        ngx_http_osago_redis_drop(redis, "handshake got no answer");
+        return;
+    }
+
+    if (reply->type == REDIS_REPLY_ERROR) {
+        ngx_log_error(NGX_LOG_ERR, redis->log, 0,
+                      "osago redis: %V refused the handshake: %*s",
+                      &redis->conf->server, (size_t) reply->len, reply->str);
+        ngx_http_osago_redis_drop(redis, NULL);
+        return;
+    }
+
+    if (--redis->handshake_pending == 0 && redis->tcp_connected) {
+        ngx_http_osago_redis_set_ready(redis);
+    }
+}
+
+
+static ngx_int_t
+ngx_http_osago_redis_handshake(ngx_http_osago_redis_t *redis)
+{
+    u_char                          db[NGX_INT_T_LEN];
+    size_t                          len[3];
+    ngx_uint_t                      i;
+    const char                     *argv[3];
+    ngx_http_osago_redis_conf_t    *rcf = redis->conf;
+    ngx_http_osago_redis_script_t **scripts;
+
+    /*
+     * Counted before sending: a reply cannot arrive before the socket is
+     * read, which happens after this function returns.
+     */
+    redis->handshake_pending = (rcf->password.len ? 1 : 0)
+                               + (rcf->database ? 1 : 0)
+                               + (rcf->scripts ? rcf->scripts->nelts : 0);
+
+    if (rcf->password.len) {
+        argv[0] = "AUTH";
+        len[0] = 4;
+        argv[1] = (const char *) rcf->password.data;
+        len[1] = rcf->password.len;
+
+        if (ngx_http_osago_redis_command(redis, 2, argv, len,
+                ngx_http_osago_redis_handshake_reply, redis) == NULL)
+        {
+            return NGX_ERROR;
+        }
+    }
+
+    if (rcf->database) {
+        argv[0] = "SELECT";
+        len[0] = 6;
+        argv[1] = (const char *) db;
+        len[1] = ngx_sprintf(db, "%ui", rcf->database) - db;
+
+        if (ngx_http_osago_redis_command(redis, 2, argv, len,
+                ngx_http_osago_redis_handshake_reply, redis) == NULL)
+        {
+            return NGX_ERROR;
+        }
+    }
+
+    if (rcf->scripts == NULL) {
+        return NGX_OK;
+    }
+
+    scripts = rcf->scripts->elts;
+
+    for (i = 0; i < rcf->scripts->nelts; i++) {
+        argv[0] = "SCRIPT";
+        len[0] = 6;
+        argv[1] = "LOAD";
+        len[1] = 4;
+        argv[2] = (const char *) scripts[i]->body.data;
+        len[2] = scripts[i]->body.len;
+
+        if (ngx_http_osago_redis_command(redis, 3, argv, len,
+                ngx_http_osago_redis_handshake_reply, redis) == NULL)
+        {
+            return NGX_ERROR;
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_osago_redis_connect(ngx_http_osago_redis_t *redis)
+{
+    ngx_connection_t             *c;
+    redisAsyncContext            *ac;
+    ngx_http_osago_redis_conf_t  *rcf = redis->conf;
+
+    if (rcf->port) {
+        ac = redisAsyncConnect((const char *) rcf->host, rcf->port);
+
+    } else {
+        ac = redisAsyncConnectUnix((const char *) rcf->host);
+    }
+
+    if (ac == NULL) {
+        ngx_log_error(NGX_LOG_ERR, redis->log, 0,
+                      "osago redis: cannot allocate a connection");
+        ngx_http_osago_redis_schedule_reconnect(redis);
+        return;
+    }
+
+    if (ac->err) {
+        ngx_log_error(NGX_LOG_ERR, redis->log, 0,
+                      "osago redis: cannot connect to %V: %s",
+                      &rcf->server, ac->errstr);
+        redisAsyncFree(ac);
+        ngx_http_osago_redis_schedule_reconnect(redis);
+        return;
+    }
+
+    c = ngx_get_connection(ac->c.fd, redis->log);
+    if (c == NULL) {
+        /* worker_connections exhausted; hiredis still owns and closes fd */
+        redisAsyncFree(ac);
+        ngx_http_osago_redis_schedule_reconnect(redis);
+        return;
+    }
+
+    c->data = redis;
+    c->read->handler = ngx_http_osago_redis_read_handler;
+    c->write->handler = ngx_http_osago_redis_write_handler;
+    c->read->log = redis->log;
+    c->write->log = redis->log;
+
+    redis->ac = ac;
+    redis->conn = c;
+    redis->state = NGX_HTTP_OSAGO_REDIS_CONNECTING;
+    redis->tcp_connected = 0;
+
+    ac->data = redis;
+    ac->ev.data = redis;
+    ac->ev.addRead = ngx_http_osago_redis_add_read;
+    ac->ev.delRead = ngx_http_osago_redis_del_read;
+    ac->ev.addWrite = ngx_http_osago_redis_add_write;
+    ac->ev.delWrite = ngx_http_osago_redis_del_write;
+    ac->ev.cleanup = ngx_http_osago_redis_cleanup;
+
+    redisAsyncSetConnectCallback(ac, ngx_http_osago_redis_on_connect);
+    redisAsyncSetDisconnectCallback(ac, ngx_http_osago_redis_on_disconnect);
+
+    ngx_add_timer(&redis->connect_timer, rcf->connect_timeout);
+
+    /* queued now, written by hiredis as soon as the socket connects */
+    if (ngx_http_osago_redis_handshake(redis) != NGX_OK) {
+        ngx_http_osago_redis_drop(redis, "cannot queue the handshake");
+    }
+}
+
+
+/*
+ * Give up the current connection at once: every command still waiting is
+ * answered DOWN, and a reconnect is scheduled.
+ */
+static void
+ngx_http_osago_redis_drop(ngx_http_osago_redis_t *redis, const char *reason)
+{
+    redisAsyncContext  *ac = redis->ac;
+    ngx_uint_t          was_ready;
+
+    if (ac == NULL) {
+        return;
+    }
+
+    if (reason) {
+        ngx_log_error(NGX_LOG_ERR, redis->log, 0,
+                      "osago redis: dropping the connection to %V: %s",
+                      &redis->conf->server, reason);
+    }
+
+    was_ready = (redis->state == NGX_HTTP_OSAGO_REDIS_READY);
+
+    /* our disconnect callback recognises a context we dropped ourselves */
+    redis->ac = NULL;
+    redis->state = NGX_HTTP_OSAGO_REDIS_DISCONNECTED;
+    ngx_http_osago_redis_release_conn(redis);
+
+    if (redis->connect_timer.timer_set) {
+        ngx_del_timer(&redis->connect_timer);
+    }
+
+    /* deferred by hiredis when called from one of its callbacks */
+    redisAsyncFree(ac);
+
+    if (was_ready && redis->observer.state) {
+        redis->observer.state(redis->observer.data, 0);
+    }
+
+    if (redis->observer.error) {
+        redis->observer.error(redis->observer.data,
+                              NGX_HTTP_OSAGO_REDIS_ERR_DISCONNECT);
+    }
+
+    ngx_http_osago_redis_schedule_reconnect(redis);
+}
+
+
+static void
+ngx_http_osago_redis_schedule_reconnect(ngx_http_osago_redis_t *redis)
+{
+    if (redis->exiting || redis->reconnect_ev.timer_set) {
+        return;
+    }
+
+    ngx_add_timer(&redis->reconnect_ev, redis->backoff);
+
+    redis->backoff = ngx_min(redis->backoff * 2,
+                             NGX_HTTP_OSAGO_REDIS_BACKOFF_MAX);
+}
+
+
+static void
+ngx_http_osago_redis_reconnect_handler(ngx_event_t *ev)
+{
+    ngx_http_osago_redis_t  *redis = ev->data;
+
+    if (redis->exiting || redis->ac) {
+        return;
+    }
+
+    ngx_http_osago_redis_connect(redis);
+}
+
+
+static void
+ngx_http_osago_redis_connect_timeout_handler(ngx_event_t *ev)
+{
+    ngx_http_osago_redis_t  *redis = ev->data;
+
+    if (redis->state == NGX_HTTP_OSAGO_REDIS_CONNECTING) {
+        ngx_http_osago_redis_drop(redis, "connect timed out");
+    }
+}
+
+
+/*
+ * Commands share one timeout and are sent in order, so the oldest one in
+ * flight always expires first: one timer for all of them.
+ */
+static void
+ngx_http_osago_redis_command_timeout_handler(ngx_event_t *ev)
+{
+    ngx_http_osago_redis_t      *redis = ev->data;
+    ngx_queue_t                 *q;
+    ngx_uint_t                   stalled;
+    ngx_msec_int_t               left;
+    ngx_http_osago_redis_cmd_t  *cmd;
+
+    stalled = 0;
+
+    while (!ngx_queue_empty(&redis->in_flight)) {
+        q = ngx_queue_head(&redis->in_flight);
+        cmd = ngx_queue_data(q, ngx_http_osago_redis_cmd_t, queue);
+
+        left = (ngx_msec_int_t) (cmd->deadline - ngx_current_msec);
+        if (left > 0) {
+            ngx_add_timer(ev, (ngx_msec_t) left);
+            break;
+        }
+
+        ngx_queue_remove(q);
+        cmd->in_flight = 0;
+
+        /* nothing at all came back since this command went out */
+        if (redis->last_reply_us < cmd->sent_us) {
+            stalled = 1;
+        }
+
+        if (redis->observer.error) {
+            redis->observer.error(redis->observer.data,
+                                  NGX_HTTP_OSAGO_REDIS_ERR_TIMEOUT);
+        }
+
+        if (!cmd->answered) {
+            cmd->answered = 1;
+            cmd->handler(cmd->data, NGX_HTTP_OSAGO_REDIS_TIMEOUT, NULL);
+        }
+
+        /* hiredis still holds the command: freed when it lets go */
+    }
+
+    if (stalled) {
+        ngx_http_osago_redis_drop(redis, "no reply within the timeout");
+    }
+}
+
+
+/* commands */
+
+
+static void
+ngx_http_osago_redis_reply(redisAsyncContext *ac, void *r, void *privdata)
+{
+    redisReply                  *reply = r;
+    ngx_http_osago_redis_cmd_t  *cmd = privdata;
+    ngx_http_osago_redis_t      *redis = cmd->redis;
+    uint64_t                     now;
+
+    if (cmd->in_flight) {
+        ngx_queue_remove(&cmd->queue);
+        cmd->in_flight = 0;
+    }
+
+    if (reply) {
+        now = ngx_http_osago_redis_now_us();
+        redis->last_reply_us = now;
+
+        if (redis->observer.rtt) {
+            redis->observer.rtt(redis->observer.data,
+                                (ngx_uint_t) (now - cmd->sent_us));
+        }
+    }
+
+    if (!cmd->answered
+        && reply
+        && reply->type == REDIS_REPLY_ERROR
+        && cmd->script
+        && reply->len >= 8
+        && ngx_strncmp(reply->str, "NOSCRIPT", 8) == 0)
+    {
+        /* SCRIPT FLUSH or a failover: EVAL loads the script again */
+        const char  *argv[NGX_HTTP_OSAGO_REDIS_MAX_ARGS];
+        size_t       argvlen[NGX_HTTP_OSAGO_REDIS_MAX_ARGS];
+        u_char       nkeys[NGX_INT_T_LEN];
+        int          i;
+
+        ngx_log_error(NGX_LOG_WARN, redis->log, 0,
+                      "osago redis: script \"%V\" not loaded, sending it",
+                      &cmd->script->name);
+
+        argv[0] = "EVAL";
+        argvlen[0] = 4;
+        argv[1] = (const char *) cmd->script->body.data;
+        argvlen[1] = cmd->script->body.len;
+        argv[2] = (const char *) nkeys;
+        argvlen[2] = ngx_sprintf(nkeys, "%d", cmd->nkeys) - nkeys;
+
+        for (i = 0; i < cmd->argc; i++) {
+            argv[3 + i] = cmd->argv[i];
+            argvlen[3 + i] = cmd->argvlen[i];
+        }
+
+        cmd->script = NULL;
+
+        if (redisAsyncCommandArgv(ac, ngx_http_osago_redis_reply, cmd,
+                                  3 + cmd->argc, argv, argvlen)
+            == REDIS_OK)
+        {
+            cmd->sent_us = ngx_http_osago_redis_now_us();
+            return;
+        }
+
+        reply = NULL;
+    }
+
+    if (!cmd->answered) {
+        cmd->answered = 1;
+
+        if (reply && reply->type == REDIS_REPLY_ERROR
+            && redis->observer.error)
+        {
+            redis->observer.error(redis->observer.data,
+                                  NGX_HTTP_OSAGO_REDIS_ERR_REPLY);
+        }
+
+        cmd->handler(cmd->data,
+                     reply ? NGX_HTTP_OSAGO_REDIS_REPLY
+                           : NGX_HTTP_OSAGO_REDIS_DOWN,
+                     reply);
+    }
+
+    ngx_free(cmd);
+}
+
+
+static ngx_http_osago_redis_cmd_t *
+ngx_http_osago_redis_send(ngx_http_osago_redis_t *redis,
+    ngx_http_osago_redis_cmd_t *cmd, int argc, const char **argv,
+    const size_t *argvlen)
+{
+    if (redisAsyncCommandArgv(redis->ac, ngx_http_osago_redis_reply, cmd,
+                              argc, argv, argvlen)
+        != REDIS_OK)
+    {
+        ngx_free(cmd);
+        return NULL;
+    }
+
+    cmd->redis = redis;
+    cmd->sent_us = ngx_http_osago_redis_now_us();
+    cmd->deadline = ngx_current_msec + redis->conf->command_timeout;
+    cmd->in_flight = 1;
+
+    ngx_queue_insert_tail(&redis->in_flight, &cmd->queue);
+
+    if (!redis->command_timer.timer_set) {
+        ngx_add_timer(&redis->command_timer, redis->conf->command_timeout);
+    }
+
+    return cmd;
+}
+
+
+ngx_http_osago_redis_cmd_t *
+ngx_http_osago_redis_command(ngx_http_osago_redis_t *redis, int argc,
+    const char **argv, const size_t *argvlen,
+    ngx_http_osago_redis_handler_pt handler, void *data)
+{
+    ngx_http_osago_redis_cmd_t  *cmd;
+
+    if (redis->ac == NULL || redis->state == NGX_HTTP_OSAGO_REDIS_DISCONNECTED)
+    {
+        return NULL;
+    }
+
+    cmd = ngx_calloc(sizeof(ngx_http_osago_redis_cmd_t), redis->log);
+    if (cmd == NULL) {
+        return NULL;
+    }
+
+    cmd->handler = handler;
+    cmd->data = data;
+
+    return ngx_http_osago_redis_send(redis, cmd, argc, argv, argvlen);
+}
+
+
+ngx_http_osago_redis_cmd_t *
+ngx_http_osago_redis_eval(ngx_http_osago_redis_t *redis,
+    ngx_http_osago_redis_script_t *script, int nkeys, int argc,
+    const char **argv, const size_t *argvlen,
+    ngx_http_osago_redis_handler_pt handler, void *data)
+{
+    int                          i;
+    u_char                      *p, nk[NGX_INT_T_LEN];
+    size_t                       size, lens[NGX_HTTP_OSAGO_REDIS_MAX_ARGS];
+    const char                  *args[NGX_HTTP_OSAGO_REDIS_MAX_ARGS];
+    ngx_http_osago_redis_cmd_t  *cmd;
+
+    if (redis->ac == NULL || redis->state == NGX_HTTP_OSAGO_REDIS_DISCONNECTED
+        || argc + 3 > NGX_HTTP_OSAGO_REDIS_MAX_ARGS)
+    {
+        return NULL;
+    }
+
+    /* one allocation: the command and a copy of its arguments */
+    size = sizeof(ngx_http_osago_redis_cmd_t)
+           + argc * (sizeof(char *) + sizeof(size_t));
+
+    for (i = 0; i < argc; i++) {
+        size += argvlen[i];
+    }
+
+    cmd = ngx_calloc(size, redis->log);
+    if (cmd == NULL) {
+        return NULL;
+    }
+
+    cmd->handler = handler;
+    cmd->data = data;
+    cmd->script = script;
+    cmd->nkeys = nkeys;
+    cmd->argc = argc;
+    cmd->argv = (const char **) (cmd + 1);
+    cmd->argvlen = (size_t *) (cmd->argv + argc);
+
+    p = (u_char *) (cmd->argvlen + argc);
+
+    for (i = 0; i < argc; i++) {
+        cmd->argv[i] = (const char *) p;
+        cmd->argvlen[i] = argvlen[i];
+        p = ngx_cpymem(p, argv[i], argvlen[i]);
+    }
+
+    args[0] = "EVALSHA";
+    lens[0] = 7;
+    args[1] = (const char *) script->sha1;
+    lens[1] = sizeof(script->sha1);
+    args[2] = (const char *) nk;
+    lens[2] = ngx_sprintf(nk, "%d", nkeys) - nk;
+
+    for (i = 0; i < argc; i++) {
+        args[3 + i] = cmd->argv[i];
+        lens[3 + i] = argvlen[i];
+    }
+
+    return ngx_http_osago_redis_send(redis, cmd, argc + 3, args, lens);
+}
+
+
+void
+ngx_http_osago_redis_cancel(ngx_http_osago_redis_cmd_t *cmd)
+{
+    /* the reply, when it comes, frees the command and calls nobody */
+    cmd->answered = 1;
+}
+
+
+ngx_uint_t
+ngx_http_osago_redis_is_up(ngx_http_osago_redis_t *redis)
+{
+    return redis->state == NGX_HTTP_OSAGO_REDIS_READY;
+}
+
+
+/* per-worker instance */
+
+
+ngx_http_osago_redis_t *
+ngx_http_osago_redis_create(ngx_http_osago_redis_conf_t *rcf,
+    ngx_http_osago_redis_observer_t *observer, ngx_log_t *log)
+{
+    ngx_http_osago_redis_t  *redis;
+
+    redis = ngx_calloc(sizeof(ngx_http_osago_redis_t), log);
+    if (redis == NULL) {
+        return NULL;
+    }
+
+    redis->conf = rcf;
+    redis->log = log;
+    redis->backoff = NGX_HTTP_OSAGO_REDIS_BACKOFF_MIN;
+
+    if (observer) {
+        redis->observer = *observer;
+    }
+
+    ngx_queue_init(&redis->in_flight);
+
+    /* cancelable: a gracefully exiting worker does not wait for these */
+    redis->reconnect_ev.handler = ngx_http_osago_redis_reconnect_handler;
+    redis->reconnect_ev.data = redis;
+    redis->reconnect_ev.log = log;
+    redis->reconnect_ev.cancelable = 1;
+
+    redis->connect_timer.handler = ngx_http_osago_redis_connect_timeout_handler;
+    redis->connect_timer.data = redis;
+    redis->connect_timer.log = log;
+    redis->connect_timer.cancelable = 1;
+
+    redis->command_timer.handler = ngx_http_osago_redis_command_timeout_handler;
+    redis->command_timer.data = redis;
+    redis->command_timer.log = log;
+    redis->command_timer.cancelable = 1;
+
+    ngx_http_osago_redis_connect(redis);
+
+    return redis;
+}
+
+
+void
+ngx_http_osago_redis_destroy(ngx_http_osago_redis_t *redis)
+{
+    redisAsyncContext  *ac;
+
+    redis->exiting = 1;
+
+    if (redis->reconnect_ev.timer_set) {
+        ngx_del_timer(&redis->reconnect_ev);
+    }
+
+    if (redis->connect_timer.timer_set) {
+        ngx_del_timer(&redis->connect_timer);
+    }
+
+    if (redis->command_timer.timer_set) {
+        ngx_del_timer(&redis->command_timer);
+    }
+
+    ac = redis->ac;
+
+    if (ac) {
+        redis->ac = NULL;
+        ngx_http_osago_redis_release_conn(redis);
+        redisAsyncFree(ac);
+    }
+
+    ngx_free(redis);
+}

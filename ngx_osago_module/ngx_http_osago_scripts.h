@@ -1,0 +1,76 @@
+/*
+ * Lua scripts the edge runs in Redis (loaded with SCRIPT LOAD on every
+ * connect, called with EVALSHA).  Kept in one place so the Redis side of
+ * the edge can be read at a glance.
+ */
+
+#ifndef _NGX_HTTP_OSAGO_SCRIPTS_H_INCLUDED_
+#define _NGX_HTTP_OSAGO_SCRIPTS_H_INCLUDED_
+
+
+/*
+ * GCRA for one partner, in one round trip.
+ *
+ * KEYS[1]  osago:partner:{sha256(api key)}
+ * ARGV[1]  "1": read the contract from KEYS[1] (the edge's copy is stale)
+ * ARGV[2]  rate in requests per 1000 s (when ARGV[1] is "0")
+ * ARGV[3]  burst                        (when ARGV[1] is "0")
+ * ARGV[4]  partner name                 (when ARGV[1] is "0")
+ * ARGV[5]  limiter key prefix, "osago:rl:partner:"
+ *
+ * Returns {code, remaining, retry_after_us, reset_us[, rate_milli, burst,
+ * name, pool]} with code 1 admitted, 0 limited, -1 unknown key, -2 disabled,
+ * -3 contract unusable; the contract is returned whenever it was read.
+ *
+ * Time is Redis' own, so every edge shares one clock.  The arrival time is
+ * stored as an integer string: Lua would print a large double in
+ * exponent form and lose microseconds.
+ */
+#define NGX_HTTP_OSAGO_SCRIPT_GCRA                                            \
+"local fetch = ARGV[1] == '1'\n"                                              \
+"local rate, burst, name, pool\n"                                             \
+"if fetch then\n"                                                             \
+"  local h = redis.call('HMGET', KEYS[1], 'name', 'rate', 'burst', 'pool',\n" \
+"                       'enabled')\n"                                         \
+"  if not h[1] then return {-1} end\n"                                        \
+"  name = h[1]\n"                                                             \
+"  pool = h[4] or ''\n"                                                       \
+"  rate = tonumber(h[2])\n"                                                   \
+"  burst = tonumber(h[3])\n"                                                  \
+"  if h[5] ~= '1' then return {-2, 0, 0, 0, 0, 0, name, pool} end\n"          \
+"  if not rate or rate <= 0 or not burst or burst < 1 then\n"                 \
+"    return {-3, 0, 0, 0, 0, 0, name, pool}\n"                                \
+"  end\n"                                                                     \
+"  rate = math.floor(rate * 1000 + 0.5)\n"                                    \
+"  burst = math.floor(burst)\n"                                               \
+"  if rate < 1 then return {-3, 0, 0, 0, 0, 0, name, pool} end\n"             \
+"else\n"                                                                      \
+"  rate = tonumber(ARGV[2])\n"                                                \
+"  burst = tonumber(ARGV[3])\n"                                               \
+"  name = ARGV[4]\n"                                                          \
+"end\n"                                                                       \
+"local key = ARGV[5] .. name\n"                                               \
+"local t = redis.call('TIME')\n"                                              \
+"local now = tonumber(t[1]) * 1000000 + tonumber(t[2])\n"                     \
+"local interval = 1000000000 / rate\n"                                        \
+"local tolerance = interval * burst\n"                                        \
+"local tat = tonumber(redis.call('GET', key) or 0)\n"                         \
+"if tat < now then tat = now end\n"                                           \
+"local new_tat = tat + interval\n"                                            \
+"local allow_at = new_tat - tolerance\n"                                      \
+"local res\n"                                                                 \
+"if allow_at > now then\n"                                                    \
+"  res = {0, 0, allow_at - now, tat - now}\n"                                 \
+"else\n"                                                                      \
+"  redis.call('SET', key, string.format('%.0f', new_tat), 'PX',\n"            \
+"             math.ceil((new_tat - now) / 1000) + 1)\n"                       \
+"  res = {1, math.floor((now + tolerance - new_tat) / interval),\n"           \
+"         0, new_tat - now}\n"                                                \
+"end\n"                                                                       \
+"if fetch then\n"                                                             \
+"  res[5] = rate; res[6] = burst; res[7] = name; res[8] = pool\n"             \
+"end\n"                                                                       \
+"return res\n"
+
+
+#endif /* _NGX_HTTP_OSAGO_SCRIPTS_H_INCLUDED_ */

@@ -1,0 +1,55 @@
+/*
+ * The module's shared memory zone: what every worker of this nginx
+ * instance sees alike (counters for the metrics location, and per-partner
+ * state for the local fallback limiter).
+ */
+
+#ifndef _NGX_HTTP_OSAGO_ZONE_H_INCLUDED_
+#define _NGX_HTTP_OSAGO_ZONE_H_INCLUDED_
+
+
+#include "ngx_http_osago_module.h"
+
+
+#define NGX_HTTP_OSAGO_RTT_BUCKETS   12
+#define NGX_HTTP_OSAGO_MAX_WORKERS   64
+
+
+struct ngx_http_osago_shm_partner_s {
+    ngx_rbtree_node_t               node;       /* key: crc32 of the name */
+    ngx_queue_t                     queue;      /* every partner, for listing */
+
+    ngx_atomic_t                    allowed;
+    ngx_atomic_t                    limited;
+
+    uint64_t                        local_tat;  /* under the zone mutex */
+
+    size_t                          name_len;
+    u_char                          name[NGX_HTTP_OSAGO_NAME_MAX];
+};
+
+
+struct ngx_http_osago_shctx_s {
+    ngx_rbtree_t                    rbtree;
+    ngx_rbtree_node_t               sentinel;
+    ngx_queue_t                     partners;
+
+    ngx_atomic_t                    decisions[NGX_HTTP_OSAGO_OUTCOME_MAX];
+    ngx_atomic_t                    untracked;  /* zone full: not per partner */
+
+    ngx_atomic_t                    rtt_bucket[NGX_HTTP_OSAGO_RTT_BUCKETS];
+    ngx_atomic_t                    rtt_count;
+    ngx_atomic_t                    rtt_sum_us;
+
+    ngx_atomic_t                    redis_errors[NGX_HTTP_OSAGO_REDIS_ERR_MAX];
+    ngx_atomic_t                    redis_up[NGX_HTTP_OSAGO_MAX_WORKERS];
+};
+
+
+typedef struct {
+    ngx_http_osago_shctx_t         *sh;
+    ngx_slab_pool_t                *shpool;
+} ngx_http_osago_zone_t;
+
+
+#endif /* _NGX_HTTP_OSAGO_ZONE_H_INCLUDED_ */
