@@ -41,6 +41,9 @@ struct ngx_http_osago_redis_s {
     ngx_uint_t                       state;
     ngx_uint_t                       handshake_pending;
     unsigned                         tcp_connected:1;
+    unsigned                         in_handshake:1;
+    unsigned                         in_write:1;
+    unsigned                         ever_failed:1;
     unsigned                         exiting:1;
 
     ngx_msec_t                       backoff;
@@ -82,6 +85,7 @@ static void ngx_http_osago_redis_schedule_reconnect(
     ngx_http_osago_redis_t *redis);
 static void ngx_http_osago_redis_release_conn(ngx_http_osago_redis_t *redis);
 static void ngx_http_osago_redis_set_ready(ngx_http_osago_redis_t *redis);
+static ngx_uint_t ngx_http_osago_redis_accepts(ngx_http_osago_redis_t *redis);
 static ngx_http_osago_redis_cmd_t *ngx_http_osago_redis_send(
     ngx_http_osago_redis_t *redis, ngx_http_osago_redis_cmd_t *cmd,
     int argc, const char **argv, const size_t *argvlen);
@@ -239,14 +243,33 @@ ngx_http_osago_redis_del_read(void *privdata)
 }
 
 
+/*
+ * A connected socket almost always has room: rather than asking epoll
+ * whether it is writable (two epoll_ctl calls and a loop iteration per
+ * batch), flush once after the current batch of events, with every command
+ * the batch queued.  Only a write that hiredis could not finish waits for
+ * epoll.
+ */
 static void
 ngx_http_osago_redis_add_write(void *privdata)
 {
     ngx_http_osago_redis_t  *redis = privdata;
+    ngx_event_t             *wev;
 
-    if (redis->conn) {
-        ngx_http_osago_redis_event(redis->conn->write, NGX_WRITE_EVENT, 1);
+    if (redis->conn == NULL) {
+        return;
     }
+
+    wev = redis->conn->write;
+
+    if (redis->tcp_connected && !redis->in_write) {
+        if (!wev->active && !wev->posted) {
+            ngx_post_event(wev, &ngx_posted_events);
+        }
+        return;
+    }
+
+    ngx_http_osago_redis_event(wev, NGX_WRITE_EVENT, 1);
 }
 
 
@@ -255,9 +278,15 @@ ngx_http_osago_redis_del_write(void *privdata)
 {
     ngx_http_osago_redis_t  *redis = privdata;
 
-    if (redis->conn) {
-        ngx_http_osago_redis_event(redis->conn->write, NGX_WRITE_EVENT, 0);
+    if (redis->conn == NULL) {
+        return;
     }
+
+    if (redis->conn->write->posted) {
+        ngx_delete_posted_event(redis->conn->write);
+    }
+
+    ngx_http_osago_redis_event(redis->conn->write, NGX_WRITE_EVENT, 0);
 }
 
 
@@ -285,7 +314,9 @@ ngx_http_osago_redis_write_handler(ngx_event_t *ev)
     ngx_connection_t        *c = ev->data;
     ngx_http_osago_redis_t  *redis = c->data;
 
+    redis->in_write = 1;
     redisAsyncHandleWrite(redis->ac);
+    redis->in_write = 0;
 }
 
 
@@ -341,6 +372,7 @@ ngx_http_osago_redis_release_conn(ngx_http_osago_redis_t *redis)
 static void
 ngx_http_osago_redis_on_connect(const redisAsyncContext *ac, int status)
 {
+    ngx_uint_t               level;
     ngx_http_osago_redis_t  *redis = ac->data;
 
     if (redis == NULL || redis->ac != ac) {
@@ -348,7 +380,11 @@ ngx_http_osago_redis_on_connect(const redisAsyncContext *ac, int status)
     }
 
     if (status != REDIS_OK) {
-        ngx_log_error(NGX_LOG_ERR, redis->log, 0,
+        /* one error per outage; the retries every second are news to no one */
+        level = (redis->backoff > NGX_HTTP_OSAGO_REDIS_BACKOFF_MIN * 2)
+                ? NGX_LOG_INFO : NGX_LOG_ERR;
+
+        ngx_log_error(level, redis->log, 0,
                       "osago redis: cannot connect to %V: %s",
                       &redis->conf->server, ac->errstr);
 
@@ -538,6 +574,7 @@ ngx_http_osago_redis_handshake(ngx_http_osago_redis_t *redis)
 static void
 ngx_http_osago_redis_connect(ngx_http_osago_redis_t *redis)
 {
+    ngx_int_t                     rc;
     ngx_connection_t             *c;
     redisAsyncContext            *ac;
     ngx_http_osago_redis_conf_t  *rcf = redis->conf;
@@ -598,7 +635,11 @@ ngx_http_osago_redis_connect(ngx_http_osago_redis_t *redis)
     ngx_add_timer(&redis->connect_timer, rcf->connect_timeout);
 
     /* queued now, written by hiredis as soon as the socket connects */
-    if (ngx_http_osago_redis_handshake(redis) != NGX_OK) {
+    redis->in_handshake = 1;
+    rc = ngx_http_osago_redis_handshake(redis);
+    redis->in_handshake = 0;
+
+    if (rc != NGX_OK) {
         ngx_http_osago_redis_drop(redis, "cannot queue the handshake");
     }
 }
@@ -657,6 +698,8 @@ ngx_http_osago_redis_schedule_reconnect(ngx_http_osago_redis_t *redis)
     if (redis->exiting || redis->reconnect_ev.timer_set) {
         return;
     }
+
+    redis->ever_failed = 1;
 
     ngx_add_timer(&redis->reconnect_ev, redis->backoff);
 
@@ -857,6 +900,31 @@ ngx_http_osago_redis_send(ngx_http_osago_redis_t *redis,
 }
 
 
+/*
+ * While the first connection of this worker is being made, commands queue
+ * behind the handshake (a worker that just started should not fail its
+ * first requests).  After a failure they are refused until the connection
+ * is ready again: a Redis that accepts connections but does not answer
+ * must not cost every request the full timeout.  The handshake itself is
+ * always let through.
+ */
+static ngx_uint_t
+ngx_http_osago_redis_accepts(ngx_http_osago_redis_t *redis)
+{
+    switch (redis->state) {
+
+    case NGX_HTTP_OSAGO_REDIS_READY:
+        return 1;
+
+    case NGX_HTTP_OSAGO_REDIS_CONNECTING:
+        return redis->in_handshake || !redis->ever_failed;
+
+    default:
+        return 0;
+    }
+}
+
+
 ngx_http_osago_redis_cmd_t *
 ngx_http_osago_redis_command(ngx_http_osago_redis_t *redis, int argc,
     const char **argv, const size_t *argvlen,
@@ -864,8 +932,7 @@ ngx_http_osago_redis_command(ngx_http_osago_redis_t *redis, int argc,
 {
     ngx_http_osago_redis_cmd_t  *cmd;
 
-    if (redis->ac == NULL || redis->state == NGX_HTTP_OSAGO_REDIS_DISCONNECTED)
-    {
+    if (!ngx_http_osago_redis_accepts(redis)) {
         return NULL;
     }
 
@@ -893,7 +960,7 @@ ngx_http_osago_redis_eval(ngx_http_osago_redis_t *redis,
     const char                  *args[NGX_HTTP_OSAGO_REDIS_MAX_ARGS];
     ngx_http_osago_redis_cmd_t  *cmd;
 
-    if (redis->ac == NULL || redis->state == NGX_HTTP_OSAGO_REDIS_DISCONNECTED
+    if (!ngx_http_osago_redis_accepts(redis)
         || argc + 3 > NGX_HTTP_OSAGO_REDIS_MAX_ARGS)
     {
         return NULL;
