@@ -6,9 +6,9 @@ SHELL := /bin/bash
 #   make bench    run the benchmarks in bench/ (minutes; figures go to docs/BENCHMARKS.md)
 
 NGX_SRC    ?= /usr/share/nginx/src
-BUILD      := $(CURDIR)/build
-NGX_BUILD  := $(BUILD)/nginx
-MODULE     := $(NGX_BUILD)/ngx_http_osago_module.so
+BUILD      := build
+NGX_BUILD  := $(CURDIR)/build/nginx
+MODULE     := build/nginx/ngx_http_osago_module.so
 
 CC         ?= cc
 CFLAGS     ?= -O2 -g
@@ -30,13 +30,13 @@ deps:
 	@tools/install-deps.sh
 
 # configure is slow (~20 s): rerun it only when the addon script changes.
-$(NGX_BUILD)/Makefile: config
+build/nginx/Makefile: config
 	@mkdir -p $(NGX_BUILD)
 	cd $(NGX_SRC) && . ./conf_flags && ./configure "$${NGX_CONF_FLAGS[@]}" \
 	    --add-dynamic-module=$(CURDIR) --builddir=$(NGX_BUILD) > $(NGX_BUILD)/configure.log
 	@touch $@
 
-$(MODULE): $(NGX_BUILD)/Makefile $(MODULE_SRCS)
+$(MODULE): build/nginx/Makefile $(MODULE_SRCS)
 	$(MAKE) -s -f $(NGX_BUILD)/Makefile -C $(NGX_SRC) modules
 
 $(BUILD)/osagoctl: $(OSAGOCTL_SRCS) $(OSAGOCTL_HDRS)
@@ -52,7 +52,7 @@ run: deps all
 	tools/run-stack
 
 test: deps all $(BUILD)/san/osagoctl
-	OSAGO_BUILD=$(BUILD) prove -j2 -r t/
+	OSAGO_BUILD=$(CURDIR)/$(BUILD) prove -j2 -r t/
 
 bench: deps all
 	bench/run-all

@@ -19,12 +19,29 @@ typedef enum {
 } ngx_http_osago_key_problem_e;
 
 
+/*
+ * The requests of one event-loop tick that wait for the same partner's
+ * decision: one EVALSHA answers them all.
+ */
 typedef struct {
-    ngx_http_osago_limit_ctx_t      limit;
+    ngx_queue_t                     queue;      /* the worker's open batches */
+    ngx_queue_t                     waiters;
+    ngx_uint_t                      count;      /* as sent to Redis */
+    ngx_uint_t                      fetch;
+    u_char                          digest[NGX_HTTP_OSAGO_DIGEST_LEN];
+    ngx_http_osago_contract_t       contract;
+    ngx_http_osago_redis_cmd_t     *cmd;
+    ngx_http_osago_main_conf_t     *omcf;
+} ngx_http_osago_limit_batch_t;
+
+
+typedef struct {
+    ngx_http_osago_limit_ctx_t      limit;      /* first: ctx is the state */
 
     ngx_http_osago_contract_t       contract;
     ngx_uint_t                      key_problem;
-    ngx_uint_t                      fetched;
+    ngx_http_osago_limit_batch_t   *batch;
+    ngx_queue_t                     batch_link;
     ngx_event_t                     resume;
 } ngx_http_osago_limit_state_t;
 
@@ -219,117 +236,20 @@ ngx_http_osago_limit_copy_str(u_char *dst, size_t *len, redisReply *reply)
 }
 
 
-/*
- * Reads the script's answer into the request's state and, when it carried
- * the contract, into this worker's partner cache.
- */
-static void
-ngx_http_osago_limit_apply_reply(ngx_http_osago_limit_state_t *st,
-    ngx_http_osago_main_conf_t *omcf, redisReply *reply)
-{
-    ngx_int_t                   code;
-    ngx_uint_t                  i;
-    ngx_http_osago_partner_t   *partner;
-    ngx_http_osago_contract_t  *c = &st->contract;
-
-    code = reply->element[0]->integer;
-
-    if (code != -1 && reply->elements >= 8) {
-        c->rate_milli = reply->element[4]->integer;
-        c->burst = reply->element[5]->integer;
-        ngx_http_osago_limit_copy_str(c->name, &c->name_len,
-                                      reply->element[6]);
-        ngx_http_osago_limit_copy_str(c->pool, &c->pool_len,
-                                      reply->element[7]);
-    }
-
-    /* an unusable contract is an operator's error: ask again next time */
-    if (st->fetched && code != -3) {
-        partner = ngx_http_osago_partner_store(omcf->partners,
-                                               st->limit.digest);
-        if (partner) {
-            partner->expires = ngx_current_msec + omcf->partner_cache_ttl;
-
-            switch (code) {
-            case -1:
-                partner->state = NGX_HTTP_OSAGO_PARTNER_UNKNOWN;
-                break;
-            case -2:
-                partner->state = NGX_HTTP_OSAGO_PARTNER_DISABLED;
-                break;
-            default:
-                partner->state = NGX_HTTP_OSAGO_PARTNER_KNOWN;
-            }
-
-            if (code >= 0 || code == -2) {
-                if (partner->shared == NULL
-                    || ngx_memn2cmp(partner->contract.name, c->name,
-                                    partner->contract.name_len, c->name_len))
-                {
-                    partner->shared = ngx_http_osago_zone_partner(omcf,
-                                                      c->name, c->name_len);
-                }
-
-                partner->contract = *c;
-            }
-        }
-    }
-
-    switch (code) {
-
-    case 1:
-    case 0:
-        for (i = 1; i < 4; i++) {
-            if (reply->element[i]->integer < 0) {
-                reply->element[i]->integer = 0;
-            }
-        }
-
-        ngx_http_osago_limit_set_partner(st, c);
-        ngx_http_osago_limit_set_policy(st, c->rate_milli, c->burst,
-                                        reply->element[1]->integer,
-                                        reply->element[2]->integer,
-                                        reply->element[3]->integer);
-        ngx_http_osago_limit_decide(st, code ? NGX_HTTP_OSAGO_ALLOWED
-                                             : NGX_HTTP_OSAGO_LIMITED);
-        return;
-
-    case -1:
-        st->key_problem = NGX_HTTP_OSAGO_KEY_UNKNOWN;
-        ngx_http_osago_limit_decide(st, NGX_HTTP_OSAGO_UNAUTHORIZED);
-        return;
-
-    case -2:
-        ngx_http_osago_limit_set_partner(st, c);
-        st->key_problem = NGX_HTTP_OSAGO_KEY_DISABLED;
-        ngx_http_osago_limit_decide(st, NGX_HTTP_OSAGO_UNAUTHORIZED);
-        return;
-
-    default:
-        ngx_log_error(NGX_LOG_ERR, st->limit.request->connection->log, 0,
-                      "osago limit: partner \"%*s\" has an unusable contract "
-                      "(rate or burst missing or not positive)",
-                      c->name_len, c->name);
-        ngx_http_osago_limit_set_partner(st, c);
-        ngx_http_osago_limit_decide(st, NGX_HTTP_OSAGO_UNAVAILABLE);
-    }
-}
-
-
 static ngx_uint_t
 ngx_http_osago_limit_reply_valid(redisReply *reply)
 {
     size_t  i, n;
 
-    if (reply->type != REDIS_REPLY_ARRAY || reply->elements < 1) {
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements < 1
+        || reply->element[0]->type != REDIS_REPLY_INTEGER)
+    {
         return 0;
     }
 
-    n = (reply->element[0]->type == REDIS_REPLY_INTEGER
-         && reply->element[0]->integer == -1) ? 1 : 4;
+    n = (reply->element[0]->integer == -1) ? 1 : 4;
 
-    if (reply->elements < n || (reply->elements != n && reply->elements < 8))
-    {
+    if (reply->elements != n && reply->elements < 8) {
         return 0;
     }
 
@@ -350,27 +270,164 @@ ngx_http_osago_limit_reply_valid(redisReply *reply)
 }
 
 
+/*
+ * When the script read the contract, it is this worker's new copy of it.
+ */
 static void
-ngx_http_osago_limit_reply(void *data, ngx_http_osago_redis_status_e status,
-    redisReply *reply)
+ngx_http_osago_limit_learn(ngx_http_osago_limit_batch_t *batch,
+    ngx_int_t code, redisReply *reply)
 {
-    ngx_http_osago_limit_state_t  *st = data;
-    ngx_http_request_t            *r = st->limit.request;
-    ngx_http_osago_main_conf_t    *omcf;
+    ngx_http_osago_partner_t    *partner;
+    ngx_http_osago_contract_t   *c = &batch->contract;
+    ngx_http_osago_main_conf_t  *omcf = batch->omcf;
 
-    st->limit.cmd = NULL;
+    if (code != -1 && reply->elements >= 8) {
+        c->rate_milli = ngx_max(reply->element[4]->integer, 0);
+        c->burst = ngx_max(reply->element[5]->integer, 0);
+        ngx_http_osago_limit_copy_str(c->name, &c->name_len,
+                                      reply->element[6]);
+        ngx_http_osago_limit_copy_str(c->pool, &c->pool_len,
+                                      reply->element[7]);
+    }
+
+    /* an unusable contract is an operator's error: ask again next time */
+    if (!batch->fetch || code == -3) {
+        return;
+    }
+
+    partner = ngx_http_osago_partner_store(omcf->partners, batch->digest);
+    if (partner == NULL) {
+        return;
+    }
+
+    partner->expires = ngx_current_msec + omcf->partner_cache_ttl;
+
+    if (code == -1) {
+        partner->state = NGX_HTTP_OSAGO_PARTNER_UNKNOWN;
+        return;
+    }
+
+    partner->state = (code == -2) ? NGX_HTTP_OSAGO_PARTNER_DISABLED
+                                  : NGX_HTTP_OSAGO_PARTNER_KNOWN;
+
+    if (partner->shared == NULL
+        || ngx_memn2cmp(partner->contract.name, c->name,
+                        partner->contract.name_len, c->name_len))
+    {
+        partner->shared = ngx_http_osago_zone_partner(omcf, c->name,
+                                                      c->name_len);
+    }
+
+    partner->contract = *c;
+}
+
+
+/* The decision for the request that came index-th in its batch. */
+static void
+ngx_http_osago_limit_decide_from_reply(ngx_http_osago_limit_state_t *st,
+    ngx_http_osago_limit_batch_t *batch, ngx_int_t code, redisReply *reply,
+    ngx_uint_t index)
+{
+    uint64_t                    remaining, retry_us, reset_us, interval, ahead;
+    ngx_http_osago_contract_t  *c = &batch->contract;
+
+    switch (code) {
+
+    case -1:
+        st->key_problem = NGX_HTTP_OSAGO_KEY_UNKNOWN;
+        ngx_http_osago_limit_decide(st, NGX_HTTP_OSAGO_UNAUTHORIZED);
+        return;
+
+    case -2:
+        ngx_http_osago_limit_set_partner(st, c);
+        st->key_problem = NGX_HTTP_OSAGO_KEY_DISABLED;
+        ngx_http_osago_limit_decide(st, NGX_HTTP_OSAGO_UNAUTHORIZED);
+        return;
+
+    case -3:
+        ngx_log_error(NGX_LOG_ERR, st->limit.request->connection->log, 0,
+                      "osago limit: partner \"%*s\" has an unusable contract "
+                      "(rate or burst missing or not positive)",
+                      c->name_len, c->name);
+        ngx_http_osago_limit_set_partner(st, c);
+        ngx_http_osago_limit_decide(st, NGX_HTTP_OSAGO_UNAVAILABLE);
+        return;
+    }
+
+    remaining = ngx_max(reply->element[1]->integer, 0);
+    retry_us = ngx_max(reply->element[2]->integer, 0);
+    reset_us = ngx_max(reply->element[3]->integer, 0);
+
+    ngx_http_osago_limit_set_partner(st, c);
+
+    if (index < (ngx_uint_t) code) {
+        /* admitted before the batch's later requests: more was left then */
+        ahead = code - 1 - index;
+        interval = 1000000000ULL / ngx_max(c->rate_milli, 1);
+
+        ngx_http_osago_limit_set_policy(st, c->rate_milli, c->burst,
+                                        remaining + ahead, 0,
+                                        reset_us > ahead * interval
+                                        ? reset_us - ahead * interval : 0);
+        ngx_http_osago_limit_decide(st, NGX_HTTP_OSAGO_ALLOWED);
+        return;
+    }
+
+    ngx_http_osago_limit_set_policy(st, c->rate_milli, c->burst, 0, retry_us,
+                                    reset_us);
+    ngx_http_osago_limit_decide(st, NGX_HTTP_OSAGO_LIMITED);
+}
+
+
+static void
+ngx_http_osago_limit_wake(ngx_http_osago_limit_state_t *st)
+{
+    st->batch = NULL;
     st->limit.waiting = 0;
 
-    omcf = ngx_http_get_module_main_conf(r, ngx_http_osago_module);
+    /* resumed from the event loop, not from inside hiredis */
+    ngx_post_event(&st->resume, &ngx_posted_events);
+}
 
-    if (status == NGX_HTTP_OSAGO_REDIS_REPLY
-        && ngx_http_osago_limit_reply_valid(reply))
+
+static void
+ngx_http_osago_limit_batch_fallback(ngx_http_osago_limit_batch_t *batch)
+{
+    ngx_queue_t                   *q;
+    ngx_http_osago_partner_t      *partner;
+    ngx_http_osago_limit_state_t  *st;
+
+    partner = ngx_http_osago_partner_lookup(batch->omcf->partners,
+                                            batch->digest);
+
+    while (!ngx_queue_empty(&batch->waiters)) {
+        q = ngx_queue_head(&batch->waiters);
+        ngx_queue_remove(q);
+        st = ngx_queue_data(q, ngx_http_osago_limit_state_t, batch_link);
+
+        ngx_http_osago_limit_fallback(st->limit.request, st, partner);
+        ngx_http_osago_limit_wake(st);
+    }
+}
+
+
+static void
+ngx_http_osago_limit_batch_reply(void *data,
+    ngx_http_osago_redis_status_e status, redisReply *reply)
+{
+    ngx_http_osago_limit_batch_t  *batch = data;
+    ngx_int_t                      code;
+    ngx_uint_t                     index;
+    ngx_queue_t                   *q;
+    ngx_http_osago_limit_state_t  *st;
+
+    batch->cmd = NULL;
+
+    if (status != NGX_HTTP_OSAGO_REDIS_REPLY
+        || !ngx_http_osago_limit_reply_valid(reply))
     {
-        ngx_http_osago_limit_apply_reply(st, omcf, reply);
-
-    } else {
         if (status == NGX_HTTP_OSAGO_REDIS_REPLY) {
-            ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+            ngx_log_error(NGX_LOG_ERR, batch->omcf->redis_log, 0,
                           "osago limit: unexpected reply from Redis%s%*s",
                           reply->type == REDIS_REPLY_ERROR ? ": " : "",
                           reply->type == REDIS_REPLY_ERROR
@@ -378,12 +435,94 @@ ngx_http_osago_limit_reply(void *data, ngx_http_osago_redis_status_e status,
                           reply->str);
         }
 
-        ngx_http_osago_limit_fallback(r, st,
-            ngx_http_osago_partner_lookup(omcf->partners, st->limit.digest));
+        ngx_http_osago_limit_batch_fallback(batch);
+        ngx_free(batch);
+        return;
     }
 
-    /* resumed from the event loop, not from inside hiredis */
-    ngx_post_event(&st->resume, &ngx_posted_events);
+    code = reply->element[0]->integer;
+
+    ngx_http_osago_limit_learn(batch, code, reply);
+
+    for (index = 0; !ngx_queue_empty(&batch->waiters); index++) {
+        q = ngx_queue_head(&batch->waiters);
+        ngx_queue_remove(q);
+        st = ngx_queue_data(q, ngx_http_osago_limit_state_t, batch_link);
+
+        ngx_http_osago_limit_decide_from_reply(st, batch, code, reply, index);
+        ngx_http_osago_limit_wake(st);
+    }
+
+    ngx_free(batch);
+}
+
+
+/*
+ * Runs once per event-loop tick in which requests asked for a decision:
+ * one EVALSHA per partner with the number of requests it has waiting.
+ */
+static void
+ngx_http_osago_limit_flush(ngx_event_t *ev)
+{
+    ngx_http_osago_main_conf_t  *omcf = ev->data;
+
+    u_char                         count[NGX_INT_T_LEN];
+    u_char                         rate[NGX_INT_T_LEN], burst[NGX_INT_T_LEN];
+    size_t                         argvlen[7];
+    const char                    *argv[7];
+    ngx_queue_t                   *q;
+    ngx_http_osago_partner_t      *partner;
+    ngx_http_osago_limit_batch_t  *batch;
+    u_char                         partner_key[sizeof("osago:partner:") - 1
+                                               + 2 * NGX_HTTP_OSAGO_DIGEST_LEN];
+
+    ngx_memcpy(partner_key, "osago:partner:", sizeof("osago:partner:") - 1);
+
+    while (!ngx_queue_empty(&omcf->limit_batches)) {
+        q = ngx_queue_head(&omcf->limit_batches);
+        ngx_queue_remove(q);
+        batch = ngx_queue_data(q, ngx_http_osago_limit_batch_t, queue);
+
+        /* later requests of this partner start a new batch */
+        partner = ngx_http_osago_partner_lookup(omcf->partners, batch->digest);
+        if (partner && partner->batch == batch) {
+            partner->batch = NULL;
+        }
+
+        if (batch->count == 0) {
+            ngx_free(batch);    /* everyone left before it was sent */
+            continue;
+        }
+
+        /* only the key's hash ever reaches Redis, never its bytes */
+        ngx_hex_dump(partner_key + sizeof("osago:partner:") - 1,
+                     batch->digest, NGX_HTTP_OSAGO_DIGEST_LEN);
+
+        argv[0] = (const char *) partner_key;
+        argvlen[0] = sizeof(partner_key);
+        argv[1] = batch->fetch ? "1" : "0";
+        argvlen[1] = 1;
+        argv[2] = (const char *) rate;
+        argvlen[2] = ngx_sprintf(rate, "%ui", batch->contract.rate_milli)
+                     - rate;
+        argv[3] = (const char *) burst;
+        argvlen[3] = ngx_sprintf(burst, "%ui", batch->contract.burst) - burst;
+        argv[4] = (const char *) batch->contract.name;
+        argvlen[4] = batch->contract.name_len;
+        argv[5] = "osago:rl:partner:";
+        argvlen[5] = sizeof("osago:rl:partner:") - 1;
+        argv[6] = (const char *) count;
+        argvlen[6] = ngx_sprintf(count, "%ui", batch->count) - count;
+
+        batch->cmd = ngx_http_osago_redis_eval(omcf->redis_conn, omcf->gcra,
+                                               1, 7, argv, argvlen,
+                                               ngx_http_osago_limit_batch_reply,
+                                               batch);
+        if (batch->cmd == NULL) {
+            ngx_http_osago_limit_batch_fallback(batch);
+            ngx_free(batch);
+        }
+    }
 }
 
 
@@ -406,9 +545,15 @@ ngx_http_osago_limit_cleanup(void *data)
 {
     ngx_http_osago_limit_state_t  *st = data;
 
-    if (st->limit.cmd) {
-        ngx_http_osago_redis_cancel(st->limit.cmd);
-        st->limit.cmd = NULL;
+    if (st->batch) {
+        ngx_queue_remove(&st->batch_link);
+
+        /* once sent, Redis has counted this request anyway */
+        if (st->batch->cmd == NULL) {
+            st->batch->count--;
+        }
+
+        st->batch = NULL;
     }
 
     if (st->resume.posted) {
@@ -418,21 +563,54 @@ ngx_http_osago_limit_cleanup(void *data)
 
 
 static ngx_int_t
+ngx_http_osago_limit_join_batch(ngx_http_osago_main_conf_t *omcf,
+    ngx_http_osago_limit_state_t *st, ngx_http_osago_partner_t *partner,
+    ngx_uint_t fetch)
+{
+    ngx_http_osago_limit_batch_t  *batch = partner->batch;
+
+    if (batch == NULL) {
+        batch = ngx_alloc(sizeof(ngx_http_osago_limit_batch_t),
+                          st->limit.request->connection->log);
+        if (batch == NULL) {
+            return NGX_ERROR;
+        }
+
+        batch->omcf = omcf;
+        batch->cmd = NULL;
+        batch->count = 0;
+        batch->fetch = fetch;
+        batch->contract = partner->contract;
+        ngx_memcpy(batch->digest, st->limit.digest, NGX_HTTP_OSAGO_DIGEST_LEN);
+        ngx_queue_init(&batch->waiters);
+
+        ngx_queue_insert_tail(&omcf->limit_batches, &batch->queue);
+        partner->batch = batch;
+
+        if (!omcf->limit_flush.posted) {
+            ngx_post_event(&omcf->limit_flush, &ngx_posted_events);
+        }
+    }
+
+    ngx_queue_insert_tail(&batch->waiters, &st->batch_link);
+    batch->count++;
+    st->batch = batch;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
 ngx_http_osago_limit_handler(ngx_http_request_t *r)
 {
-    u_char                         rate[NGX_INT_T_LEN], burst[NGX_INT_T_LEN];
-    size_t                         argvlen[6];
     ngx_str_t                      key;
-    const char                    *argv[6];
+    ngx_uint_t                     fresh;
     ngx_pool_cleanup_t            *cln;
     ngx_http_osago_partner_t      *partner;
     ngx_http_osago_loc_conf_t     *olcf;
     ngx_http_osago_main_conf_t    *omcf;
     ngx_http_osago_limit_ctx_t    *ctx;
     ngx_http_osago_limit_state_t  *st;
-    ngx_http_osago_redis_cmd_t    *cmd;
-    u_char                         partner_key[sizeof("osago:partner:") - 1
-                                               + 2 * NGX_HTTP_OSAGO_DIGEST_LEN];
 
     olcf = ngx_http_get_module_loc_conf(r, ngx_http_osago_module);
 
@@ -485,68 +663,81 @@ ngx_http_osago_limit_handler(ngx_http_request_t *r)
         return ngx_http_osago_limit_finish(r, st);
     }
 
-    /* only the key's hash ever reaches Redis, never its bytes */
     SHA256(key.data, key.len, st->limit.digest);
 
     omcf = ngx_http_get_module_main_conf(r, ngx_http_osago_module);
 
     partner = ngx_http_osago_partner_lookup(omcf->partners, st->limit.digest);
 
-    if (partner
-        && (ngx_msec_int_t) (partner->expires - ngx_current_msec) > 0)
-    {
-        if (partner->state == NGX_HTTP_OSAGO_PARTNER_UNKNOWN) {
-            st->key_problem = NGX_HTTP_OSAGO_KEY_UNKNOWN;
-            ngx_http_osago_limit_decide(st, NGX_HTTP_OSAGO_UNAUTHORIZED);
-            return ngx_http_osago_limit_finish(r, st);
-        }
+    fresh = partner
+            && partner->state != NGX_HTTP_OSAGO_PARTNER_NEW
+            && (ngx_msec_int_t) (partner->expires - ngx_current_msec) > 0;
 
-        if (partner->state == NGX_HTTP_OSAGO_PARTNER_DISABLED) {
-            ngx_http_osago_limit_set_partner(st, &partner->contract);
-            st->key_problem = NGX_HTTP_OSAGO_KEY_DISABLED;
-            ngx_http_osago_limit_decide(st, NGX_HTTP_OSAGO_UNAUTHORIZED);
-            return ngx_http_osago_limit_finish(r, st);
-        }
-
-        st->contract = partner->contract;
-
-    } else {
-        st->fetched = 1;
-    }
-
-    ngx_memcpy(partner_key, "osago:partner:", sizeof("osago:partner:") - 1);
-    ngx_hex_dump(partner_key + sizeof("osago:partner:") - 1,
-                 st->limit.digest, NGX_HTTP_OSAGO_DIGEST_LEN);
-
-    argv[0] = (const char *) partner_key;
-    argvlen[0] = sizeof(partner_key);
-    argv[1] = st->fetched ? "1" : "0";
-    argvlen[1] = 1;
-    argv[2] = (const char *) rate;
-    argvlen[2] = ngx_sprintf(rate, "%ui", st->contract.rate_milli) - rate;
-    argv[3] = (const char *) burst;
-    argvlen[3] = ngx_sprintf(burst, "%ui", st->contract.burst) - burst;
-    argv[4] = (const char *) st->contract.name;
-    argvlen[4] = st->contract.name_len;
-    argv[5] = "osago:rl:partner:";
-    argvlen[5] = sizeof("osago:rl:partner:") - 1;
-
-    cmd = ngx_http_osago_redis_eval(omcf->redis_conn, omcf->gcra, 1, 6,
-                                    argv, argvlen,
-                                    ngx_http_osago_limit_reply, st);
-
-    if (cmd == NULL) {
-        ngx_http_osago_limit_fallback(r, st, partner);
+    if (fresh && partner->state == NGX_HTTP_OSAGO_PARTNER_UNKNOWN) {
+        st->key_problem = NGX_HTTP_OSAGO_KEY_UNKNOWN;
+        ngx_http_osago_limit_decide(st, NGX_HTTP_OSAGO_UNAUTHORIZED);
         return ngx_http_osago_limit_finish(r, st);
     }
 
-    st->limit.cmd = cmd;
+    if (fresh && partner->state == NGX_HTTP_OSAGO_PARTNER_DISABLED) {
+        ngx_http_osago_limit_set_partner(st, &partner->contract);
+        st->key_problem = NGX_HTTP_OSAGO_KEY_DISABLED;
+        ngx_http_osago_limit_decide(st, NGX_HTTP_OSAGO_UNAUTHORIZED);
+        return ngx_http_osago_limit_finish(r, st);
+    }
+
+    if (partner == NULL) {
+        /* a placeholder, so that this tick's requests share one question */
+        partner = ngx_http_osago_partner_store(omcf->partners,
+                                               st->limit.digest);
+        if (partner == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+    }
+
+    if (ngx_http_osago_limit_join_batch(omcf, st, partner, !fresh) != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
     st->limit.waiting = 1;
 
     /* notice a client that gives up while Redis answers */
     r->read_event_handler = ngx_http_test_reading;
 
     return NGX_AGAIN;
+}
+
+
+void
+ngx_http_osago_limit_init_worker(ngx_http_osago_main_conf_t *omcf,
+    ngx_log_t *log)
+{
+    ngx_queue_init(&omcf->limit_batches);
+
+    omcf->limit_flush.handler = ngx_http_osago_limit_flush;
+    omcf->limit_flush.data = omcf;
+    omcf->limit_flush.log = log;
+    omcf->redis_log = log;
+}
+
+
+void
+ngx_http_osago_limit_exit_worker(ngx_http_osago_main_conf_t *omcf)
+{
+    ngx_queue_t                   *q;
+    ngx_http_osago_limit_batch_t  *batch;
+
+    if (omcf->limit_flush.posted) {
+        ngx_delete_posted_event(&omcf->limit_flush);
+    }
+
+    while (!ngx_queue_empty(&omcf->limit_batches)) {
+        q = ngx_queue_head(&omcf->limit_batches);
+        ngx_queue_remove(q);
+        batch = ngx_queue_data(q, ngx_http_osago_limit_batch_t, queue);
+        ngx_free(batch);
+    }
 }
 
 
@@ -564,6 +755,10 @@ ngx_http_osago_limit_fallback(ngx_http_request_t *r,
     if (olcf->fallback == NGX_HTTP_OSAGO_FALLBACK_CLOSED) {
         ngx_http_osago_limit_decide(st, NGX_HTTP_OSAGO_UNAVAILABLE);
         return;
+    }
+
+    if (partner && partner->state == NGX_HTTP_OSAGO_PARTNER_NEW) {
+        partner = NULL;     /* asked, never answered: nothing is known */
     }
 
     /* what this worker last heard of the key still holds */

@@ -471,6 +471,8 @@ ngx_http_osago_init_process(ngx_cycle_t *cycle)
 
     ngx_http_osago_metrics_redis_state(omcf, 0);
 
+    ngx_http_osago_limit_init_worker(omcf, cycle->log);
+
     omcf->redis_conn = ngx_http_osago_redis_create(&omcf->redis, &observer,
                                                    cycle->log);
     if (omcf->redis_conn == NULL) {
@@ -495,6 +497,8 @@ ngx_http_osago_exit_process(ngx_cycle_t *cycle)
         ngx_http_osago_redis_destroy(omcf->redis_conn);
         omcf->redis_conn = NULL;
     }
+
+    ngx_http_osago_limit_exit_worker(omcf);
 
     ngx_http_osago_metrics_redis_state(omcf, 0);
 

@@ -69,6 +69,9 @@ typedef struct {
     /* per worker process, created in init_process */
     ngx_http_osago_redis_t          *redis_conn;
     ngx_http_osago_partner_cache_t  *partners;
+    ngx_queue_t                      limit_batches;   /* open this tick */
+    ngx_event_t                      limit_flush;
+    ngx_log_t                       *redis_log;
 } ngx_http_osago_main_conf_t;
 
 
@@ -83,7 +86,6 @@ typedef struct {
 /* The limiter's per-request state; survives internal redirects. */
 typedef struct {
     ngx_http_request_t              *request;
-    ngx_http_osago_redis_cmd_t      *cmd;
 
     u_char                           digest[NGX_HTTP_OSAGO_DIGEST_LEN];
 
@@ -110,6 +112,9 @@ extern ngx_module_t  ngx_http_osago_module;
 
 /* limit */
 ngx_int_t ngx_http_osago_limit_init(ngx_conf_t *cf);
+void ngx_http_osago_limit_init_worker(ngx_http_osago_main_conf_t *omcf,
+    ngx_log_t *log);
+void ngx_http_osago_limit_exit_worker(ngx_http_osago_main_conf_t *omcf);
 ngx_int_t ngx_http_osago_limit_add_variables(ngx_conf_t *cf);
 ngx_http_osago_limit_ctx_t *ngx_http_osago_limit_get_ctx(ngx_http_request_t *r);
 
@@ -119,11 +124,13 @@ typedef struct {
     ngx_msec_t                       expires;
     ngx_http_osago_contract_t        contract;
     ngx_http_osago_shm_partner_t    *shared;
+    void                            *batch;     /* requests of this tick */
 } ngx_http_osago_partner_t;
 
-#define NGX_HTTP_OSAGO_PARTNER_KNOWN     0
-#define NGX_HTTP_OSAGO_PARTNER_UNKNOWN   1
-#define NGX_HTTP_OSAGO_PARTNER_DISABLED  2
+#define NGX_HTTP_OSAGO_PARTNER_NEW       0      /* asked, no answer yet */
+#define NGX_HTTP_OSAGO_PARTNER_KNOWN     1
+#define NGX_HTTP_OSAGO_PARTNER_UNKNOWN   2
+#define NGX_HTTP_OSAGO_PARTNER_DISABLED  3
 
 ngx_http_osago_partner_cache_t *ngx_http_osago_partner_cache_create(
     ngx_uint_t size, ngx_log_t *log);

@@ -9,7 +9,10 @@
 
 
 /*
- * GCRA for one partner, in one round trip.
+ * GCRA for one partner, in one round trip, for a batch of requests: a
+ * worker sends one call per partner per event-loop tick with the number of
+ * requests that arrived, so a flood costs Redis one call per tick, not one
+ * per request.
  *
  * KEYS[1]  osago:partner:{sha256(api key)}
  * ARGV[1]  "1": read the contract from KEYS[1] (the edge's copy is stale)
@@ -17,14 +20,19 @@
  * ARGV[3]  burst                        (when ARGV[1] is "0")
  * ARGV[4]  partner name                 (when ARGV[1] is "0")
  * ARGV[5]  limiter key prefix, "osago:rl:partner:"
+ * ARGV[6]  number of requests to admit
  *
- * Returns {code, remaining, retry_after_us, reset_us[, rate_milli, burst,
- * name, pool]} with code 1 admitted, 0 limited, -1 unknown key, -2 disabled,
- * -3 contract unusable; the contract is returned whenever it was read.
+ * Returns {admitted, remaining, retry_after_us, reset_us[, rate_milli,
+ * burst, name, pool]}: the first `admitted` requests pass, the others are
+ * limited; `remaining` and the times are as after the last admission.
+ * A negative first element means -1 unknown key, -2 disabled, -3 contract
+ * unusable.  The contract is returned whenever it was read.
  *
  * Time is Redis' own, so every edge shares one clock.  The arrival time is
- * stored as an integer string: Lua would print a large double in
- * exponent form and lose microseconds.
+ * stored as an integer string: Lua would print a large double in exponent
+ * form and lose microseconds.  The rate limiter key is derived from the
+ * partner's name, so this script wants a single Redis (or a Sentinel
+ * primary), not Redis Cluster.
  */
 #define NGX_HTTP_OSAGO_SCRIPT_GCRA                                            \
 "local fetch = ARGV[1] == '1'\n"                                              \
@@ -49,6 +57,7 @@
 "  burst = tonumber(ARGV[3])\n"                                               \
 "  name = ARGV[4]\n"                                                          \
 "end\n"                                                                       \
+"local n = tonumber(ARGV[6]) or 1\n"                                          \
 "local key = ARGV[5] .. name\n"                                               \
 "local t = redis.call('TIME')\n"                                              \
 "local now = tonumber(t[1]) * 1000000 + tonumber(t[2])\n"                     \
@@ -56,17 +65,19 @@
 "local tolerance = interval * burst\n"                                        \
 "local tat = tonumber(redis.call('GET', key) or 0)\n"                         \
 "if tat < now then tat = now end\n"                                           \
-"local new_tat = tat + interval\n"                                            \
-"local allow_at = new_tat - tolerance\n"                                      \
-"local res\n"                                                                 \
-"if allow_at > now then\n"                                                    \
-"  res = {0, 0, allow_at - now, tat - now}\n"                                 \
-"else\n"                                                                      \
-"  redis.call('SET', key, string.format('%.0f', new_tat), 'PX',\n"            \
-"             math.ceil((new_tat - now) / 1000) + 1)\n"                       \
-"  res = {1, math.floor((now + tolerance - new_tat) / interval),\n"           \
-"         0, new_tat - now}\n"                                                \
+"local admitted = math.floor((now + tolerance - tat) / interval + 1e-6)\n"    \
+"if admitted > n then admitted = n end\n"                                     \
+"if admitted < 0 then admitted = 0 end\n"                                     \
+"if admitted > 0 then\n"                                                      \
+"  tat = tat + admitted * interval\n"                                         \
+"  redis.call('SET', key, string.format('%.0f', tat), 'PX',\n"                \
+"             math.ceil((tat - now) / 1000) + 1)\n"                           \
 "end\n"                                                                       \
+"local remaining = math.floor((now + tolerance - tat) / interval + 1e-6)\n"   \
+"if remaining < 0 then remaining = 0 end\n"                                   \
+"local retry = tat + interval - tolerance - now\n"                            \
+"if retry < 0 then retry = 0 end\n"                                           \
+"local res = {admitted, remaining, retry, tat - now}\n"                       \
 "if fetch then\n"                                                             \
 "  res[5] = rate; res[6] = burst; res[7] = name; res[8] = pool\n"             \
 "end\n"                                                                       \
