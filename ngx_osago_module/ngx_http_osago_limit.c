@@ -535,6 +535,7 @@ ngx_http_osago_limit_resume(ngx_event_t *ev)
 
     ngx_http_set_log_request(c->log, r);
 
+    r->read_event_handler = ngx_http_block_reading;
     r->write_event_handler(r);
     ngx_http_run_posted_requests(c);
 }
