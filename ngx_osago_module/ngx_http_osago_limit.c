@@ -247,7 +247,7 @@ ngx_http_osago_limit_reply_valid(redisReply *reply)
         return 0;
     }
 
-    n = (reply->element[0]->integer == -1) ? 1 : 4;
+    n = (reply->element[0]->integer == -1 || reply->elements == 1) ? 1 : 4;
 
     if (reply->elements != n && reply->elements < 8) {
         return 0;
@@ -281,7 +281,7 @@ ngx_http_osago_limit_learn(ngx_http_osago_limit_batch_t *batch,
     ngx_http_osago_contract_t   *c = &batch->contract;
     ngx_http_osago_main_conf_t  *omcf = batch->omcf;
 
-    if (code != -1 && reply->elements >= 8) {
+    if (reply->elements >= 8) {
         c->rate_milli = ngx_max(reply->element[4]->integer, 0);
         c->burst = ngx_max(reply->element[5]->integer, 0);
         ngx_http_osago_limit_copy_str(c->name, &c->name_len,
@@ -346,9 +346,10 @@ ngx_http_osago_limit_decide_from_reply(ngx_http_osago_limit_state_t *st,
 
     case -3:
         ngx_log_error(NGX_LOG_ERR, st->limit.request->connection->log, 0,
-                      "osago limit: partner \"%*s\" has an unusable contract "
-                      "(rate or burst missing or not positive)",
-                      c->name_len, c->name);
+                      "osago limit: partner \"%*s\" (key hash %*xs...) has an "
+                      "unusable contract: rate or burst missing or not "
+                      "positive, or a name outside [A-Za-z0-9_.-]{1,64}",
+                      c->name_len, c->name, (size_t) 6, batch->digest);
         ngx_http_osago_limit_set_partner(st, c);
         ngx_http_osago_limit_decide(st, NGX_HTTP_OSAGO_UNAVAILABLE);
         return;

@@ -26,7 +26,9 @@
  * burst, name, pool]}: the first `admitted` requests pass, the others are
  * limited; `remaining` and the times are as after the last admission.
  * A negative first element means -1 unknown key, -2 disabled, -3 contract
- * unusable.  The contract is returned whenever it was read.
+ * unusable (rate, burst or name out of osagoctl's rules; names must be safe
+ * in Redis keys and metric labels).  The contract is returned whenever it
+ * was read and usable enough to name.
  *
  * Time is Redis' own, so every edge shares one clock.  The arrival time is
  * stored as an integer string: Lua would print a large double in exponent
@@ -42,9 +44,11 @@
 "                       'enabled')\n"                                         \
 "  if not h[1] then return {-1} end\n"                                        \
 "  name = h[1]\n"                                                             \
-"  pool = h[4] or ''\n"                                                       \
+"  pool = h[4] or 'default'\n"                                                \
 "  rate = tonumber(h[2])\n"                                                   \
 "  burst = tonumber(h[3])\n"                                                  \
+"  if #name > 64 or not name:find('^[%w_.-]+$') then return {-3} end\n"       \
+"  if #pool > 64 or not pool:find('^[%w_.-]*$') then pool = '' end\n"         \
 "  if h[5] ~= '1' then return {-2, 0, 0, 0, 0, 0, name, pool} end\n"          \
 "  if not rate or rate <= 0 or not burst or burst < 1 then\n"                 \
 "    return {-3, 0, 0, 0, 0, 0, name, pool}\n"                                \

@@ -1,0 +1,60 @@
+#!/usr/bin/perl
+# Ways to reach Redis: AUTH (osago_redis_password), SELECT (osago_redis_database), unix socket,
+# and a wrong password (treated like an unreachable Redis).
+use strict;
+use warnings;
+use FindBin;
+use lib "$FindBin::Bin/lib";
+use Test::More;
+use OsagoTest;
+
+sub limited_server {
+    return <<'HTTP';
+    server {
+        listen 127.0.0.1:%%PORT%%;
+        location / { osago_limit on; osago_limit_fallback closed; add_header X-Partner $osago_partner always; empty_gif; }
+    }
+HTTP
+}
+
+sub get {
+    my ($n, $key) = @_;
+    return OsagoTest::http(GET => $n->url('/'), headers => { 'X-API-Key' => $key });
+}
+
+# --- password and database ---
+my $r = OsagoTest::Redis->new(password => 'pa$$ word', db => 3);
+my $key = OsagoTest::add_partner($r, name => 'authed', rate => 1, burst => 10);
+is($r->cli(qw(-n 0 EXISTS), 'osago:partner:' . OsagoTest::key_hash($key)), 0, 'partner only in db 3');
+my $n = OsagoTest::Nginx->new(redis => $r, workers => 1, http => <<'HTTP' . limited_server());
+    osago_redis_server %%REDIS%%;
+    osago_redis_password "pa$$ word";
+    osago_redis_database 3;
+HTTP
+my $res = get($n, $key);
+is($res->{status}, 200, 'AUTH + SELECT 3: partner found') or diag explain $res;
+is($res->{headers}{'x-partner'}, 'authed', 'its name');
+is($r->cli(qw(GET osago:rl:partner:authed)) =~ /^\d+$/ ? 1 : 0, 1, 'GCRA state written in db 3');
+undef $n;
+
+$n = OsagoTest::Nginx->new(redis => $r, workers => 1, http => <<'HTTP' . limited_server());
+    osago_redis_server %%REDIS%%;
+    osago_redis_password wrong;
+    osago_redis_database 3;
+HTTP
+$res = get($n, $key);
+is($res->{status}, 503, 'wrong password: closed mode answers 503 (Redis unusable)');
+like($res->{headers}{'content-type'} // '', qr{^application/problem\+json}, 'problem+json');
+ok($res->{elapsed} < 1.5, sprintf 'and quickly (%.2f s)', $res->{elapsed});
+undef $n;
+
+# --- unix socket ---
+my $u = OsagoTest::Redis->new(unixsocket => 1);
+my $ukey = OsagoTest::add_partner($u, name => 'viasocket', rate => 10, burst => 2);
+$n = OsagoTest::Nginx->new(workers => 2, http => 'osago_redis_server unix:' . $u->socket . ";\n"
+                                                 . limited_server());
+my @st = map { get($n, $ukey)->{status} } 1 .. 3;
+is("@st", '200 200 429', 'unix socket: limits from Redis');
+is(get($n, $ukey)->{headers}{'x-partner'}, 'viasocket', 'unix socket: partner name');
+
+done_testing;
