@@ -40,9 +40,9 @@ use POSIX qw(:sys_wait_h);
 use Symbol qw(gensym);
 use Time::HiRes qw(time sleep);
 
-our $NGINX      = $ENV{OSAGO_NGINX}      || '/usr/sbin/nginx';
-our $REDIS      = $ENV{OSAGO_REDIS}      || 'redis-server';
-our $REDIS_CLI  = $ENV{OSAGO_REDIS_CLI}  || 'redis-cli';
+our $NGINX      = $ENV{OSAGO_NGINX_BIN}  || '/usr/sbin/nginx';
+our $REDIS      = $ENV{OSAGO_REDIS_SERVER}|| 'redis-server';
+our $REDIS_CLI  = $ENV{OSAGO_REDIS_CLI_BIN}|| 'redis-cli';
 
 # Redis and nginx daemonise; their parent then is PID 1, which here does not reap them (they
 # would stay as zombies). As a child subreaper this process adopts them and waits for them itself.
