@@ -8,9 +8,8 @@
 
 
 /* Redis round-trip buckets, in microseconds */
-static ngx_uint_t  ngx_http_osago_rtt_bounds[NGX_HTTP_OSAGO_RTT_BUCKETS] = {
-    100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000,
-    1000000
+static ngx_uint_t  ngx_http_osago_rtt_bounds[NGX_HTTP_OSAGO_RTT_BUCKETS - 1] = {
+    100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 1000000
 };
 
 static ngx_str_t  ngx_http_osago_outcomes[] = {
@@ -20,6 +19,25 @@ static ngx_str_t  ngx_http_osago_outcomes[] = {
     ngx_string("fallback_allowed"),
     ngx_string("fallback_limited"),
     ngx_string("unavailable")
+};
+
+/* application body validation time buckets, in microseconds */
+static ngx_uint_t  ngx_http_osago_parse_bounds[NGX_HTTP_OSAGO_PARSE_BUCKETS - 1] = {
+    5, 10, 25, 50, 100, 1000, 10000
+};
+
+/* in the order of ngx_http_osago_intake_reason_e */
+static ngx_str_t  ngx_http_osago_intake_reasons[] = {
+    ngx_string("idempotency_key_missing"),
+    ngx_string("idempotency_key_malformed"),
+    ngx_string("media_type"),
+    ngx_string("too_large"),
+    ngx_string("idempotency_key_reused"),
+    ngx_string("in_progress"),
+    ngx_string("user_limited"),
+    ngx_string("unavailable"),
+    ngx_string("method"),
+    ngx_string("invalid_body")
 };
 
 static ngx_str_t  ngx_http_osago_redis_errors[] = {
@@ -53,6 +71,44 @@ ngx_http_osago_metrics_decision(ngx_http_osago_main_conf_t *omcf,
         }
         break;
     }
+}
+
+
+void
+ngx_http_osago_metrics_intake(ngx_http_osago_main_conf_t *omcf,
+    ngx_uint_t kind, ngx_uint_t reason)
+{
+    ngx_http_osago_shctx_t  *sh = ngx_http_osago_zone_ctx(omcf);
+
+    switch (kind) {
+    case NGX_HTTP_OSAGO_INTAKE_ACCEPTED:
+        (void) ngx_atomic_fetch_add(&sh->intake_accepted, 1);
+        break;
+    case NGX_HTTP_OSAGO_INTAKE_REPLAYED:
+        (void) ngx_atomic_fetch_add(&sh->intake_replayed, 1);
+        break;
+    default:
+        (void) ngx_atomic_fetch_add(&sh->intake_rejected[reason], 1);
+    }
+}
+
+
+void
+ngx_http_osago_metrics_intake_parse(ngx_http_osago_main_conf_t *omcf,
+    ngx_uint_t usec)
+{
+    ngx_uint_t               i;
+    ngx_http_osago_shctx_t  *sh = ngx_http_osago_zone_ctx(omcf);
+
+    for (i = 0; i < NGX_HTTP_OSAGO_PARSE_BUCKETS - 1; i++) {
+        if (usec <= ngx_http_osago_parse_bounds[i]) {
+            break;
+        }
+    }
+
+    (void) ngx_atomic_fetch_add(&sh->parse_bucket[i], 1);
+    (void) ngx_atomic_fetch_add(&sh->parse_count, 1);
+    (void) ngx_atomic_fetch_add(&sh->parse_sum_us, usec);
 }
 
 
@@ -142,9 +198,10 @@ ngx_http_osago_metrics_handler(ngx_http_request_t *r)
         n++;
     }
 
-    size = 4096
+    size = 8192
            + (NGX_HTTP_OSAGO_OUTCOME_MAX + NGX_HTTP_OSAGO_RTT_BUCKETS
-              + NGX_HTTP_OSAGO_REDIS_ERR_MAX + workers + 2 * n)
+              + NGX_HTTP_OSAGO_REDIS_ERR_MAX + NGX_HTTP_OSAGO_PARSE_BUCKETS
+              + NGX_HTTP_OSAGO_INTAKE_REASON_MAX + workers + 2 * n)
              * NGX_HTTP_OSAGO_METRICS_LINE;
 
     b = ngx_create_temp_buf(r->pool, size);
@@ -193,7 +250,8 @@ ngx_http_osago_metrics_handler(ngx_http_request_t *r)
 
     cumulative = 0;
 
-    for (i = 0; i < NGX_HTTP_OSAGO_RTT_BUCKETS; i++) {
+    /* the last slot holds what is above every bound: only +Inf shows it */
+    for (i = 0; i < NGX_HTTP_OSAGO_RTT_BUCKETS - 1; i++) {
         cumulative += sh->rtt_bucket[i];
         p = ngx_sprintf(p, "osago_redis_rtt_seconds_bucket{le=\"%ui.%06ui\"} %ui\n",
                         ngx_http_osago_rtt_bounds[i] / 1000000,
@@ -225,6 +283,47 @@ ngx_http_osago_metrics_handler(ngx_http_request_t *r)
         p = ngx_sprintf(p, "osago_redis_errors_total{kind=\"%V\"} %uA\n",
                         &ngx_http_osago_redis_errors[i], sh->redis_errors[i]);
     }
+
+    p = ngx_sprintf(p,
+            "# HELP osago_intake_requests_total Application submissions "
+            "by result.\n"
+            "# TYPE osago_intake_requests_total counter\n"
+            "osago_intake_requests_total{result=\"accepted\"} %uA\n"
+            "osago_intake_requests_total{result=\"replayed\"} %uA\n",
+            sh->intake_accepted, sh->intake_replayed);
+
+    p = ngx_sprintf(p,
+            "# HELP osago_intake_rejected_total Application submissions "
+            "refused, by reason.\n"
+            "# TYPE osago_intake_rejected_total counter\n");
+
+    for (i = 0; i < NGX_HTTP_OSAGO_INTAKE_REASON_MAX; i++) {
+        p = ngx_sprintf(p, "osago_intake_rejected_total{reason=\"%V\"} %uA\n",
+                        &ngx_http_osago_intake_reasons[i],
+                        sh->intake_rejected[i]);
+    }
+
+    p = ngx_sprintf(p,
+            "# HELP osago_intake_parse_seconds Time to validate and "
+            "canonicalise an application body.\n"
+            "# TYPE osago_intake_parse_seconds histogram\n");
+
+    cumulative = 0;
+
+    for (i = 0; i < NGX_HTTP_OSAGO_PARSE_BUCKETS - 1; i++) {
+        cumulative += sh->parse_bucket[i];
+        p = ngx_sprintf(p,
+                "osago_intake_parse_seconds_bucket{le=\"%ui.%06ui\"} %ui\n",
+                ngx_http_osago_parse_bounds[i] / 1000000,
+                ngx_http_osago_parse_bounds[i] % 1000000, cumulative);
+    }
+
+    p = ngx_sprintf(p,
+            "osago_intake_parse_seconds_bucket{le=\"+Inf\"} %uA\n"
+            "osago_intake_parse_seconds_sum %uA.%06uA\n"
+            "osago_intake_parse_seconds_count %uA\n",
+            sh->parse_count, sh->parse_sum_us / 1000000,
+            sh->parse_sum_us % 1000000, sh->parse_count);
 
     b->last = p;
     b->last_buf = (r == r->main) ? 1 : 0;

@@ -21,6 +21,8 @@ static char *ngx_http_osago_redis_server(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_osago_fallback(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static char *ngx_http_osago_user_limit(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 static char *ngx_http_osago_at_least_one(ngx_conf_t *cf, void *post,
     void *data);
 static char *ngx_http_osago_positive_msec(ngx_conf_t *cf, void *post,
@@ -127,6 +129,55 @@ static ngx_command_t  ngx_http_osago_commands[] = {
       offsetof(ngx_http_osago_loc_conf_t, edges),
       &ngx_http_osago_at_least_one_p },
 
+    { ngx_string("osago_app_ttl"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_sec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_osago_main_conf_t, app_ttl),
+      NULL },
+
+    { ngx_string("osago_intake"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_osago_intake,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("osago_intake_max_body"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_size_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_osago_loc_conf_t, intake_max_body),
+      NULL },
+
+    { ngx_string("osago_intake_max_depth"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_osago_loc_conf_t, intake_max_depth),
+      &ngx_http_osago_at_least_one_p },
+
+    { ngx_string("osago_idempotency_ttl"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_sec_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_osago_loc_conf_t, idempotency_ttl),
+      NULL },
+
+    { ngx_string("osago_user_id"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_set_complex_value_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_osago_loc_conf_t, user_id),
+      NULL },
+
+    { ngx_string("osago_user_limit"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE12,
+      ngx_http_osago_user_limit,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
     { ngx_string("osago_metrics"),
       NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
       ngx_http_osago_metrics,
@@ -200,6 +251,14 @@ ngx_http_osago_postconfiguration(ngx_conf_t *cf)
         return NGX_ERROR;
     }
 
+    if (omcf->intake_used) {
+        omcf->intake = ngx_http_osago_redis_add_script(cf, &omcf->redis,
+                                        "intake", NGX_HTTP_OSAGO_SCRIPT_INTAKE);
+        if (omcf->intake == NULL) {
+            return NGX_ERROR;
+        }
+    }
+
     if (ngx_http_osago_zone_add(cf, omcf) != NGX_OK) {
         return NGX_ERROR;
     }
@@ -233,6 +292,7 @@ ngx_http_osago_create_main_conf(ngx_conf_t *cf)
     omcf->partner_cache_ttl = NGX_CONF_UNSET_MSEC;
     omcf->partner_cache_size = NGX_CONF_UNSET_UINT;
     omcf->zone_size = NGX_CONF_UNSET_SIZE;
+    omcf->app_ttl = NGX_CONF_UNSET;
 
     return omcf;
 }
@@ -258,6 +318,7 @@ ngx_http_osago_init_main_conf(ngx_conf_t *cf, void *conf)
     ngx_conf_init_msec_value(omcf->partner_cache_ttl, 5000);
     ngx_conf_init_uint_value(omcf->partner_cache_size, 10000);
     ngx_conf_init_size_value(omcf->zone_size, 1024 * 1024);
+    ngx_conf_init_value(omcf->app_ttl, 7 * 86400);
 
     return NGX_CONF_OK;
 }
@@ -277,13 +338,60 @@ ngx_http_osago_create_loc_conf(ngx_conf_t *cf)
      * set by ngx_pcalloc():
      *
      *     olcf->api_key = NULL;
+     *     olcf->user_id = NULL;
+     *     olcf->intake = 0;
      */
 
     olcf->limit = NGX_CONF_UNSET;
     olcf->fallback = NGX_CONF_UNSET_UINT;
     olcf->edges = NGX_CONF_UNSET_UINT;
 
+    olcf->intake_max_body = NGX_CONF_UNSET_SIZE;
+    olcf->intake_max_depth = NGX_CONF_UNSET_UINT;
+    olcf->idempotency_ttl = NGX_CONF_UNSET;
+    olcf->user_limit = NGX_CONF_UNSET_UINT;
+    olcf->user_limit_period = NGX_CONF_UNSET_MSEC;
+
     return olcf;
+}
+
+
+/*
+ * A complex value inherited from the parent, or compiled from its default
+ * once at the outermost level and shared by every location below.
+ */
+static char *
+ngx_http_osago_merge_value(ngx_conf_t *cf, ngx_http_complex_value_t **conf,
+    ngx_http_complex_value_t **prev, ngx_str_t *value)
+{
+    ngx_http_compile_complex_value_t  ccv;
+
+    if (*conf == NULL) {
+        *conf = *prev;
+    }
+
+    if (*conf) {
+        return NGX_CONF_OK;
+    }
+
+    *conf = ngx_palloc(cf->pool, sizeof(ngx_http_complex_value_t));
+    if (*conf == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    ngx_memzero(&ccv, sizeof(ngx_http_compile_complex_value_t));
+
+    ccv.cf = cf;
+    ccv.value = value;
+    ccv.complex_value = *conf;
+
+    if (ngx_http_compile_complex_value(&ccv) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    *prev = *conf;
+
+    return NGX_CONF_OK;
 }
 
 
@@ -293,38 +401,41 @@ ngx_http_osago_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_http_osago_loc_conf_t  *prev = parent;
     ngx_http_osago_loc_conf_t  *conf = child;
 
-    ngx_http_compile_complex_value_t   ccv;
-    ngx_http_osago_main_conf_t        *omcf;
+    ngx_http_osago_main_conf_t  *omcf;
 
-    ngx_str_t  default_key = ngx_string("$http_x_api_key");
+    static ngx_str_t  default_key = ngx_string("$http_x_api_key");
+    static ngx_str_t  default_user = ngx_string("$http_x_user_id");
 
     ngx_conf_merge_value(conf->limit, prev->limit, 0);
     ngx_conf_merge_uint_value(conf->fallback, prev->fallback,
                               NGX_HTTP_OSAGO_FALLBACK_LOCAL);
     ngx_conf_merge_uint_value(conf->edges, prev->edges, 1);
 
-    if (conf->api_key == NULL) {
-        conf->api_key = prev->api_key;
+    ngx_conf_merge_size_value(conf->intake_max_body, prev->intake_max_body,
+                              64 * 1024);
+    ngx_conf_merge_uint_value(conf->intake_max_depth, prev->intake_max_depth,
+                              8);
+    ngx_conf_merge_value(conf->idempotency_ttl, prev->idempotency_ttl, 86400);
+    ngx_conf_merge_uint_value(conf->user_limit, prev->user_limit, 1);
+    ngx_conf_merge_msec_value(conf->user_limit_period,
+                              prev->user_limit_period, 60000);
+
+    if (ngx_http_osago_merge_value(cf, &conf->api_key, &prev->api_key,
+                                   &default_key)
+        != NGX_CONF_OK
+        || ngx_http_osago_merge_value(cf, &conf->user_id, &prev->user_id,
+                                      &default_user)
+           != NGX_CONF_OK)
+    {
+        return NGX_CONF_ERROR;
     }
 
-    if (conf->api_key == NULL) {
-        conf->api_key = ngx_palloc(cf->pool, sizeof(ngx_http_complex_value_t));
-        if (conf->api_key == NULL) {
-            return NGX_CONF_ERROR;
-        }
-
-        ngx_memzero(&ccv, sizeof(ngx_http_compile_complex_value_t));
-
-        ccv.cf = cf;
-        ccv.value = &default_key;
-        ccv.complex_value = conf->api_key;
-
-        if (ngx_http_compile_complex_value(&ccv) != NGX_OK) {
-            return NGX_CONF_ERROR;
-        }
-
-        /* share one compiled default with every location below */
-        prev->api_key = conf->api_key;
+    if (conf->intake && !conf->limit) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"osago_intake\" needs \"osago_limit on\" in "
+                           "the same location: applications belong to the "
+                           "partner it identifies");
+        return NGX_CONF_ERROR;
     }
 
     if (conf->limit) {
@@ -381,6 +492,44 @@ ngx_http_osago_fallback(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
                        &value[1], &cmd->name);
 
     return NGX_CONF_ERROR;
+}
+
+
+/* osago_user_limit off | N [period] */
+static char *
+ngx_http_osago_user_limit(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_osago_loc_conf_t  *olcf = conf;
+
+    ngx_int_t   n;
+    ngx_str_t  *value = cf->args->elts;
+
+    if (olcf->user_limit != NGX_CONF_UNSET_UINT) {
+        return "is duplicate";
+    }
+
+    if (cf->args->nelts == 2 && ngx_strcmp(value[1].data, "off") == 0) {
+        olcf->user_limit = 0;
+        return NGX_CONF_OK;
+    }
+
+    n = ngx_atoi(value[1].data, value[1].len);
+    if (n <= 0) {
+        return "takes \"off\" or a positive number of applications";
+    }
+
+    olcf->user_limit = n;
+
+    if (cf->args->nelts == 3) {
+        olcf->user_limit_period = ngx_parse_time(&value[2], 0);
+        if (olcf->user_limit_period == (ngx_msec_t) NGX_ERROR
+            || olcf->user_limit_period == 0)
+        {
+            return "has an invalid period";
+        }
+    }
+
+    return NGX_CONF_OK;
 }
 
 
@@ -472,6 +621,7 @@ ngx_http_osago_init_process(ngx_cycle_t *cycle)
     ngx_http_osago_metrics_redis_state(omcf, 0);
 
     ngx_http_osago_limit_init_worker(omcf, cycle->log);
+    ngx_http_osago_intake_init_worker(omcf);
 
     omcf->redis_conn = ngx_http_osago_redis_create(&omcf->redis, &observer,
                                                    cycle->log);

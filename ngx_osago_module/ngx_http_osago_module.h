@@ -56,6 +56,8 @@ typedef struct {
 typedef struct {
     ngx_http_osago_redis_conf_t      redis;
     ngx_http_osago_redis_script_t   *gcra;
+    ngx_http_osago_redis_script_t   *intake;
+    time_t                           app_ttl;
 
     ngx_msec_t                       partner_cache_ttl;
     ngx_uint_t                       partner_cache_size;
@@ -65,6 +67,7 @@ typedef struct {
 
     /* some location limits or shows metrics: connect to Redis */
     ngx_flag_t                       used;
+    ngx_flag_t                       intake_used;
 
     /* per worker process, created in init_process */
     ngx_http_osago_redis_t          *redis_conn;
@@ -72,6 +75,8 @@ typedef struct {
     ngx_queue_t                      limit_batches;   /* open this tick */
     ngx_event_t                      limit_flush;
     ngx_log_t                       *redis_log;
+    ngx_rbtree_t                     intake_in_flight;  /* partner:key */
+    ngx_rbtree_node_t                intake_sentinel;
 } ngx_http_osago_main_conf_t;
 
 
@@ -80,6 +85,14 @@ typedef struct {
     ngx_http_complex_value_t        *api_key;
     ngx_uint_t                       fallback;
     ngx_uint_t                       edges;
+
+    ngx_flag_t                       intake;
+    size_t                           intake_max_body;
+    ngx_uint_t                       intake_max_depth;
+    time_t                           idempotency_ttl;
+    ngx_http_complex_value_t        *user_id;
+    ngx_uint_t                       user_limit;      /* 0: no limit */
+    ngx_msec_t                       user_limit_period;
 } ngx_http_osago_loc_conf_t;
 
 
@@ -118,6 +131,28 @@ void ngx_http_osago_limit_exit_worker(ngx_http_osago_main_conf_t *omcf);
 ngx_int_t ngx_http_osago_limit_add_variables(ngx_conf_t *cf);
 ngx_http_osago_limit_ctx_t *ngx_http_osago_limit_get_ctx(ngx_http_request_t *r);
 
+/* intake */
+typedef enum {
+    NGX_HTTP_OSAGO_INTAKE_KEY_MISSING = 0,
+    NGX_HTTP_OSAGO_INTAKE_KEY_MALFORMED,
+    NGX_HTTP_OSAGO_INTAKE_MEDIA_TYPE,
+    NGX_HTTP_OSAGO_INTAKE_TOO_LARGE,
+    NGX_HTTP_OSAGO_INTAKE_KEY_REUSED,
+    NGX_HTTP_OSAGO_INTAKE_IN_PROGRESS,
+    NGX_HTTP_OSAGO_INTAKE_USER_LIMITED,
+    NGX_HTTP_OSAGO_INTAKE_UNAVAILABLE,
+    NGX_HTTP_OSAGO_INTAKE_METHOD,
+    NGX_HTTP_OSAGO_INTAKE_REASON_INVALID,      /* the body, see the type */
+    NGX_HTTP_OSAGO_INTAKE_REASON_MAX
+} ngx_http_osago_intake_reason_e;
+
+#define NGX_HTTP_OSAGO_INTAKE_ACCEPTED   0
+#define NGX_HTTP_OSAGO_INTAKE_REPLAYED   1
+#define NGX_HTTP_OSAGO_INTAKE_REJECTED   2
+
+char *ngx_http_osago_intake(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+void ngx_http_osago_intake_init_worker(ngx_http_osago_main_conf_t *omcf);
+
 /* partner cache (per worker) */
 typedef struct {
     ngx_uint_t                       state;
@@ -154,6 +189,10 @@ ngx_int_t ngx_http_osago_zone_local_gcra(ngx_http_osago_main_conf_t *omcf,
 /* metrics */
 void ngx_http_osago_metrics_decision(ngx_http_osago_main_conf_t *omcf,
     ngx_http_osago_shm_partner_t *sp, ngx_uint_t outcome);
+void ngx_http_osago_metrics_intake(ngx_http_osago_main_conf_t *omcf,
+    ngx_uint_t kind, ngx_uint_t reason);
+void ngx_http_osago_metrics_intake_parse(ngx_http_osago_main_conf_t *omcf,
+    ngx_uint_t usec);
 void ngx_http_osago_metrics_redis_rtt(void *data, ngx_uint_t usec);
 void ngx_http_osago_metrics_redis_state(void *data, ngx_uint_t up);
 void ngx_http_osago_metrics_redis_error(void *data, ngx_uint_t kind);

@@ -115,6 +115,12 @@ ngx_http_osago_problem_send(ngx_http_request_t *r,
     b->last_in_chain = 1;
 
     r->headers_out.status = problem->status;
+
+    if (problem->status == 422) {
+        /* nginx 1.22 knows no reason phrase for it */
+        ngx_str_set(&r->headers_out.status_line, "422 Unprocessable Content");
+    }
+
     r->headers_out.content_type = type;
     r->headers_out.content_type_len = type.len;
     r->headers_out.content_type_lowcase = NULL;

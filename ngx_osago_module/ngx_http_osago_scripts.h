@@ -88,4 +88,52 @@
 "return res\n"
 
 
+/*
+ * Accepting an application, atomically: the idempotency check, the per-user
+ * limit, the read model and the intake stream entry happen together or not
+ * at all, so a client retrying after any failure gets exactly one
+ * application.
+ *
+ * KEYS[1]  osago:idem:{partner}:{idempotency key}
+ * KEYS[2]  osago:app:{id}
+ * KEYS[3]  osago:rl:user:{partner}:{sha256(user id)}, or "" for no user
+ * KEYS[4]  osago:intake
+ * ARGV[1]  payload fingerprint (sha256 hex of the canonical payload)
+ * ARGV[2]  application id          ARGV[3]  partner
+ * ARGV[4]  canonical payload       ARGV[5]  traceparent
+ * ARGV[6]  updated_at (ms)         ARGV[7]  read model document
+ * ARGV[8]  response body           ARGV[9]  idempotency TTL (s)
+ * ARGV[10] read model TTL (s)      ARGV[11] user limit: applications
+ * ARGV[12] user limit: period (ms)
+ *
+ * Returns {0} accepted; {1, status, body, app_id} a replay; {2} the key was
+ * used with another payload; {3, ms} the user is over the limit for ms more.
+ */
+#define NGX_HTTP_OSAGO_SCRIPT_INTAKE                                          \
+"local seen = redis.call('HMGET', KEYS[1], 'fingerprint', 'status', 'body',\n"\
+"                        'app_id')\n"                                         \
+"if seen[1] then\n"                                                           \
+"  if seen[1] == ARGV[1] then return {1, seen[2], seen[3], seen[4]} end\n"    \
+"  return {2}\n"                                                              \
+"end\n"                                                                       \
+"if KEYS[3] ~= '' then\n"                                                     \
+"  local used = tonumber(redis.call('GET', KEYS[3]) or 0)\n"                  \
+"  if used >= tonumber(ARGV[11]) then\n"                                      \
+"    return {3, redis.call('PTTL', KEYS[3])}\n"                               \
+"  end\n"                                                                     \
+"  if redis.call('INCR', KEYS[3]) == 1 then\n"                                \
+"    redis.call('PEXPIRE', KEYS[3], ARGV[12])\n"                              \
+"  end\n"                                                                     \
+"end\n"                                                                       \
+"redis.call('HSET', KEYS[2], 'doc', ARGV[7], 'owner', ARGV[3],\n"             \
+"           'updated_at', ARGV[6])\n"                                         \
+"redis.call('EXPIRE', KEYS[2], ARGV[10])\n"                                   \
+"redis.call('XADD', KEYS[4], '*', 'app_id', ARGV[2], 'partner', ARGV[3],\n"   \
+"           'payload', ARGV[4], 'trace', ARGV[5])\n"                          \
+"redis.call('HSET', KEYS[1], 'app_id', ARGV[2], 'fingerprint', ARGV[1],\n"    \
+"           'status', '202', 'body', ARGV[8])\n"                              \
+"redis.call('EXPIRE', KEYS[1], ARGV[9])\n"                                    \
+"return {0}\n"
+
+
 #endif /* _NGX_HTTP_OSAGO_SCRIPTS_H_INCLUDED_ */

@@ -13,6 +13,7 @@
 
 #define NGX_HTTP_OSAGO_RTT_BUCKETS   12
 #define NGX_HTTP_OSAGO_MAX_WORKERS   64
+#define NGX_HTTP_OSAGO_PARSE_BUCKETS 8
 
 
 struct ngx_http_osago_shm_partner_s {
@@ -42,6 +43,13 @@ struct ngx_http_osago_shctx_s {
     ngx_atomic_t                    rtt_sum_us;
 
     ngx_atomic_t                    redis_errors[NGX_HTTP_OSAGO_REDIS_ERR_MAX];
+
+    ngx_atomic_t                    intake_accepted;
+    ngx_atomic_t                    intake_replayed;
+    ngx_atomic_t                    intake_rejected[NGX_HTTP_OSAGO_INTAKE_REASON_MAX];
+    ngx_atomic_t                    parse_bucket[NGX_HTTP_OSAGO_PARSE_BUCKETS];
+    ngx_atomic_t                    parse_count;
+    ngx_atomic_t                    parse_sum_us;
     ngx_atomic_t                    redis_up[NGX_HTTP_OSAGO_MAX_WORKERS];
 };
 
