@@ -979,10 +979,9 @@ ngx_http_osago_intake_body_handler(ngx_http_request_t *r)
     lctx = ngx_http_osago_limit_get_ctx(r);
 
     if (lctx == NULL || lctx->partner.len == 0) {
-        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
-                      "osago intake: no partner identified; "
-                      "osago_intake needs osago_limit on");
-        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        /* admitted by the "open" fallback without a known partner */
+        ngx_http_finalize_request(r, ngx_http_osago_intake_problem(r,
+                                     NGX_HTTP_OSAGO_INTAKE_UNAVAILABLE, 1));
         return;
     }
 
