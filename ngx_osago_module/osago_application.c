@@ -263,10 +263,42 @@ app_parse_date(const unsigned char *s, size_t len, app_date_t *out)
     return 1;
 }
 
+/* "YYYY-MM-DD" and a NUL: 11 bytes (years here have four digits: they come from app_parse_date
+ * or from "today", which callers keep in this era). */
 static void
 app_format_date(const app_date_t *dt, char *buf, size_t size)
 {
-    snprintf(buf, size, "%04d-%02d-%02d", dt->y, dt->m, dt->d);
+    if (size < 11 || dt->y < 0 || dt->y > 9999) {
+        snprintf(buf, size, "%04d-%02d-%02d", dt->y, dt->m, dt->d);
+        return;
+    }
+
+    buf[0] = (char) ('0' + dt->y / 1000);
+    buf[1] = (char) ('0' + dt->y / 100 % 10);
+    buf[2] = (char) ('0' + dt->y / 10 % 10);
+    buf[3] = (char) ('0' + dt->y % 10);
+    buf[4] = '-';
+    buf[5] = (char) ('0' + dt->m / 10);
+    buf[6] = (char) ('0' + dt->m % 10);
+    buf[7] = '-';
+    buf[8] = (char) ('0' + dt->d / 10);
+    buf[9] = (char) ('0' + dt->d % 10);
+    buf[10] = '\0';
+}
+
+/* Writes the decimal digits of v backwards, ending just before end: returns where they start
+ * (at most 20 bytes before end). */
+static char *
+app_decimal(char *end, size_t v)
+{
+    char  *p = end;
+
+    do {
+        *--p = (char) ('0' + v % 10);
+        v /= 10;
+    } while (v != 0);
+
+    return p;
 }
 
 
@@ -524,11 +556,10 @@ app_ptr_child(app_ctx_t *c, size_t base, const unsigned char *tok, size_t len)
 static void
 app_ptr_index(app_ctx_t *c, size_t base, size_t index)
 {
-    char  num[24];
-    int   len;
+    char   num[24];
+    char  *p = app_decimal(num + sizeof(num), index);
 
-    len = snprintf(num, sizeof(num), "%zu", index);
-    app_ptr_child(c, base, (const unsigned char *) num, (size_t) len);
+    app_ptr_child(c, base, (const unsigned char *) p, (size_t) (num + sizeof(num) - p));
 }
 
 static void
@@ -1280,17 +1311,22 @@ app_put_date(app_out_t *o, const app_date_t *dt)
     char  buf[16];
 
     app_format_date(dt, buf, sizeof(buf));
-    app_put_str(o, buf, strlen(buf));
+    app_put_str(o, buf, 10);
 }
 
 static void
 app_put_long(app_out_t *o, long v)
 {
-    char  buf[24];
-    int   n;
+    char   num[24];
+    char  *p;
 
-    n = snprintf(buf, sizeof(buf), "%ld", v);
-    app_put(o, buf, (size_t) n);
+    if (v < 0) {
+        app_put(o, "-", 1);
+        v = -v;     /* values here are small: no LONG_MIN */
+    }
+
+    p = app_decimal(num + sizeof(num), (size_t) v);
+    app_put(o, p, (size_t) (num + sizeof(num) - p));
 }
 
 static long
@@ -1388,6 +1424,10 @@ app_lexical_error(app_ctx_t *c, yajl_handle h, const unsigned char *body, size_t
         app_ptr_at_error(c);
         app_error(c, 1, "invalid-field",
                   "strings must not contain control characters");
+
+    } else if (strstr(text, "premature EOF") != NULL) {
+        c->ptr_len = 0;
+        app_error(c, 1, "malformed-json", "the body is not valid JSON: it ends too early");
 
     } else {
         c->ptr_len = 0;
