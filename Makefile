@@ -59,3 +59,31 @@ bench: deps all
 
 clean:
 	rm -rf $(BUILD)
+
+# --- application validator (unit tests, fuzz) ---
+APP_SRCS   := ngx_osago_module/osago_application.c
+APP_HDRS   := ngx_osago_module/osago_application.h
+FUZZ_CC    ?= clang
+FUZZ_TIME  ?= 20
+FUZZ_FLAGS := -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
+
+.PHONY: fuzz
+
+$(BUILD)/san/test_osago_application: t/unit/test_osago_application.c $(APP_SRCS) $(APP_HDRS)
+	@mkdir -p $(BUILD)/san
+	$(CC) $(TOOL_FLAGS) $(CFLAGS) $(SAN_FLAGS) -Ingx_osago_module -o $@ \
+	    t/unit/test_osago_application.c $(APP_SRCS) -lcmocka -lyajl
+
+test: build/san/test_osago_application
+
+$(BUILD)/fuzz/fuzz_osago_application: fuzz/fuzz_osago_application.c $(APP_SRCS) $(APP_HDRS)
+	@mkdir -p $(BUILD)/fuzz
+	$(FUZZ_CC) $(FUZZ_FLAGS) -Ingx_osago_module -o $@ fuzz/fuzz_osago_application.c $(APP_SRCS) -lyajl
+
+# Runs on a copy of the seed corpus, so fuzz/corpus/ only ever holds the curated seeds.
+fuzz: deps $(BUILD)/fuzz/fuzz_osago_application
+	rm -rf $(BUILD)/fuzz/corpus $(BUILD)/fuzz/artifacts
+	mkdir -p $(BUILD)/fuzz/corpus $(BUILD)/fuzz/artifacts
+	cp fuzz/corpus/* $(BUILD)/fuzz/corpus/
+	$(BUILD)/fuzz/fuzz_osago_application -max_total_time=$(FUZZ_TIME) -max_len=4096 \
+	    -artifact_prefix=$(BUILD)/fuzz/artifacts/ -print_final_stats=1 $(BUILD)/fuzz/corpus

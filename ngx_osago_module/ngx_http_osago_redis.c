@@ -1050,6 +1050,13 @@ ngx_http_osago_redis_create(ngx_http_osago_redis_conf_t *rcf,
 
     ngx_queue_init(&redis->in_flight);
 
+    /*
+     * The cached time is the master's, from before the fork: timers set
+     * from it could expire at the first tick of a worker that took a while
+     * to start.
+     */
+    ngx_time_update();
+
     /* cancelable: a gracefully exiting worker does not wait for these */
     redis->reconnect_ev.handler = ngx_http_osago_redis_reconnect_handler;
     redis->reconnect_ev.data = redis;

@@ -4,7 +4,8 @@
 set -eu
 
 PACKAGES="build-essential nginx nginx-dev libpcre2-dev libssl-dev zlib1g-dev
-          libhiredis-dev redis-server wrk perl"
+          libhiredis-dev redis-server wrk perl
+          libyajl-dev libcmocka-dev clang"
 
 missing=""
 for p in $PACKAGES; do
