@@ -432,7 +432,9 @@ ngx_http_osago_intake_body_bytes(ngx_http_request_t *r, ngx_str_t *body)
 
     cl = r->request_body->bufs;
 
-    if (cl->next == NULL && ngx_buf_in_memory(cl->buf)) {
+    if (ngx_buf_in_memory(cl->buf)
+        && (cl->next == NULL || ngx_buf_size(cl->next->buf) == 0))
+    {
         body->data = cl->buf->pos;
         body->len = len;
         return NGX_OK;
@@ -452,6 +454,10 @@ ngx_http_osago_intake_body_bytes(ngx_http_request_t *r, ngx_str_t *body)
         if (ngx_buf_in_memory(b)) {
             p = ngx_cpymem(p, b->pos, b->last - b->pos);
             continue;
+        }
+
+        if (!b->in_file || b->file_last == b->file_pos) {
+            continue;   /* a chunked body's closing buffer carries no data */
         }
 
         n = ngx_read_file(b->file, p, b->file_last - b->file_pos,
@@ -950,6 +956,13 @@ ngx_http_osago_intake_body_handler(ngx_http_request_t *r)
     clock_gettime(CLOCK_MONOTONIC, &ts);
     ngx_http_osago_metrics_intake_parse(omcf,
         ((uint64_t) ts.tv_sec * 1000000000 + ts.tv_nsec - started) / 1000);
+
+    if (n < 0 && ngx_strcmp(err.type, "internal") == 0) {
+        ngx_log_error(NGX_LOG_ALERT, r->connection->log, 0,
+                      "osago intake: validator failed: %s", err.detail);
+        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return;
+    }
 
     if (n < 0) {
         ngx_http_osago_metrics_intake(omcf, NGX_HTTP_OSAGO_INTAKE_REJECTED,

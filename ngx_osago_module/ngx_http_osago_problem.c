@@ -65,7 +65,12 @@ ngx_http_osago_problem_send(ngx_http_request_t *r,
 
     static ngx_str_t  type = ngx_string("application/problem+json");
 
-    /* the body of a refused request is of no interest, keep-alive is */
+    /*
+     * The body of a refused request is of no interest, keep-alive is; and
+     * a client that asked "Expect: 100-continue" is not invited to send it.
+     */
+    r->expect_tested = 1;
+
     rc = ngx_http_discard_request_body(r);
     if (rc != NGX_OK) {
         return rc;
