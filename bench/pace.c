@@ -40,6 +40,7 @@
 #define RBUF_SIZE  (64 * 1024)
 #define MAX_CONNS  4096
 #define MAX_HDRS   16
+#define WBUF_SIZE  (16 * 1024)
 
 enum { C_CLOSED, C_CONNECTING, C_IDLE, C_BUSY };
 
@@ -48,12 +49,17 @@ typedef struct {
     int      state;
     uint64_t k;          /* request in flight */
     size_t   wpos;       /* bytes of the request written */
+    size_t   wlen;       /* bytes of the request */
+    char     wbuf[WBUF_SIZE];
     size_t   rlen;
     char     rbuf[RBUF_SIZE];
 } conn_t;
 
-static const char *req;
+static const char *req;             /* headers, without the blank line */
 static size_t      req_len;
+static const char *body;            /* -b: POSTed with each request */
+static size_t      body_len;
+static int         unique_key;      /* -K: an Idempotency-Key of its own per request */
 static struct sockaddr_in target;
 
 static uint64_t t0, interval_ns, total, warmup_k;
@@ -158,11 +164,36 @@ static void want_write(conn_t *c, int on)
     }
 }
 
+/* The request for c->k: the fixed headers, maybe its own key, the body. */
+static void build_req(conn_t *c)
+{
+    int n = 0;
+    memcpy(c->wbuf, req, req_len);
+    c->wlen = req_len;
+    if (unique_key) {
+        n = snprintf(c->wbuf + c->wlen, WBUF_SIZE - c->wlen,
+                     "Idempotency-Key: pace-%ld-%llu\r\n", (long) getpid(),
+                     (unsigned long long) c->k);
+        c->wlen += (size_t) n;
+    }
+    if (body != NULL) {
+        n = snprintf(c->wbuf + c->wlen, WBUF_SIZE - c->wlen,
+                     "Content-Type: application/json\r\nContent-Length: %zu\r\n", body_len);
+        c->wlen += (size_t) n;
+    }
+    memcpy(c->wbuf + c->wlen, "\r\n", 2);
+    c->wlen += 2;
+    if (body != NULL) {
+        memcpy(c->wbuf + c->wlen, body, body_len);
+        c->wlen += body_len;
+    }
+}
+
 static int write_req(conn_t *c)
 {
     int was_blocked = c->wpos > 0;
-    while (c->wpos < req_len) {
-        ssize_t n = send(c->fd, req + c->wpos, req_len - c->wpos, MSG_NOSIGNAL);
+    while (c->wpos < c->wlen) {
+        ssize_t n = send(c->fd, c->wbuf + c->wpos, c->wlen - c->wpos, MSG_NOSIGNAL);
         if (n < 0) {
             if (errno == EAGAIN || errno == EWOULDBLOCK) {
                 if (!was_blocked) {
@@ -351,6 +382,7 @@ static void send_due(uint64_t t)
         rr = (int) ((c - conns) + 1) % nconns;
         c->k = next_k++;
         c->wpos = 0;
+        build_req(c);
         c->state = C_BUSY;
         if (c->k >= warmup_k) {
             csent++;
@@ -402,7 +434,8 @@ static double pct(double p)
 static void usage(void)
 {
     fprintf(stderr, "usage: pace -p PORT [-a ADDR] [-u PATH] [-H 'Name: value']... [-r RPS] "
-                    "[-d SECONDS] [-w WARMUP_SECONDS] [-c CONNECTIONS] [-T DRAIN_SECONDS]\n");
+                    "[-d SECONDS] [-w WARMUP_SECONDS] [-c CONNECTIONS] [-T DRAIN_SECONDS] "
+                    "[-b BODY_FILE (POST)] [-K (unique Idempotency-Key per request)]\n");
     exit(2);
 }
 
@@ -413,7 +446,8 @@ int main(int argc, char **argv)
     double rate = 1000, dur = 10, warm = 0, drain = 5;
     nconns = 32;
 
-    while ((opt = getopt(argc, argv, "a:p:u:H:r:d:w:c:T:")) != -1) {
+    const char *body_file = NULL;
+    while ((opt = getopt(argc, argv, "a:p:u:H:r:d:w:c:T:b:K")) != -1) {
         switch (opt) {
         case 'a': addr = optarg; break;
         case 'p': port = atoi(optarg); break;
@@ -429,6 +463,8 @@ int main(int argc, char **argv)
         case 'w': warm = atof(optarg); break;
         case 'c': nconns = atoi(optarg); break;
         case 'T': drain = atof(optarg); break;
+        case 'b': body_file = optarg; break;
+        case 'K': unique_key = 1; break;
         default: usage();
         }
     }
@@ -451,13 +487,26 @@ int main(int argc, char **argv)
     if (r == NULL) {
         die("malloc");
     }
-    int off = snprintf(r, cap, "GET %s HTTP/1.1\r\nHost: %s:%d\r\n", path, addr, port);
+    if (body_file != NULL) {
+        static char bbuf[8192];
+        FILE *f = fopen(body_file, "rb");
+        if (f == NULL) {
+            die("body file");
+        }
+        body_len = fread(bbuf, 1, sizeof(bbuf), f);
+        fclose(f);
+        body = bbuf;
+    }
+    int off = snprintf(r, cap, "%s %s HTTP/1.1\r\nHost: %s:%d\r\n",
+                       body ? "POST" : "GET", path, addr, port);
     for (int i = 0; i < nh; i++) {
         off += snprintf(r + off, cap - (size_t) off, "%s\r\n", hdrs[i]);
     }
-    off += snprintf(r + off, cap - (size_t) off, "\r\n");
     req = r;
     req_len = (size_t) off;
+    if (req_len + body_len + 256 > WBUF_SIZE) {
+        usage();
+    }
 
     signal(SIGPIPE, SIG_IGN);
     interval_ns = (uint64_t) (1e9 / rate);
@@ -563,7 +612,7 @@ int main(int argc, char **argv)
                 conn_fail(c, t);
                 continue;
             }
-            if ((evs[i].events & EPOLLOUT) && c->state == C_BUSY && c->wpos < req_len) {
+            if ((evs[i].events & EPOLLOUT) && c->state == C_BUSY && c->wpos < c->wlen) {
                 if (write_req(c) < 0) {
                     conn_fail(c, t);
                 }

@@ -1421,9 +1421,10 @@ app_lexical_error(app_ctx_t *c, yajl_handle h, const unsigned char *body, size_t
         app_error(c, 1, "invalid-utf8", "this string is not valid UTF-8");
 
     } else if (strstr(text, "invalid character inside string") != NULL) {
+        /* RFC 8259: raw control characters are not JSON at all */
         app_ptr_at_error(c);
-        app_error(c, 1, "invalid-field",
-                  "strings must not contain control characters");
+        app_error(c, 1, "malformed-json",
+                  "control characters must be escaped inside JSON strings");
 
     } else if (strstr(text, "premature EOF") != NULL) {
         c->ptr_len = 0;

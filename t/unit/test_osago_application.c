@@ -556,7 +556,7 @@ test_control_characters(void **state)
     {
         static const char  nul[] = "{\"vehicle\":{\"plate\":\"A1\0\"}}";
 
-        ERR_LEN(nul, sizeof(nul) - 1, "invalid-field", "/vehicle/plate");
+        ERR_LEN(nul, sizeof(nul) - 1, "malformed-json", "/vehicle/plate");
     }
     {
         char    buf[sizeof(BASE)];
@@ -565,7 +565,7 @@ test_control_characters(void **state)
         memcpy(buf, BASE, sizeof(BASE));
         p = strstr(buf, "A123BC77");
         p[3] = '\0';
-        ERR_LEN(buf, sizeof(BASE) - 1, "invalid-field", "/vehicle/plate");
+        ERR_LEN(buf, sizeof(BASE) - 1, "malformed-json", "/vehicle/plate");
     }
     /* escaped */
     ERR(WITH("A123BC77", "A123BC77\\u0000"), "invalid-field", "/vehicle/plate");
@@ -575,12 +575,12 @@ test_control_characters(void **state)
     ERR(WITH("\"kbm_class\":\"3\"", "\"kbm_class\":\"\\u007f\""), "invalid-field", "/kbm_class");
     ERR(WITH("\"kbm_class\":\"3\"", "\"kbm_class\":\"\\u0085\""), "invalid-field", "/kbm_class");
     detail_is(WITH("A123BC77", "A123BC77\\u0000"), "plate must not contain control characters");
-    /* raw controls */
-    ERR(WITH("1980-03-10", "1980-03-10\t"), "invalid-field", "/owner/birth_date");
-    ERR(WITH("1980-03-10", "1980-03-10\n"), "invalid-field", "/owner/birth_date");
-    ERR(WITH("\"2010-05-05\"}]", "\"2010-05-05\"}, \"\x01\"]"), "invalid-field", "/drivers/1");
+    /* raw controls are not JSON (RFC 8259), still located */
+    ERR(WITH("1980-03-10", "1980-03-10\t"), "malformed-json", "/owner/birth_date");
+    ERR(WITH("1980-03-10", "1980-03-10\n"), "malformed-json", "/owner/birth_date");
+    ERR(WITH("\"2010-05-05\"}]", "\"2010-05-05\"}, \"\x01\"]"), "malformed-json", "/drivers/1");
     /* in a member name: the object is the offender */
-    ERR(WITH("\"owner\":{", "\"owner\":{\"a\x01\":1,"), "invalid-field", "/owner");
+    ERR(WITH("\"owner\":{", "\"owner\":{\"a\x01\":1,"), "malformed-json", "/owner");
 }
 
 static void
