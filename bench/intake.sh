@@ -90,16 +90,17 @@ pace() {  # path -> "rps p50 p99 p999 non2xx" at BENCH_PACE_RPS, unique keys
                                   v["p999_us"], v["sother"] + v["s429"] + v["errors"] }'
 }
 
+# the paced runs first, on an empty Redis; then the saturation runs
+XLEN3=$(redis-cli -p "$RPORT" xlen osago:intake)
+read -r PP_RPS PP_50 PP_99 PP_999 PP_BAD < <(pace /plain)
+read -r PA_RPS PA_50 PA_99 PA_999 PA_BAD < <(pace /osago/application)
+XLEN4=$(redis-cli -p "$RPORT" xlen osago:intake)
 read -r P_RPS P_50 P_99 P_BAD < <(run /plain 0)
 XLEN0=$(redis-cli -p "$RPORT" xlen osago:intake)
 read -r A_RPS A_50 A_99 A_BAD < <(run /osago/application 0)
 XLEN1=$(redis-cli -p "$RPORT" xlen osago:intake)
 read -r R_RPS R_50 R_99 R_BAD < <(run /osago/application 20)
 XLEN2=$(redis-cli -p "$RPORT" xlen osago:intake)
-XLEN3=$(redis-cli -p "$RPORT" xlen osago:intake)
-read -r PP_RPS PP_50 PP_99 PP_999 PP_BAD < <(pace /plain)
-read -r PA_RPS PA_50 PA_99 PA_999 PA_BAD < <(pace /osago/application)
-XLEN4=$(redis-cli -p "$RPORT" xlen osago:intake)
 METRICS=$(curl -s "http://127.0.0.1:$NPORT/metrics" | grep -E '^osago_intake_(requests|parse_seconds_(sum|count))')
 
 ACC1=$((XLEN1 - XLEN0)); ACC2=$((XLEN2 - XLEN1))
