@@ -1,0 +1,28 @@
+/* The insurer list (JSON file, DESIGN.md "Insurers"). */
+#ifndef OSAGO_WORKER_INSURERS_H
+#define OSAGO_WORKER_INSURERS_H
+
+#include <stddef.h>
+
+#define INSURERS_MAX 64
+
+typedef struct {
+    char code[33];            /* [a-z0-9_-]{1,32} */
+    char name[128];
+    char url[512];            /* http:// or https:// */
+    int  timeout_ms;          /* default: the worker's insurer_timeout_ms */
+    char auth_header[256];    /* optional, "Name: value" */
+} insurer_t;
+
+typedef struct {
+    insurer_t items[INSURERS_MAX];
+    int       n;
+} insurer_list_t;
+
+/* Returns 0, or -1 with the reason in err (file, JSON pointer, what is wrong). */
+int insurers_load(const char *path, int default_timeout_ms, insurer_list_t *out,
+                  char *err, size_t errlen);
+
+const insurer_t *insurers_find(const insurer_list_t *list, const char *code);
+
+#endif

@@ -1,0 +1,37 @@
+/* Counters and gauges shown at /metrics (Prometheus text). Lock-free: C11 atomics. */
+#ifndef OSAGO_WORKER_METRICS_H
+#define OSAGO_WORKER_METRICS_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+
+#define METRICS_LAT_BUCKETS 12
+
+typedef struct {
+    atomic_ulong intake_relayed;          /* stream entries stored and announced */
+    atomic_ulong intake_claimed;          /* taken over from a dead consumer (XAUTOCLAIM) */
+    atomic_ulong intake_invalid;          /* entries that could not be relayed (logged, acked) */
+    atomic_ulong applications_started;
+    atomic_ulong tasks_started;
+    atomic_ulong insurer_calls;           /* attempts sent */
+    atomic_ulong insurer_ok;
+    atomic_ulong insurer_errors;          /* by attempt: error, timeout, malformed */
+    atomic_ulong insurer_timeouts;
+    atomic_ulong tasks_retried;
+    atomic_ulong tasks_failed;            /* error after the last attempt */
+    atomic_ulong results_applied;
+    atomic_ulong results_duplicate;       /* at-least-once redeliveries that changed nothing */
+    atomic_ulong applications_completed;
+    atomic_ulong tasks_swept;             /* re-driven by the sweeper */
+    atomic_ulong publish_total;           /* PUBLISH osago:app-updates */
+    atomic_long  calls_in_flight;
+    atomic_ulong call_latency_bucket[METRICS_LAT_BUCKETS];   /* insurer call time */
+    atomic_ulong call_latency_count;
+    atomic_ulong call_latency_sum_ms;
+    atomic_int   redis_up, kafka_up, pg_up;
+} metrics_t;
+
+void   metrics_observe_call_ms(metrics_t *m, long ms);
+size_t metrics_render(const metrics_t *m, char *buf, size_t cap);   /* Prometheus text */
+
+#endif

@@ -1,0 +1,11 @@
+/*
+ * `osago-worker migrate`: applies worker/migrations/NNN_name.sql in order, each in a transaction,
+ * recording applied versions in schema_migrations. Migrations only expand (add), so the previous
+ * release keeps working during a rolling or blue/green deploy; contractions come a release later.
+ */
+#ifndef OSAGO_WORKER_MIGRATE_H
+#define OSAGO_WORKER_MIGRATE_H
+
+int migrate_run(const char *conninfo, const char *dir);   /* 0 ok; logs what it applied */
+
+#endif

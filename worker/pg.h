@@ -1,0 +1,17 @@
+/* PostgreSQL helpers (libpq, synchronous: each role thread has its own connection). */
+#ifndef OSAGO_WORKER_PG_H
+#define OSAGO_WORKER_PG_H
+
+#include <libpq-fe.h>
+
+/* Connects, retrying with backoff until *stop or a deadline; NULL on failure (logged). */
+PGconn *pg_connect(const char *conninfo, const char *role, volatile int *stop);
+
+/* Reconnects when the connection is bad; returns 0 when usable. */
+int pg_ensure(PGconn **conn, const char *conninfo, const char *role, volatile int *stop);
+
+/* Runs a statement expecting PGRES_COMMAND_OK or PGRES_TUPLES_OK; NULL on error (logged). */
+PGresult *pg_exec(PGconn *conn, const char *role, const char *sql, int nparams,
+                  const char *const *params);
+
+#endif

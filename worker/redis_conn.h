@@ -1,0 +1,16 @@
+/* Synchronous Redis (hiredis) for the worker's roles: connect with AUTH/SELECT, reconnect. */
+#ifndef OSAGO_WORKER_REDIS_CONN_H
+#define OSAGO_WORKER_REDIS_CONN_H
+
+#include <hiredis/hiredis.h>
+
+#include "config.h"
+
+/* Connects (2 s timeout), retrying with backoff until *stop; NULL when stopping. */
+redisContext *redis_connect(const worker_config_t *cfg, const char *role, volatile int *stop);
+
+/* A usable connection, reconnecting when the last command failed at the connection level. */
+int redis_ensure(redisContext **c, const worker_config_t *cfg, const char *role,
+                 volatile int *stop);
+
+#endif

@@ -1,0 +1,16 @@
+/* When a failed insurer call is tried again. */
+#ifndef OSAGO_WORKER_RETRY_H
+#define OSAGO_WORKER_RETRY_H
+
+#include <stdint.h>
+
+/* 1 when an attempt that failed may be followed by another (attempt counts from 1). */
+int retry_allowed(int attempt, int max_attempts);
+
+/*
+ * Delay before attempt `next` (2, 3, ...): base * 2^(next-2), capped at max, with up to 20 %
+ * random jitter drawn from *seed (rand_r), so retries of many tasks do not arrive together.
+ */
+int64_t retry_delay_ms(int next, int base_ms, int max_ms, unsigned *seed);
+
+#endif
