@@ -110,53 +110,25 @@ ngx_http_osago_intake_get_ctx(ngx_http_request_t *r)
 
 
 static ngx_int_t
-ngx_http_osago_intake_set_header(ngx_http_request_t *r, char *name,
-    ngx_str_t *value)
-{
-    ngx_table_elt_t  *h;
-
-    h = ngx_list_push(&r->headers_out.headers);
-    if (h == NULL) {
-        return NGX_ERROR;
-    }
-
-    h->hash = 1;
-    h->key.data = (u_char *) name;
-    h->key.len = ngx_strlen(name);
-    h->value = *value;
-
-    return NGX_OK;
-}
-
-
-static ngx_int_t
 ngx_http_osago_intake_problem(ngx_http_request_t *r, ngx_uint_t which,
     ngx_uint_t retry_after)
 {
-    u_char     *p;
-    ngx_str_t   v;
+    ngx_str_t  v;
 
     ngx_http_osago_metrics_intake(
         ngx_http_get_module_main_conf(r, ngx_http_osago_module),
         NGX_HTTP_OSAGO_INTAKE_REJECTED, which);
 
-    if (retry_after) {
-        p = ngx_pnalloc(r->pool, NGX_INT_T_LEN);
-        if (p == NULL) {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
-
-        v.data = p;
-        v.len = ngx_sprintf(p, "%ui", retry_after) - p;
-
-        if (ngx_http_osago_intake_set_header(r, "Retry-After", &v) != NGX_OK) {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
+    if (retry_after
+        && ngx_http_osago_add_header_uint(r, "Retry-After", retry_after)
+           != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
     if (which == NGX_HTTP_OSAGO_INTAKE_METHOD) {
         ngx_str_set(&v, "POST");
-        if (ngx_http_osago_intake_set_header(r, "Allow", &v) != NGX_OK) {
+        if (ngx_http_osago_add_header(r, "Allow", &v) != NGX_OK) {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
     }
@@ -477,10 +449,8 @@ static void
 ngx_http_osago_intake_finish(ngx_http_request_t *r,
     ngx_http_osago_intake_ctx_t *ctx)
 {
-    ngx_int_t    rc;
     ngx_buf_t   *b;
     ngx_str_t    v;
-    ngx_chain_t  out;
 
     if (ctx->problem) {
         ngx_http_finalize_request(r,
@@ -490,7 +460,7 @@ ngx_http_osago_intake_finish(ngx_http_request_t *r,
         return;
     }
 
-    if (ngx_http_osago_intake_set_header(r, "Location", &ctx->location)
+    if (ngx_http_osago_add_header(r, "Location", &ctx->location)
         != NGX_OK)
     {
         ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
@@ -499,7 +469,7 @@ ngx_http_osago_intake_finish(ngx_http_request_t *r,
 
     if (ctx->replayed) {
         ngx_str_set(&v, "true");
-        if (ngx_http_osago_intake_set_header(r, "Idempotent-Replayed", &v)
+        if (ngx_http_osago_add_header(r, "Idempotent-Replayed", &v)
             != NGX_OK)
         {
             ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
@@ -516,26 +486,9 @@ ngx_http_osago_intake_finish(ngx_http_request_t *r,
     b->pos = ctx->body.data;
     b->last = ctx->body.data + ctx->body.len;
     b->memory = 1;
-    b->last_buf = 1;
-    b->last_in_chain = 1;
 
-    r->headers_out.status = ctx->status;
-    r->headers_out.content_type = ngx_http_osago_intake_json;
-    r->headers_out.content_type_len = ngx_http_osago_intake_json.len;
-    r->headers_out.content_type_lowcase = NULL;
-    r->headers_out.content_length_n = ctx->body.len;
-
-    rc = ngx_http_send_header(r);
-
-    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
-        ngx_http_finalize_request(r, rc);
-        return;
-    }
-
-    out.buf = b;
-    out.next = NULL;
-
-    ngx_http_finalize_request(r, ngx_http_output_filter(r, &out));
+    ngx_http_finalize_request(r, ngx_http_osago_send(r, ctx->status,
+                                      &ngx_http_osago_intake_json, b));
 }
 
 

@@ -105,7 +105,8 @@ static ngx_http_osago_problem_t  ngx_http_osago_limit_unavailable = {
 };
 
 
-static ngx_str_t  ngx_http_osago_limit_status_names[] = {
+/* in the order of ngx_http_osago_outcome_e; $osago_limit_status and metrics */
+ngx_str_t  ngx_http_osago_outcome_names[] = {
     ngx_string("allowed"),
     ngx_string("limited"),
     ngx_string("unauthorized"),
@@ -807,37 +808,9 @@ ngx_http_osago_limit_fallback(ngx_http_request_t *r,
 
 
 static ngx_int_t
-ngx_http_osago_limit_set_header(ngx_http_request_t *r, char *name,
-    ngx_uint_t value)
-{
-    u_char           *p;
-    ngx_table_elt_t  *h;
-
-    h = ngx_list_push(&r->headers_out.headers);
-    if (h == NULL) {
-        return NGX_ERROR;
-    }
-
-    p = ngx_pnalloc(r->pool, NGX_INT_T_LEN);
-    if (p == NULL) {
-        return NGX_ERROR;
-    }
-
-    h->hash = 1;
-    ngx_str_set(&h->key, name);
-    h->key.len = ngx_strlen(name);
-    h->value.data = p;
-    h->value.len = ngx_sprintf(p, "%ui", value) - p;
-
-    return NGX_OK;
-}
-
-
-static ngx_int_t
 ngx_http_osago_limit_finish(ngx_http_request_t *r,
     ngx_http_osago_limit_state_t *st)
 {
-    ngx_table_elt_t               *h;
     ngx_http_osago_problem_t      *problem;
     ngx_http_osago_partner_t      *partner;
     ngx_http_osago_main_conf_t    *omcf;
@@ -870,24 +843,19 @@ ngx_http_osago_limit_finish(ngx_http_request_t *r,
     case NGX_HTTP_OSAGO_UNAUTHORIZED:
         problem = &ngx_http_osago_limit_unauthorized[st->key_problem];
 
-        h = ngx_list_push(&r->headers_out.headers);
-        if (h == NULL) {
+        if (ngx_http_osago_add_header(r, "WWW-Authenticate", &www_authenticate)
+            != NGX_OK)
+        {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
-
-        h->hash = 1;
-        ngx_str_set(&h->key, "WWW-Authenticate");
-        h->value = www_authenticate;
-
-        r->headers_out.www_authenticate = h;
         break;
 
     case NGX_HTTP_OSAGO_LIMITED:
     case NGX_HTTP_OSAGO_FALLBACK_LIMITED:
         problem = &ngx_http_osago_limit_limited;
 
-        if (ngx_http_osago_limit_set_header(r, "Retry-After",
-                                            st->limit.retry_after)
+        if (ngx_http_osago_add_header_uint(r, "Retry-After",
+                                           st->limit.retry_after)
             != NGX_OK)
         {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
@@ -897,7 +865,7 @@ ngx_http_osago_limit_finish(ngx_http_request_t *r,
     default: /* NGX_HTTP_OSAGO_UNAVAILABLE */
         problem = &ngx_http_osago_limit_unavailable;
 
-        if (ngx_http_osago_limit_set_header(r, "Retry-After", 1) != NGX_OK) {
+        if (ngx_http_osago_add_header_uint(r, "Retry-After", 1) != NGX_OK) {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
     }
@@ -911,8 +879,7 @@ ngx_http_osago_limit_finish(ngx_http_request_t *r,
 static ngx_int_t
 ngx_http_osago_limit_header_filter(ngx_http_request_t *r)
 {
-    u_char                      *p;
-    ngx_table_elt_t             *h;
+    ngx_str_t                    policy, limit;
     ngx_http_osago_limit_ctx_t  *ctx;
 
     if (r != r->main) {
@@ -925,39 +892,24 @@ ngx_http_osago_limit_header_filter(ngx_http_request_t *r)
         return ngx_http_next_header_filter(r);
     }
 
-    h = ngx_list_push(&r->headers_out.headers);
-    if (h == NULL) {
+    policy.data = ngx_pnalloc(r->pool, 2 * (sizeof("\"partner\";q=;w=") - 1
+                                           + 2 * NGX_INT_T_LEN));
+    if (policy.data == NULL) {
         return NGX_ERROR;
     }
 
-    p = ngx_pnalloc(r->pool, sizeof("\"partner\";q=;w=") - 1
-                             + 2 * NGX_INT_T_LEN);
-    if (p == NULL) {
+    policy.len = ngx_sprintf(policy.data, "\"partner\";q=%ui;w=%ui",
+                             ctx->quota, ctx->window) - policy.data;
+
+    limit.data = policy.data + policy.len;
+    limit.len = ngx_sprintf(limit.data, "\"partner\";r=%ui;t=%ui",
+                            ctx->remaining, ctx->reset) - limit.data;
+
+    if (ngx_http_osago_add_header(r, "RateLimit-Policy", &policy) != NGX_OK
+        || ngx_http_osago_add_header(r, "RateLimit", &limit) != NGX_OK)
+    {
         return NGX_ERROR;
     }
-
-    h->hash = 1;
-    ngx_str_set(&h->key, "RateLimit-Policy");
-    h->value.data = p;
-    h->value.len = ngx_sprintf(p, "\"partner\";q=%ui;w=%ui",
-                               ctx->quota, ctx->window) - p;
-
-    h = ngx_list_push(&r->headers_out.headers);
-    if (h == NULL) {
-        return NGX_ERROR;
-    }
-
-    p = ngx_pnalloc(r->pool, sizeof("\"partner\";r=;t=") - 1
-                             + 2 * NGX_INT_T_LEN);
-    if (p == NULL) {
-        return NGX_ERROR;
-    }
-
-    h->hash = 1;
-    ngx_str_set(&h->key, "RateLimit");
-    h->value.data = p;
-    h->value.len = ngx_sprintf(p, "\"partner\";r=%ui;t=%ui",
-                               ctx->remaining, ctx->reset) - p;
 
     return ngx_http_next_header_filter(r);
 }
@@ -985,7 +937,7 @@ ngx_http_osago_limit_variable(ngx_http_request_t *r,
         s = &ctx->pool;
         break;
     default:
-        s = &ngx_http_osago_limit_status_names[ctx->outcome];
+        s = &ngx_http_osago_outcome_names[ctx->outcome];
     }
 
     v->len = s->len;

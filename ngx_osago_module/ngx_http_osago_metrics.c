@@ -12,14 +12,6 @@ static ngx_uint_t  ngx_http_osago_rtt_bounds[NGX_HTTP_OSAGO_RTT_BUCKETS - 1] = {
     100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 1000000
 };
 
-static ngx_str_t  ngx_http_osago_outcomes[] = {
-    ngx_string("allowed"),
-    ngx_string("limited"),
-    ngx_string("unauthorized"),
-    ngx_string("fallback_allowed"),
-    ngx_string("fallback_limited"),
-    ngx_string("unavailable")
-};
 
 /* application body validation time buckets, in microseconds */
 static ngx_uint_t  ngx_http_osago_parse_bounds[NGX_HTTP_OSAGO_PARSE_BUCKETS - 1] = {
@@ -162,13 +154,14 @@ ngx_http_osago_metrics_handler(ngx_http_request_t *r)
     ngx_int_t                      rc;
     ngx_buf_t                     *b;
     ngx_uint_t                     i, n, workers, cumulative;
-    ngx_chain_t                    out;
     ngx_queue_t                   *q;
     ngx_core_conf_t               *ccf;
     ngx_http_osago_zone_t         *ozone;
     ngx_http_osago_shctx_t        *sh;
     ngx_http_osago_main_conf_t    *omcf;
     ngx_http_osago_shm_partner_t  *sp;
+
+    static ngx_str_t  type = ngx_string("text/plain; version=0.0.4");
 
     if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
         return NGX_HTTP_NOT_ALLOWED;
@@ -218,7 +211,7 @@ ngx_http_osago_metrics_handler(ngx_http_request_t *r)
 
     for (i = 0; i < NGX_HTTP_OSAGO_OUTCOME_MAX; i++) {
         p = ngx_sprintf(p, "osago_limit_decisions_total{outcome=\"%V\"} %uA\n",
-                        &ngx_http_osago_outcomes[i], sh->decisions[i]);
+                        &ngx_http_osago_outcome_names[i], sh->decisions[i]);
     }
 
     p = ngx_sprintf(p,
@@ -326,24 +319,8 @@ ngx_http_osago_metrics_handler(ngx_http_request_t *r)
             sh->parse_sum_us % 1000000, sh->parse_count);
 
     b->last = p;
-    b->last_buf = (r == r->main) ? 1 : 0;
-    b->last_in_chain = 1;
 
-    r->headers_out.status = NGX_HTTP_OK;
-    r->headers_out.content_length_n = b->last - b->pos;
-    ngx_str_set(&r->headers_out.content_type, "text/plain; version=0.0.4");
-    r->headers_out.content_type_len = r->headers_out.content_type.len;
-
-    rc = ngx_http_send_header(r);
-
-    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
-        return rc;
-    }
-
-    out.buf = b;
-    out.next = NULL;
-
-    return ngx_http_output_filter(r, &out);
+    return ngx_http_osago_send(r, NGX_HTTP_OK, &type, b);
 }
 
 

@@ -130,6 +130,7 @@ void ngx_http_osago_limit_init_worker(ngx_http_osago_main_conf_t *omcf,
 void ngx_http_osago_limit_exit_worker(ngx_http_osago_main_conf_t *omcf);
 ngx_int_t ngx_http_osago_limit_add_variables(ngx_conf_t *cf);
 ngx_http_osago_limit_ctx_t *ngx_http_osago_limit_get_ctx(ngx_http_request_t *r);
+extern ngx_str_t  ngx_http_osago_outcome_names[];
 
 /* intake */
 typedef enum {
@@ -209,6 +210,12 @@ typedef struct {
 
 ngx_int_t ngx_http_osago_problem_send(ngx_http_request_t *r,
     ngx_http_osago_problem_t *problem);
+ngx_int_t ngx_http_osago_send(ngx_http_request_t *r, ngx_uint_t status,
+    ngx_str_t *content_type, ngx_buf_t *b);
+ngx_int_t ngx_http_osago_add_header(ngx_http_request_t *r, const char *name,
+    ngx_str_t *value);
+ngx_int_t ngx_http_osago_add_header_uint(ngx_http_request_t *r,
+    const char *name, ngx_uint_t n);
 u_char *ngx_http_osago_json_escape(u_char *dst, u_char *src, size_t size);
 size_t ngx_http_osago_json_escaped_len(u_char *src, size_t size);
 

@@ -1,6 +1,7 @@
 /*
- * Error responses as application/problem+json (RFC 9457), and the JSON
- * string escaping they (and later the other handlers) need.
+ * How the module answers: response headers and bodies, error responses as
+ * application/problem+json (RFC 9457), and the JSON string escaping they
+ * need.
  */
 
 #include "ngx_http_osago_module.h"
@@ -61,7 +62,6 @@ ngx_http_osago_problem_send(ngx_http_request_t *r,
     u_char       *p;
     ngx_int_t     rc;
     ngx_buf_t    *b;
-    ngx_chain_t   out;
 
     static ngx_str_t  type = ngx_string("application/problem+json");
 
@@ -116,18 +116,67 @@ ngx_http_osago_problem_send(ngx_http_request_t *r,
     *p++ = '\n';
 
     b->last = p;
-    b->last_buf = (r == r->main) ? 1 : 0;
-    b->last_in_chain = 1;
-
-    r->headers_out.status = problem->status;
 
     if (problem->status == 422) {
         /* nginx 1.22 knows no reason phrase for it */
         ngx_str_set(&r->headers_out.status_line, "422 Unprocessable Content");
     }
 
-    r->headers_out.content_type = type;
-    r->headers_out.content_type_len = type.len;
+    return ngx_http_osago_send(r, problem->status, &type, b);
+}
+
+
+ngx_int_t
+ngx_http_osago_add_header(ngx_http_request_t *r, const char *name,
+    ngx_str_t *value)
+{
+    ngx_table_elt_t  *h;
+
+    h = ngx_list_push(&r->headers_out.headers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    h->hash = 1;
+    h->key.data = (u_char *) name;
+    h->key.len = ngx_strlen(name);
+    h->value = *value;
+
+    return NGX_OK;
+}
+
+
+ngx_int_t
+ngx_http_osago_add_header_uint(ngx_http_request_t *r, const char *name,
+    ngx_uint_t n)
+{
+    ngx_str_t  value;
+
+    value.data = ngx_pnalloc(r->pool, NGX_INT_T_LEN);
+    if (value.data == NULL) {
+        return NGX_ERROR;
+    }
+
+    value.len = ngx_sprintf(value.data, "%ui", n) - value.data;
+
+    return ngx_http_osago_add_header(r, name, &value);
+}
+
+
+/* A whole response from one buffer, headers first. */
+ngx_int_t
+ngx_http_osago_send(ngx_http_request_t *r, ngx_uint_t status,
+    ngx_str_t *content_type, ngx_buf_t *b)
+{
+    ngx_int_t    rc;
+    ngx_chain_t  out;
+
+    b->last_buf = (r == r->main) ? 1 : 0;
+    b->last_in_chain = 1;
+
+    r->headers_out.status = status;
+    r->headers_out.content_type = *content_type;
+    r->headers_out.content_type_len = content_type->len;
     r->headers_out.content_type_lowcase = NULL;
     r->headers_out.content_length_n = b->last - b->pos;
 
