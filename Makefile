@@ -24,7 +24,7 @@ OSAGOCTL_HDRS := $(wildcard tools/osagoctl/*.h)
 all: module tools
 
 module: $(MODULE)
-tools: $(BUILD)/osagoctl
+tools: $(BUILD)/osagoctl $(BUILD)/devbroker $(BUILD)/insurer-sim
 
 deps:
 	@tools/install-deps.sh
@@ -51,7 +51,7 @@ $(BUILD)/san/osagoctl: $(OSAGOCTL_SRCS) $(OSAGOCTL_HDRS)
 run: deps all
 	tools/run-stack
 
-test: deps all $(BUILD)/san/osagoctl
+test: deps all $(BUILD)/san/osagoctl $(BUILD)/san/devbroker $(BUILD)/san/insurer-sim
 	OSAGO_BUILD=$(CURDIR)/$(BUILD) prove -j2 -r t/
 
 bench: deps all
@@ -87,3 +87,7 @@ fuzz: deps $(BUILD)/fuzz/fuzz_osago_application
 	cp fuzz/corpus/* $(BUILD)/fuzz/corpus/
 	$(BUILD)/fuzz/fuzz_osago_application -max_total_time=$(FUZZ_TIME) -max_len=4096 \
 	    -artifact_prefix=$(BUILD)/fuzz/artifacts/ -print_final_stats=1 $(BUILD)/fuzz/corpus
+
+# --- local-stack tools (Kafka mock, simulated insurers) ---
+include tools/devbroker/build.mk
+include tools/insurer-sim/build.mk
