@@ -19,7 +19,7 @@ MODULE_SRCS := config $(wildcard ngx_osago_module/*.c ngx_osago_module/*.h)
 OSAGOCTL_SRCS := $(wildcard tools/osagoctl/*.c)
 OSAGOCTL_HDRS := $(wildcard tools/osagoctl/*.h)
 
-.PHONY: all module tools deps run test bench clean
+.PHONY: all module tools deps run test bench clean demo
 
 all: module tools
 
@@ -50,6 +50,10 @@ $(BUILD)/san/osagoctl: $(OSAGOCTL_SRCS) $(OSAGOCTL_HDRS)
 
 run: deps all
 	tools/run-stack
+
+# needs `make run` in another terminal
+demo: tools
+	tools/demo
 
 test: deps all $(BUILD)/san/osagoctl $(BUILD)/san/devbroker $(BUILD)/san/insurer-sim
 	OSAGO_BUILD=$(CURDIR)/$(BUILD) prove -j2 -r t/

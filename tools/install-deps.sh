@@ -3,7 +3,7 @@
 # skipping the apt round trip entirely when everything is already there.
 set -eu
 
-PACKAGES="librdkafka-dev libmicrohttpd-dev kcat build-essential nginx nginx-dev libpcre2-dev libssl-dev zlib1g-dev
+PACKAGES="librdkafka-dev libmicrohttpd-dev kcat postgresql libpq-dev libcurl4-openssl-dev build-essential nginx nginx-dev libpcre2-dev libssl-dev zlib1g-dev
           libhiredis-dev redis-server wrk perl
           libyajl-dev libcmocka-dev clang"
 
