@@ -1057,7 +1057,7 @@ ngx_http_osago_redis_create(ngx_http_osago_redis_conf_t *rcf,
      */
     ngx_time_update();
 
-    /* cancelable: a gracefully exiting worker does not wait for these */
+    /* cancelable: a gracefully exiting worker does not wait for these two */
     redis->reconnect_ev.handler = ngx_http_osago_redis_reconnect_handler;
     redis->reconnect_ev.data = redis;
     redis->reconnect_ev.log = log;
@@ -1068,10 +1068,14 @@ ngx_http_osago_redis_create(ngx_http_osago_redis_conf_t *rcf,
     redis->connect_timer.log = log;
     redis->connect_timer.cancelable = 1;
 
+    /*
+     * Not cancelable: a worker shutting down gracefully waits for the
+     * commands in flight (at most the command timeout), so requests parked
+     * on them are answered, not cut.
+     */
     redis->command_timer.handler = ngx_http_osago_redis_command_timeout_handler;
     redis->command_timer.data = redis;
     redis->command_timer.log = log;
-    redis->command_timer.cancelable = 1;
 
     ngx_http_osago_redis_connect(redis);
 

@@ -1,4 +1,37 @@
-/* osago-worker configuration: flags and environment, validated at start. */
+/*
+ * osago-worker configuration: flags and environment, validated at start.
+ *
+ * Precedence: a flag overrides its environment variable, which overrides the default; only the
+ * winning value is validated. Every flag is --name VALUE or --name=VALUE; an empty environment
+ * variable counts as unset. Usage: osago-worker [run|migrate] [flags]; --help.
+ *
+ *   flag                        environment                      default
+ *   --roles LIST|all            OSAGO_ROLES                      all
+ *   --kafka BOOTSTRAP           OSAGO_KAFKA                      127.0.0.1:9092
+ *   --kafka-session-timeout-ms  OSAGO_KAFKA_SESSION_TIMEOUT_MS   10000     (1000..1800000)
+ *   --redis HOST:PORT           OSAGO_REDIS                      127.0.0.1:6380
+ *   (none: not on command lines) OSAGO_REDIS_PASSWORD            unset: no AUTH
+ *   --redis-db N                OSAGO_REDIS_DB                   0         (0..255)
+ *   --pg CONNINFO               OSAGO_PG                         host=127.0.0.1 port=5433
+ *                                                                dbname=osago user=osago
+ *   --insurers FILE             OSAGO_INSURERS                   conf/insurers.json
+ *   --migrations DIR            OSAGO_MIGRATIONS                 worker/migrations
+ *   --http HOST:PORT            OSAGO_HTTP                       127.0.0.1:9464
+ *   --name NAME                 OSAGO_NAME                       <hostname>-<pid>
+ *   --insurer-timeout-ms N      OSAGO_INSURER_TIMEOUT_MS         60000     (1..600000)
+ *   --max-attempts N            OSAGO_MAX_ATTEMPTS               3         (1..10)
+ *   --retry-base-ms N           OSAGO_RETRY_BASE_MS              1000      (1..600000)
+ *   --retry-max-ms N            OSAGO_RETRY_MAX_MS               30000     (1..3600000, >= base)
+ *   --max-in-flight N           OSAGO_MAX_IN_FLIGHT              512       (1..10000)
+ *   --sweep-interval-s N        OSAGO_SWEEP_INTERVAL_S           60        (1..3600)
+ *   --stale-after-s N           OSAGO_STALE_AFTER_S              120       (1..86400, > heartbeat)
+ *   --heartbeat-s N             OSAGO_HEARTBEAT_S                15        (1..3600)
+ *   --claim-idle-ms N           OSAGO_CLAIM_IDLE_MS              30000     (100..86400000)
+ *   --log-level LEVEL           OSAGO_LOG_LEVEL                  info      (debug|info|warn|error)
+ *
+ * The string members point into argv, the environment or static strings (never freed); the
+ * parsed parts of HOST:PORT values and the default name live in the struct's buffers.
+ */
 #ifndef OSAGO_WORKER_CONFIG_H
 #define OSAGO_WORKER_CONFIG_H
 
@@ -14,7 +47,7 @@ enum worker_role {
 };
 
 typedef struct {
-    const char *command;            /* "run" or "migrate" */
+    const char *command;            /* "run" (default), "migrate", or "help" (--help, -h) */
     unsigned    roles;              /* ROLE_* bits */
 
     const char *kafka_bootstrap;    /* --kafka / OSAGO_KAFKA, default 127.0.0.1:9092 */
@@ -43,6 +76,7 @@ typedef struct {
     const char *log_level;          /* debug|info|warn|error, default info */
 
     char        name_buf[128];
+    char        redis_host_buf[256];/* added: storage for redis_host, parsed out of HOST:PORT */
 } worker_config_t;
 
 /*

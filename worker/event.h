@@ -51,4 +51,22 @@ int  event_decode(const char *json, size_t len, osago_event_t *ev, char *err, si
 
 void event_free(osago_event_t *ev);
 
+/* ---- added with the implementation (event.c) ---- */
+
+/* The checks event_decode makes on the decoded fields, applied to a filled struct: event_encode
+ * refuses an event that would not decode (so nothing invalid reaches Kafka). 0, or -1 + err. */
+int  event_validate(const osago_event_t *ev, char *err, size_t errlen);
+
+int  event_uuid_valid(const char *s);          /* 8-4-4-4-12 hex digits (either case) */
+int  event_code_valid(const char *s);          /* insurer code: [a-z0-9_-]{1,32} */
+int  event_traceparent_valid(const char *s);   /* "00-<32 hex>-<16 hex>-<2 hex>", lower case,
+                                                  ids not all zero */
+void event_traceparent_new(char out[56]);      /* a new trace (random ids, sampled) */
+void event_traceparent_child(const char *parent, char out[56]);  /* same trace id, new span id;
+                                                  a new trace when parent is not valid */
+
+/* Replaces every byte that is not part of valid UTF-8 with '?', in place (the length stays):
+ * text quoted from an insurer's answer must not make a JSON event or log line invalid. */
+void event_utf8_sanitize(char *s);
+
 #endif

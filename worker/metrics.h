@@ -31,6 +31,14 @@ typedef struct {
     atomic_int   redis_up, kafka_up, pg_up;
 } metrics_t;
 
+/*
+ * Counters render as osago_worker_<field>_total (publish_total as osago_worker_publish_total),
+ * gauges as osago_worker_<field>, the call latency as the histogram osago_worker_insurer_call_ms
+ * with le = 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000, 60000, +Inf (slots 0..10 of
+ * call_latency_bucket hold the non-cumulative counts; slot 11 is unused). redis_up, kafka_up and
+ * pg_up are set by http.c's probe (every 5 s and on each /readyz): roles need not touch them.
+ * metrics_render returns the full length like snprintf: >= cap means the text was cut.
+ */
 void   metrics_observe_call_ms(metrics_t *m, long ms);
 size_t metrics_render(const metrics_t *m, char *buf, size_t cap);   /* Prometheus text */
 

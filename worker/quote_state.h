@@ -24,6 +24,35 @@ const char *app_status_name(app_status_t s);                  /* "accepted", "in
  * The next status for ev at `attempt`, or -1 when ev does not apply (a duplicate or late event:
  * a terminal quote never changes, an older attempt never overrides a newer one).
  * cur_attempt is the attempt recorded on the quote.
+ *
+ * The table (c = cur_attempt, a = attempt, M = max_attempts). Every event returns -1 when the
+ * quote is ok or error (terminal) or when a < c (older attempt) or a < 1:
+ *
+ *   event          pending(c)                  running(c)
+ *   QEV_START      running, records a          a == c: -1 (redelivered task: one call per
+ *                                              attempt); a > c: running, records a
+ *   QEV_SUCCEEDED  ok, records a               ok, records a
+ *   QEV_FAILED     a < M: pending, records a+1 (the next try is due)
+ *                  a >= M: error, records a    (same)
+ *   QEV_STALE      a == c: pending, records c  a == c: pending, records c
+ *                  a != c: -1                  a != c: -1
+ *
+ * The attempt to record is therefore `attempt`, except QEV_FAILED -> pending, which records
+ * attempt + 1. Row meaning: pending(n) = a task for attempt n is due (a Task event for n is on
+ * its way, or must be produced); running(n) = an executor is calling the insurer for attempt n.
+ * Consequences for the roles:
+ *  - the orchestrator inserts pending rows with attempt 0 (the column default) or 1 and produces
+ *    Task attempt 1; either way START(1) applies;
+ *  - an executor whose attempt a failed with a < M applies FAILED (pending, a+1), waits
+ *    retry_delay_ms(a+1) and then either produces Task(a+1) or applies START(a+1) itself; the
+ *    duplicate FAILED(a) or a redelivered Task(a) are then older than the row: -1;
+ *  - STALE re-drives the same attempt (the crash was not the insurer's fault): the sweeper sets
+ *    pending(c) and produces Task(c). It applies to pending rows too, so a retry whose executor
+ *    died during the backoff is not lost (sweep pending and running rows with an old heartbeat);
+ *  - SUCCEEDED is accepted from pending: a swept call that still answered keeps its premium, and
+ *    the re-driven Task(c) then finds a terminal quote (-1);
+ *  - a final error result (TaskResult status "error") is applied as QEV_FAILED with
+ *    max_attempts = attempt: the executor already decided there is no next try.
  */
 int quote_next(quote_status_t cur, int cur_attempt, quote_event_t ev, int attempt,
                int max_attempts, quote_status_t *next);
