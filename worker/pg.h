@@ -5,8 +5,8 @@
 #include <libpq-fe.h>
 
 /* Connects, retrying with backoff until *stop or a deadline; NULL on failure (logged).
- * Backoff 100 ms doubling to 2 s. With stop != NULL it retries until *stop (no deadline); with
- * stop == NULL (the migrate command) for at most 30 s. connect_timeout defaults to 5 s and
+ * Backoff 100 ms doubling to 2 s. With stop != NULL it retries until *stop (no deadline; *stop
+ * already set: a single attempt); with stop == NULL (the migrate command) for at most 30 s. connect_timeout defaults to 5 s and
  * application_name to osago-worker-<role>; the conninfo may override both. */
 PGconn *pg_connect(const char *conninfo, const char *role, volatile int *stop);
 

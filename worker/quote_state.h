@@ -43,12 +43,13 @@ const char *app_status_name(app_status_t s);                  /* "accepted", "in
  * Consequences for the roles:
  *  - the orchestrator inserts pending rows with attempt 0 (the column default) or 1 and produces
  *    Task attempt 1; either way START(1) applies;
- *  - an executor whose attempt a failed with a < M applies FAILED (pending, a+1), waits
- *    retry_delay_ms(a+1) and then either produces Task(a+1) or applies START(a+1) itself; the
- *    duplicate FAILED(a) or a redelivered Task(a) are then older than the row: -1;
+ *  - a retry may keep the quote running(a) (heartbeat refreshed during the backoff) and then
+ *    claim START(a+1), which running(a) accepts; or apply FAILED (pending, a+1) first. Either
+ *    way a duplicate FAILED(a) or a redelivered Task(a) is then older than the row: -1. With
+ *    the pending variant, a Task(a+1) not yet durable when its executor dies is found only by
+ *    a sweep of pending rows (STALE applies to them), so prefer the running variant;
  *  - STALE re-drives the same attempt (the crash was not the insurer's fault): the sweeper sets
- *    pending(c) and produces Task(c). It applies to pending rows too, so a retry whose executor
- *    died during the backoff is not lost (sweep pending and running rows with an old heartbeat);
+ *    pending(c) and produces Task(c);
  *  - SUCCEEDED is accepted from pending: a swept call that still answered keeps its premium, and
  *    the re-driven Task(c) then finds a terminal quote (-1);
  *  - a final error result (TaskResult status "error") is applied as QEV_FAILED with

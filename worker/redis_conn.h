@@ -8,7 +8,7 @@
 
 /* Connects (2 s timeout), retrying with backoff until *stop; NULL when stopping.
  * Backoff 100 ms doubling to 2 s; commands time out after 2 s too (then c->err is set and
- * redis_ensure reconnects). stop == NULL: a single attempt. */
+ * redis_ensure reconnects). stop == NULL or *stop already set: a single attempt. */
 redisContext *redis_connect(const worker_config_t *cfg, const char *role, volatile int *stop);
 
 /* A usable connection, reconnecting when the last command failed at the connection level. */

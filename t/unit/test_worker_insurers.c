@@ -1,0 +1,226 @@
+/*
+ * Unit tests of the insurer list file (worker/insurers.c), built with ASan and UBSan by
+ * `make build/san/test_worker_insurers`, run by t/31-worker-unit.t (from the repository root,
+ * so the shipped conf/insurers.json is checked too).
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "insurers.h"
+
+static char path[64];
+
+static int make_path(void **state)
+{
+    (void)state;
+    snprintf(path, sizeof(path), "/tmp/test-worker-insurers-%ld.json", (long)getpid());
+    return 0;
+}
+
+static int remove_file(void **state)
+{
+    (void)state;
+    unlink(path);
+    return 0;
+}
+
+static void write_file(const char *text)
+{
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    assert_int_equal(fwrite(text, 1, strlen(text), f), strlen(text));
+    assert_int_equal(fclose(f), 0);
+}
+
+static insurer_list_t *load_ok(const char *text)
+{
+    static insurer_list_t list;
+    char err[512] = "";
+    write_file(text);
+    if (insurers_load(path, 60000, &list, err, sizeof(err)) != 0)
+        fail_msg("rejected: %s", err);
+    return &list;
+}
+
+/* The message is "<path>: <rest>". */
+static void expect_error(const char *text, const char *rest)
+{
+    static insurer_list_t list;
+    char err[512] = "", expected[512];
+    write_file(text);
+    if (insurers_load(path, 60000, &list, err, sizeof(err)) != -1)
+        fail_msg("accepted %s (expected: %s)", text, rest);
+    snprintf(expected, sizeof(expected), "%s: %s", path, rest);
+    if (strcmp(err, expected) != 0)
+        fail_msg("for %s\n  got      \"%s\"\n  expected \"%s\"", text, err, expected);
+    assert_int_equal(list.n, 0);
+}
+
+#define ONE(fields) "[{\"code\":\"alfa\",\"url\":\"http://127.0.0.1:8090/insurers/alfa/quote\"" fields "}]"
+
+static void test_valid(void **state)
+{
+    (void)state;
+    insurer_list_t *l = load_ok(
+        "[{\"code\":\"alfa\",\"name\":\"\xD0\x90\xD0\xBB\xD1\x8C\xD1\x84\xD0\xB0\","
+        "\"url\":\"http://127.0.0.1:8090/insurers/alfa/quote\",\"timeout_ms\":1500},\n"
+        " {\"code\":\"rgs_2-x\",\"url\":\"https://api.example.ru/osago/v1/quote\","
+        "\"auth_header\":\"Authorization: Bearer abc.def\"}]");
+    assert_int_equal(l->n, 2);
+    assert_string_equal(l->items[0].code, "alfa");
+    assert_string_equal(l->items[0].name, "\xD0\x90\xD0\xBB\xD1\x8C\xD1\x84\xD0\xB0");
+    assert_string_equal(l->items[0].url, "http://127.0.0.1:8090/insurers/alfa/quote");
+    assert_int_equal(l->items[0].timeout_ms, 1500);
+    assert_string_equal(l->items[0].auth_header, "");
+    /* defaults: the name is the code, the timeout the worker's */
+    assert_string_equal(l->items[1].name, "rgs_2-x");
+    assert_int_equal(l->items[1].timeout_ms, 60000);
+    assert_string_equal(l->items[1].auth_header, "Authorization: Bearer abc.def");
+
+    assert_ptr_equal(insurers_find(l, "rgs_2-x"), &l->items[1]);
+    assert_ptr_equal(insurers_find(l, "alfa"), &l->items[0]);
+    assert_null(insurers_find(l, "alf"));
+    assert_null(insurers_find(l, ""));
+
+    /* bounds */
+    l = load_ok(ONE(",\"timeout_ms\":1"));
+    assert_int_equal(l->items[0].timeout_ms, 1);
+    l = load_ok(ONE(",\"timeout_ms\":600000"));
+    assert_int_equal(l->items[0].timeout_ms, 600000);
+
+    char many[64 * 80 + 8] = "[";
+    for (int i = 0; i < INSURERS_MAX; i++)
+        sprintf(many + strlen(many), "%s{\"code\":\"i%d\",\"url\":\"http://h/%d\"}", i ? "," : "",
+                i, i);
+    strcat(many, "]");
+    l = load_ok(many);
+    assert_int_equal(l->n, INSURERS_MAX);
+}
+
+/* The file shipped in conf/ (t/31 runs the tests from the repository root). */
+static void test_shipped_file(void **state)
+{
+    insurer_list_t list;
+    char err[512];
+    (void)state;
+    if (access("conf/insurers.json", R_OK) != 0)
+        skip();
+    if (insurers_load("conf/insurers.json", 60000, &list, err, sizeof(err)) != 0)
+        fail_msg("%s", err);
+    assert_int_equal(list.n, 5);
+    const char *codes[] = { "alfa", "ingos", "reso", "vsk", "rgs" };
+    for (int i = 0; i < 5; i++) {
+        const insurer_t *ins = insurers_find(&list, codes[i]);
+        assert_non_null(ins);
+        char url[128];
+        snprintf(url, sizeof(url), "http://127.0.0.1:8090/insurers/%s/quote", codes[i]);
+        assert_string_equal(ins->url, url);
+        assert_string_not_equal(ins->name, ins->code);   /* a real (Russian) name */
+    }
+}
+
+static void test_file_errors(void **state)
+{
+    insurer_list_t list;
+    char err[512], expected[600];
+    (void)state;
+
+    unlink(path);
+    assert_int_equal(insurers_load(path, 60000, &list, err, sizeof(err)), -1);
+    snprintf(expected, sizeof(expected), "%s: No such file or directory", path);
+    assert_string_equal(err, expected);
+
+    expect_error("", "malformed JSON: parse error: premature EOF");
+    expect_error("[{\"code\":\"alfa\",}]",
+                 "malformed JSON: parse error: invalid object key (must be a string)");
+    expect_error("{\"insurers\":[]}", "must be a JSON array of insurers");
+    expect_error("[]", "must list 1..64 insurers, has 0");
+
+    char many[65 * 40 + 8] = "[";
+    for (int i = 0; i < INSURERS_MAX + 1; i++)
+        sprintf(many + strlen(many), "%s{\"code\":\"i%d\",\"url\":\"http://h/\"}", i ? "," : "", i);
+    strcat(many, "]");
+    expect_error(many, "must list 1..64 insurers, has 65");
+}
+
+static void test_entry_errors(void **state)
+{
+    (void)state;
+    expect_error("[\"alfa\"]", "/0: must be an object");
+    expect_error("[" "{\"code\":\"a\",\"url\":\"http://h/a\"}," "[]" "]", "/1: must be an object");
+    expect_error("[{\"url\":\"http://h/\"}]", "/0: \"code\" is missing");
+    expect_error("[{\"code\":\"alfa\"}]", "/0: \"url\" is missing");
+    expect_error(ONE(",\"timeout\":5"),
+                 "/0: unknown member \"timeout\" (code, name, url, timeout_ms, auth_header)");
+
+    /* code */
+    const char *bad_codes[] = { "\"\"", "\"Alfa\"", "\"al fa\"", "\"alfa.ru\"",
+                                "\"abcdefghijabcdefghijabcdefghijabc\"" };
+    for (size_t i = 0; i < sizeof(bad_codes) / sizeof(bad_codes[0]); i++) {
+        char text[256];
+        snprintf(text, sizeof(text), "[{\"code\":%s,\"url\":\"http://h/\"}]", bad_codes[i]);
+        expect_error(text, "/0/code: must match [a-z0-9_-]{1,32}");
+    }
+    expect_error("[{\"code\":7,\"url\":\"http://h/\"}]", "/0/code: must be a string");
+    expect_error("[{\"code\":\"a\",\"url\":\"http://h/a\"},{\"code\":\"b\",\"url\":\"http://h/b\"},"
+                 "{\"code\":\"a\",\"url\":\"http://h/c\"}]", "/2/code: \"a\" is also at /0");
+
+    /* url */
+    const char *bad_urls[] = { "\"ftp://h/quote\"", "\"127.0.0.1:8090/q\"", "\"http://\"",
+                               "\"https://\"", "\"http://h/a b\"", "\"HTTP://h/\"" };
+    for (size_t i = 0; i < sizeof(bad_urls) / sizeof(bad_urls[0]); i++) {
+        char text[256];
+        snprintf(text, sizeof(text), "[{\"code\":\"a\",\"url\":%s}]", bad_urls[i]);
+        expect_error(text, "/0/url: must be an http:// or https:// URL of at most 511 bytes");
+    }
+    char longurl[700] = "[{\"code\":\"a\",\"url\":\"http://h/";
+    memset(longurl + strlen(longurl), 'x', 520);
+    strcat(longurl, "\"}]");
+    expect_error(longurl, "/0/url: must be an http:// or https:// URL of at most 511 bytes");
+    expect_error("[{\"code\":\"a\",\"url\":null}]", "/0/url: must be a string");
+
+    /* timeout_ms */
+    const char *bad_timeouts[] = { "0", "-1", "600001", "1.5", "\"100\"", "true", "1e3" };
+    for (size_t i = 0; i < sizeof(bad_timeouts) / sizeof(bad_timeouts[0]); i++) {
+        char text[256];
+        snprintf(text, sizeof(text), ONE(",\"timeout_ms\":%s"), bad_timeouts[i]);
+        expect_error(text, "/0/timeout_ms: must be an integer 1..600000");
+    }
+
+    /* auth_header */
+    const char *bad_auth[] = { "\"Authorization\"", "\"Authorization:Bearer x\"",
+                               "\"Authorization: \"", "\": x\"", "\"Bad Name: x\"",
+                               "\"X-Key: a\\r\\nX-Evil: b\"", "\"X-Key: a\\nb\"" };
+    for (size_t i = 0; i < sizeof(bad_auth) / sizeof(bad_auth[0]); i++) {
+        char text[256];
+        snprintf(text, sizeof(text), ONE(",\"auth_header\":%s"), bad_auth[i]);
+        expect_error(text, "/0/auth_header: must be \"Name: value\" (at most 255 bytes)");
+    }
+
+    /* name */
+    expect_error(ONE(",\"name\":\"\""), "/0/name: must be 1..127 bytes");
+    expect_error(ONE(",\"name\":1"), "/0/name: must be a string");
+    char longname[300] = "[{\"code\":\"a\",\"url\":\"http://h/\",\"name\":\"";
+    memset(longname + strlen(longname), 'n', 128);
+    strcat(longname, "\"}]");
+    expect_error(longname, "/0/name: must be 1..127 bytes");
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_teardown(test_valid, remove_file),
+        cmocka_unit_test(test_shipped_file),
+        cmocka_unit_test_teardown(test_file_errors, remove_file),
+        cmocka_unit_test_teardown(test_entry_errors, remove_file),
+    };
+    return cmocka_run_group_tests_name("worker insurer list", tests, make_path, NULL);
+}

@@ -1,0 +1,203 @@
+/*
+ * The insurer list file: a JSON array of {code, name, url, timeout_ms, auth_header}, the format
+ * tools/insurer-sim --write-insurers produces. Unknown members are errors: a misspelt
+ * "timeout" silently falling back to the default would be found only in production.
+ */
+#include "insurers.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <yajl/yajl_tree.h>
+
+#define INSURERS_FILE_MAX (1024 * 1024)
+
+static int code_valid(const char *s)
+{
+    size_t n = strlen(s);
+    if (n < 1 || n > 32)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '-'))
+            return 0;
+    }
+    return 1;
+}
+
+/* "Name: value": an HTTP token, a colon, a space, a non-empty value without CR or LF. */
+static int auth_header_valid(const char *s)
+{
+    static const char tchar[] = "!#$%&'*+-.^_`|~";
+    size_t i = 0;
+    while (s[i] != '\0' && s[i] != ':') {
+        unsigned char c = (unsigned char)s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              strchr(tchar, c) != NULL))
+            return 0;
+        i++;
+    }
+    if (i == 0 || s[i] != ':' || s[i + 1] != ' ' || s[i + 2] == '\0')
+        return 0;
+    for (const char *p = s + i + 2; *p; p++)
+        if (*p == '\r' || *p == '\n' || *p == '\0')
+            return 0;
+    return 1;
+}
+
+static char *read_file(const char *path, char *err, size_t errlen)
+{
+    FILE *f = fopen(path, "rb");
+    if (f == NULL) {
+        snprintf(err, errlen, "%s: %s", path, strerror(errno));
+        return NULL;
+    }
+    char *buf = malloc(INSURERS_FILE_MAX + 1);
+    size_t n = buf != NULL ? fread(buf, 1, INSURERS_FILE_MAX + 1, f) : 0;
+    int failed = buf == NULL || ferror(f);
+    fclose(f);
+    if (failed) {
+        snprintf(err, errlen, "%s: cannot read", path);
+        free(buf);
+        return NULL;
+    }
+    if (n > INSURERS_FILE_MAX) {
+        snprintf(err, errlen, "%s: larger than %d bytes", path, INSURERS_FILE_MAX);
+        free(buf);
+        return NULL;
+    }
+    buf[n] = '\0';
+    if (memchr(buf, '\0', n) != NULL) {
+        snprintf(err, errlen, "%s: not a JSON text (contains a NUL byte)", path);
+        free(buf);
+        return NULL;
+    }
+    return buf;
+}
+
+#define FAIL_AT(i, ...)                                                           \
+    do {                                                                          \
+        int n_ = snprintf(err, errlen, "%s: /%d", path, (i));                      \
+        if (n_ >= 0 && (size_t)n_ < errlen)                                       \
+            snprintf(err + n_, errlen - (size_t)n_, __VA_ARGS__);                  \
+        return -1;                                                                \
+    } while (0)
+
+static int load_one(const char *path, int i, yajl_val obj, int default_timeout_ms,
+                    insurer_t *ins, char *err, size_t errlen)
+{
+    int have_code = 0, have_url = 0;
+
+    if (!YAJL_IS_OBJECT(obj))
+        FAIL_AT(i, ": must be an object");
+    memset(ins, 0, sizeof(*ins));
+    ins->timeout_ms = default_timeout_ms;
+
+    for (size_t k = 0; k < obj->u.object.len; k++) {
+        const char *key = obj->u.object.keys[k];
+        yajl_val v = obj->u.object.values[k];
+
+        if (strcmp(key, "timeout_ms") == 0) {
+            if (!YAJL_IS_INTEGER(v) || YAJL_GET_INTEGER(v) < 1 || YAJL_GET_INTEGER(v) > 600000)
+                FAIL_AT(i, "/timeout_ms: must be an integer 1..600000");
+            ins->timeout_ms = (int)YAJL_GET_INTEGER(v);
+            continue;
+        }
+        if (strcmp(key, "code") != 0 && strcmp(key, "name") != 0 && strcmp(key, "url") != 0 &&
+            strcmp(key, "auth_header") != 0)
+            FAIL_AT(i, ": unknown member \"%s\" (code, name, url, timeout_ms, auth_header)", key);
+        if (!YAJL_IS_STRING(v))
+            FAIL_AT(i, "/%s: must be a string", key);
+        const char *s = v->u.string;
+
+        if (strcmp(key, "code") == 0) {
+            if (!code_valid(s))
+                FAIL_AT(i, "/code: must match [a-z0-9_-]{1,32}");
+            strcpy(ins->code, s);
+            have_code = 1;
+        } else if (strcmp(key, "name") == 0) {
+            if (*s == '\0' || strlen(s) >= sizeof(ins->name))
+                FAIL_AT(i, "/name: must be 1..%zu bytes", sizeof(ins->name) - 1);
+            strcpy(ins->name, s);
+        } else if (strcmp(key, "url") == 0) {
+            if ((strncmp(s, "http://", 7) != 0 && strncmp(s, "https://", 8) != 0) ||
+                strlen(s) >= sizeof(ins->url) || strlen(s) <= 8 || strpbrk(s, " \t\r\n") != NULL)
+                FAIL_AT(i, "/url: must be an http:// or https:// URL of at most %zu bytes",
+                        sizeof(ins->url) - 1);
+            strcpy(ins->url, s);
+            have_url = 1;
+        } else {
+            if (strlen(s) >= sizeof(ins->auth_header) || !auth_header_valid(s))
+                FAIL_AT(i, "/auth_header: must be \"Name: value\" (at most %zu bytes)",
+                        sizeof(ins->auth_header) - 1);
+            strcpy(ins->auth_header, s);
+        }
+    }
+    if (!have_code)
+        FAIL_AT(i, ": \"code\" is missing");
+    if (!have_url)
+        FAIL_AT(i, ": \"url\" is missing");
+    if (ins->name[0] == '\0')
+        strcpy(ins->name, ins->code);   /* the read model always shows a name */
+    return 0;
+}
+
+int insurers_load(const char *path, int default_timeout_ms, insurer_list_t *out,
+                  char *err, size_t errlen)
+{
+    char perr[256];
+    int rc = -1;
+
+    memset(out, 0, sizeof(*out));
+    char *text = read_file(path, err, errlen);
+    if (text == NULL)
+        return -1;
+    yajl_val root = yajl_tree_parse(text, perr, sizeof(perr));
+    free(text);
+    if (root == NULL) {
+        char *nl = strchr(perr, '\n');
+        if (nl != NULL)
+            *nl = '\0';
+        snprintf(err, errlen, "%s: malformed JSON: %s", path, perr);
+        return -1;
+    }
+    if (!YAJL_IS_ARRAY(root)) {
+        snprintf(err, errlen, "%s: must be a JSON array of insurers", path);
+        goto out;
+    }
+    if (root->u.array.len < 1 || root->u.array.len > INSURERS_MAX) {
+        snprintf(err, errlen, "%s: must list 1..%d insurers, has %zu", path, INSURERS_MAX,
+                 root->u.array.len);
+        goto out;
+    }
+    for (size_t i = 0; i < root->u.array.len; i++) {
+        insurer_t *ins = &out->items[i];
+        if (load_one(path, (int)i, root->u.array.values[i], default_timeout_ms, ins, err,
+                     errlen) < 0)
+            goto out;
+        for (size_t j = 0; j < i; j++) {
+            if (strcmp(out->items[j].code, ins->code) == 0) {
+                snprintf(err, errlen, "%s: /%zu/code: \"%s\" is also at /%zu", path, i,
+                         ins->code, j);
+                goto out;
+            }
+        }
+    }
+    out->n = (int)root->u.array.len;
+    rc = 0;
+out:
+    yajl_tree_free(root);
+    if (rc < 0)
+        memset(out, 0, sizeof(*out));
+    return rc;
+}
+
+const insurer_t *insurers_find(const insurer_list_t *list, const char *code)
+{
+    for (int i = 0; i < list->n; i++)
+        if (strcmp(list->items[i].code, code) == 0)
+            return &list->items[i];
+    return NULL;
+}

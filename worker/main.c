@@ -1,0 +1,221 @@
+/*
+ * osago-worker: `run` starts the configured roles as threads plus the HTTP endpoints and
+ * waits for SIGINT/SIGTERM; `migrate` applies the SQL migrations and exits.
+ *
+ * Exit status: 0 after a clean stop or migration, 1 on a runtime failure (a role thread that
+ * returned on its own, HTTP port in use, a failed migration), 2 on invalid configuration.
+ */
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <curl/curl.h>
+
+#include "config.h"
+#include "insurers.h"
+#include "kafka.h"
+#include "log.h"
+#include "metrics.h"
+#include "migrate.h"
+#include "worker.h"
+
+/* Set by the signal handler, read by every role through worker_t.stop. */
+static volatile sig_atomic_t stop_flag;
+
+_Static_assert(sizeof(sig_atomic_t) == sizeof(int), "worker_t.stop is a volatile int *");
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    stop_flag = 1;
+}
+
+struct role_thread {
+    const char *name;
+    unsigned    bit;
+    void     *(*entry)(void *);
+    worker_t   *w;
+    pthread_t   tid;
+    int         started;
+    int         failed;     /* returned although nobody asked it to stop */
+};
+
+/*
+ * A role returning before the stop flag means it gave up (e.g. its consumer could not be
+ * created): the process stops as a whole and exits 1, so the supervisor restarts it, rather
+ * than running on without that role.
+ */
+static void *role_run(void *arg)
+{
+    struct role_thread *t = arg;
+    t->entry(t->w);
+    if (!*t->w->stop) {
+        t->failed = 1;
+        wlog(LOG_ERROR, t->name, NULL, "role_exited", "role %s stopped on its own; shutting "
+             "down", t->name);
+        kill(getpid(), SIGTERM);   /* only the main thread accepts it (see block_signals) */
+    }
+    return NULL;
+}
+
+static int install_signals(sigset_t *stop_set)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    if (sigaction(SIGINT, &sa, NULL) < 0 || sigaction(SIGTERM, &sa, NULL) < 0)
+        return -1;
+    /* a peer closing a socket must be an error return, not the end of the process */
+    sa.sa_handler = SIG_IGN;
+    sigaction(SIGPIPE, &sa, NULL);
+    sigemptyset(stop_set);
+    sigaddset(stop_set, SIGINT);
+    sigaddset(stop_set, SIGTERM);
+    return 0;
+}
+
+static const char *roles_text(unsigned roles, char *buf, size_t cap)
+{
+    static const char *const names[] = { "relay", "orchestrator", "executor", "results",
+                                         "sweeper" };
+    buf[0] = '\0';
+    for (int i = 0; i < 5; i++)
+        if (roles & (1u << i))
+            snprintf(buf + strlen(buf), cap - strlen(buf), "%s%s", buf[0] ? "," : "", names[i]);
+    return buf;
+}
+
+static int run(const worker_config_t *cfg)
+{
+    struct role_thread roles[] = {
+        { "relay", ROLE_RELAY, relay_main, NULL, 0, 0, 0 },
+        { "orchestrator", ROLE_ORCHESTRATOR, orchestrator_main, NULL, 0, 0, 0 },
+        { "executor", ROLE_EXECUTOR, executor_main, NULL, 0, 0, 0 },
+        { "results", ROLE_RESULTS, results_main, NULL, 0, 0, 0 },
+        { "sweeper", ROLE_SWEEPER, sweeper_main, NULL, 0, 0, 0 },
+    };
+    const int nroles = (int)(sizeof(roles) / sizeof(roles[0]));
+    insurer_list_t *insurers = calloc(1, sizeof(*insurers));
+    metrics_t *metrics = calloc(1, sizeof(*metrics));
+    struct http_server *http = NULL;
+    kafka_producer_t *producer = NULL;
+    worker_t w = { .cfg = cfg, .insurers = insurers, .metrics = metrics,
+                   .stop = (volatile int *)&stop_flag };
+    sigset_t stop_set, old_mask;
+    char err[512], names[128];
+    int rc = 1;
+
+    if (insurers == NULL || metrics == NULL) {
+        fprintf(stderr, "osago-worker: out of memory\n");
+        goto out;
+    }
+    /* only these roles call insurers or name them: a relay-only instance needs no file */
+    if (cfg->roles & (ROLE_ORCHESTRATOR | ROLE_EXECUTOR | ROLE_RESULTS)) {
+        if (insurers_load(cfg->insurers_file, cfg->insurer_timeout_ms, insurers, err,
+                          sizeof(err)) < 0) {
+            fprintf(stderr, "osago-worker: %s\n", err);
+            rc = 2;
+            goto out;
+        }
+    }
+    if (install_signals(&stop_set) < 0) {
+        perror("osago-worker: sigaction");
+        goto out;
+    }
+    /*
+     * Block SIGINT/SIGTERM before any thread exists (librdkafka's, libmicrohttpd's, the roles'):
+     * they inherit the mask, so the signal always reaches the main thread, which waits for it
+     * in sigsuspend without a race, and role threads' system calls are never interrupted.
+     */
+    pthread_sigmask(SIG_BLOCK, &stop_set, &old_mask);
+
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+        fprintf(stderr, "osago-worker: curl_global_init failed\n");
+        goto out;
+    }
+    producer = kafka_producer_new(cfg, err, sizeof(err));
+    if (producer == NULL) {
+        fprintf(stderr, "osago-worker: %s\n", err);
+        rc = 2;
+        goto out_curl;
+    }
+
+    w.producer = producer;
+    http = http_start(&w, err, sizeof(err));
+    if (http == NULL) {
+        fprintf(stderr, "osago-worker: %s\n", err);
+        goto out_producer;
+    }
+
+    wlog(LOG_INFO, "main", NULL, "worker_started", "osago-worker %s started: roles %s, "
+         "%d insurer(s), kafka %s, redis %s:%d", cfg->consumer_name,
+         roles_text(cfg->roles, names, sizeof(names)), insurers->n, cfg->kafka_bootstrap,
+         cfg->redis_host, cfg->redis_port);
+
+    for (int i = 0; i < nroles; i++) {
+        if (!(cfg->roles & roles[i].bit))
+            continue;
+        roles[i].w = &w;
+        if (pthread_create(&roles[i].tid, NULL, role_run, &roles[i]) != 0) {
+            wlog(LOG_ERROR, "main", NULL, "thread_failed", "cannot start role %s",
+                 roles[i].name);
+            stop_flag = 1;
+            break;
+        }
+        roles[i].started = 1;
+    }
+
+    /* sigsuspend unblocks SIGINT/SIGTERM only while waiting: no lost wake-up */
+    sigset_t wait_mask = old_mask;
+    sigdelset(&wait_mask, SIGINT);
+    sigdelset(&wait_mask, SIGTERM);
+    while (!stop_flag)
+        sigsuspend(&wait_mask);
+
+    wlog(LOG_INFO, "main", NULL, "worker_stopping", "stopping: waiting for the roles");
+    rc = 0;
+    for (int i = 0; i < nroles; i++) {
+        if (!roles[i].started)
+            continue;
+        pthread_join(roles[i].tid, NULL);
+        if (roles[i].failed)
+            rc = 1;
+    }
+    for (int i = 0; i < nroles; i++)
+        if ((cfg->roles & roles[i].bit) && !roles[i].started)
+            rc = 1;
+    http_stop(http);
+out_producer:
+    kafka_producer_free(producer);
+out_curl:
+    curl_global_cleanup();
+    wlog(LOG_INFO, "main", NULL, "worker_stopped", "stopped (exit %d)", rc);
+out:
+    free(metrics);
+    free(insurers);
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    worker_config_t cfg;
+    char err[512];
+
+    if (config_parse(&cfg, argc, argv, err, sizeof(err)) < 0) {
+        fprintf(stderr, "osago-worker: %s\n", err);
+        return 2;
+    }
+    if (strcmp(cfg.command, "help") == 0) {
+        config_usage("osago-worker");
+        return 0;
+    }
+    log_set_level(cfg.log_level);   /* validated by config_parse */
+
+    if (strcmp(cfg.command, "migrate") == 0)
+        return migrate_run(cfg.pg_conninfo, cfg.migrations_dir) == 0 ? 0 : 1;
+    return run(&cfg);
+}

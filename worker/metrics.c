@@ -1,0 +1,107 @@
+/*
+ * Prometheus text exposition of metrics_t. Counters are read one by one without a lock: a
+ * scrape may see one counter a little ahead of another, which Prometheus tolerates; the
+ * histogram's buckets, count and +Inf are derived from the same reads, so it is always
+ * self-consistent.
+ */
+#include "metrics.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+
+/* Upper bounds in ms; slot i counts calls in (bound[i-1], bound[i]]; slot 10 is > 60000 ms.
+ * metrics.h reserves 12 slots; the 12th is unused. */
+static const long lat_bounds[] = { 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000, 60000 };
+#define NBOUNDS ((int)(sizeof(lat_bounds) / sizeof(lat_bounds[0])))
+
+_Static_assert(NBOUNDS + 1 <= METRICS_LAT_BUCKETS, "metrics_t has too few latency buckets");
+
+void metrics_observe_call_ms(metrics_t *m, long ms)
+{
+    int i = 0;
+    if (ms < 0)
+        ms = 0;
+    while (i < NBOUNDS && ms > lat_bounds[i])
+        i++;
+    atomic_fetch_add(&m->call_latency_bucket[i], 1);
+    atomic_fetch_add(&m->call_latency_count, 1);
+    atomic_fetch_add(&m->call_latency_sum_ms, (unsigned long)ms);
+}
+
+struct out {
+    char  *buf;
+    size_t cap, len;   /* len counts what would have been written, like snprintf */
+};
+
+__attribute__((format(printf, 2, 3)))
+static void put(struct out *o, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(o->len < o->cap ? o->buf + o->len : NULL,
+                      o->len < o->cap ? o->cap - o->len : 0, fmt, ap);
+    va_end(ap);
+    if (n > 0)
+        o->len += (size_t)n;
+}
+
+static void counter(struct out *o, const char *name, const char *help, unsigned long v)
+{
+    put(o, "# HELP osago_worker_%s_total %s\n# TYPE osago_worker_%s_total counter\n"
+           "osago_worker_%s_total %lu\n", name, help, name, name, v);
+}
+
+static void gauge(struct out *o, const char *name, const char *help, long v)
+{
+    put(o, "# HELP osago_worker_%s %s\n# TYPE osago_worker_%s gauge\nosago_worker_%s %ld\n",
+        name, help, name, name, v);
+}
+
+size_t metrics_render(const metrics_t *cm, char *buf, size_t cap)
+{
+    /* atomic_load takes a non-const pointer in C11 (until C17's DR 459): reading is safe */
+    metrics_t *m = (metrics_t *)cm;
+    struct out o = { buf, cap, 0 };
+
+#define C(field, help) counter(&o, #field, help, atomic_load(&m->field))
+    C(intake_relayed, "Intake stream entries stored in PostgreSQL and announced on Kafka.");
+    C(intake_claimed, "Intake entries taken over from a dead consumer (XAUTOCLAIM).");
+    C(intake_invalid, "Intake entries that could not be relayed (logged and acknowledged).");
+    C(applications_started, "Applications for which quote tasks were created.");
+    C(tasks_started, "Quote tasks taken by an executor.");
+    C(insurer_calls, "Insurer call attempts sent.");
+    C(insurer_ok, "Insurer calls answered with a premium.");
+    C(insurer_errors, "Insurer call attempts that failed (error, timeout, malformed answer).");
+    C(insurer_timeouts, "Insurer call attempts that timed out.");
+    C(tasks_retried, "Quote tasks retried after a failed attempt.");
+    C(tasks_failed, "Quote tasks that ended in error after the last attempt.");
+    C(results_applied, "Task results applied to PostgreSQL.");
+    C(results_duplicate, "Redelivered task results that changed nothing.");
+    C(applications_completed, "Applications with every quote answered.");
+    C(tasks_swept, "Stale quote tasks re-driven by the sweeper.");
+#undef C
+    counter(&o, "publish", "Read-model updates published on osago:app-updates.",
+            atomic_load(&m->publish_total));
+    gauge(&o, "calls_in_flight", "Insurer calls in flight.", atomic_load(&m->calls_in_flight));
+    gauge(&o, "redis_up", "1 when the last probe reached Redis.", atomic_load(&m->redis_up));
+    gauge(&o, "kafka_up", "1 when the last probe reached Kafka.", atomic_load(&m->kafka_up));
+    gauge(&o, "pg_up", "1 when the last probe reached PostgreSQL.", atomic_load(&m->pg_up));
+
+    put(&o, "# HELP osago_worker_insurer_call_ms Insurer call time in milliseconds.\n"
+            "# TYPE osago_worker_insurer_call_ms histogram\n");
+    unsigned long cumulative = 0;
+    for (int i = 0; i <= NBOUNDS; i++) {
+        cumulative += atomic_load(&m->call_latency_bucket[i]);
+        if (i < NBOUNDS)
+            put(&o, "osago_worker_insurer_call_ms_bucket{le=\"%ld\"} %lu\n", lat_bounds[i],
+                cumulative);
+        else
+            put(&o, "osago_worker_insurer_call_ms_bucket{le=\"+Inf\"} %lu\n", cumulative);
+    }
+    put(&o, "osago_worker_insurer_call_ms_sum %lu\nosago_worker_insurer_call_ms_count %lu\n",
+        atomic_load(&m->call_latency_sum_ms), cumulative);
+
+    if (cap > 0 && o.len >= cap)
+        buf[cap - 1] = '\0';
+    return o.len;
+}

@@ -1,0 +1,215 @@
+/*
+ * Numbered SQL migrations. Each file NNN_name.sql runs in one transaction together with its
+ * schema_migrations row, so a file is either fully applied and recorded or not at all. A
+ * session advisory lock serialises concurrent `osago-worker migrate` runs (several instances
+ * starting at once): the second waits, then finds everything applied and does nothing.
+ *
+ * Files must not contain transaction control (BEGIN/COMMIT) nor statements that cannot run in
+ * a transaction block (CREATE INDEX CONCURRENTLY).
+ */
+#include "migrate.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "pg.h"
+
+#define MIGRATE_LOCK_KEY "7305420866613592391"   /* arbitrary, fixed: "osago-worker migrate" */
+#define MIGRATE_MAX_FILES 1000
+#define MIGRATE_FILE_MAX  (16 * 1024 * 1024)
+
+struct migration {
+    int  version;
+    char name[256];
+};
+
+static int by_version(const void *a, const void *b)
+{
+    const struct migration *x = a, *y = b;
+    return (x->version > y->version) - (x->version < y->version);
+}
+
+/* "001_applications.sql" -> 1; -1 for anything else (editor backups, READMEs). */
+static int parse_name(const char *name)
+{
+    size_t n = strlen(name), digits = strspn(name, "0123456789");
+    if (digits == 0 || digits > 9 || name[digits] != '_' || n < digits + 5 ||
+        strcmp(name + n - 4, ".sql") != 0)
+        return -1;
+    return atoi(name);
+}
+
+static int list_dir(const char *dir, struct migration **out, int *n)
+{
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    struct migration *m = NULL;
+    int count = 0;
+
+    if (d == NULL) {
+        wlog(LOG_ERROR, "migrate", NULL, "migrate_dir", "%s: %s", dir, strerror(errno));
+        return -1;
+    }
+    m = calloc(MIGRATE_MAX_FILES, sizeof(*m));
+    if (m == NULL) {
+        closedir(d);
+        return -1;
+    }
+    while ((e = readdir(d)) != NULL) {
+        int v = parse_name(e->d_name);
+        if (v < 0 || strlen(e->d_name) >= sizeof(m->name))
+            continue;
+        if (count == MIGRATE_MAX_FILES) {
+            wlog(LOG_ERROR, "migrate", NULL, "migrate_dir", "%s: more than %d migrations", dir,
+                 MIGRATE_MAX_FILES);
+            goto fail;
+        }
+        m[count].version = v;
+        strcpy(m[count].name, e->d_name);
+        count++;
+    }
+    qsort(m, (size_t)count, sizeof(*m), by_version);
+    for (int i = 1; i < count; i++) {
+        if (m[i].version == m[i - 1].version) {
+            wlog(LOG_ERROR, "migrate", NULL, "migrate_duplicate",
+                 "%s: %s and %s have the same version %d", dir, m[i - 1].name, m[i].name,
+                 m[i].version);
+            goto fail;
+        }
+    }
+    closedir(d);
+    *out = m;
+    *n = count;
+    return 0;
+fail:
+    closedir(d);
+    free(m);
+    return -1;
+}
+
+static char *read_sql(const char *dir, const char *name)
+{
+    char path[4096];
+    snprintf(path, sizeof(path), "%s/%s", dir, name);
+    FILE *f = fopen(path, "rb");
+    if (f == NULL) {
+        wlog(LOG_ERROR, "migrate", NULL, "migrate_read", "%s: %s", path, strerror(errno));
+        return NULL;
+    }
+    char *buf = malloc(MIGRATE_FILE_MAX + 1);
+    size_t n = buf != NULL ? fread(buf, 1, MIGRATE_FILE_MAX + 1, f) : 0;
+    int bad = buf == NULL || ferror(f) || n > MIGRATE_FILE_MAX || memchr(buf, '\0', n) != NULL;
+    fclose(f);
+    if (bad) {
+        wlog(LOG_ERROR, "migrate", NULL, "migrate_read", "%s: unreadable, too large or binary",
+             path);
+        free(buf);
+        return NULL;
+    }
+    buf[n] = '\0';
+    return buf;
+}
+
+static int simple(PGconn *c, const char *sql)
+{
+    PGresult *r = pg_exec(c, "migrate", sql, 0, NULL);
+    PQclear(r);
+    return r != NULL ? 0 : -1;
+}
+
+/* The file's statements, then its row, then COMMIT: one transaction. */
+static int apply_one(PGconn *c, const char *dir, const struct migration *m)
+{
+    char version[16];
+    const char *params[2] = { version, m->name };
+    char *sql = read_sql(dir, m->name);
+    PGresult *r;
+
+    if (sql == NULL)
+        return -1;
+    snprintf(version, sizeof(version), "%d", m->version);
+    if (simple(c, "BEGIN") < 0) {
+        free(sql);
+        return -1;
+    }
+    /* PQexec (simple protocol): a migration file holds several statements */
+    r = PQexec(c, sql);
+    free(sql);
+    if (PQresultStatus(r) != PGRES_COMMAND_OK && PQresultStatus(r) != PGRES_TUPLES_OK) {
+        const char *state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+        const char *msg = PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY);
+        wlog(LOG_ERROR, "migrate", NULL, "migrate_failed", "%s: SQLSTATE %s: %s", m->name,
+             state != NULL ? state : "none", msg != NULL ? msg : PQerrorMessage(c));
+        PQclear(r);
+        simple(c, "ROLLBACK");
+        return -1;
+    }
+    PQclear(r);
+    r = pg_exec(c, "migrate", "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", 2,
+                params);
+    if (r == NULL || simple(c, "COMMIT") < 0) {
+        PQclear(r);
+        simple(c, "ROLLBACK");
+        return -1;
+    }
+    PQclear(r);
+    wlog(LOG_INFO, "migrate", NULL, "migrate_applied", "applied %s (version %d)", m->name,
+         m->version);
+    return 0;
+}
+
+static int is_applied(PGresult *applied, int version)
+{
+    for (int i = 0; i < PQntuples(applied); i++)
+        if (atoi(PQgetvalue(applied, i, 0)) == version)
+            return 1;
+    return 0;
+}
+
+int migrate_run(const char *conninfo, const char *dir)
+{
+    struct migration *m = NULL;
+    PGresult *applied = NULL;
+    int n = 0, done = 0, rc = -1;
+
+    if (list_dir(dir, &m, &n) < 0)
+        return -1;
+    PGconn *c = pg_connect(conninfo, "migrate", NULL);
+    if (c == NULL) {
+        free(m);
+        return -1;
+    }
+    if (simple(c, "SELECT pg_advisory_lock(" MIGRATE_LOCK_KEY ")") < 0)
+        goto out;
+    if (simple(c, "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                  " version    integer     PRIMARY KEY,"
+                  " name       text        NOT NULL,"
+                  " applied_at timestamptz NOT NULL DEFAULT now())") < 0)
+        goto unlock;
+    applied = pg_exec(c, "migrate", "SELECT version FROM schema_migrations", 0, NULL);
+    if (applied == NULL)
+        goto unlock;
+
+    for (int i = 0; i < n; i++) {
+        if (is_applied(applied, m[i].version))
+            continue;
+        if (apply_one(c, dir, &m[i]) < 0)
+            goto unlock;
+        done++;
+    }
+    rc = 0;
+    wlog(LOG_INFO, "migrate", NULL, "migrate_done",
+         "%d migration(s) applied, %d already present, %d known to the database",
+         done, n - done, PQntuples(applied) + done);
+unlock:
+    simple(c, "SELECT pg_advisory_unlock(" MIGRATE_LOCK_KEY ")");
+out:
+    PQclear(applied);
+    PQfinish(c);
+    free(m);
+    return rc;
+}

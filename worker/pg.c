@@ -1,0 +1,126 @@
+/*
+ * libpq helpers. Connection attempts back off from 100 ms to 2 s so a restarting PostgreSQL is
+ * picked up quickly without a storm of connections from every role thread.
+ */
+#include "pg.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include "log.h"
+
+#define PG_BACKOFF_MIN_MS  100
+#define PG_BACKOFF_MAX_MS  2000
+#define PG_NO_STOP_DEADLINE_MS 30000   /* stop == NULL (the migrate command): give up after this */
+
+static long long now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Sleeps ms in short slices, so a stop request is honoured within 50 ms. */
+static void nap(int ms, volatile int *stop)
+{
+    while (ms > 0 && (stop == NULL || !*stop)) {
+        int slice = ms < 50 ? ms : 50;
+        struct timespec ts = { 0, (long)slice * 1000000L };
+        nanosleep(&ts, NULL);
+        ms -= slice;
+    }
+}
+
+/* libpq messages end with a newline and may span lines; a log line must not. */
+static void one_line(const char *in, char *out, size_t cap)
+{
+    size_t o = 0;
+    for (; *in != '\0' && o + 1 < cap; in++)
+        out[o++] = (*in == '\n' || *in == '\r' || *in == '\t') ? ' ' : *in;
+    while (o > 0 && out[o - 1] == ' ')
+        o--;
+    out[o] = '\0';
+}
+
+/* Notices ("relation already exists, skipping") would reach stderr as plain text, breaking the
+ * one-JSON-object-per-line log: they become debug lines. arg is the role (a string literal). */
+static void pg_notice(void *arg, const char *message)
+{
+    char line[512];
+    one_line(message, line, sizeof(line));
+    wlog(LOG_DEBUG, arg, NULL, "pg_notice", "%s", line);
+}
+
+PGconn *pg_connect(const char *conninfo, const char *role, volatile int *stop)
+{
+    /*
+     * Our defaults come first: libpq lets later keywords override earlier ones, and the
+     * expanded conninfo (dbname, expand_dbname = 1) is last, so the operator's settings win.
+     */
+    char appname[64];
+    snprintf(appname, sizeof(appname), "osago-worker-%s", role != NULL ? role : "main");
+    const char *const keys[] = { "connect_timeout", "application_name", "dbname", NULL };
+    const char *const vals[] = { "5", appname, conninfo, NULL };
+    long long deadline = now_ms() + PG_NO_STOP_DEADLINE_MS;
+    int backoff = PG_BACKOFF_MIN_MS, attempts = 0;
+
+    for (;;) {
+        PGconn *c = PQconnectdbParams(keys, vals, 1);
+        if (c != NULL && PQstatus(c) == CONNECTION_OK) {
+            PQsetNoticeProcessor(c, pg_notice, (void *)role);
+            if (attempts > 0)
+                wlog(LOG_INFO, role, NULL, "pg_connected", "connected after %d retries",
+                     attempts);
+            return c;
+        }
+        char msg[512];
+        one_line(c != NULL ? PQerrorMessage(c) : "out of memory", msg, sizeof(msg));
+        PQfinish(c);
+        /* the first failure is worth a warning, the following ones only while debugging */
+        wlog(attempts == 0 ? LOG_WARN : LOG_DEBUG, role, NULL, "pg_connect_failed",
+             "cannot connect to PostgreSQL (retrying): %s", msg);
+        attempts++;
+        if (stop != NULL ? *stop : now_ms() >= deadline) {
+            wlog(LOG_ERROR, role, NULL, "pg_connect_gave_up",
+                 "no PostgreSQL connection after %d attempts: %s", attempts, msg);
+            return NULL;
+        }
+        nap(backoff, stop);
+        if (stop != NULL && *stop)
+            return NULL;
+        backoff = backoff * 2 > PG_BACKOFF_MAX_MS ? PG_BACKOFF_MAX_MS : backoff * 2;
+    }
+}
+
+int pg_ensure(PGconn **conn, const char *conninfo, const char *role, volatile int *stop)
+{
+    if (*conn != NULL && PQstatus(*conn) == CONNECTION_OK)
+        return 0;
+    if (*conn != NULL) {
+        wlog(LOG_WARN, role, NULL, "pg_reconnect", "PostgreSQL connection lost; reconnecting");
+        PQfinish(*conn);
+    }
+    *conn = pg_connect(conninfo, role, stop);
+    return *conn != NULL ? 0 : -1;
+}
+
+PGresult *pg_exec(PGconn *conn, const char *role, const char *sql, int nparams,
+                  const char *const *params)
+{
+    PGresult *res = PQexecParams(conn, sql, nparams, NULL, params, NULL, NULL, 0);
+    ExecStatusType st = PQresultStatus(res);
+
+    if (res != NULL && (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK))
+        return res;
+
+    const char *state = res != NULL ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+    const char *primary = res != NULL ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
+    char msg[512], stmt[128];
+    one_line(primary != NULL ? primary : PQerrorMessage(conn), msg, sizeof(msg));
+    one_line(sql, stmt, sizeof(stmt));
+    wlog(LOG_ERROR, role, NULL, "pg_error", "SQLSTATE %s: %s (statement: %s%s)",
+         state != NULL ? state : "none", msg, stmt, strlen(sql) >= sizeof(stmt) ? "..." : "");
+    PQclear(res);
+    return NULL;
+}
