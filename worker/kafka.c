@@ -275,6 +275,9 @@ rd_kafka_t *kafka_consumer_new(const worker_config_t *cfg, const char *group,
         set(conf, "enable.auto.offset.store", "false", err, errlen) < 0 ||
         set(conf, "auto.commit.interval.ms", "1000", err, errlen) < 0 ||
         set(conf, "auto.offset.reset", "earliest", err, errlen) < 0 ||
+        /* an application crosses three topics: a broker-side fetch wait of the default
+         * 500 ms at each hop would dominate the time to a quote */
+        set(conf, "fetch.wait.max.ms", "10", err, errlen) < 0 ||
         set(conf, "session.timeout.ms", num, err, errlen) < 0) {
         rd_kafka_conf_destroy(conf);
         return NULL;

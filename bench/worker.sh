@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# bench/worker.sh: applications per second from the intake stream to `completed`, and the worker's
+# own added latency, with 10 simulated insurers that all answer in exactly INSURER_MS.
+#
+# Starts its own Redis, PostgreSQL (initdb in a temp dir), devbroker, insurer-sim and one
+# osago-worker (non-sanitizer build) on free loopback ports; bench/inject.pl appends RATE
+# applications/s for SECONDS to osago:intake the way the edge does. An application's latency is
+# applications.updated_at (completed) minus the time it was appended; the worker's added latency is
+# that minus INSURER_MS (every insurer answers in exactly that). With SOAK_SECONDS the injection
+# runs that long and the worker's RSS is sampled every 30 s (memory must stay flat).
+# Writes build/bench/worker.md. Kills only what it started.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BUILD=${OSAGO_BUILD:-$ROOT/build}
+RATE=${BENCH_RATE:-500}
+SECS=${SOAK_SECONDS:-${BENCH_SECONDS:-20}}
+INSURER_MS=${INSURER_MS:-100}
+INSURERS=${INSURERS:-alfa,ingos,reso,vsk,rgs,sogaz,zetta,sber,tinkoff,renins}
+OUT=$BUILD/bench/worker.md
+PG_BIN=$(find /usr/lib/postgresql -maxdepth 2 -name bin -type d | sort -V | tail -1)
+
+for b in osago-worker devbroker insurer-sim; do
+    [ -x "$BUILD/$b" ] || { echo "bench/worker: $BUILD/$b missing (make all)" >&2; exit 1; }
+done
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+WORK=$(mktemp -d /tmp/osago-bench-worker.XXXXXX)
+chmod 755 "$WORK"
+RP=$(free_port); PP=$(free_port); KP=$(free_port); SP=$(free_port); HP=$(free_port)
+PIDS=()
+PG_UP=
+
+cleanup() {
+    local p
+    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
+        p=${PIDS[$i]}
+        kill -TERM "$p" 2>/dev/null || true
+    done
+    for p in "${PIDS[@]}"; do
+        for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$p" 2>/dev/null || true
+    done
+    [ -n "$PG_UP" ] && runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$WORK/pg/data" -m fast -w stop >/dev/null 2>&1
+    rm -rf "$WORK"
+}
+trap cleanup EXIT INT TERM
+
+wait_for() {  # file pattern
+    for _ in $(seq 100); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done
+    echo "bench/worker: timed out waiting for '$2' in $1" >&2; cat "$1" >&2; exit 1
+}
+
+redis-server --port "$RP" --bind 127.0.0.1 --save '' --appendonly no --dir "$WORK" \
+    --daemonize no >"$WORK/redis.log" 2>&1 &
+PIDS+=($!)
+mkdir -p "$WORK/pg" && chown postgres: "$WORK/pg"
+runuser -u postgres -- "$PG_BIN/initdb" -D "$WORK/pg/data" -A trust -U postgres --no-sync >/dev/null
+runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$WORK/pg/data" -w -l "$WORK/pg/log" \
+    -o "-c listen_addresses=127.0.0.1 -p $PP -k $WORK/pg -c fsync=off -c max_connections=50" start >/dev/null
+PG_UP=1
+"$PG_BIN/psql" -h 127.0.0.1 -p "$PP" -U postgres -qc "CREATE ROLE osago LOGIN" -c "CREATE DATABASE osago OWNER osago"
+PG="host=127.0.0.1 port=$PP dbname=osago user=osago"
+
+"$BUILD/devbroker" --listen "127.0.0.1:$KP" >"$WORK/devbroker.log" 2>&1 &
+PIDS+=($!)
+wait_for "$WORK/devbroker.log" 'devbroker: ready'
+"$BUILD/insurer-sim" --listen "127.0.0.1:$SP" --insurers "$INSURERS" \
+    --latency-ms "$INSURER_MS-$INSURER_MS" --write-insurers "$WORK/insurers.json" >"$WORK/sim.log" 2>&1 &
+PIDS+=($!)
+wait_for "$WORK/sim.log" 'insurer-sim: ready'
+"$BUILD/osago-worker" migrate --pg "$PG" --migrations "$ROOT/worker/migrations" 2>>"$WORK/worker.log"
+"$BUILD/osago-worker" run --kafka "127.0.0.1:$KP" --redis "127.0.0.1:$RP" --pg "$PG" \
+    --insurers "$WORK/insurers.json" --http "127.0.0.1:$HP" --max-in-flight 4096 \
+    --log-level warn --kafka-session-timeout-ms 6000 2>>"$WORK/worker.log" &
+WPID=$!
+PIDS+=("$WPID")
+for _ in $(seq 100); do curl -sf "http://127.0.0.1:$HP/readyz" >/dev/null && break; sleep 0.2; done
+sleep 5    # the consumer groups' first join (the mock takes a few seconds)
+
+rss() { awk '/VmRSS/ {print $2}' "/proc/$WPID/status"; }
+RSS0=$(rss)
+SAMPLES="$RSS0"
+perl "$ROOT/bench/inject.pl" "$RP" "$RATE" "$SECS" "$WORK/injected" > "$WORK/inject.out" &
+INJ=$!
+PIDS+=("$INJ")
+while kill -0 "$INJ" 2>/dev/null; do
+    sleep 30 & wait $! || true
+    kill -0 "$INJ" 2>/dev/null && SAMPLES="$SAMPLES $(rss)"
+done
+N=$(wc -l < "$WORK/injected")
+psqlq() { "$PG_BIN/psql" -h 127.0.0.1 -p "$PP" -U osago -d osago -Atq -c "$1"; }
+for _ in $(seq 600); do
+    [ "$(psqlq "SELECT count(*) FROM applications WHERE status = 'completed'")" -ge "$N" ] && break
+    sleep 0.2
+done
+RSS1=$(rss)
+psqlq "SELECT id, (extract(epoch FROM updated_at) * 1000)::bigint FROM applications WHERE status = 'completed'" \
+    | tr '|' ' ' > "$WORK/completed"
+ERRS=$(psqlq "SELECT count(*) FROM quotes WHERE status <> 'ok'")
+RETRIES=$(psqlq "SELECT count(*) FROM quotes WHERE attempt > 1")
+
+awk 'NR == FNR { t[$1] = $2; next } ($1 in t) { print $2 - t[$1], t[$1], $2 }' \
+    "$WORK/injected" "$WORK/completed" | sort -n > "$WORK/latencies"
+STATS=$(awk -v ins="$INSURER_MS" '
+    { lat[NR] = $1; if (first == "" || $2 < first) first = $2; if ($3 > last) last = $3 }
+    END {
+        n = NR
+        if (n == 0) { print "0 0 0 0 0 0"; exit }
+        p50 = lat[int(n * 0.50) + 1]; p99 = lat[int(n * 0.99) + 1]; if (p99 == "") p99 = lat[n]
+        span = (last - first) / 1000; if (span <= 0) span = 1
+        printf "%d %.1f %d %d %d %d\n", n, n / span, p50, p99, p50 - ins, p99 - ins
+    }' "$WORK/latencies")
+read -r DONE APS P50 P99 A50 A99 <<<"$STATS"
+
+mkdir -p "$(dirname "$OUT")"
+{
+echo "# Worker benchmark (bench/worker.sh)"
+echo
+echo "$(date -u '+%F %H:%M') UTC, $(nproc) cores; 1 osago-worker (all roles), devbroker, Redis, PostgreSQL (fsync off), insurer-sim with $(tr ',' '\n' <<<"$INSURERS" | wc -l) insurers answering in exactly $INSURER_MS ms, all on loopback."
+echo
+echo "| offered | applications completed | completed/s | insurer calls/s | p50 intake→completed | p99 | worker's added latency p50 / p99 | quotes not ok | retried |"
+echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+echo "| $RATE/s × ${SECS}s ($N) | $DONE | $APS | $(awk -v a="$APS" -v n="$(tr ',' '\n' <<<"$INSURERS" | wc -l)" 'BEGIN{printf "%.0f", a*n}') | ${P50} ms | ${P99} ms | ${A50} / ${A99} ms | $ERRS | $RETRIES |"
+echo
+echo "Worker RSS (KiB): start $RSS0, samples every 30 s: $SAMPLES, end $RSS1."
+} | tee "$OUT"
