@@ -92,6 +92,7 @@ fuzz: deps $(BUILD)/fuzz/fuzz_osago_application
 	$(BUILD)/fuzz/fuzz_osago_application -max_total_time=$(FUZZ_TIME) -max_len=4096 \
 	    -artifact_prefix=$(BUILD)/fuzz/artifacts/ -print_final_stats=1 $(BUILD)/fuzz/corpus
 
-# --- local-stack tools (Kafka mock, simulated insurers) ---
+# --- local-stack tools (Kafka mock, simulated insurers) and the worker ---
 include tools/devbroker/build.mk
 include tools/insurer-sim/build.mk
+include worker/build.mk

@@ -32,7 +32,8 @@ int read_model_publish(PGconn *pg, redisContext *redis, const insurer_list_t *in
  * read_model_publish_many: the same for n applications with one SELECT and one pipelined round
  * trip to Redis; traces[i] (or traces NULL) is logged with ids[i]. Returns how many documents
  * were written and published, or -1 on an error (the caller retries them all: what is current
- * already is skipped).
+ * already is skipped). Both run outside a transaction block (they prepare their statement on
+ * first use, see pg_exec_prepared).
  */
 int read_model_publish_many(PGconn *pg, redisContext *redis, const insurer_list_t *insurers,
                             const char *const *ids, const char *const *traces, int n, int ttl_s);

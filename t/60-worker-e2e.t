@@ -1,0 +1,334 @@
+#!/usr/bin/perl
+# osago-worker end to end, with real PostgreSQL, Redis, Kafka (devbroker) and insurer-sim:
+# migrations (idempotent), intake stream -> completed with a quote per insurer in PostgreSQL and
+# in the read model, one PUBLISH per read-model change, XACK only after the row exists, the
+# Kafka events of DESIGN.md, /healthz, /readyz, /metrics, malformed stream entries.
+use strict;
+use warnings;
+use FindBin;
+use lib "$FindBin::Bin/lib";
+use Test::More;
+use JSON::PP ();
+use Time::HiRes qw(time sleep);
+use OsagoTest;
+use OsagoStack;
+
+OsagoStack::need_bins(qw(devbroker insurer-sim osago-worker));
+
+my $T0 = time;
+my $J  = JSON::PP->new->utf8->canonical;
+my @CODES = qw(alfa ingos reso vsk rosgosstrakh);
+my $N = 8;    # applications in the main batch
+
+my $pg  = OsagoStack::Postgres->new;
+my $r   = OsagoTest::Redis->new;
+my $kb  = OsagoStack::Devbroker->new;
+my $sim = OsagoStack::InsurerSim->new(insurers => \@CODES, latency => '20-50');
+my %NAME = map { $_->{code} => $_->{name} } @{ $sim->insurers };
+
+# --- migrations ---------------------------------------------------------------------------------
+my @files = sort glob(OsagoTest::root() . '/worker/migrations/*.sql');
+my ($code, $out, $err) = OsagoStack::Worker->migrate($pg);
+is($code, 0, 'migrate: exit 0') or diag "$out$err";
+for my $t (qw(applications quotes)) {
+    is(scalar $pg->psql("SELECT to_regclass('public.$t') IS NOT NULL"), 't', "table $t exists");
+}
+my ($mtable) = $pg->psql("SELECT table_name FROM information_schema.tables WHERE table_schema ="
+                         . " 'public' AND table_name NOT IN ('applications', 'quotes') ORDER BY 1");
+ok($mtable, "the applied versions are recorded in a table ($mtable)") or diag $pg->psql('\dt');
+$mtable //= 'schema_migrations';
+my @applied1 = $pg->psql("SELECT * FROM $mtable ORDER BY 1");
+is(scalar @applied1, scalar @files, scalar(@files) . ' migration(s) recorded, one per file')
+    or diag explain \@applied1;
+my $schema = sub {
+    join "\n", $pg->psql("SELECT table_name, column_name, data_type, is_nullable,"
+                         . " coalesce(column_default, '') FROM information_schema.columns"
+                         . " WHERE table_schema = 'public' ORDER BY 1, 2");
+};
+my $schema1 = $schema->();
+($code, $out, $err) = OsagoStack::Worker->migrate($pg);
+is($code, 0, 'migrate again: exit 0') or diag "$out$err";
+is_deeply([ $pg->psql("SELECT * FROM $mtable ORDER BY 1") ], \@applied1,
+          'the second run applied nothing (the recorded versions are unchanged)');
+is($schema->(), $schema1, 'and the schema is unchanged');
+
+# --- the worker -----------------------------------------------------------------------------------
+my $sub = OsagoStack::RedisWatch->new($r, 'SUBSCRIBE', 'osago:app-updates');
+my $mon = OsagoStack::RedisWatch->new($r, 'MONITOR');
+my $w = OsagoStack::Worker->new(pg => $pg, redis => $r, kafka => $kb, insurers => $sim,
+                                name => 'e2e-1');
+is($w->healthz, 200, '/healthz 200');
+ok(OsagoStack::wait_until(sub { $w->readyz == 200 }, 15, 0.1), '/readyz 200 (Redis, Kafka, PG up)');
+my $m0 = $w->metrics;
+ok(scalar(keys %$m0), '/metrics answers in the Prometheus text format')
+    or diag $w->metrics_text;
+is_deeply([ OsagoTest::prom_invalid_lines($w->metrics_text) ], [], 'no invalid exposition lines');
+
+my %trace;      # app id -> traceparent of its stream entry
+my %payload;    # app id -> payload (canonical JSON)
+my @ids;
+
+# --- XACK only after the applications row exists -------------------------------------------------
+# A transaction holds an EXCLUSIVE lock on applications (reads pass, inserts wait): the relay has
+# read the entry, cannot insert its row, and must not acknowledge it.
+{
+    my $lockfile = "$pg->{dir}/lock.out";
+    my ($lpid) = OsagoStack::_spawn(
+        cmd => [ 'psql', '-X', '-q', '-h', '127.0.0.1', '-p', $pg->port, '-U', 'osago', '-d', 'osago',
+                 '-c', 'BEGIN; LOCK TABLE applications IN EXCLUSIVE MODE; SELECT pg_sleep(6); COMMIT;' ],
+        stderr => $lockfile, stdout => $lockfile);
+    my $locked = OsagoStack::wait_until(sub {
+        scalar $pg->psql("SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation"
+                         . " WHERE c.relname = 'applications' AND l.mode = 'ExclusiveLock'"
+                         . " AND l.granted") }, 5, 0.05);
+    ok($locked, 'applications locked by another transaction (for 6 s)');
+    my $locked_at = time;
+    my ($id, $entry, $p, $tp) = OsagoStack::intake_entry($r);
+    push @ids, $id;
+    ($trace{$id}, $payload{$id}) = ($tp, $p);
+    ok(OsagoStack::wait_until(sub { OsagoStack::pending_count($r) == 1 }, 10, 0.05),
+       'the relay took the entry (XPENDING 1)');
+    my ($still, $row) = (1, 0);
+    for (1 .. 10) {
+        $still &&= OsagoStack::pending_count($r) == 1;
+        $row ||= $pg->psql("SELECT count(*) FROM applications WHERE id = '$id'");
+        sleep 0.1;
+    }
+    ok($still && !$row, 'while the row cannot be written: no row and the entry stays pending');
+    cmp_ok(time - $locked_at, '<', 5.5, '  (observed while the lock was still held)');
+    ok(OsagoStack::wait_until(sub {
+           !OsagoTest::pid_alive($lpid) && OsagoStack::pending_count($r) == 0 }, 20, 0.05),
+       'lock released: the entry is acknowledged (XPENDING 0)');
+    waitpid($lpid, 0);
+    is(scalar $pg->psql("SELECT count(*) FROM applications WHERE id = '$id'"), 1,
+       'and its row is there');
+    my @acks = grep { $_->{cmd} eq 'xack' && grep { $_ eq $entry } @{ $_->{args} } } @{ $mon->monitor };
+    is(scalar @acks, 1, "entry $entry acknowledged exactly once");
+}
+
+# --- the batch, with two malformed entries among the good ones ----------------------------------
+my @bad;
+for my $i (1 .. $N) {
+    my ($id, $entry, $p, $tp) = OsagoStack::intake_entry($r, payload => {
+        vehicle => { power_hp => 60 + 20 * $i }, owner => { region_code => (qw(77 78 50 16))[$i % 4] } });
+    push @ids, $id;
+    ($trace{$id}, $payload{$id}) = ($tp, $p);
+    if ($i == 3) {
+        my $bad_id = OsagoStack::uuid7();
+        push @bad, { what => 'payload that is not JSON', app_id => $bad_id,
+                     entry => OsagoStack::raw_entry($r, app_id => $bad_id, partner => 'acme',
+                                                    payload => '{"vehicle":', trace => OsagoStack::traceparent()) };
+    }
+    if ($i == 6) {
+        push @bad, { what => 'entry without app_id and payload',
+                     entry => OsagoStack::raw_entry($r, partner => 'acme', junk => 'x') };
+    }
+}
+my $done = OsagoStack::wait_completed($pg, \@ids, 60);
+ok($done, sprintf('all %d applications completed in PostgreSQL (%.1f s since start)',
+                  scalar @ids, time - $T0))
+    or diag explain [ $pg->psql('SELECT id, status FROM applications') ];
+# the last PUBLISH may trail the PostgreSQL commit
+OsagoStack::wait_until(sub {
+    !grep { (OsagoStack::read_model($r, $_)->{doc}{status} // '') ne 'completed' } @ids }, 10, 0.1);
+sleep 0.5;
+
+# --- PostgreSQL: the application and one ok quote per insurer ----------------------------------
+my $q = OsagoStack::quotes_of($pg, \@ids);
+my (@app_bad, @q_bad);
+for my $id (@ids) {
+    my $a = OsagoStack::application($pg, $id);
+    if (!$a) { push @app_bad, "$id: no row"; next }
+    push @app_bad, "$id: status $a->{status}" unless $a->{status} eq 'completed';
+    push @app_bad, "$id: partner $a->{partner}" unless $a->{partner} eq 'acme';
+    push @app_bad, "$id: payload differs"
+        unless $J->encode($a->{payload} // {}) eq $J->encode($J->decode($payload{$id}));
+    my @codes = sort keys %{ $q->{$id} || {} };
+    push @q_bad, "$id: insurers @codes" unless "@codes" eq join(' ', sort @CODES);
+    for my $c (@codes) {
+        my $x = $q->{$id}{$c};
+        push @q_bad, "$id/$c: " . $J->encode($x)
+            unless $x->{status} eq 'ok' && defined $x->{premium} && $x->{premium} > 0
+                && $x->{attempt} == 1 && !defined $x->{error};
+    }
+}
+ok(!@app_bad, 'every application row: completed, partner, the payload of its entry')
+    or diag join "\n", @app_bad;
+ok(!@q_bad, 'a quote per insurer: status ok, premium > 0, attempt 1, no error')
+    or diag join "\n", @q_bad;
+my %prem_spread;
+for my $id (@ids) { $prem_spread{ $q->{$id}{$_}{premium} }++ for keys %{ $q->{$id} } }
+cmp_ok(scalar keys %prem_spread, '>', 5, 'premiums differ by insurer and application');
+
+# --- the read model ---------------------------------------------------------------------------------
+my @rm_bad;
+for my $id (@ids) {
+    my $rm = OsagoStack::read_model($r, $id);
+    my $d = $rm->{doc} || {};
+    push @rm_bad, "$id: status " . ($d->{status} // 'none') unless ($d->{status} // '') eq 'completed';
+    push @rm_bad, "$id: id $d->{id}" unless ($d->{id} // '') eq $id;
+    push @rm_bad, "$id: owner " . ($rm->{owner} // 'none') unless ($rm->{owner} // '') eq 'acme';
+    push @rm_bad, "$id: updated_at not ms" unless ($d->{updated_at} // '') =~ /^\d{13}$/
+        && ($rm->{doc_raw} // '') =~ /"updated_at":\d{13}[,}]/;
+    push @rm_bad, "$id: hash updated_at" unless ($rm->{updated_at} // '') eq ($d->{updated_at} // '-');
+    push @rm_bad, "$id: created_at" unless ($d->{created_at} // '') =~ /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/;
+    push @rm_bad, "$id: ttl $rm->{ttl}" unless $rm->{ttl} > 6 * 86400 && $rm->{ttl} <= 7 * 86400;
+    my @ins = @{ $d->{insurers} || [] };
+    push @rm_bad, "$id: insurers " . join(',', map { $_->{code} } @ins) . " (want @CODES, file order)"
+        unless join(',', map { $_->{code} // '' } @ins) eq join(',', @CODES);
+    for my $i (@ins) {
+        my $x = $q->{$id}{ $i->{code} // '' } || {};
+        push @rm_bad, "$id/$i->{code}: " . $J->encode($i)
+            unless ($i->{status} // '') eq 'ok' && ($i->{name} // '') eq $NAME{ $i->{code} }
+                && defined $i->{premium_rub} && !ref $i->{premium_rub}
+                && abs($i->{premium_rub} - ($x->{premium} // -1)) < 0.005
+                && exists $i->{error} && !defined $i->{error};
+    }
+}
+ok(!@rm_bad, 'read model: completed, 5 insurers in file order with names, premiums as in'
+             . ' PostgreSQL, updated_at in ms, TTL 7 days') or diag join "\n", @rm_bad;
+
+# --- one PUBLISH per change ---------------------------------------------------------------------
+my $cmds = $mon->monitor;
+my $msgs = $sub->messages;
+my (%writes, %pubs, %heard, @pub_bad);
+for my $c (@$cmds) {
+    next if $c->{client} ne 'lua' && $c->{cmd} ne 'publish' && $c->{cmd} ne 'hset';
+    if ($c->{cmd} eq 'hset' && ($c->{args}[0] // '') =~ /^osago:app:(.+)$/) {
+        my %f = @{ $c->{args} }[ 1 .. $#{ $c->{args} } ];
+        push @{ $writes{$1} }, \%f;
+    } elsif ($c->{cmd} eq 'publish') {
+        push @pub_bad, "PUBLISH on $c->{args}[0]" unless $c->{args}[0] eq 'osago:app-updates';
+        my ($id, $u) = split / /, $c->{args}[1] // '';
+        push @{ $pubs{$id} }, $u;
+    }
+}
+for my $m (@$msgs) {
+    my ($id, $u) = split / /, $m->[1];
+    push @{ $heard{$id} }, $u;
+}
+my $total_pub = 0;
+for my $id (@ids) {
+    my @p = @{ $pubs{$id} || [] };
+    $total_pub += @p;
+    my @wr = grep { exists $_->{doc} } @{ $writes{$id} || [] };
+    shift @wr if @wr && $wr[0]{doc} =~ /"status":"accepted"/ && $wr[0]{doc} =~ /"insurers":\[\]/;  # ours
+    my $final = OsagoStack::read_model($r, $id)->{doc}{updated_at} // '';
+    push @pub_bad, "$id: " . scalar(@p) . ' publishes, fewer than 2 (in progress, completed)'
+        if @p < 2;
+    push @pub_bad, "$id: " . scalar(@wr) . ' read-model writes but ' . scalar(@p) . ' publishes'
+        if @wr != @p;
+    push @pub_bad, "$id: publish/write updated_at mismatch: [@p] vs ["
+        . join(' ', map { $_->{updated_at} } @wr) . ']'
+        if join(' ', @p) ne join(' ', map { $_->{updated_at} // '' } @wr);
+    push @pub_bad, "$id: updated_at not strictly increasing: @p"
+        if grep { !($p[$_] =~ /^\d+$/ && ($_ == 0 || $p[$_] > $p[$_ - 1])) } 0 .. $#p;
+    my %seen_doc;
+    push @pub_bad, "$id: the same document written twice"
+        if grep { $seen_doc{ $_->{doc} }++ } @wr;
+    push @pub_bad, "$id: last publish $p[-1], final doc $final" if @p && $p[-1] ne $final;
+    push @pub_bad, "$id: subscriber heard [@{ $heard{$id} || [] }], published [@p]"
+        if join(' ', @{ $heard{$id} || [] }) ne join(' ', @p);
+}
+ok(!@pub_bad, "one PUBLISH \"{id} {updated_at}\" per read-model change, updated_at increasing,"
+              . " heard by a subscriber ($total_pub for " . scalar(@ids) . ' applications)')
+    or diag join "\n", @pub_bad;
+my @stray = grep { my $id = $_; !grep { $_ eq $id } @ids } keys %heard;
+ok(!@stray, 'no PUBLISH for anything else') or diag "@stray";
+
+# --- intake: acknowledged, malformed entries logged and acknowledged ----------------------------
+is(OsagoStack::pending_count($r), 0, 'XPENDING 0: every entry acknowledged');
+my %acked;
+for my $c (grep { $_->{cmd} eq 'xack' } @$cmds) { $acked{$_}++ for @{ $c->{args} }[ 2 .. $#{ $c->{args} } ] }
+my @not_once = grep { ($acked{$_} // 0) != 1 } keys %acked;
+ok(!@not_once, 'no entry acknowledged twice') or diag "@not_once";
+is(scalar keys %acked, @ids + @bad, 'every entry (' . (@ids + @bad) . ') acknowledged (XACK)');
+my $logs = $w->log_lines;
+for my $b (@bad) {
+    my @hits = grep { my $l = $_; grep { defined && index($_, $b->{entry}) >= 0 } values %$l } @$logs;
+    ok(@hits && (grep { ($_->{level} // '') =~ /^(warn|error)$/ && length($_->{msg} // '') > 10 } @hits),
+       "malformed entry ($b->{what}): logged at warn/error with a reason, naming entry $b->{entry}")
+        or diag explain [ grep { ($_->{level} // '') ne 'debug' } @$logs[0 .. ($#$logs > 40 ? 40 : $#$logs)] ];
+    diag "  logged: $hits[0]{msg}" if @hits;
+    is(scalar $pg->psql("SELECT count(*) FROM applications WHERE id = '$b->{app_id}'"), 0,
+       'and no application row for it') if $b->{app_id};
+    my @acks = grep { $_->{cmd} eq 'xack' && grep { $_ eq $b->{entry} } @{ $_->{args} } } @$cmds;
+    is(scalar @acks, 1, '  and acknowledged once');
+}
+is(scalar $pg->psql('SELECT count(*) FROM applications'), scalar @ids, 'no other application rows');
+
+# --- Kafka: the events of DESIGN.md ------------------------------------------------------------
+my %topics = map { $_ => OsagoStack::kafka_messages($kb, "osago.application.$_") }
+             qw(created started task task-result);
+my %type = (created => 'OsagoApplicationCreated', started => 'OsagoApplicationStarted',
+            task => 'OsagoApplicationTask', 'task-result' => 'OsagoApplicationTaskResult');
+my %want_n = (created => scalar @ids, started => scalar @ids, task => @ids * @CODES,
+              'task-result' => @ids * @CODES);
+for my $t (sort keys %topics) {
+    my @m = @{ $topics{$t} };
+    my @wrong;
+    for my $m (@m) {
+        my $e = $m->{event};
+        if (!$e) { push @wrong, "offset $m->{offset}: not JSON"; next }
+        my $tid = $trace{ $e->{application_id} // '' } ? (split /-/, $trace{ $e->{application_id} })[1] : 'x';
+        push @wrong, "type $e->{type}" unless ($e->{type} // '') eq $type{$t};
+        push @wrong, 'version' unless ($e->{version} // 0) == 1;
+        push @wrong, 'event_id' unless ($e->{event_id} // '') =~ /^[0-9a-f-]{36}$/;
+        push @wrong, 'key is not the application id' unless ($m->{key} // '') eq ($e->{application_id} // '-');
+        push @wrong, "application $e->{application_id} unknown" unless $trace{ $e->{application_id} // '' };
+        push @wrong, 'occurred_at' unless ($e->{occurred_at} // '') =~ /^\d{4}-\d\d-\d\dT[\d:.]+Z$/;
+        push @wrong, "traceparent $e->{traceparent} not of trace $tid"
+            unless ($e->{traceparent} // '') =~ /^00-\Q$tid\E-[0-9a-f]{16}-[0-9a-f]{2}$/;
+        push @wrong, 'header traceparent' unless ($m->{headers}{traceparent} // '') =~ /^00-\Q$tid\E-/;
+        push @wrong, 'no data' unless ref $e->{data} eq 'HASH';
+    }
+    my %u; @wrong = grep { !$u{$_}++ } @wrong;
+    is(scalar @m, $want_n{$t}, "topic $t: $want_n{$t} events") or diag scalar(@m) . ' events';
+    ok(!@wrong, "  $type{$t}: envelope, key = application id, traceparent of the entry (event"
+                . ' and Kafka header)') or diag join "\n", @wrong[0 .. ($#wrong > 10 ? 10 : $#wrong)];
+}
+my @res_bad;
+for my $m (@{ $topics{'task-result'} }) {
+    my $d = $m->{event}{data} || {};
+    my $x = $q->{ $m->{event}{application_id} // '' }{ $d->{insurer} // '' };
+    push @res_bad, $J->encode($d) unless $x && ($d->{status} // '') eq 'ok'
+        && abs(($d->{premium_rub} // -1) - $x->{premium}) < 0.005 && ($d->{attempt} // 0) == 1;
+}
+ok(!@res_bad, 'task results carry the premiums stored in PostgreSQL') or diag join "\n", @res_bad;
+my @started_bad = grep { join(',', sort @{ $_->{event}{data}{insurers} || [] }) ne join(',', sort @CODES) }
+                  @{ $topics{started} };
+ok(!@started_bad, 'Started lists every insurer of the file') or diag explain $started_bad[0];
+
+# --- metrics match what happened -----------------------------------------------------------------
+my $m1 = $w->metrics;
+my $n_apps = @ids;
+my $n_tasks = @ids * @CODES;
+my %want = (intake_relayed => $n_apps, intake_invalid => scalar @bad, applications_started => $n_apps,
+            insurer_calls => $n_tasks, insurer_ok => $n_tasks, insurer_errors => 0,
+            tasks_failed => 0, tasks_retried => 0, results_applied => $n_tasks,
+            applications_completed => $n_apps, publish_total => $total_pub);
+for my $k (sort keys %want) {
+    my $v = OsagoStack::metric_of($m1, $k);
+    my $v0 = OsagoStack::metric_of($m0, $k) // 0;
+    ok(defined $v && $v - $v0 == $want{$k}, "metric $k: +$want{$k}")
+        or diag 'got ' . (defined $v ? $v - $v0 : 'no such metric');
+}
+is(OsagoStack::metric_of($m1, 'calls_in_flight') // 0, 0, 'no insurer call in flight');
+for my $k (qw(redis_up kafka_up pg_up)) {
+    my $v = OsagoStack::metric_of($m1, $k);
+    is($v, 1, "gauge $k 1") if defined $v;
+}
+
+# --- logs -----------------------------------------------------------------------------------------
+my @raw = grep { exists $_->{_raw} && $_->{_raw} !~ /^\s*$/ } @$logs;
+ok(!@raw, 'every log line is one JSON object') or diag join "\n", map { $_->{_raw} } @raw[0 .. 5];
+my @shape = grep { !exists $_->{_raw} && !(defined $_->{ts} && defined $_->{level} && defined $_->{msg}) } @$logs;
+ok(!@shape, 'each with ts, level and msg') or diag explain $shape[0];
+my $tid = (split /-/, $trace{ $ids[1] })[1];
+ok((grep { ($_->{trace_id} // '') eq $tid } @$logs), 'an application\'s trace id is in the log');
+
+$sub->stop;
+$mon->stop;
+$w->stop;
+diag sprintf 'took %.1f s', time - $T0;
+done_testing;

@@ -1,0 +1,115 @@
+#!/usr/bin/perl
+# osago-worker through infrastructure outages, one at a time, with work in flight:
+# the Kafka broker down for a few seconds (entries stay unacknowledged meanwhile), PostgreSQL
+# restarted, Redis restarted (append-only, so the stream survives). /readyz is 503 while a
+# dependency is down and 200 after; in the end nothing is lost and nothing duplicated.
+use strict;
+use warnings;
+use FindBin;
+use lib "$FindBin::Bin/lib";
+use Test::More;
+use Time::HiRes qw(time sleep);
+use OsagoTest;
+use OsagoStack;
+
+OsagoStack::need_bins(qw(devbroker insurer-sim osago-worker));
+
+my $T0 = time;
+my @CODES = qw(alfa ingos reso);
+
+my $pg  = OsagoStack::Postgres->new;
+my $r   = OsagoTest::Redis->new(args => [ '--appendonly', 'yes', '--appendfsync', 'always' ]);
+my $kb  = OsagoStack::Devbroker->new;
+my $sim = OsagoStack::InsurerSim->new(insurers => \@CODES, latency => '300-800');
+my $w = OsagoStack::Worker->new(pg => $pg, redis => $r, kafka => $kb, insurers => $sim,
+                                migrate => 1, name => 'infra-1');
+ok(OsagoStack::wait_until(sub { $w->readyz == 200 }, 20, 0.1), '/readyz 200 at start');
+my $m0 = $w->metrics;
+
+my @all;
+sub batch { my ($n) = @_; my @b = map { scalar OsagoStack::intake_entry($r) } 1 .. $n; push @all, @b; @b }
+sub readyz_is {
+    my ($want, $what, $timeout) = @_;
+    my $t = time;
+    my $ok = OsagoStack::wait_until(sub { $w->readyz == $want }, $timeout // 20, 0.1);
+    ok($ok, sprintf('%s: /readyz %d (after %.1f s)', $what, $want, time - $t))
+        or diag 'readyz: ' . $w->readyz . "\n" . substr($w->log_text, -2000);
+    return $ok;
+}
+sub mid_run {
+    my ($ids) = @_;
+    my $in = OsagoStack::_in($ids);
+    return OsagoStack::wait_until(sub {
+        $pg->psql("SELECT count(*) FROM quotes WHERE status IN ('running', 'ok')"
+                  . " AND application_id IN ($in)", quiet => 1) }, 20, 0.05);
+}
+
+# --- Kafka down for a few seconds -------------------------------------------------------------
+{
+    is($kb->control('broker down 1'), 'ok', 'Kafka: broker down');
+    my $down_at = time;
+    readyz_is(503, 'Kafka down');
+    # one MULTI/EXEC: the relay reads the five in one batch, then waits for Kafka
+    my @b = OsagoStack::intake_entries($r, 5);
+    push @all, @b;
+    my $in = OsagoStack::_in(\@b);
+    sleep 2;
+    is(OsagoStack::pending_count($r), 5, 'Kafka down: the 5 new entries are read but not acknowledged');
+    is(scalar $pg->psql("SELECT count(*) FROM applications WHERE status = 'completed' AND id IN ($in)"),
+       0, 'and none completes');
+    sleep 5 - (time - $down_at) if time - $down_at < 5;
+    is($kb->control('broker up 1'), 'ok', sprintf('Kafka: broker up after %.1f s', time - $down_at));
+    readyz_is(200, 'Kafka back', 30);
+    ok(OsagoStack::wait_completed($pg, \@b, 60), 'the applications accepted during the outage complete');
+    ok(OsagoStack::wait_until(sub { OsagoStack::pending_count($r) == 0 }, 10, 0.1),
+       'and their entries are acknowledged');
+}
+
+# --- PostgreSQL restarted mid-run -------------------------------------------------------------
+{
+    my @b = batch(5);
+    ok(mid_run(\@b), 'PostgreSQL: work in flight (quotes running)');
+    $pg->stop;
+    my $t = time;
+    readyz_is(503, 'PostgreSQL down');
+    sleep 2 - (time - $t) if time - $t < 2;
+    $pg->start;
+    diag sprintf 'PostgreSQL was down %.1f s', time - $t;
+    readyz_is(200, 'PostgreSQL back', 30);
+    ok(OsagoStack::wait_completed($pg, \@b, 60), 'the applications in flight complete');
+}
+
+# --- Redis restarted mid-run (append-only: the stream and the group survive) ----------------------
+{
+    my @b = batch(5);
+    ok(mid_run(\@b), 'Redis: work in flight (quotes running)');
+    $r->stop;
+    my $t = time;
+    readyz_is(503, 'Redis down');
+    sleep 2 - (time - $t) if time - $t < 2;
+    $r->start;
+    diag sprintf 'Redis was down %.1f s', time - $t;
+    readyz_is(200, 'Redis back', 30);
+    my @after = batch(3);
+    ok(OsagoStack::wait_completed($pg, [ @b, @after ], 60),
+       'the applications in flight and those accepted after the restart complete');
+}
+
+OsagoStack::wait_until(sub {
+    !grep { (OsagoStack::read_model($r, $_)->{doc}{status} // '') ne 'completed' } @all }, 20, 0.2);
+OsagoStack::check_all_done($pg, $r, \@all, \@CODES,
+                           'after all three outages: nothing lost, nothing duplicated');
+my $bad = $pg->psql("SELECT count(*) FROM quotes WHERE status <> 'ok'");
+is($bad, 0, 'every quote ok (the insurers never failed)');
+is(OsagoStack::pending_count($r), 0, 'every intake entry acknowledged');
+my $m1 = $w->metrics;
+my $d = sub { (OsagoStack::metric_of($m1, $_[0]) // 0) - (OsagoStack::metric_of($m0, $_[0]) // 0) };
+is($d->('applications_completed'), scalar @all, 'metric applications_completed');
+is($d->('intake_relayed'), scalar @all, 'metric intake_relayed');
+for my $k (qw(redis_up kafka_up pg_up)) {
+    my $v = OsagoStack::metric_of($m1, $k);
+    is($v, 1, "gauge $k back to 1") if defined $v;
+}
+$w->stop;
+diag sprintf 'took %.1f s', time - $T0;
+done_testing;

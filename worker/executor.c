@@ -1,0 +1,1341 @@
+/*
+ * Executor: OsagoApplicationTask -> the insurer's HTTP API -> OsagoApplicationTaskResult.
+ *
+ * One thread drives every call with libcurl's multi interface and keeps polling Kafka in the
+ * same loop (never longer than EX_WAIT_MAX_MS between polls), so a 60 s insurer never stalls
+ * the consumer nor trips max.poll.interval.ms. When max_in_flight tasks are held the consumer's
+ * partitions are paused (the polls go on) and resumed once a quarter of the room is free.
+ *
+ * Offsets: tasks finish out of order, but a partition's offset may only move past work that is
+ * durable. Each consumed message gets a ticket in its partition's queue; the offset stored is
+ * the one after the last ticket of the done prefix. A task is done when its TaskResult, or the
+ * Task of its retry, was confirmed by Kafka.
+ *
+ * Retries: a failed attempt with attempts left waits retry_delay_ms on this thread's timer
+ * list, then a new Task (attempt + 1) is produced rather than the call re-run in-process. The
+ * retry is thus durable and goes through the same claim as any task (so the quote's attempt
+ * moves forward in PostgreSQL and a late answer of the old attempt is refused by results), and
+ * it may run on any worker. During the delay the quote stays running with a fresh heartbeat,
+ * and the original message's offset stays unstored.
+ *
+ * Crashes: a task redelivered while its quote is still running at the same attempt is not
+ * called again (quote_state.h: one call per attempt); the sweeper re-drives it once the
+ * heartbeat is stale (see ex_claim for the race that makes the claim two statements). A clean
+ * stop hands its unfinished quotes back as pending first, so their redelivered tasks are taken
+ * at once.
+ */
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <curl/curl.h>
+#include <libpq-fe.h>
+#include <librdkafka/rdkafka.h>
+#include <yajl/yajl_gen.h>
+#include <yajl/yajl_tree.h>
+
+#include "event.h"
+#include "kafka.h"
+#include "log.h"
+#include "pg.h"
+#include "retry.h"
+#include "worker.h"
+
+#define EX_ROLE              "executor"
+#define EX_GROUP             "osago-worker-executor"
+#define EX_POLL_BATCH        256
+#define EX_MAX_ANSWER        (64 * 1024)
+#define EX_WAIT_MAX_MS       100
+#define EX_RETRY_MS          1000
+#define EX_DEFER_MS          100      /* a quote locked by another transaction: claim again */
+#define EX_REPAUSE_MS        1000     /* a rebalance may hand us unpaused partitions */
+/* A produce waits this long for Kafka's confirmation, so that an outage does not stop this
+ * loop (curl, polls) for long; an unconfirmed batch stays queued in librdkafka and is produced
+ * again after a backoff that doubles up to EX_PRODUCE_BACKOFF_MAX_MS, which bounds the
+ * duplicates (harmless: results ignores them) a long outage leaves behind. */
+#define EX_PRODUCE_TIMEOUT_MS 5000
+#define EX_PRODUCE_BACKOFF_MAX_MS 30000
+#define EX_FINAL_PRODUCE_MS  2000
+#define EX_JSON_DEPTH        64
+
+/* ---- data ------------------------------------------------------------------------------------ */
+
+typedef struct ticket {
+    struct ticket *next;
+    int64_t        offset;
+    int            done;
+    int            orphan;      /* its partition queue was reset: the call frees it */
+} ticket_t;
+
+typedef struct part {
+    struct part *next;
+    char        *topic;
+    int32_t      partition;
+    int64_t      last_offset;   /* highest offset seen: a lower one means a rewind */
+    ticket_t    *head, *tail;
+} part_t;
+
+typedef enum {
+    ST_CLAIM = 0,    /* consumed; to be marked running in PostgreSQL */
+    ST_BACKLOG,      /* claimed; waiting for a free slot */
+    ST_RUNNING,      /* the HTTP call is in the multi handle */
+    ST_RETRY,        /* failed; waiting for its retry delay */
+    ST_OUTBOX,       /* its TaskResult or retry Task waits to be produced */
+    ST_N
+} call_state_t;
+
+typedef enum { OUT_OK = 0, OUT_FAILED, OUT_RETRY } out_kind_t;
+
+typedef struct call {
+    struct call       *prev, *next;
+    call_state_t       state;
+    ticket_t          *ticket;
+    const insurer_t   *ins;          /* NULL: not in our insurer file */
+    char               app_id[37];
+    char               insurer[33];
+    char               traceparent[56];
+    int                attempt;
+    int                mark;         /* scratch of the claim transaction (MK_*) */
+    char              *payload;      /* the application JSON (owned) */
+    char              *body;         /* the request: payload + application_id (owned) */
+    size_t             body_len;
+    CURL              *easy;
+    struct curl_slist *headers;
+    char              *answer;
+    size_t             answer_len;
+    int                answer_over;
+    char               errbuf[CURL_ERROR_SIZE];
+    int64_t            started_ms;
+    int64_t            due_ms;       /* ST_RETRY: when the retry Task is produced */
+    out_kind_t         out_kind;
+    osago_event_t      out;          /* what ST_OUTBOX produces (payload borrowed) */
+} call_t;
+
+typedef struct {
+    call_t *head, *tail;
+    int     n;
+} call_list_t;
+
+typedef struct {
+    worker_t         *w;
+    rd_kafka_t       *consumer;
+    rd_kafka_queue_t *queue;
+    int               wake[2];       /* librdkafka writes here when messages arrive */
+    CURLM            *multi;
+    PGconn           *pg;
+    const PGconn     *prepared_conn;  /* the connection ex_stmts are prepared on */
+    int               prepared_pid;
+    part_t           *parts;
+    call_list_t       lists[ST_N];
+    int               paused;
+    int64_t           paused_at_ms;
+    int64_t           claim_retry_ms;
+    int64_t           produce_retry_ms;
+    int64_t           produce_backoff_ms;
+    int64_t           next_heartbeat_ms;
+    int64_t           last_warn_ms;
+    unsigned          seed;
+} executor_t;
+
+static int64_t ex_now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Warnings that repeat on every loop during an outage are said once a second. */
+static int ex_warn_due(executor_t *x)
+{
+    int64_t now = ex_now_ms();
+
+    if (now - x->last_warn_ms < 1000)
+        return 0;
+    x->last_warn_ms = now;
+    return 1;
+}
+
+/* ---- call lists -------------------------------------------------------------------------- */
+
+static void list_push(call_list_t *l, call_t *c)
+{
+    c->next = NULL;
+    c->prev = l->tail;
+    if (l->tail != NULL)
+        l->tail->next = c;
+    else
+        l->head = c;
+    l->tail = c;
+    l->n++;
+}
+
+static void list_remove(call_list_t *l, call_t *c)
+{
+    if (c->prev != NULL)
+        c->prev->next = c->next;
+    else
+        l->head = c->next;
+    if (c->next != NULL)
+        c->next->prev = c->prev;
+    else
+        l->tail = c->prev;
+    c->prev = c->next = NULL;
+    l->n--;
+}
+
+static void ex_move(executor_t *x, call_t *c, call_state_t to)
+{
+    list_remove(&x->lists[c->state], c);
+    c->state = to;
+    list_push(&x->lists[to], c);
+}
+
+static void ex_free_call(executor_t *x, call_t *c)
+{
+    list_remove(&x->lists[c->state], c);
+    if (c->easy != NULL) {
+        curl_multi_remove_handle(x->multi, c->easy);
+        curl_easy_cleanup(c->easy);
+        atomic_fetch_sub(&x->w->metrics->calls_in_flight, 1);
+    }
+    curl_slist_free_all(c->headers);
+    free(c->payload);
+    free(c->body);
+    free(c->answer);
+    free(c);
+}
+
+/* ---- offsets ------------------------------------------------------------------------------ */
+
+static void ex_part_reset(part_t *p)
+{
+    ticket_t *t = p->head;
+
+    while (t != NULL) {
+        ticket_t *next = t->next;
+
+        if (t->done)
+            free(t);
+        else
+            t->orphan = 1;
+        t = next;
+    }
+    p->head = p->tail = NULL;
+}
+
+static part_t *ex_part(executor_t *x, const char *topic, int32_t partition)
+{
+    part_t *p;
+
+    for (p = x->parts; p != NULL; p = p->next)
+        if (p->partition == partition && strcmp(p->topic, topic) == 0)
+            return p;
+    if ((p = calloc(1, sizeof(*p))) == NULL || (p->topic = strdup(topic)) == NULL) {
+        free(p);
+        return NULL;
+    }
+    p->partition = partition;
+    p->last_offset = -1;
+    p->next = x->parts;
+    x->parts = p;
+    return p;
+}
+
+/* The message's place in its partition's order. A rewind (the partition came back after a
+ * rebalance, from its committed offset) starts the queue afresh: the earlier tickets can no
+ * longer be stored by us, their tasks are redelivered anyway. */
+static ticket_t *ex_ticket(executor_t *x, const rd_kafka_message_t *m)
+{
+    part_t   *p = ex_part(x, rd_kafka_topic_name(m->rkt), m->partition);
+    ticket_t *t;
+
+    if (p == NULL || (t = calloc(1, sizeof(*t))) == NULL)
+        return NULL;
+    if (m->offset <= p->last_offset)
+        ex_part_reset(p);
+    p->last_offset = m->offset;
+    t->offset = m->offset;
+    if (p->tail != NULL)
+        p->tail->next = t;
+    else
+        p->head = t;
+    p->tail = t;
+    return t;
+}
+
+static void ex_ticket_done(ticket_t *t)
+{
+    if (t == NULL)
+        return;
+    if (t->orphan)
+        free(t);
+    else
+        t->done = 1;
+}
+
+/* Stores, per partition, the offset after the longest done prefix. */
+static void ex_store_offsets(executor_t *x)
+{
+    rd_kafka_topic_partition_list_t *list = NULL;
+
+    for (part_t *p = x->parts; p != NULL; p = p->next) {
+        int64_t upto = -1;
+
+        while (p->head != NULL && p->head->done) {
+            ticket_t *t = p->head;
+
+            upto = t->offset;
+            p->head = t->next;
+            free(t);
+        }
+        if (p->head == NULL)
+            p->tail = NULL;
+        if (upto < 0)
+            continue;
+        if (list == NULL && (list = rd_kafka_topic_partition_list_new(8)) == NULL)
+            return;
+        rd_kafka_topic_partition_list_add(list, p->topic, p->partition)->offset = upto + 1;
+    }
+    if (list == NULL)
+        return;
+    /* a partition revoked meanwhile refuses the store: its new owner redoes those tasks */
+    (void) rd_kafka_offsets_store(x->consumer, list);
+    rd_kafka_topic_partition_list_destroy(list);
+}
+
+/* ---- consuming ------------------------------------------------------------------------------ */
+
+static void ex_accept(executor_t *x, const rd_kafka_message_t *m)
+{
+    osago_event_t ev;
+    char          err[256] = "";
+    ticket_t     *ticket = ex_ticket(x, m);
+    call_t       *c;
+
+    memset(&ev, 0, sizeof(ev));
+    if (ticket == NULL) {
+        wlog(LOG_ERROR, EX_ROLE, NULL, "out_of_memory", "task at offset %lld dropped for now",
+             (long long) m->offset);
+        return;
+    }
+    if (event_decode(m->payload, m->len, &ev, err, sizeof(err)) != 0 || ev.type != EV_TASK) {
+        wlog(LOG_ERROR, EX_ROLE, NULL, "event_invalid", "[%d] offset %lld skipped: %s",
+             (int) m->partition, (long long) m->offset,
+             ev.type != EV_TASK && err[0] == '\0' ? "not a task" : err);
+        event_free(&ev);
+        ex_ticket_done(ticket);
+        return;
+    }
+    if ((c = calloc(1, sizeof(*c))) == NULL) {
+        event_free(&ev);
+        ex_ticket_done(ticket);
+        return;
+    }
+    c->ticket = ticket;
+    snprintf(c->app_id, sizeof(c->app_id), "%s", ev.application_id);
+    snprintf(c->insurer, sizeof(c->insurer), "%s", ev.insurer);
+    snprintf(c->traceparent, sizeof(c->traceparent), "%s", ev.traceparent);
+    c->attempt = ev.attempt;
+    c->payload = ev.payload;
+    ev.payload = NULL;
+    c->ins = insurers_find(x->w->insurers, ev.insurer);
+    c->state = ST_CLAIM;
+    list_push(&x->lists[ST_CLAIM], c);
+    event_free(&ev);
+}
+
+/* Tasks held: each needs a slot, or holds memory while it waits for its retry. */
+static int ex_load(const executor_t *x)
+{
+    return x->lists[ST_CLAIM].n + x->lists[ST_BACKLOG].n + x->lists[ST_RUNNING].n
+           + x->lists[ST_RETRY].n;
+}
+
+static void ex_consume(executor_t *x)
+{
+    char drain[64];
+    int  room = x->w->cfg->max_in_flight - ex_load(x);
+    /* no more than there is room for; but at least one poll, which also serves rebalances and
+     * keeps max.poll.interval.ms satisfied while the partitions are paused */
+    int  limit = room < 1 ? 1 : room < EX_POLL_BATCH ? room : EX_POLL_BATCH;
+
+    while (read(x->wake[0], drain, sizeof(drain)) > 0)
+        ;
+    for (int i = 0; i < limit; i++) {
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(x->consumer, 0);
+
+        if (m == NULL)
+            return;
+        if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR)
+            ex_accept(x, m);
+        else if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF && ex_warn_due(x))
+            wlog(LOG_WARN, EX_ROLE, NULL, "kafka_error", "consumer: %s",
+                 rd_kafka_message_errstr(m));
+        rd_kafka_message_destroy(m);
+    }
+}
+
+/* ---- PostgreSQL: claim and heartbeat ------------------------------------------------------- */
+
+/*
+ * Claiming is two statements in one transaction. The first locks the quotes, skipping those
+ * another transaction holds; the second (a new snapshot, taken once the locks are ours) marks
+ * them running, QEV_START of quote_state.h: a pending quote takes its attempt or a newer one
+ * (the sweeper and a stopping executor set pending with the same attempt, so the lost call is
+ * re-run); a running one only a newer attempt (a retry), so a task redelivered while another
+ * executor still calls the insurer is not called twice; a terminal one nothing.
+ *
+ * Why not one UPDATE: the sweeper commits "pending" only after Kafka confirmed its task, and
+ * this executor may consume the task before that commit. A single UPDATE would judge the row by
+ * its old version (running), refuse it without waiting, and the task would be lost until the
+ * next sweep. A locked quote is deferred instead, and claimed again shortly.
+ */
+static const char ex_lock_sql[] =
+    "SELECT application_id::text, insurer_code FROM quotes"
+    " WHERE (application_id, insurer_code) IN (SELECT * FROM unnest($1::uuid[], $2::text[]))"
+    " FOR UPDATE SKIP LOCKED";
+
+static const char ex_claim_sql[] =
+    "UPDATE quotes q SET status = 'running', attempt = t.attempt, heartbeat_at = now(),"
+    " updated_at = now()"
+    " FROM unnest($1::uuid[], $2::text[], $3::int[]) AS t(app, ins, attempt)"
+    " WHERE q.application_id = t.app AND q.insurer_code = t.ins"
+    "  AND ((q.status = 'pending' AND q.attempt <= t.attempt)"
+    "       OR (q.status = 'running' AND q.attempt < t.attempt))"
+    " RETURNING q.application_id::text, q.insurer_code, t.attempt";
+
+/* Which of the deferred ones exist at all: a task for a quote that does not exist is dropped. */
+static const char ex_exists_sql[] =
+    "SELECT application_id::text, insurer_code FROM quotes"
+    " WHERE (application_id, insurer_code) IN (SELECT * FROM unnest($1::uuid[], $2::text[]))";
+
+/* A stopping executor hands its calls back (QEV_STALE, the same attempt): the redelivered
+ * tasks are then taken at once by whoever gets the partitions, not after the sweeper's wait. */
+static const char ex_release_sql[] =
+    "UPDATE quotes q SET status = 'pending', updated_at = now()"
+    " FROM unnest($1::uuid[], $2::text[], $3::int[]) AS t(app, ins, attempt)"
+    " WHERE q.application_id = t.app AND q.insurer_code = t.ins"
+    "  AND q.status = 'running' AND q.attempt = t.attempt";
+
+static const char ex_heartbeat_sql[] =
+    "UPDATE quotes SET heartbeat_at = now()"
+    " FROM unnest($1::uuid[], $2::text[]) AS t(app, ins)"
+    " WHERE application_id = t.app AND insurer_code = t.ins AND status = 'running'";
+
+static const struct {
+    const char *name, *sql;
+    int         nparams;
+} ex_stmts[] = {
+    { "ex_lock", ex_lock_sql, 2 },
+    { "ex_claim", ex_claim_sql, 3 },
+    { "ex_exists", ex_exists_sql, 2 },
+    { "ex_release", ex_release_sql, 3 },
+    { "ex_heartbeat", ex_heartbeat_sql, 2 },
+};
+
+/* A connection now or not at all: this loop must keep serving Kafka and curl while
+ * PostgreSQL is away (pg_connect tries once when its stop flag is already set). */
+static int ex_pg(executor_t *x)
+{
+    volatile int once = 1;
+
+    if (x->pg != NULL && PQstatus(x->pg) == CONNECTION_OK)
+        return 0;
+    return pg_ensure(&x->pg, x->w->cfg->pg_conninfo, EX_ROLE, &once);
+}
+
+/* The statements, prepared once per connection and outside any transaction (a missing one
+ * would abort it): the parse and plan are most of a small statement's cost. */
+static int ex_prepare(executor_t *x)
+{
+    if (x->prepared_conn == x->pg && x->prepared_pid == PQbackendPID(x->pg))
+        return 0;
+    for (size_t i = 0; i < sizeof(ex_stmts) / sizeof(ex_stmts[0]); i++) {
+        PGresult   *res = PQprepare(x->pg, ex_stmts[i].name, ex_stmts[i].sql,
+                                    ex_stmts[i].nparams, NULL);
+        const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+        int         ok = PQresultStatus(res) == PGRES_COMMAND_OK
+                         || (state != NULL && strcmp(state, "42P05") == 0);   /* exists */
+
+        if (!ok && ex_warn_due(x))
+            wlog(LOG_WARN, EX_ROLE, NULL, "pg_error", "prepare %s: %.*s", ex_stmts[i].name,
+                 (int) strcspn(PQerrorMessage(x->pg), "\n"), PQerrorMessage(x->pg));
+        PQclear(res);
+        if (!ok)
+            return -1;
+    }
+    x->prepared_conn = x->pg;
+    x->prepared_pid = PQbackendPID(x->pg);
+    return 0;
+}
+
+static int ex_ready(executor_t *x)
+{
+    return ex_pg(x) == 0 && ex_prepare(x) == 0 ? 0 : -1;
+}
+
+/* A prepared statement; NULL on an error, logged. */
+static PGresult *ex_exec(executor_t *x, const char *name, int n, const char *const *params)
+{
+    PGresult      *res = PQexecPrepared(x->pg, name, n, params, NULL, NULL, 0);
+    ExecStatusType st = PQresultStatus(res);
+    char           msg[256];
+
+    if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK)
+        return res;
+    snprintf(msg, sizeof(msg), "%s", res != NULL ? PQresultErrorMessage(res)
+                                                 : PQerrorMessage(x->pg));
+    msg[strcspn(msg, "\n")] = '\0';
+    if (ex_warn_due(x))
+        wlog(LOG_WARN, EX_ROLE, NULL, "pg_error", "%s: %s", name, msg);
+    PQclear(res);
+    return NULL;
+}
+
+static int ex_simple(executor_t *x, const char *sql)
+{
+    PGresult *res = PQexec(x->pg, sql);
+    int       ok = PQresultStatus(res) == PGRES_COMMAND_OK;
+
+    PQclear(res);
+    return ok ? 0 : -1;
+}
+
+typedef struct {
+    char  *apps, *codes, *attempts;
+} ex_arrays_t;
+
+static void ex_arrays_free(ex_arrays_t *a)
+{
+    free(a->apps);
+    free(a->codes);
+    free(a->attempts);
+    a->apps = a->codes = a->attempts = NULL;
+}
+
+/* Array literals of the calls in the given lists whose mark is `mark` (-1: all); uuids, codes
+ * and numbers need no quotes. Returns how many, or -1. */
+static int ex_arrays(executor_t *x, const call_state_t *states, int nstates, int mark,
+                     ex_arrays_t *a)
+{
+    size_t n = 0, la = 0, lc = 0, ln = 0;
+    int    count = 0;
+
+    for (int s = 0; s < nstates; s++)
+        n += (size_t) x->lists[states[s]].n;
+    a->apps = malloc(n * 37 + 3);
+    a->codes = malloc(n * 33 + 3);
+    a->attempts = malloc(n * 12 + 3);
+    if (a->apps == NULL || a->codes == NULL || a->attempts == NULL) {
+        ex_arrays_free(a);
+        return -1;
+    }
+    a->apps[la++] = a->codes[lc++] = a->attempts[ln++] = '{';
+    for (int s = 0; s < nstates; s++) {
+        for (call_t *c = x->lists[states[s]].head; c != NULL; c = c->next) {
+            const char *sep = la > 1 ? "," : "";
+
+            if (mark >= 0 && c->mark != mark)
+                continue;
+            la += (size_t) sprintf(a->apps + la, "%s%s", sep, c->app_id);
+            lc += (size_t) sprintf(a->codes + lc, "%s%s", sep, c->insurer);
+            ln += (size_t) sprintf(a->attempts + ln, "%s%d", sep, c->attempt);
+            count++;
+        }
+    }
+    strcpy(a->apps + la, "}");
+    strcpy(a->codes + lc, "}");
+    strcpy(a->attempts + ln, "}");
+    return count;
+}
+
+/* What one claim transaction decided for a call (call_t.mark). */
+enum { MK_LOCKED_ELSEWHERE = 0, MK_LOCKED, MK_CLAIMED, MK_REFUSED, MK_MISSING };
+
+/* Runs a claim statement on the calls marked `mark`; NULL when there are none (*none set) or
+ * on an error. */
+static PGresult *ex_claim_stmt(executor_t *x, const char *name, int nparams, int mark,
+                               int *none)
+{
+    static const call_state_t st[] = { ST_CLAIM };
+    ex_arrays_t               a = { NULL, NULL, NULL };
+    const char               *params[3];
+    PGresult                 *res = NULL;
+    int                       n = ex_arrays(x, st, 1, mark, &a);
+
+    *none = n == 0;
+    if (n > 0) {
+        params[0] = a.apps;
+        params[1] = a.codes;
+        params[2] = a.attempts;
+        res = ex_exec(x, name, nparams, params);
+    }
+    ex_arrays_free(&a);
+    return res;
+}
+
+/* Sets mark to `to` on every call marked `from` whose (app, insurer[, attempt]) is a row of
+ * res; with_attempt: each row serves one call, so two copies of one task make one call. */
+static void ex_mark_rows(executor_t *x, PGresult *res, int from, int to, int with_attempt)
+{
+    int   rows = PQntuples(res);
+    char *taken = calloc((size_t) rows + 1, 1);
+
+    for (call_t *c = x->lists[ST_CLAIM].head; c != NULL && taken != NULL; c = c->next) {
+        if (c->mark != from)
+            continue;
+        for (int i = 0; i < rows; i++) {
+            if ((with_attempt && (taken[i] || atoi(PQgetvalue(res, i, 2)) != c->attempt))
+                || strcasecmp(PQgetvalue(res, i, 0), c->app_id) != 0
+                || strcmp(PQgetvalue(res, i, 1), c->insurer) != 0)
+                continue;
+            taken[i] = (char) with_attempt;
+            c->mark = to;
+            break;
+        }
+    }
+    free(taken);
+}
+
+/* The claim transaction's statements; marks every call in ST_CLAIM. 0, or -1. */
+static int ex_claim_marks(executor_t *x)
+{
+    PGresult *res;
+    int       none;
+
+    for (call_t *c = x->lists[ST_CLAIM].head; c != NULL; c = c->next)
+        c->mark = MK_LOCKED_ELSEWHERE;
+    if ((res = ex_claim_stmt(x, "ex_lock", 2, -1, &none)) == NULL)
+        return none ? 0 : -1;
+    ex_mark_rows(x, res, MK_LOCKED_ELSEWHERE, MK_LOCKED, 0);
+    PQclear(res);
+    if ((res = ex_claim_stmt(x, "ex_claim", 3, MK_LOCKED, &none)) == NULL && !none)
+        return -1;
+    if (res != NULL) {
+        ex_mark_rows(x, res, MK_LOCKED, MK_CLAIMED, 1);
+        PQclear(res);
+    }
+    for (call_t *c = x->lists[ST_CLAIM].head; c != NULL; c = c->next)
+        if (c->mark == MK_LOCKED)
+            c->mark = MK_REFUSED;
+    /* what was not locked either exists (held by another transaction) or does not */
+    if ((res = ex_claim_stmt(x, "ex_exists", 2, MK_LOCKED_ELSEWHERE, &none)) == NULL && !none)
+        return -1;
+    if (res != NULL) {
+        for (call_t *c = x->lists[ST_CLAIM].head; c != NULL; c = c->next)
+            if (c->mark == MK_LOCKED_ELSEWHERE)
+                c->mark = MK_MISSING;
+        ex_mark_rows(x, res, MK_MISSING, MK_LOCKED_ELSEWHERE, 0);
+        PQclear(res);
+    }
+    return 0;
+}
+
+/* After the COMMIT: claimed calls wait for a slot, refused ones are done, deferred ones stay. */
+static void ex_claim_apply(executor_t *x)
+{
+    call_t *c, *next;
+    int     deferred = 0;
+
+    for (c = x->lists[ST_CLAIM].head; c != NULL; c = next) {
+        next = c->next;
+        if (c->mark == MK_CLAIMED) {
+            atomic_fetch_add(&x->w->metrics->tasks_started, 1);
+            ex_move(x, c, ST_BACKLOG);
+        } else if (c->mark == MK_LOCKED_ELSEWHERE) {
+            deferred++;
+        } else {
+            wlog(LOG_DEBUG, EX_ROLE, c->traceparent, "task_skipped", "%s/%s attempt %d: %s",
+                 c->app_id, c->insurer, c->attempt,
+                 c->mark == MK_MISSING ? "no such quote"
+                                       : "the quote is terminal, newer, or running elsewhere");
+            ex_ticket_done(c->ticket);
+            ex_free_call(x, c);
+        }
+    }
+    if (deferred > 0)
+        x->claim_retry_ms = ex_now_ms() + EX_DEFER_MS;
+}
+
+static void ex_claim(executor_t *x)
+{
+    if (x->lists[ST_CLAIM].n == 0 || ex_now_ms() < x->claim_retry_ms)
+        return;
+    if (ex_ready(x) != 0 || ex_simple(x, "BEGIN") != 0) {
+        x->claim_retry_ms = ex_now_ms() + EX_RETRY_MS;
+        return;
+    }
+    if (ex_claim_marks(x) != 0 || ex_simple(x, "COMMIT") != 0) {
+        ex_simple(x, "ROLLBACK");
+        x->claim_retry_ms = ex_now_ms() + EX_RETRY_MS;
+        return;
+    }
+    ex_claim_apply(x);
+}
+
+/* One UPDATE for every task this executor holds, so the sweeper leaves them alone. */
+static void ex_heartbeat(executor_t *x)
+{
+    static const call_state_t st[] = { ST_BACKLOG, ST_RUNNING, ST_RETRY, ST_OUTBOX };
+    ex_arrays_t               a = { NULL, NULL, NULL };
+    const char               *params[2];
+    PGresult                 *res;
+    int64_t                   now = ex_now_ms();
+
+    if (now < x->next_heartbeat_ms)
+        return;
+    x->next_heartbeat_ms = now + (int64_t) x->w->cfg->heartbeat_s * 1000;
+    if (x->lists[ST_BACKLOG].n + x->lists[ST_RUNNING].n + x->lists[ST_RETRY].n
+        + x->lists[ST_OUTBOX].n == 0)
+        return;
+    if (ex_ready(x) != 0 || ex_arrays(x, st, 4, -1, &a) < 0) {
+        x->next_heartbeat_ms = now + EX_RETRY_MS;
+        return;
+    }
+    params[0] = a.apps;
+    params[1] = a.codes;
+    res = ex_exec(x, "ex_heartbeat", 2, params);
+    ex_arrays_free(&a);
+    if (res == NULL)
+        x->next_heartbeat_ms = now + EX_RETRY_MS;
+    else
+        PQclear(res);
+}
+
+/* ---- outcomes ----------------------------------------------------------------------------- */
+
+static void ex_out_common(call_t *c, event_type_t type, out_kind_t kind)
+{
+    osago_event_t *e = &c->out;
+
+    memset(e, 0, sizeof(*e));
+    e->type = type;
+    e->version = 1;
+    snprintf(e->application_id, sizeof(e->application_id), "%s", c->app_id);
+    snprintf(e->traceparent, sizeof(e->traceparent), "%s", c->traceparent);
+    snprintf(e->insurer, sizeof(e->insurer), "%s", c->insurer);
+    e->attempt = c->attempt;
+    event_stamp(e);
+    c->out_kind = kind;
+}
+
+static void ex_succeeded(executor_t *x, call_t *c, const char *premium, long ms)
+{
+    ex_out_common(c, EV_TASK_RESULT, OUT_OK);
+    c->out.ok = 1;
+    snprintf(c->out.premium_rub, sizeof(c->out.premium_rub), "%s", premium);
+    atomic_fetch_add(&x->w->metrics->insurer_ok, 1);
+    wlog(LOG_DEBUG, EX_ROLE, c->traceparent, "insurer_ok", "%s/%s attempt %d: %s RUB in %ld ms",
+         c->app_id, c->insurer, c->attempt, premium, ms);
+    ex_move(x, c, ST_OUTBOX);
+}
+
+/* A failed attempt: retried after the backoff while attempts remain (and retrying can help). */
+static void ex_failed(executor_t *x, call_t *c, const char *reason, int retryable)
+{
+    const worker_config_t *cfg = x->w->cfg;
+
+    if (retryable && retry_allowed(c->attempt, cfg->max_attempts)) {
+        int64_t delay = retry_delay_ms(c->attempt + 1, cfg->retry_base_ms, cfg->retry_max_ms,
+                                       &x->seed);
+
+        c->due_ms = ex_now_ms() + delay;
+        wlog(LOG_WARN, EX_ROLE, c->traceparent, "insurer_error",
+             "%s/%s attempt %d of %d: %s; retry in %lld ms", c->app_id, c->insurer, c->attempt,
+             cfg->max_attempts, reason, (long long) delay);
+        ex_move(x, c, ST_RETRY);
+        return;
+    }
+    ex_out_common(c, EV_TASK_RESULT, OUT_FAILED);
+    c->out.ok = 0;
+    snprintf(c->out.error, sizeof(c->out.error), "%s", reason);
+    event_utf8_sanitize(c->out.error);
+    wlog(LOG_WARN, EX_ROLE, c->traceparent, "task_failed", "%s/%s attempt %d of %d: %s; final",
+         c->app_id, c->insurer, c->attempt, cfg->max_attempts, reason);
+    ex_move(x, c, ST_OUTBOX);
+}
+
+/* The premium of a 200 answer, as "%.2f"; or why the answer cannot be used. */
+static int ex_premium(const char *answer, size_t len, char *premium, size_t cap, char *why,
+                      size_t whylen)
+{
+    const char              *path[] = { "premium_rub", NULL };
+    char                     err[128];
+    yajl_val                 root, v;
+    double                   d;
+
+    if (len == 0) {
+        snprintf(why, whylen, "empty body");
+        return -1;
+    }
+    if ((root = yajl_tree_parse(answer, err, sizeof(err))) == NULL) {
+        snprintf(why, whylen, "not JSON");
+        return -1;
+    }
+    v = YAJL_IS_OBJECT(root) ? yajl_tree_get(root, path, yajl_t_any) : NULL;
+    if (v == NULL || !YAJL_IS_NUMBER(v)) {
+        snprintf(why, whylen, "%s", YAJL_IS_OBJECT(root) ? "no premium_rub number"
+                                                         : "not a JSON object");
+        yajl_tree_free(root);
+        return -1;
+    }
+    d = strtod(YAJL_GET_NUMBER(v), NULL);
+    /* numeric(12, 2) holds less than 1e10: a larger premium is not a real one either */
+    if (!(d > 0 && d < 1e10)) {
+        snprintf(why, whylen, "premium_rub %.40s out of range", YAJL_GET_NUMBER(v));
+        yajl_tree_free(root);
+        return -1;
+    }
+    snprintf(premium, cap, "%.2f", d);
+    yajl_tree_free(root);
+    return 0;
+}
+
+static void ex_call_done(executor_t *x, call_t *c, CURLcode rc)
+{
+    metrics_t *m = x->w->metrics;
+    long       status = 0, ms = (long) (ex_now_ms() - c->started_ms);
+    char       reason[200], why[128], premium[32];
+    int        timeout = rc == CURLE_OPERATION_TIMEDOUT;
+
+    curl_easy_getinfo(c->easy, CURLINFO_RESPONSE_CODE, &status);
+    curl_multi_remove_handle(x->multi, c->easy);
+    curl_easy_cleanup(c->easy);
+    c->easy = NULL;
+    curl_slist_free_all(c->headers);
+    c->headers = NULL;
+    atomic_fetch_sub(&m->calls_in_flight, 1);
+    metrics_observe_call_ms(m, ms);
+
+    if (rc == CURLE_OK && status == 200
+        && ex_premium(c->answer != NULL ? c->answer : "", c->answer_len, premium,
+                      sizeof(premium), why, sizeof(why)) == 0) {
+        ex_succeeded(x, c, premium, ms);
+    } else {
+        if (timeout)
+            snprintf(reason, sizeof(reason), "timeout after %d ms", c->ins->timeout_ms);
+        else if (c->answer_over)
+            snprintf(reason, sizeof(reason), "malformed answer: over %d bytes", EX_MAX_ANSWER);
+        else if (rc != CURLE_OK)
+            snprintf(reason, sizeof(reason), "%.180s",
+                     c->errbuf[0] ? c->errbuf : curl_easy_strerror(rc));
+        else if (status != 200)
+            snprintf(reason, sizeof(reason), "HTTP %ld", status);
+        else
+            snprintf(reason, sizeof(reason), "malformed answer: %s", why);
+        atomic_fetch_add(&m->insurer_errors, 1);
+        if (timeout)
+            atomic_fetch_add(&m->insurer_timeouts, 1);
+        ex_failed(x, c, reason, 1);
+    }
+    free(c->answer);
+    c->answer = NULL;
+    c->answer_len = 0;
+}
+
+/* ---- the HTTP call ---------------------------------------------------------------------------- */
+
+static int gen_value(yajl_gen g, yajl_val v, int depth)
+{
+    if (depth > EX_JSON_DEPTH)
+        return -1;
+    if (YAJL_IS_STRING(v))
+        return yajl_gen_string(g, (const unsigned char *) v->u.string, strlen(v->u.string));
+    if (YAJL_IS_NUMBER(v))
+        return yajl_gen_number(g, v->u.number.r, strlen(v->u.number.r));
+    if (YAJL_IS_TRUE(v) || YAJL_IS_FALSE(v))
+        return yajl_gen_bool(g, YAJL_IS_TRUE(v));
+    if (YAJL_IS_NULL(v))
+        return yajl_gen_null(g);
+    if (YAJL_IS_ARRAY(v)) {
+        int rc = (int) yajl_gen_array_open(g);
+
+        for (size_t i = 0; rc == 0 && i < v->u.array.len; i++)
+            rc = gen_value(g, v->u.array.values[i], depth + 1);
+        return rc == 0 ? (int) yajl_gen_array_close(g) : rc;
+    }
+    if (YAJL_IS_OBJECT(v)) {
+        int rc = (int) yajl_gen_map_open(g);
+
+        for (size_t i = 0; rc == 0 && i < v->u.object.len; i++) {
+            const char *k = v->u.object.keys[i];
+
+            rc = (int) yajl_gen_string(g, (const unsigned char *) k, strlen(k));
+            if (rc == 0)
+                rc = gen_value(g, v->u.object.values[i], depth + 1);
+        }
+        return rc == 0 ? (int) yajl_gen_map_close(g) : rc;
+    }
+    return -1;
+}
+
+/* The request body: the application with "application_id" first (any such member of the
+ * payload itself is dropped: the id is ours to say). */
+static int ex_body(call_t *c)
+{
+    char                 err[128];
+    yajl_val             root = yajl_tree_parse(c->payload, err, sizeof(err));
+    yajl_gen             g = yajl_gen_alloc(NULL);
+    const unsigned char *buf;
+    size_t               len;
+    int                  rc = -1;
+
+    if (root == NULL || g == NULL || !YAJL_IS_OBJECT(root))
+        goto out;
+    if (yajl_gen_map_open(g) != yajl_gen_status_ok
+        || yajl_gen_string(g, (const unsigned char *) "application_id", 14) != yajl_gen_status_ok
+        || yajl_gen_string(g, (const unsigned char *) c->app_id, strlen(c->app_id))
+           != yajl_gen_status_ok)
+        goto out;
+    for (size_t i = 0; i < root->u.object.len; i++) {
+        const char *k = root->u.object.keys[i];
+
+        if (strcmp(k, "application_id") == 0)
+            continue;
+        if (yajl_gen_string(g, (const unsigned char *) k, strlen(k)) != yajl_gen_status_ok
+            || gen_value(g, root->u.object.values[i], 1) != 0)
+            goto out;
+    }
+    if (yajl_gen_map_close(g) != yajl_gen_status_ok
+        || yajl_gen_get_buf(g, &buf, &len) != yajl_gen_status_ok
+        || (c->body = malloc(len + 1)) == NULL)
+        goto out;
+    memcpy(c->body, buf, len);
+    c->body[len] = '\0';
+    c->body_len = len;
+    rc = 0;
+out:
+    if (g != NULL)
+        yajl_gen_free(g);
+    if (root != NULL)
+        yajl_tree_free(root);
+    return rc;
+}
+
+static size_t ex_write(char *data, size_t size, size_t n, void *arg)
+{
+    call_t *c = arg;
+    size_t  len = size * n;
+    char   *grown;
+
+    if (c->answer_len + len > EX_MAX_ANSWER) {
+        c->answer_over = 1;
+        return 0;                       /* aborts the transfer: CURLE_WRITE_ERROR */
+    }
+    if ((grown = realloc(c->answer, c->answer_len + len + 1)) == NULL)
+        return 0;
+    c->answer = grown;
+    memcpy(c->answer + c->answer_len, data, len);
+    c->answer_len += len;
+    c->answer[c->answer_len] = '\0';
+    return len;
+}
+
+static int ex_headers(call_t *c)
+{
+    char trace[56 + 16];
+    char child[56];
+
+    event_traceparent_child(c->traceparent, child);
+    snprintf(trace, sizeof(trace), "traceparent: %s", child);
+    /* "Expect:" off: curl would wait for a 100-continue before sending a body over 1 KB */
+    const char *lines[] = { "Content-Type: application/json", "Expect:", trace,
+                            c->ins->auth_header[0] ? c->ins->auth_header : NULL };
+
+    for (size_t i = 0; i < sizeof(lines) / sizeof(lines[0]); i++) {
+        struct curl_slist *l;
+
+        if (lines[i] == NULL)
+            continue;
+        if ((l = curl_slist_append(c->headers, lines[i])) == NULL)
+            return -1;
+        c->headers = l;
+    }
+    return 0;
+}
+
+/* 0 started; -1 could not start (retryable); -2 the task itself is unusable. */
+static int ex_start(executor_t *x, call_t *c)
+{
+    CURL *e;
+
+    if (c->body == NULL && ex_body(c) != 0)
+        return -2;
+    if ((e = curl_easy_init()) == NULL)
+        return -1;
+    c->easy = e;
+    c->answer_over = 0;
+    c->errbuf[0] = '\0';
+    if (ex_headers(c) != 0)
+        return -1;
+    curl_easy_setopt(e, CURLOPT_URL, c->ins->url);
+    curl_easy_setopt(e, CURLOPT_POST, 1L);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDS, c->body);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, (long) c->body_len);
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, c->headers);
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, ex_write);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, c);
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long) c->ins->timeout_ms);
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, c->errbuf);
+    curl_easy_setopt(e, CURLOPT_PRIVATE, c);
+    if (curl_multi_add_handle(x->multi, e) != CURLM_OK)
+        return -1;
+    atomic_fetch_add(&x->w->metrics->calls_in_flight, 1);
+    atomic_fetch_add(&x->w->metrics->insurer_calls, 1);
+    c->started_ms = ex_now_ms();
+    ex_move(x, c, ST_RUNNING);
+    wlog(LOG_DEBUG, EX_ROLE, c->traceparent, "insurer_call", "%s/%s attempt %d: POST %s",
+         c->app_id, c->insurer, c->attempt, c->ins->url);
+    return 0;
+}
+
+static void ex_start_calls(executor_t *x)
+{
+    while (x->lists[ST_BACKLOG].n > 0 && x->lists[ST_RUNNING].n < x->w->cfg->max_in_flight) {
+        call_t *c = x->lists[ST_BACKLOG].head;
+        char    reason[96];
+        int     rc;
+
+        if (c->ins == NULL) {
+            snprintf(reason, sizeof(reason), "insurer %s is not in the insurer file", c->insurer);
+            ex_failed(x, c, reason, 0);
+            continue;
+        }
+        rc = ex_start(x, c);
+        if (rc == 0)
+            continue;
+        if (c->easy != NULL) {
+            curl_easy_cleanup(c->easy);
+            c->easy = NULL;
+        }
+        curl_slist_free_all(c->headers);
+        c->headers = NULL;
+        ex_failed(x, c, rc == -2 ? "payload is not a JSON object" : "call not started",
+                  rc == -1);
+    }
+}
+
+static void ex_perform(executor_t *x)
+{
+    CURLMsg *msg;
+    int      running, left;
+
+    curl_multi_perform(x->multi, &running);
+    while ((msg = curl_multi_info_read(x->multi, &left)) != NULL) {
+        CURL    *e = msg->easy_handle;
+        CURLcode rc = msg->data.result;
+        char    *priv = NULL;
+
+        if (msg->msg != CURLMSG_DONE)
+            continue;
+        curl_easy_getinfo(e, CURLINFO_PRIVATE, &priv);
+        ex_call_done(x, (call_t *) (void *) priv, rc);
+    }
+}
+
+/* ---- retries and producing ----------------------------------------------------------------- */
+
+static void ex_timers(executor_t *x)
+{
+    int64_t now = ex_now_ms();
+    call_t *c, *next;
+
+    for (c = x->lists[ST_RETRY].head; c != NULL; c = next) {
+        next = c->next;
+        if (now < c->due_ms)
+            continue;
+        ex_out_common(c, EV_TASK, OUT_RETRY);
+        c->out.attempt = c->attempt + 1;
+        c->out.payload = c->payload;
+        ex_move(x, c, ST_OUTBOX);
+    }
+}
+
+static void ex_account(executor_t *x, const call_t *c)
+{
+    metrics_t *m = x->w->metrics;
+
+    if (c->out_kind == OUT_RETRY)
+        atomic_fetch_add(&m->tasks_retried, 1);
+    else if (c->out_kind == OUT_FAILED)
+        atomic_fetch_add(&m->tasks_failed, 1);
+}
+
+/* Every finished task in one produce; their tickets are done once Kafka confirmed. */
+static int ex_flush(executor_t *x, int timeout_ms)
+{
+    call_list_t          *out = &x->lists[ST_OUTBOX];
+    const osago_event_t **evs;
+    call_t               *c, *next;
+    int                   n = 0;
+
+    /* one event Kafka cannot carry would fail every batch it is in: drop it, loudly */
+    for (c = out->head; c != NULL; c = next) {
+        char why[256];
+
+        next = c->next;
+        if (event_validate(&c->out, why, sizeof(why)) == 0)
+            continue;
+        wlog(LOG_ERROR, EX_ROLE, c->traceparent, "event_invalid",
+             "%s/%s attempt %d: outcome not produced: %s", c->app_id, c->insurer, c->attempt, why);
+        ex_ticket_done(c->ticket);
+        ex_free_call(x, c);
+    }
+    if (out->n == 0)
+        return 0;
+    if ((evs = malloc(sizeof(*evs) * (size_t) out->n)) == NULL)
+        return -1;
+    for (c = out->head; c != NULL; c = c->next)
+        evs[n++] = &c->out;
+    if (kafka_produce_events(x->w->producer, evs, n, timeout_ms) != 0) {
+        free(evs);
+        if (ex_warn_due(x))
+            wlog(LOG_WARN, EX_ROLE, NULL, "kafka_error",
+                 "%d results not confirmed; kept, produced again shortly", n);
+        return -1;
+    }
+    free(evs);
+    for (c = out->head; c != NULL; c = next) {
+        next = c->next;
+        ex_account(x, c);
+        ex_ticket_done(c->ticket);
+        ex_free_call(x, c);
+    }
+    return 0;
+}
+
+/* ---- flow control and waiting -------------------------------------------------------------- */
+
+static void ex_pause(executor_t *x, int pause)
+{
+    rd_kafka_topic_partition_list_t *parts = NULL;
+
+    if (rd_kafka_assignment(x->consumer, &parts) != RD_KAFKA_RESP_ERR_NO_ERROR || parts == NULL)
+        return;
+    if (pause)
+        rd_kafka_pause_partitions(x->consumer, parts);
+    else
+        rd_kafka_resume_partitions(x->consumer, parts);
+    rd_kafka_topic_partition_list_destroy(parts);
+    if (pause != x->paused)
+        wlog(LOG_INFO, EX_ROLE, NULL, pause ? "consumer_paused" : "consumer_resumed",
+             "%d tasks held (max_in_flight %d)", ex_load(x), x->w->cfg->max_in_flight);
+    x->paused = pause;
+    x->paused_at_ms = ex_now_ms();
+}
+
+static void ex_flow(executor_t *x)
+{
+    int load = ex_load(x);
+    int max = x->w->cfg->max_in_flight;
+
+    if (load >= max) {
+        if (!x->paused || ex_now_ms() - x->paused_at_ms >= EX_REPAUSE_MS)
+            ex_pause(x, 1);
+    } else if (x->paused && load < max - max / 4) {
+        ex_pause(x, 0);
+    }
+}
+
+static int64_t ex_min(int64_t a, int64_t b)
+{
+    return a < b ? a : b;
+}
+
+/* Sleeps in curl until a transfer, a Kafka message (the wake pipe) or the next deadline. */
+static void ex_wait(executor_t *x)
+{
+    int64_t          now = ex_now_ms();
+    int64_t          until = now + EX_WAIT_MAX_MS;
+    struct curl_waitfd fd;
+
+    if (x->lists[ST_CLAIM].n > 0)
+        until = ex_min(until, x->claim_retry_ms);
+    if (x->lists[ST_BACKLOG].n > 0 && x->lists[ST_RUNNING].n < x->w->cfg->max_in_flight)
+        until = now;
+    if (x->lists[ST_OUTBOX].n > 0)
+        until = ex_min(until, x->produce_retry_ms);
+    for (call_t *c = x->lists[ST_RETRY].head; c != NULL; c = c->next)
+        until = ex_min(until, c->due_ms);
+    until = ex_min(until, x->next_heartbeat_ms);
+    if (until <= now)
+        return;
+    fd.fd = x->wake[0];
+    fd.events = CURL_WAIT_POLLIN;
+    fd.revents = 0;
+    curl_multi_poll(x->multi, x->wake[0] >= 0 ? &fd : NULL, x->wake[0] >= 0 ? 1 : 0,
+                    (int) (until - now), NULL);
+}
+
+/* ---- the thread ------------------------------------------------------------------------------ */
+
+static void ex_loop_once(executor_t *x)
+{
+    ex_consume(x);
+    ex_claim(x);
+    ex_start_calls(x);
+    ex_perform(x);
+    ex_start_calls(x);                  /* retries that could not start go straight on */
+    ex_timers(x);
+    if (x->lists[ST_OUTBOX].n > 0 && ex_now_ms() >= x->produce_retry_ms) {
+        if (ex_flush(x, EX_PRODUCE_TIMEOUT_MS) == 0) {
+            x->produce_backoff_ms = 0;
+        } else {
+            x->produce_backoff_ms = x->produce_backoff_ms == 0 ? EX_RETRY_MS
+                                    : x->produce_backoff_ms * 2 > EX_PRODUCE_BACKOFF_MAX_MS
+                                    ? EX_PRODUCE_BACKOFF_MAX_MS : x->produce_backoff_ms * 2;
+            x->produce_retry_ms = ex_now_ms() + x->produce_backoff_ms;
+        }
+    }
+    ex_store_offsets(x);
+    ex_heartbeat(x);
+    ex_flow(x);
+    ex_wait(x);
+}
+
+static int ex_wake_pipe(executor_t *x)
+{
+    x->wake[0] = x->wake[1] = -1;
+    if (pipe(x->wake) != 0)
+        return -1;
+    for (int i = 0; i < 2; i++)
+        fcntl(x->wake[i], F_SETFL, fcntl(x->wake[i], F_GETFL) | O_NONBLOCK);
+    x->queue = rd_kafka_queue_get_consumer(x->consumer);
+    if (x->queue != NULL)
+        rd_kafka_queue_io_event_enable(x->queue, x->wake[1], "1", 1);
+    return 0;
+}
+
+static int ex_init(executor_t *x)
+{
+    static const char *const topics[] = { "osago.application.task" };
+    char                     err[256];
+
+    x->seed = (unsigned) time(NULL) ^ (unsigned) (uintptr_t) x;
+    x->wake[0] = x->wake[1] = -1;
+    if ((x->multi = curl_multi_init()) == NULL)
+        return -1;
+    /* keep a connection per concurrent call alive between calls */
+    curl_multi_setopt(x->multi, CURLMOPT_MAXCONNECTS, (long) x->w->cfg->max_in_flight);
+    while (!*x->w->stop) {
+        x->consumer = kafka_consumer_new(x->w->cfg, EX_GROUP, topics, 1, err, sizeof(err));
+        if (x->consumer != NULL)
+            break;
+        wlog(LOG_ERROR, EX_ROLE, NULL, "kafka_error", "consumer not created: %s", err);
+        for (int i = 0; i < 50 && !*x->w->stop; i++) {
+            struct timespec ts = { 0, 100000000L };
+
+            nanosleep(&ts, NULL);
+        }
+    }
+    if (x->consumer == NULL)
+        return -1;
+    if (ex_wake_pipe(x) != 0)
+        wlog(LOG_WARN, EX_ROLE, NULL, "wake_pipe", "no wake pipe: Kafka polled every %d ms",
+             EX_WAIT_MAX_MS);
+    return 0;
+}
+
+/* The claimed calls that never produced anything go back to pending (see ex_release_sql). */
+static void ex_release(executor_t *x)
+{
+    static const call_state_t st[] = { ST_BACKLOG, ST_RUNNING, ST_RETRY, ST_OUTBOX };
+    ex_arrays_t               a = { NULL, NULL, NULL };
+    const char               *params[3];
+    PGresult                 *res;
+    int                       n = 0;
+
+    for (int s = 0; s < 4; s++)
+        n += x->lists[st[s]].n;
+    if (n == 0 || x->pg == NULL || PQstatus(x->pg) != CONNECTION_OK || ex_prepare(x) != 0
+        || ex_arrays(x, st, 4, -1, &a) < 0)
+        return;
+    params[0] = a.apps;
+    params[1] = a.codes;
+    params[2] = a.attempts;
+    if ((res = ex_exec(x, "ex_release", 3, params)) != NULL) {
+        wlog(LOG_INFO, EX_ROLE, NULL, "tasks_released", "%s of %d unfinished tasks handed back",
+             PQcmdTuples(res), n);
+        PQclear(res);
+    }
+    ex_arrays_free(&a);
+}
+
+/* Stopping: results already in hand are worth one more produce; everything unfinished is handed
+ * back and left to redelivery (its offset was never stored). */
+static void ex_cleanup(executor_t *x)
+{
+    if (x->consumer != NULL) {
+        /* not when Kafka just failed us: the stop would only wait for nothing */
+        if (x->lists[ST_OUTBOX].n > 0 && x->produce_backoff_ms == 0)
+            (void) ex_flush(x, EX_FINAL_PRODUCE_MS);
+        ex_store_offsets(x);
+        ex_release(x);
+    }
+    for (int s = 0; s < ST_N; s++) {
+        while (x->lists[s].head != NULL) {
+            call_t *c = x->lists[s].head;
+
+            if (c->ticket != NULL && c->ticket->orphan)
+                free(c->ticket);
+            ex_free_call(x, c);
+        }
+    }
+    while (x->parts != NULL) {
+        part_t *p = x->parts;
+
+        x->parts = p->next;
+        while (p->head != NULL) {
+            ticket_t *t = p->head;
+
+            p->head = t->next;
+            free(t);
+        }
+        free(p->topic);
+        free(p);
+    }
+    if (x->queue != NULL) {
+        rd_kafka_queue_io_event_enable(x->queue, -1, NULL, 0);
+        rd_kafka_queue_destroy(x->queue);
+    }
+    if (x->consumer != NULL) {
+        rd_kafka_consumer_close(x->consumer);
+        rd_kafka_destroy(x->consumer);
+    }
+    for (int i = 0; i < 2; i++)
+        if (x->wake[i] >= 0)
+            close(x->wake[i]);
+    if (x->multi != NULL)
+        curl_multi_cleanup(x->multi);
+    if (x->pg != NULL)
+        PQfinish(x->pg);
+}
+
+void *executor_main(void *arg)
+{
+    worker_t   *w = arg;
+    executor_t *x = calloc(1, sizeof(*x));
+
+    if (x == NULL) {
+        wlog(LOG_ERROR, EX_ROLE, NULL, "role_failed", "out of memory");
+        return NULL;
+    }
+    x->w = w;
+    if (ex_init(x) == 0) {
+        wlog(LOG_INFO, EX_ROLE, NULL, "role_started", "group %s, max_in_flight %d", EX_GROUP,
+             w->cfg->max_in_flight);
+        while (!*w->stop)
+            ex_loop_once(x);
+    }
+    ex_cleanup(x);
+    free(x);
+    wlog(LOG_INFO, EX_ROLE, NULL, "role_stopped", "executor stopped");
+    return NULL;
+}

@@ -1,0 +1,463 @@
+/*
+ * Orchestrator: OsagoApplicationCreated -> one quote row per insurer (application in_progress),
+ * then OsagoApplicationStarted and one OsagoApplicationTask per insurer.
+ *
+ * The rows are written before the events so that every task finds its quote; offsets are stored
+ * only after Kafka confirmed the events. A redelivered Created finds its quote rows and announces
+ * the same insurers again (downstream consumers are idempotent), so a crash between the commit and
+ * the confirmation loses nothing.
+ */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include <hiredis/hiredis.h>
+#include <libpq-fe.h>
+#include <librdkafka/rdkafka.h>
+
+#include "event.h"
+#include "kafka.h"
+#include "log.h"
+#include "pg.h"
+#include "read_model.h"
+#include "redis_conn.h"
+#include "worker.h"
+
+#define ORCH_ROLE     "orchestrator"
+#define ORCH_GROUP    "osago-worker-orchestrator"
+#define ORCH_BATCH    64
+#define ORCH_RETRY_MS 1000
+#define ORCH_BACKOFF_MAX_MS 30000
+#define ORCH_POLL_MS  500
+#define ORCH_PRODUCE_TIMEOUT_MS 5000   /* also bounds how long a stop waits on a Kafka outage */
+#define ORCH_APP_TTL_S (7 * 24 * 3600)
+#define ORCH_REDIS_RETRY_MS 5000
+
+typedef struct {
+    rd_kafka_message_t *msg;
+    int                 valid;          /* a Created event we can act on */
+    int                 stored;         /* quote rows are in PostgreSQL */
+    osago_event_t       created;
+    osago_event_t       started;
+    osago_event_t      *tasks;          /* one per insurer still to be quoted */
+    int                 n_tasks;
+} orch_item_t;
+
+typedef struct {
+    worker_t      *w;
+    rd_kafka_t    *consumer;
+    PGconn        *pg;
+    redisContext  *redis;
+    int64_t        last_kafka_warn_ms;
+    int64_t        redis_retry_ms;
+    orch_item_t    items[ORCH_BATCH];
+    int            n;
+} orch_t;
+
+static int64_t orch_now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void orch_nap(orch_t *o, int64_t ms)
+{
+    int64_t until = orch_now_ms() + ms;
+
+    while (!*o->w->stop) {
+        int64_t left = until - orch_now_ms();
+        struct timespec ts = { 0, 0 };
+
+        if (left <= 0)
+            return;
+        ts.tv_nsec = (long) (left > 100 ? 100 : left) * 1000000L;
+        nanosleep(&ts, NULL);
+    }
+}
+
+static void orch_item_free(orch_item_t *it)
+{
+    event_free(&it->created);     /* the tasks share its payload */
+    free(it->tasks);
+    if (it->msg != NULL)
+        rd_kafka_message_destroy(it->msg);
+    memset(it, 0, sizeof(*it));
+}
+
+static void orch_batch_free(orch_t *o)
+{
+    for (int i = 0; i < o->n; i++)
+        orch_item_free(&o->items[i]);
+    o->n = 0;
+}
+
+/* ---- consuming --------------------------------------------------------------------------- */
+
+static void orch_decode(orch_item_t *it)
+{
+    char err[256];
+
+    if (event_decode(it->msg->payload, it->msg->len, &it->created, err, sizeof(err)) != 0) {
+        wlog(LOG_ERROR, ORCH_ROLE, NULL, "event_invalid",
+             "%s [%d] offset %lld skipped: %s", rd_kafka_topic_name(it->msg->rkt),
+             (int) it->msg->partition, (long long) it->msg->offset, err);
+        return;
+    }
+    if (it->created.type != EV_CREATED) {
+        wlog(LOG_ERROR, ORCH_ROLE, it->created.traceparent, "event_invalid",
+             "%s on the created topic skipped", event_type_name(it->created.type));
+        return;
+    }
+    it->valid = 1;
+}
+
+static void orch_kafka_error(orch_t *o, const rd_kafka_message_t *m)
+{
+    int64_t now = orch_now_ms();
+
+    if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF)
+        return;
+    /* during a broker outage this repeats for every poll: say it once a second */
+    if (now - o->last_kafka_warn_ms >= 1000) {
+        o->last_kafka_warn_ms = now;
+        wlog(LOG_WARN, ORCH_ROLE, NULL, "kafka_error", "consumer: %s", rd_kafka_message_errstr(m));
+    }
+}
+
+static void orch_poll(orch_t *o)
+{
+    int timeout = ORCH_POLL_MS;
+
+    while (o->n < ORCH_BATCH && !*o->w->stop) {
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(o->consumer, timeout);
+
+        if (m == NULL)
+            return;
+        timeout = 0;     /* take what is already here, do not wait for a full batch */
+        if (m->err) {
+            orch_kafka_error(o, m);
+            rd_kafka_message_destroy(m);
+            continue;
+        }
+        o->items[o->n].msg = m;
+        orch_decode(&o->items[o->n]);
+        o->n++;
+    }
+}
+
+/* ---- PostgreSQL ---------------------------------------------------------------------------- */
+
+/*
+ * One statement, so one transaction, for the whole batch: the quote rows of every application
+ * that has none yet (so a redelivery after the insurer file changed keeps the set it started
+ * with) and the status. It returns each application's quotes, fresh or existing: a
+ * data-modifying WITH is invisible to the outer query's snapshot, so exactly one side of the
+ * UNION has an application's rows. An application without a row gets no quotes (and no rows
+ * back); so does one whose rows another orchestrator is inserting at this moment (a rebalance):
+ * that one announces it.
+ */
+static const char orch_sql[] =
+    "WITH apps AS (SELECT DISTINCT unnest($1::uuid[]) AS id),"
+    " ins AS ("
+    "  INSERT INTO quotes (application_id, insurer_code)"
+    "  SELECT a.id, c FROM apps a CROSS JOIN unnest($2::text[]) AS c"
+    "  WHERE EXISTS (SELECT 1 FROM applications x WHERE x.id = a.id)"
+    "    AND NOT EXISTS (SELECT 1 FROM quotes q WHERE q.application_id = a.id)"
+    "  ON CONFLICT DO NOTHING"
+    "  RETURNING application_id, insurer_code, status),"
+    " upd AS ("
+    "  UPDATE applications SET status = 'in_progress',"
+    "         updated_at = greatest(now(), updated_at + interval '1 millisecond')"
+    "  WHERE id IN (SELECT id FROM apps) AND status = 'accepted' RETURNING id)"
+    " SELECT application_id::text, insurer_code, status FROM ins"
+    " UNION ALL"
+    " SELECT application_id::text, insurer_code, status FROM quotes"
+    "  WHERE application_id IN (SELECT id FROM apps)";
+
+/* A prepared statement (see pg.h); NULL on an error, logged. */
+static PGresult *orch_exec(PGconn *pg, const char *name, const char *sql, int n,
+                          const char *const *params)
+{
+    PGresult      *res = pg_exec_prepared(pg, name, sql, n, params);
+    ExecStatusType st = PQresultStatus(res);
+    char           msg[256];
+
+    if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK)
+        return res;
+    snprintf(msg, sizeof(msg), "%s", res != NULL ? PQresultErrorMessage(res) : PQerrorMessage(pg));
+    msg[strcspn(msg, "\n")] = '\0';
+    wlog(LOG_WARN, ORCH_ROLE, NULL, "pg_error", "%s: %s", name, msg);
+    PQclear(res);
+    return NULL;
+}
+
+/* "{a,b,...}" of strings that need no quoting (UUIDs, insurer codes [a-z0-9_-]). */
+static char *orch_array(const char *const *v, int n)
+{
+    size_t cap = 3, len = 0;
+    char  *buf;
+
+    for (int i = 0; i < n; i++)
+        cap += strlen(v[i]) + 1;
+    if ((buf = malloc(cap)) == NULL)
+        return NULL;
+    buf[len++] = '{';
+    for (int i = 0; i < n; i++)
+        len += (size_t) snprintf(buf + len, cap - len, "%s%s", i ? "," : "", v[i]);
+    snprintf(buf + len, cap - len, "}");
+    return buf;
+}
+
+static void orch_add_task(orch_item_t *it, const char *code)
+{
+    osago_event_t *t = &it->tasks[it->n_tasks++];
+
+    t->type = EV_TASK;
+    t->version = 1;
+    snprintf(t->application_id, sizeof(t->application_id), "%s", it->created.application_id);
+    snprintf(t->traceparent, sizeof(t->traceparent), "%s", it->created.traceparent);
+    snprintf(t->insurer, sizeof(t->insurer), "%s", code);
+    t->attempt = 1;
+    t->payload = it->created.payload;
+    event_stamp(t);
+}
+
+static void orch_add_started(orch_item_t *it, const char *code)
+{
+    osago_event_t *s = &it->started;
+
+    if (s->n_insurers < EVENT_MAX_INSURERS)
+        snprintf(s->insurers[s->n_insurers++], sizeof(s->insurers[0]), "%s", code);
+}
+
+/* Builds Started and the Tasks of one application from its rows (id, code, status). */
+static int orch_build_events(orch_item_t *it, PGresult *res)
+{
+    int rows = PQntuples(res), mine = 0;
+
+    for (int i = 0; i < rows; i++)
+        mine += strcasecmp(PQgetvalue(res, i, 0), it->created.application_id) == 0;
+    if (mine == 0) {
+        wlog(LOG_WARN, ORCH_ROLE, it->created.traceparent, "application_skipped",
+             "Created for %s: no quotes (no such application, or another orchestrator is "
+             "creating them now)", it->created.application_id);
+        it->valid = 0;
+        return 0;
+    }
+    if ((it->tasks = calloc((size_t) mine, sizeof(*it->tasks))) == NULL)
+        return -1;
+    it->started.type = EV_STARTED;
+    it->started.version = 1;
+    snprintf(it->started.application_id, sizeof(it->started.application_id), "%s",
+             it->created.application_id);
+    snprintf(it->started.traceparent, sizeof(it->started.traceparent), "%s",
+             it->created.traceparent);
+    event_stamp(&it->started);
+    for (int i = 0; i < rows; i++) {
+        const char *code = PQgetvalue(res, i, 1);
+        const char *status = PQgetvalue(res, i, 2);
+
+        if (strcasecmp(PQgetvalue(res, i, 0), it->created.application_id) != 0)
+            continue;
+        orch_add_started(it, code);
+        /* a quote already answered needs no task (a redelivered Created) */
+        if (strcmp(status, "ok") != 0 && strcmp(status, "error") != 0)
+            orch_add_task(it, code);
+    }
+    return 0;
+}
+
+/* 0 every valid item stored (its events built), -1 try again later. */
+static int orch_store(orch_t *o)
+{
+    const insurer_list_t *ins = o->w->insurers;
+    const char           *ids[ORCH_BATCH], *codes[INSURERS_MAX];
+    char                 *params[2];
+    PGresult             *res;
+    int                   n = 0, rc = -1;
+
+    for (int i = 0; i < o->n; i++)
+        if (o->items[i].valid && !o->items[i].stored)
+            ids[n++] = o->items[i].created.application_id;
+    if (n == 0)
+        return 0;
+    for (int i = 0; i < ins->n; i++)
+        codes[i] = ins->items[i].code;
+    params[0] = orch_array(ids, n);
+    params[1] = orch_array(codes, ins->n);
+    res = params[0] != NULL && params[1] != NULL
+          ? orch_exec(o->pg, "orch_quotes", orch_sql, 2, (const char *const *) params) : NULL;
+    free(params[0]);
+    free(params[1]);
+    if (res == NULL)
+        return -1;
+    rc = 0;
+    for (int i = 0; i < o->n && rc == 0; i++) {
+        orch_item_t *it = &o->items[i];
+
+        if (!it->valid || it->stored)
+            continue;
+        rc = orch_build_events(it, res);
+        it->stored = rc == 0;
+    }
+    PQclear(res);
+    return rc;
+}
+
+/* ---- Kafka and the read model ---------------------------------------------------------- */
+
+static int orch_produce(orch_t *o)
+{
+    const osago_event_t **evs;
+    int                   n = 0, cap = 0, rc;
+
+    for (int i = 0; i < o->n; i++)
+        if (o->items[i].valid)
+            cap += 1 + o->items[i].n_tasks;
+    if (cap == 0)
+        return 0;
+    evs = malloc(sizeof(*evs) * (size_t) cap);
+    if (evs == NULL)
+        return -1;
+    for (int i = 0; i < o->n; i++) {
+        orch_item_t *it = &o->items[i];
+
+        if (!it->valid)
+            continue;
+        evs[n++] = &it->started;
+        for (int t = 0; t < it->n_tasks; t++)
+            evs[n++] = &it->tasks[t];
+    }
+    rc = kafka_produce_events(o->w->producer, evs, n, ORCH_PRODUCE_TIMEOUT_MS);
+    if (rc != 0)
+        wlog(LOG_WARN, ORCH_ROLE, NULL, "kafka_error",
+             "%d events not confirmed; the Created events will be handled again", n);
+    free(evs);
+    return rc == 0 ? 0 : -1;
+}
+
+/*
+ * The edge should show in_progress with every insurer pending as soon as possible. Best effort:
+ * the results role publishes the same documents when it sees Started, so a Redis outage here
+ * must not hold back the tasks.
+ */
+static void orch_publish(orch_t *o)
+{
+    const char *ids[ORCH_BATCH], *traces[ORCH_BATCH];
+    int64_t     now = orch_now_ms();
+    int         n = 0, rc;
+
+    for (int i = 0; i < o->n; i++)
+        if (o->items[i].valid) {
+            ids[n] = o->items[i].created.application_id;
+            traces[n++] = o->items[i].created.traceparent;
+        }
+    if (n == 0)
+        return;
+    if (o->redis != NULL && o->redis->err) {
+        redisFree(o->redis);
+        o->redis = NULL;
+    }
+    if (o->redis == NULL) {
+        if (now < o->redis_retry_ms)
+            return;
+        /* one attempt (no stop flag), at most every few seconds: never wait for Redis here */
+        o->redis_retry_ms = now + ORCH_REDIS_RETRY_MS;
+        if ((o->redis = redis_connect(o->w->cfg, ORCH_ROLE, NULL)) == NULL)
+            return;
+    }
+    rc = read_model_publish_many(o->pg, o->redis, o->w->insurers, ids, traces, n, ORCH_APP_TTL_S);
+    if (rc > 0)
+        atomic_fetch_add(&o->w->metrics->publish_total, (unsigned long) rc);
+}
+
+static int orch_process(orch_t *o)
+{
+    if (pg_ensure(&o->pg, o->w->cfg->pg_conninfo, ORCH_ROLE, o->w->stop) != 0)
+        return -1;
+    if (orch_store(o) != 0)
+        return -1;
+    if (orch_produce(o) != 0)
+        return -1;
+    orch_publish(o);
+    for (int i = 0; i < o->n; i++) {
+        orch_item_t *it = &o->items[i];
+
+        if (it->valid) {
+            atomic_fetch_add(&o->w->metrics->applications_started, 1);
+            wlog(LOG_INFO, ORCH_ROLE, it->created.traceparent, "application_started",
+                 "%s: %d insurers, %d tasks", it->created.application_id,
+                 it->started.n_insurers, it->n_tasks);
+        }
+        kafka_done(o->consumer, it->msg);
+    }
+    return 0;
+}
+
+/* ---- the thread -------------------------------------------------------------------------- */
+
+static rd_kafka_t *orch_consumer(orch_t *o)
+{
+    static const char *const topics[] = { "osago.application.created" };
+    char                     err[256];
+
+    while (!*o->w->stop) {
+        rd_kafka_t *c = kafka_consumer_new(o->w->cfg, ORCH_GROUP, topics, 1, err, sizeof(err));
+
+        if (c != NULL)
+            return c;
+        wlog(LOG_ERROR, ORCH_ROLE, NULL, "kafka_error", "consumer not created: %s", err);
+        orch_nap(o, 5000);
+    }
+    return NULL;
+}
+
+static void orch_cleanup(orch_t *o)
+{
+    orch_batch_free(o);
+    if (o->consumer != NULL) {
+        rd_kafka_consumer_close(o->consumer);
+        rd_kafka_destroy(o->consumer);
+    }
+    if (o->redis != NULL)
+        redisFree(o->redis);
+    if (o->pg != NULL)
+        PQfinish(o->pg);
+    free(o);
+}
+
+void *orchestrator_main(void *arg)
+{
+    worker_t *w = arg;
+    orch_t   *o = calloc(1, sizeof(*o));
+
+    if (o == NULL) {
+        wlog(LOG_ERROR, ORCH_ROLE, NULL, "role_failed", "out of memory");
+        return NULL;
+    }
+    o->w = w;
+    o->consumer = orch_consumer(o);
+    wlog(LOG_INFO, ORCH_ROLE, NULL, "role_started", "group %s", ORCH_GROUP);
+
+    while (!*w->stop) {
+        int64_t backoff = ORCH_RETRY_MS;
+
+        orch_poll(o);
+        /* the same batch until it went through: its offsets stay unstored meanwhile. The wait
+         * doubles: each try queues the unconfirmed events in librdkafka once more */
+        while (o->n > 0 && !*w->stop && orch_process(o) != 0) {
+            orch_nap(o, backoff);
+            backoff = backoff * 2 > ORCH_BACKOFF_MAX_MS ? ORCH_BACKOFF_MAX_MS : backoff * 2;
+        }
+        orch_batch_free(o);
+    }
+
+    orch_cleanup(o);
+    wlog(LOG_INFO, ORCH_ROLE, NULL, "role_stopped", "orchestrator stopped");
+    return NULL;
+}

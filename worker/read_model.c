@@ -1,0 +1,362 @@
+/*
+ * The edge's read model of one application, rebuilt from PostgreSQL (the source of truth) and
+ * written to Redis with a version check, so that concurrent or late writers (a redelivered
+ * event, two workers during a rebalance) can never replace a newer document with an older one,
+ * and a document that did not change is not published again.
+ */
+#include "read_model.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <yajl/yajl_gen.h>
+
+#include "log.h"
+#include "pg.h"
+
+#define RM_ROLE "read_model"
+
+/* One row per quote (or one row of NULLs for an application without quotes). The document's
+ * updated_at is the application's, which every change of the document moves forward by at
+ * least a millisecond (see the writers), so it is a version number for the document. */
+static const char rm_select[] =
+    "SELECT a.status, a.partner,"
+    " to_char(a.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),"
+    " floor(extract(epoch FROM a.updated_at) * 1000)::bigint,"
+    " q.insurer_code, q.status, q.premium_rub::text, q.error, a.id::text"
+    " FROM applications a LEFT JOIN quotes q ON q.application_id = a.id"
+    " WHERE a.id = ANY ($1::uuid[]) ORDER BY a.id";
+
+/*
+ * KEYS[1] osago:app:{id}; ARGV: doc, owner, updated_at (ms), ttl (s), message.
+ * Writes and publishes only when the stored version is older (the edge's own "accepted"
+ * document carries the acceptance time, which every later version exceeds).
+ */
+static const char rm_script[] =
+    "local cur = tonumber(redis.call('HGET', KEYS[1], 'updated_at'))\n"
+    "if cur and cur >= tonumber(ARGV[3]) then return 0 end\n"
+    "redis.call('HSET', KEYS[1], 'doc', ARGV[1], 'owner', ARGV[2], 'updated_at', ARGV[3])\n"
+    "redis.call('EXPIRE', KEYS[1], ARGV[4])\n"
+    "redis.call('PUBLISH', 'osago:app-updates', ARGV[5])\n"
+    "return 1\n";
+
+/* SHA-1 of rm_script (sha1sum of the string above). Should the two ever disagree, EVALSHA
+ * answers NOSCRIPT every time and each call falls back to EVAL: slower, still correct. */
+static const char rm_script_sha[] = "fac041c6dfb429755488b1e1ddc8b1aabce187dd";
+
+typedef struct {
+    int         order;        /* position in the insurer file; unknown codes sort last */
+    const char *code;
+    const char *name;
+    const char *status;
+    const char *premium;      /* NULL when none */
+    const char *error;        /* NULL when none */
+} rm_quote_t;
+
+static int rm_quote_cmp(const void *a, const void *b)
+{
+    const rm_quote_t *x = a, *y = b;
+
+    if (x->order != y->order)
+        return x->order < y->order ? -1 : 1;
+    return strcmp(x->code, y->code);
+}
+
+static const char *rm_api_status(const char *db_status)
+{
+    /* the API knows pending|ok|error: a running call is still pending for the client */
+    if (strcmp(db_status, "ok") == 0 || strcmp(db_status, "error") == 0)
+        return db_status;
+    return "pending";
+}
+
+static int gen_str(yajl_gen g, const char *s)
+{
+    return yajl_gen_string(g, (const unsigned char *) s, strlen(s)) == yajl_gen_status_ok ? 0 : -1;
+}
+
+static int gen_kv(yajl_gen g, const char *k, const char *v)
+{
+    if (gen_str(g, k) < 0)
+        return -1;
+    if (v == NULL)
+        return yajl_gen_null(g) == yajl_gen_status_ok ? 0 : -1;
+    if (gen_str(g, v) == 0)
+        return 0;
+    /* an error text that is not valid UTF-8 must not keep the document from being written */
+    return gen_str(g, "(unprintable)");
+}
+
+static int gen_quote(yajl_gen g, const rm_quote_t *q)
+{
+    if (yajl_gen_map_open(g) != yajl_gen_status_ok
+        || gen_kv(g, "code", q->code) < 0
+        || gen_kv(g, "name", q->name) < 0
+        || gen_kv(g, "status", q->status) < 0
+        || gen_str(g, "premium_rub") < 0)
+        return -1;
+    if (q->premium != NULL) {
+        if (yajl_gen_number(g, q->premium, strlen(q->premium)) != yajl_gen_status_ok)
+            return -1;
+    } else if (yajl_gen_null(g) != yajl_gen_status_ok) {
+        return -1;
+    }
+    if (gen_kv(g, "error", q->error) < 0 || yajl_gen_map_close(g) != yajl_gen_status_ok)
+        return -1;
+    return 0;
+}
+
+/* Fills quotes from rows [first, last) (one application); returns how many. */
+static int rm_collect(PGresult *res, int first, int last, const insurer_list_t *insurers,
+                      rm_quote_t *quotes)
+{
+    int n = 0;
+
+    for (int i = first; i < last && n < INSURERS_MAX * 2; i++) {
+        if (PQgetisnull(res, i, 4))
+            continue;                    /* the LEFT JOIN's row of an application without quotes */
+        rm_quote_t      *q = &quotes[n++];
+        const insurer_t *ins;
+
+        q->code = PQgetvalue(res, i, 4);
+        ins = insurers_find(insurers, q->code);
+        q->order = ins != NULL ? (int) (ins - insurers->items) : INSURERS_MAX;
+        q->name = ins != NULL ? ins->name : q->code;
+        q->status = rm_api_status(PQgetvalue(res, i, 5));
+        q->premium = PQgetisnull(res, i, 6) ? NULL : PQgetvalue(res, i, 6);
+        q->error = PQgetisnull(res, i, 7) ? NULL : PQgetvalue(res, i, 7);
+    }
+    qsort(quotes, (size_t) n, sizeof(quotes[0]), rm_quote_cmp);
+    return n;
+}
+
+static int rm_build(yajl_gen g, PGresult *res, int first, int last,
+                    const insurer_list_t *insurers)
+{
+    rm_quote_t  quotes[INSURERS_MAX * 2];
+    int         n = rm_collect(res, first, last, insurers, quotes);
+    const char *updated = PQgetvalue(res, first, 3);
+
+    if (yajl_gen_map_open(g) != yajl_gen_status_ok
+        || gen_kv(g, "id", PQgetvalue(res, first, 8)) < 0
+        || gen_kv(g, "status", PQgetvalue(res, first, 0)) < 0
+        || gen_kv(g, "created_at", PQgetvalue(res, first, 2)) < 0
+        || gen_str(g, "updated_at") < 0
+        || yajl_gen_number(g, updated, strlen(updated)) != yajl_gen_status_ok
+        || gen_str(g, "insurers") < 0
+        || yajl_gen_array_open(g) != yajl_gen_status_ok)
+        return -1;
+    for (int i = 0; i < n; i++)
+        if (gen_quote(g, &quotes[i]) < 0)
+            return -1;
+    if (yajl_gen_array_close(g) != yajl_gen_status_ok || yajl_gen_map_close(g) != yajl_gen_status_ok)
+        return -1;
+    return 0;
+}
+
+/* One document ready for Redis. */
+typedef struct {
+    const char *id;
+    const char *owner;
+    const char *updated;
+    const char *trace;
+    char       *doc;
+    size_t      doc_len;
+    int         done;        /* written, or found current: nothing more to send */
+} rm_doc_t;
+
+static const char *rm_trace_of(const char *id, const char *const *ids, const char *const *traces,
+                               int n)
+{
+    for (int i = 0; traces != NULL && i < n; i++)
+        if (strcasecmp(ids[i], id) == 0)
+            return traces[i];
+    return NULL;
+}
+
+/* Builds one document per application found; returns how many, or -1. */
+static int rm_docs(PGresult *res, const insurer_list_t *insurers, const char *const *ids,
+                   const char *const *traces, int n, rm_doc_t *docs)
+{
+    int rows = PQntuples(res), nd = 0;
+
+    for (int first = 0, last; first < rows; first = last) {
+        const char          *id = PQgetvalue(res, first, 8);
+        yajl_gen             g = yajl_gen_alloc(NULL);
+        const unsigned char *buf;
+        size_t               len;
+
+        for (last = first + 1; last < rows && strcmp(PQgetvalue(res, last, 8), id) == 0; last++)
+            ;
+        if (g == NULL)
+            return -1;
+        yajl_gen_config(g, yajl_gen_validate_utf8, 1);
+        if (rm_build(g, res, first, last, insurers) != 0
+            || yajl_gen_get_buf(g, &buf, &len) != yajl_gen_status_ok
+            || (docs[nd].doc = malloc(len)) == NULL) {
+            wlog(LOG_ERROR, RM_ROLE, rm_trace_of(id, ids, traces, n), "read_model_build",
+                 "document of %s not built", id);
+            yajl_gen_free(g);
+            while (nd > 0)
+                free(docs[--nd].doc);
+            return -1;
+        }
+        memcpy(docs[nd].doc, buf, len);
+        docs[nd].doc_len = len;
+        docs[nd].id = id;
+        docs[nd].owner = PQgetvalue(res, first, 1);
+        docs[nd].updated = PQgetvalue(res, first, 3);
+        docs[nd].trace = rm_trace_of(id, ids, traces, n);
+        docs[nd].done = 0;
+        nd++;
+        yajl_gen_free(g);
+    }
+    return nd;
+}
+
+static int rm_append(redisContext *redis, const char *cmd, const char *script_or_sha,
+                     const rm_doc_t *d, int ttl_s)
+{
+    char        key[64], ttl[16], msg[80];
+    const char *argv[9] = { cmd, script_or_sha, "1", key, d->doc, d->owner, d->updated, ttl, msg };
+    size_t      lens[9];
+
+    snprintf(key, sizeof(key), "osago:app:%s", d->id);
+    snprintf(ttl, sizeof(ttl), "%d", ttl_s);
+    snprintf(msg, sizeof(msg), "%s %s", d->id, d->updated);
+    for (int i = 0; i < 9; i++)
+        lens[i] = i == 4 ? d->doc_len : strlen(argv[i]);
+    return redisAppendCommandArgv(redis, 9, argv, lens) == REDIS_OK ? 0 : -1;
+}
+
+/*
+ * One pipelined round of the script for every document not done yet. Returns how many were
+ * written, or -1; *noscript counts the replies that asked for the script's text.
+ */
+static int rm_round(redisContext *redis, rm_doc_t *docs, int n, int ttl_s, int use_eval,
+                    int *noscript)
+{
+    int sent = 0, written = 0, rc = 0;
+
+    *noscript = 0;
+    for (int i = 0; i < n; i++) {
+        if (docs[i].done)
+            continue;
+        if (rm_append(redis, use_eval ? "EVAL" : "EVALSHA", use_eval ? rm_script : rm_script_sha,
+                      &docs[i], ttl_s) != 0)
+            return -1;
+        sent++;
+    }
+    for (int i = 0; i < n && sent > 0; i++) {
+        redisReply *r = NULL;
+
+        if (docs[i].done)
+            continue;
+        sent--;
+        if (redisGetReply(redis, (void **) &r) != REDIS_OK || r == NULL) {
+            wlog(LOG_WARN, RM_ROLE, docs[i].trace, "redis_error", "read model of %s: %s",
+                 docs[i].id, redis->errstr[0] ? redis->errstr : "no reply");
+            return -1;                 /* the connection is broken: the rest cannot be read */
+        }
+        if (r->type == REDIS_REPLY_INTEGER) {
+            docs[i].done = 1;
+            if (r->integer == 1) {
+                written++;
+                wlog(LOG_DEBUG, RM_ROLE, docs[i].trace, "read_model_published",
+                     "%s updated_at %s", docs[i].id, docs[i].updated);
+            }
+        } else if (r->type == REDIS_REPLY_ERROR && strncmp(r->str, "NOSCRIPT", 8) == 0) {
+            (*noscript)++;
+        } else {
+            wlog(LOG_WARN, RM_ROLE, docs[i].trace, "redis_error", "read model of %s: %s",
+                 docs[i].id, r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
+            rc = -1;
+        }
+        freeReplyObject(r);
+    }
+    return rc < 0 ? -1 : written;
+}
+
+/* A prepared statement (see pg.h); NULL on an error, logged. */
+static PGresult *rm_exec(PGconn *pg, const char *name, const char *sql, int n,
+                          const char *const *params)
+{
+    PGresult      *res = pg_exec_prepared(pg, name, sql, n, params);
+    ExecStatusType st = PQresultStatus(res);
+    char           msg[256];
+
+    if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK)
+        return res;
+    snprintf(msg, sizeof(msg), "%s", res != NULL ? PQresultErrorMessage(res) : PQerrorMessage(pg));
+    msg[strcspn(msg, "\n")] = '\0';
+    wlog(LOG_WARN, RM_ROLE, NULL, "pg_error", "%s: %s", name, msg);
+    PQclear(res);
+    return NULL;
+}
+
+/* "{id,id,...}": the ids are UUIDs (validated upstream; PostgreSQL refuses anything else). */
+static char *rm_id_array(const char *const *ids, int n)
+{
+    size_t cap = 3, len = 0;
+    char  *buf;
+
+    for (int i = 0; i < n; i++)
+        cap += strlen(ids[i]) + 1;
+    if ((buf = malloc(cap)) == NULL)
+        return NULL;
+    buf[len++] = '{';
+    for (int i = 0; i < n; i++)
+        len += (size_t) snprintf(buf + len, cap - len, "%s%s", i ? "," : "", ids[i]);
+    snprintf(buf + len, cap - len, "}");
+    return buf;
+}
+
+int read_model_publish_many(PGconn *pg, redisContext *redis, const insurer_list_t *insurers,
+                            const char *const *ids, const char *const *traces, int n, int ttl_s)
+{
+    char       *array;
+    const char *params[1];
+    PGresult   *res;
+    rm_doc_t   *docs;
+    int         nd, written = -1, again, noscript;
+
+    if (n <= 0)
+        return 0;
+    if ((array = rm_id_array(ids, n)) == NULL)
+        return -1;
+    params[0] = array;
+    res = rm_exec(pg, "rm_select", rm_select, 1, params);
+    free(array);
+    if (res == NULL)
+        return -1;
+    docs = calloc((size_t) n + 1, sizeof(*docs));
+    nd = docs != NULL ? rm_docs(res, insurers, ids, traces, n, docs) : -1;
+    if (nd >= 0 && nd < n)
+        /* nothing to show for the others, and retrying would not change that */
+        wlog(LOG_WARN, RM_ROLE, traces != NULL ? traces[0] : NULL, "read_model_unknown",
+             "%d of %d applications not in PostgreSQL", n - nd, n);
+    if (nd >= 0) {
+        written = rm_round(redis, docs, nd, ttl_s, 0, &noscript);
+        /* a Redis that restarted or was flushed lost the script: EVAL loads it again */
+        if (written >= 0 && noscript > 0) {
+            again = rm_round(redis, docs, nd, ttl_s, 1, &noscript);
+            written = again < 0 ? -1 : written + again;
+        }
+    }
+    for (int i = 0; docs != NULL && i < nd; i++)
+        free(docs[i].doc);
+    free(docs);
+    PQclear(res);
+    return written;
+}
+
+int read_model_publish(PGconn *pg, redisContext *redis, const insurer_list_t *insurers,
+                       const char *application_id, const char *trace, int ttl_s)
+{
+    const char *ids[1] = { application_id };
+    const char *traces[1] = { trace };
+
+    return read_model_publish_many(pg, redis, insurers, ids, traces, 1, ttl_s);
+}

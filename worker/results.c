@@ -1,0 +1,671 @@
+/*
+ * Results: OsagoApplicationTaskResult -> the quote and its application's status in PostgreSQL
+ * -> the Redis read model and its PUBLISH -> the offset. OsagoApplicationStarted only makes
+ * sure the read model lists every insurer.
+ *
+ * The messages of one poll are applied in one transaction: each result is decided by
+ * quote_next against the quote as locked (and as changed by the results before it in the same
+ * batch), and each application's status follows from all its quotes, so every result is
+ * applied atomically with its application's status; a batch only saves round trips. The
+ * offsets are stored once the transaction committed and the read model was written.
+ *
+ * Duplicates (at-least-once delivery) change nothing: quote_next refuses them. Their
+ * applications still go through read_model_publish_many, which writes and publishes only when
+ * Redis is behind PostgreSQL: that is how a publish lost to a crash or a Redis outage after the
+ * COMMIT is repaired by the redelivery, while an ordinary duplicate publishes nothing.
+ */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include <hiredis/hiredis.h>
+#include <libpq-fe.h>
+#include <librdkafka/rdkafka.h>
+#include <yajl/yajl_gen.h>
+
+#include "event.h"
+#include "kafka.h"
+#include "log.h"
+#include "pg.h"
+#include "quote_state.h"
+#include "read_model.h"
+#include "redis_conn.h"
+#include "worker.h"
+
+#define RES_ROLE      "results"
+#define RES_GROUP     "osago-worker-results"
+#define RES_BATCH     256
+#define RES_RETRY_MS  1000
+#define RES_POLL_MS   500
+#define RES_APP_TTL_S (7 * 24 * 3600)
+
+typedef struct {
+    rd_kafka_message_t *msg;
+    osago_event_t       ev;
+    int                 valid;       /* decoded, and a type this role handles */
+    int                 committed;   /* its transaction committed (whatever it decided) */
+    int                 applied;     /* it changed its quote */
+    int                 completed;   /* it made its application completed */
+    int                 skip;        /* no such quote, or data PostgreSQL refuses */
+    int                 counted;     /* in the metrics already */
+} res_item_t;
+
+/* A locked quote as the batch sees it, with what the batch decided for it. */
+typedef struct {
+    const char    *app;
+    const char    *ins;
+    const char    *app_status;
+    quote_status_t status;
+    int            attempt;
+    int            changed;
+    const char    *premium;        /* borrowed from the deciding event */
+    const char    *error;
+} res_quote_t;
+
+typedef struct {
+    worker_t     *w;
+    rd_kafka_t   *consumer;
+    PGconn       *pg;
+    redisContext *redis;
+    const PGconn *prepared_conn;     /* the connection res_stmts are prepared on */
+    int           prepared_pid;
+    int64_t       last_kafka_warn_ms;
+    res_item_t    items[RES_BATCH];
+    int           n;
+} results_t;
+
+static int64_t res_now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void res_nap(results_t *r, int64_t ms)
+{
+    int64_t until = res_now_ms() + ms;
+
+    while (!*r->w->stop) {
+        int64_t left = until - res_now_ms();
+        struct timespec ts = { 0, 0 };
+
+        if (left <= 0)
+            return;
+        ts.tv_nsec = (long) (left > 100 ? 100 : left) * 1000000L;
+        nanosleep(&ts, NULL);
+    }
+}
+
+/* ---- SQL ------------------------------------------------------------------------------------ */
+
+/* Locks the applications with their quotes in one order (by id), so that concurrent batches
+ * (two workers during a rebalance) wait for each other rather than deadlock, and count each
+ * other's quotes: "completed" cannot be missed by both. */
+static const char res_lock_sql[] =
+    "SELECT a.id::text, a.status, q.insurer_code, q.status, q.attempt"
+    " FROM applications a JOIN quotes q ON q.application_id = a.id"
+    " WHERE (q.application_id, q.insurer_code) IN"
+    "       (SELECT * FROM unnest($1::uuid[], $2::text[]))"
+    " ORDER BY a.id, q.insurer_code"
+    " FOR UPDATE OF a, q";
+
+static const char res_quotes_sql[] =
+    "UPDATE quotes q SET status = t.status, attempt = t.attempt, premium_rub = t.premium,"
+    " error = t.error, heartbeat_at = NULL, updated_at = now()"
+    " FROM jsonb_to_recordset($1::jsonb)"
+    "      AS t(app uuid, ins text, status text, attempt int, premium numeric, error text)"
+    " WHERE q.application_id = t.app AND q.insurer_code = t.ins";
+
+static const char res_count_sql[] =
+    "SELECT application_id::text, count(*), count(*) FILTER (WHERE status IN ('ok', 'error'))"
+    " FROM quotes WHERE application_id = ANY ($1::uuid[]) GROUP BY 1";
+
+/* updated_at moves forward by at least 1 ms per change: it versions the read model */
+static const char res_apps_sql[] =
+    "UPDATE applications a SET status = t.status,"
+    " updated_at = greatest(now(), a.updated_at + interval '1 millisecond')"
+    " FROM unnest($1::uuid[], $2::text[]) AS t(id, status) WHERE a.id = t.id";
+
+/* Prepared once per connection, before the transaction (a statement that does not exist would
+ * abort it): the parse and plan are most of a small statement's cost. */
+static const struct {
+    const char *name, *sql;
+    int         nparams;
+} res_stmts[] = {
+    { "res_lock", res_lock_sql, 2 },
+    { "res_quotes", res_quotes_sql, 1 },
+    { "res_count", res_count_sql, 1 },
+    { "res_apps", res_apps_sql, 2 },
+};
+
+static int res_prepare(results_t *r)
+{
+    /* a reconnection is a new backend: its pid (with the handle) says whether it is ours */
+    if (r->prepared_conn == r->pg && r->prepared_pid == PQbackendPID(r->pg))
+        return 0;
+    for (size_t i = 0; i < sizeof(res_stmts) / sizeof(res_stmts[0]); i++) {
+        PGresult   *res = PQprepare(r->pg, res_stmts[i].name, res_stmts[i].sql,
+                                    res_stmts[i].nparams, NULL);
+        const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+        int         ok = PQresultStatus(res) == PGRES_COMMAND_OK
+                         || (state != NULL && strcmp(state, "42P05") == 0);   /* exists */
+
+        if (!ok)
+            wlog(LOG_WARN, RES_ROLE, NULL, "pg_error", "prepare %s: %.*s", res_stmts[i].name,
+                 (int) strcspn(PQerrorMessage(r->pg), "\n"), PQerrorMessage(r->pg));
+        PQclear(res);
+        if (!ok)
+            return -1;
+    }
+    r->prepared_conn = r->pg;
+    r->prepared_pid = PQbackendPID(r->pg);
+    return 0;
+}
+
+/* Runs a prepared statement in the open transaction. NULL on error, *bad_data set when the
+ * batch's own data was refused (class 22: a retry of the same batch cannot help). */
+static PGresult *res_exec(results_t *r, const char *name, int n, const char *const *params,
+                          int *bad_data)
+{
+    PGresult      *res = PQexecPrepared(r->pg, name, n, params, NULL, NULL, 0);
+    ExecStatusType st = PQresultStatus(res);
+    const char    *state;
+    char           msg[256];
+
+    if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK)
+        return res;
+    state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+    *bad_data = state != NULL && strncmp(state, "22", 2) == 0;
+    snprintf(msg, sizeof(msg), "%s", PQresultErrorMessage(res));
+    msg[strcspn(msg, "\n")] = '\0';
+    wlog(*bad_data ? LOG_ERROR : LOG_WARN, RES_ROLE, NULL, "pg_error", "SQLSTATE %s: %s",
+         state != NULL ? state : "none", msg);
+    PQclear(res);
+    return NULL;
+}
+
+static int res_simple(results_t *r, const char *sql)
+{
+    PGresult *res = PQexec(r->pg, sql);
+    int       ok = PQresultStatus(res) == PGRES_COMMAND_OK;
+
+    PQclear(res);
+    return ok ? 0 : -1;
+}
+
+/* "{a,b,...}" of strings that need no quoting (UUIDs, insurer codes, status names). */
+static char *res_array(const char *const *v, int n)
+{
+    size_t cap = 3, len = 0;
+    char  *buf;
+
+    for (int i = 0; i < n; i++)
+        cap += strlen(v[i]) + 1;
+    if ((buf = malloc(cap)) == NULL)
+        return NULL;
+    buf[len++] = '{';
+    for (int i = 0; i < n; i++)
+        len += (size_t) snprintf(buf + len, cap - len, "%s%s", i ? "," : "", v[i]);
+    snprintf(buf + len, cap - len, "}");
+    return buf;
+}
+
+/* Runs a statement with one or two array parameters built from a and b. */
+static PGresult *res_exec2(results_t *r, const char *name, const char *const *a,
+                           const char *const *b, int n, int *bad_data)
+{
+    char       *pa = res_array(a, n), *pb = b != NULL ? res_array(b, n) : NULL;
+    const char *params[2] = { pa, pb };
+    PGresult   *res = NULL;
+
+    if (pa != NULL && (b == NULL || pb != NULL))
+        res = res_exec(r, name, b != NULL ? 2 : 1, params, bad_data);
+    free(pa);
+    free(pb);
+    return res;
+}
+
+/* ---- deciding ---------------------------------------------------------------------------------- */
+
+static res_quote_t *res_find(res_quote_t *q, int nq, const osago_event_t *ev)
+{
+    for (int i = 0; i < nq; i++)
+        if (strcmp(q[i].ins, ev->insurer) == 0 && strcasecmp(q[i].app, ev->application_id) == 0)
+            return &q[i];
+    return NULL;
+}
+
+/* Applies one result to its quote in memory, as quote_next decides. */
+static void res_decide(const worker_t *w, res_item_t *it, res_quote_t *q)
+{
+    const osago_event_t *ev = &it->ev;
+    quote_status_t       next;
+    /* an error result is final by contract (the executor sends one only when it stopped
+     * retrying): it is applied with max_attempts = its attempt (quote_state.h) */
+    int                  max = ev->ok ? (w->cfg->max_attempts > ev->attempt ? w->cfg->max_attempts
+                                                                            : ev->attempt)
+                                      : ev->attempt;
+    quote_event_t        qev = ev->ok ? QEV_SUCCEEDED : QEV_FAILED;
+
+    if (quote_next(q->status, q->attempt, qev, ev->attempt, max, &next) != 0)
+        return;                                   /* a duplicate or a late older attempt */
+    q->status = next;
+    q->attempt = qev == QEV_FAILED && next == QUOTE_PENDING ? ev->attempt + 1 : ev->attempt;
+    q->premium = next == QUOTE_OK ? ev->premium_rub : NULL;
+    q->error = next == QUOTE_ERROR ? ev->error : NULL;
+    q->changed = 1;
+    it->applied = 1;
+}
+
+static int gen_s(yajl_gen g, const char *k, const char *v)
+{
+    if (yajl_gen_string(g, (const unsigned char *) k, strlen(k)) != yajl_gen_status_ok)
+        return -1;
+    if (v == NULL)
+        return yajl_gen_null(g) == yajl_gen_status_ok ? 0 : -1;
+    return yajl_gen_string(g, (const unsigned char *) v, strlen(v)) == yajl_gen_status_ok ? 0 : -1;
+}
+
+/* The changed quotes as a JSON array for jsonb_to_recordset; NULL when none or on error. */
+static char *res_changes_json(const res_quote_t *q, int nq)
+{
+    yajl_gen             g = yajl_gen_alloc(NULL);
+    const unsigned char *buf;
+    size_t               len;
+    char                *out = NULL;
+    int                  ok = g != NULL && yajl_gen_array_open(g) == yajl_gen_status_ok;
+
+    for (int i = 0; ok && i < nq; i++) {
+        if (!q[i].changed)
+            continue;
+        ok = yajl_gen_map_open(g) == yajl_gen_status_ok
+             && gen_s(g, "app", q[i].app) == 0 && gen_s(g, "ins", q[i].ins) == 0
+             && gen_s(g, "status", quote_status_name(q[i].status)) == 0
+             && yajl_gen_string(g, (const unsigned char *) "attempt", 7) == yajl_gen_status_ok
+             && yajl_gen_integer(g, q[i].attempt) == yajl_gen_status_ok
+             && yajl_gen_string(g, (const unsigned char *) "premium", 7) == yajl_gen_status_ok
+             && (q[i].premium != NULL
+                 ? yajl_gen_number(g, q[i].premium, strlen(q[i].premium))
+                 : yajl_gen_null(g)) == yajl_gen_status_ok
+             && gen_s(g, "error", q[i].error) == 0
+             && yajl_gen_map_close(g) == yajl_gen_status_ok;
+    }
+    if (ok && yajl_gen_array_close(g) == yajl_gen_status_ok
+        && yajl_gen_get_buf(g, &buf, &len) == yajl_gen_status_ok && (out = malloc(len + 1)) != NULL) {
+        memcpy(out, buf, len);
+        out[len] = '\0';
+    }
+    if (g != NULL)
+        yajl_gen_free(g);
+    return out;
+}
+
+/* ---- one transaction ---------------------------------------------------------------------- */
+
+typedef struct {
+    const char **apps;     /* distinct applications whose quotes changed */
+    const char **status;   /* their new status */
+    const char **prev;     /* their status before */
+    int          n;
+} res_apps_t;
+
+/* The applications whose quotes changed, with their new status from all their quotes. */
+static int res_app_status(results_t *r, const res_quote_t *q, int nq, res_apps_t *a,
+                          int *bad_data)
+{
+    PGresult *res;
+
+    for (int i = 0; i < nq; i++) {
+        int seen = 0;
+
+        for (int k = 0; k < a->n && !seen; k++)
+            seen = strcmp(a->apps[k], q[i].app) == 0;
+        if (q[i].changed && !seen) {
+            a->prev[a->n] = q[i].app_status;
+            a->apps[a->n++] = q[i].app;
+        }
+    }
+    if (a->n == 0)
+        return 0;
+    if ((res = res_exec2(r, "res_count", a->apps, NULL, a->n, bad_data)) == NULL)
+        return -1;
+    for (int k = 0; k < a->n; k++) {
+        a->status[k] = app_status_name(APP_IN_PROGRESS);
+        for (int i = 0; i < PQntuples(res); i++)
+            if (strcmp(PQgetvalue(res, i, 0), a->apps[k]) == 0)
+                a->status[k] = app_status_name(app_status_from(atoi(PQgetvalue(res, i, 1)),
+                                                               atoi(PQgetvalue(res, i, 2))));
+    }
+    PQclear(res);
+    return 0;
+}
+
+/* Marks, per application that became completed, the last item that changed it. */
+static void res_mark_completed(res_item_t **its, int m, const res_apps_t *a)
+{
+    for (int k = 0; k < a->n; k++) {
+        if (strcmp(a->status[k], "completed") != 0 || strcmp(a->prev[k], "completed") == 0)
+            continue;
+        for (int i = m - 1; i >= 0; i--)
+            if (its[i]->applied && strcasecmp(its[i]->ev.application_id, a->apps[k]) == 0) {
+                its[i]->completed = 1;
+                break;
+            }
+    }
+}
+
+/* Writes the decisions: the quotes, then the applications. 0, or -1 (rolled back by caller). */
+static int res_write(results_t *r, res_item_t **its, int m, const res_quote_t *q, int nq,
+                     int *bad_data)
+{
+    const char *mem[3 * RES_BATCH];
+    res_apps_t  a = { mem, mem + RES_BATCH, mem + 2 * RES_BATCH, 0 };
+    char       *changes = res_changes_json(q, nq);
+    const char *params[1] = { changes };
+    PGresult   *res;
+
+    if (changes == NULL)
+        return -1;
+    res = res_exec(r, "res_quotes", 1, params, bad_data);
+    free(changes);
+    if (res == NULL)
+        return -1;
+    PQclear(res);
+    if (res_app_status(r, q, nq, &a, bad_data) != 0)
+        return -1;
+    if ((res = res_exec2(r, "res_apps", a.apps, a.status, a.n, bad_data)) == NULL)
+        return -1;
+    PQclear(res);
+    res_mark_completed(its, m, &a);
+    return 0;
+}
+
+/* Locks, decides and writes the results its[0..m); 0 committed, -1 rolled back. */
+static int res_txn(results_t *r, res_item_t **its, int m, int *bad_data)
+{
+    const char  *apps[RES_BATCH], *codes[RES_BATCH];
+    res_quote_t  q[RES_BATCH];
+    PGresult    *locked;
+    int          nq, any = 0;
+
+    for (int i = 0; i < m; i++) {
+        apps[i] = its[i]->ev.application_id;
+        codes[i] = its[i]->ev.insurer;
+        its[i]->applied = its[i]->completed = 0;
+    }
+    if (res_prepare(r) != 0 || res_simple(r, "BEGIN") != 0)
+        return -1;
+    if ((locked = res_exec2(r, "res_lock", apps, codes, m, bad_data)) == NULL)
+        goto fail;
+    nq = PQntuples(locked) < RES_BATCH ? PQntuples(locked) : RES_BATCH;
+    for (int i = 0; i < nq; i++) {
+        q[i].app = PQgetvalue(locked, i, 0);
+        q[i].app_status = PQgetvalue(locked, i, 1);
+        q[i].ins = PQgetvalue(locked, i, 2);
+        q[i].attempt = atoi(PQgetvalue(locked, i, 4));
+        q[i].changed = 0;
+        if (quote_status_parse(PQgetvalue(locked, i, 3), &q[i].status) != 0)
+            q[i].status = QUOTE_ERROR;                  /* unknown: treat as terminal */
+    }
+    for (int i = 0; i < m; i++) {
+        res_quote_t *found = res_find(q, nq, &its[i]->ev);
+
+        if (found == NULL) {
+            its[i]->skip = 1;
+            wlog(LOG_ERROR, RES_ROLE, its[i]->ev.traceparent, "quote_unknown",
+                 "result for %s/%s skipped: no such quote", its[i]->ev.application_id,
+                 its[i]->ev.insurer);
+            continue;
+        }
+        res_decide(r->w, its[i], found);
+        any |= its[i]->applied;
+    }
+    if (any && res_write(r, its, m, q, nq, bad_data) != 0) {
+        PQclear(locked);
+        goto fail;
+    }
+    PQclear(locked);
+    if (res_simple(r, "COMMIT") != 0)
+        goto fail;
+    for (int i = 0; i < m; i++)
+        its[i]->committed = 1;
+    return 0;
+
+fail:
+    res_simple(r, "ROLLBACK");
+    for (int i = 0; i < m; i++)
+        its[i]->applied = its[i]->completed = its[i]->skip = 0;
+    return -1;
+}
+
+/* Applies its[0..m); data PostgreSQL refuses is found by applying one by one, and skipped. */
+static int res_apply(results_t *r, res_item_t **its, int m)
+{
+    int bad = 0;
+
+    if (m == 0 || res_txn(r, its, m, &bad) == 0)
+        return 0;
+    if (!bad)
+        return -1;
+    if (m == 1) {
+        its[0]->skip = its[0]->committed = 1;
+        wlog(LOG_ERROR, RES_ROLE, its[0]->ev.traceparent, "event_invalid",
+             "result for %s/%s skipped: PostgreSQL refused its data", its[0]->ev.application_id,
+             its[0]->ev.insurer);
+        return 0;
+    }
+    for (int i = 0; i < m; i++)
+        if (res_apply(r, &its[i], 1) != 0)
+            return -1;
+    return 0;
+}
+
+/* ---- the batch ---------------------------------------------------------------------------- */
+
+static int res_apply_all(results_t *r)
+{
+    res_item_t *its[RES_BATCH];
+    int         m = 0;
+
+    for (int i = 0; i < r->n; i++)
+        if (r->items[i].valid && !r->items[i].committed && r->items[i].ev.type == EV_TASK_RESULT)
+            its[m++] = &r->items[i];
+    if (m == 0)
+        return 0;
+    if (pg_ensure(&r->pg, r->w->cfg->pg_conninfo, RES_ROLE, r->w->stop) != 0)
+        return -1;
+    return res_apply(r, its, m);
+}
+
+static void res_account(results_t *r)
+{
+    metrics_t *m = r->w->metrics;
+
+    for (int i = 0; i < r->n; i++) {
+        res_item_t *it = &r->items[i];
+
+        if (!it->valid || it->counted || it->ev.type != EV_TASK_RESULT || it->skip)
+            continue;
+        it->counted = 1;
+        if (it->applied) {
+            atomic_fetch_add(&m->results_applied, 1);
+            wlog(LOG_DEBUG, RES_ROLE, it->ev.traceparent, "result_applied", "%s/%s attempt %d: %s",
+                 it->ev.application_id, it->ev.insurer, it->ev.attempt,
+                 it->ev.ok ? it->ev.premium_rub : it->ev.error);
+        } else {
+            atomic_fetch_add(&m->results_duplicate, 1);
+            wlog(LOG_DEBUG, RES_ROLE, it->ev.traceparent, "result_duplicate",
+                 "%s/%s attempt %d changed nothing", it->ev.application_id, it->ev.insurer,
+                 it->ev.attempt);
+        }
+        if (it->completed) {
+            atomic_fetch_add(&m->applications_completed, 1);
+            wlog(LOG_INFO, RES_ROLE, it->ev.traceparent, "application_completed", "%s",
+                 it->ev.application_id);
+        }
+    }
+}
+
+/* The read model of every application of the batch, once each. */
+static int res_publish_all(results_t *r)
+{
+    const char *ids[RES_BATCH], *traces[RES_BATCH];
+    int         n = 0, rc;
+
+    for (int i = 0; i < r->n; i++) {
+        const res_item_t *it = &r->items[i];
+        int               seen = 0;
+
+        if (!it->valid || it->skip)
+            continue;
+        for (int k = 0; k < n && !seen; k++)
+            seen = strcasecmp(ids[k], it->ev.application_id) == 0;
+        if (!seen) {
+            ids[n] = it->ev.application_id;
+            traces[n++] = it->ev.traceparent;
+        }
+    }
+    if (n == 0)
+        return 0;
+    if (pg_ensure(&r->pg, r->w->cfg->pg_conninfo, RES_ROLE, r->w->stop) != 0
+        || redis_ensure(&r->redis, r->w->cfg, RES_ROLE, r->w->stop) != 0)
+        return -1;
+    rc = read_model_publish_many(r->pg, r->redis, r->w->insurers, ids, traces, n, RES_APP_TTL_S);
+    if (rc > 0)
+        atomic_fetch_add(&r->w->metrics->publish_total, (unsigned long) rc);
+    return rc < 0 ? -1 : 0;
+}
+
+static void res_decode(res_item_t *it)
+{
+    char err[256];
+
+    if (event_decode(it->msg->payload, it->msg->len, &it->ev, err, sizeof(err)) != 0) {
+        wlog(LOG_ERROR, RES_ROLE, NULL, "event_invalid", "%s [%d] offset %lld skipped: %s",
+             rd_kafka_topic_name(it->msg->rkt), (int) it->msg->partition,
+             (long long) it->msg->offset, err);
+        return;
+    }
+    if (it->ev.type != EV_TASK_RESULT && it->ev.type != EV_STARTED) {
+        wlog(LOG_ERROR, RES_ROLE, it->ev.traceparent, "event_invalid", "%s skipped",
+             event_type_name(it->ev.type));
+        return;
+    }
+    it->valid = 1;
+}
+
+static void res_kafka_error(results_t *r, const rd_kafka_message_t *m)
+{
+    int64_t now = res_now_ms();
+
+    if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF)
+        return;
+    if (now - r->last_kafka_warn_ms >= 1000) {
+        r->last_kafka_warn_ms = now;
+        wlog(LOG_WARN, RES_ROLE, NULL, "kafka_error", "consumer: %s", rd_kafka_message_errstr(m));
+    }
+}
+
+static void res_poll(results_t *r)
+{
+    int timeout = RES_POLL_MS;
+
+    while (r->n < RES_BATCH && !*r->w->stop) {
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(r->consumer, timeout);
+
+        if (m == NULL)
+            return;
+        timeout = 0;          /* take what is already here; do not wait for a full batch */
+        if (m->err) {
+            res_kafka_error(r, m);
+            rd_kafka_message_destroy(m);
+            continue;
+        }
+        memset(&r->items[r->n], 0, sizeof(r->items[0]));
+        r->items[r->n].msg = m;
+        res_decode(&r->items[r->n++]);
+    }
+}
+
+static void res_batch_free(results_t *r)
+{
+    for (int i = 0; i < r->n; i++) {
+        event_free(&r->items[i].ev);
+        rd_kafka_message_destroy(r->items[i].msg);
+    }
+    r->n = 0;
+}
+
+/* PostgreSQL first (once), then the read model, then the offsets; each step retried until it
+ * went through or the worker stops (then nothing is marked done: redelivery finishes it). */
+static void res_batch(results_t *r)
+{
+    while (!*r->w->stop) {
+        if (res_apply_all(r) == 0) {
+            res_account(r);
+            if (res_publish_all(r) == 0) {
+                for (int i = 0; i < r->n; i++)
+                    kafka_done(r->consumer, r->items[i].msg);
+                return;
+            }
+        }
+        res_nap(r, RES_RETRY_MS);
+    }
+}
+
+/* ---- the thread ------------------------------------------------------------------------------ */
+
+static rd_kafka_t *res_consumer(results_t *r)
+{
+    static const char *const topics[] = { "osago.application.task-result",
+                                          "osago.application.started" };
+    char                     err[256];
+
+    while (!*r->w->stop) {
+        rd_kafka_t *c = kafka_consumer_new(r->w->cfg, RES_GROUP, topics, 2, err, sizeof(err));
+
+        if (c != NULL)
+            return c;
+        wlog(LOG_ERROR, RES_ROLE, NULL, "kafka_error", "consumer not created: %s", err);
+        res_nap(r, 5000);
+    }
+    return NULL;
+}
+
+void *results_main(void *arg)
+{
+    worker_t  *w = arg;
+    results_t *r = calloc(1, sizeof(*r));
+
+    if (r == NULL) {
+        wlog(LOG_ERROR, RES_ROLE, NULL, "role_failed", "out of memory");
+        return NULL;
+    }
+    r->w = w;
+    r->consumer = res_consumer(r);
+    wlog(LOG_INFO, RES_ROLE, NULL, "role_started", "group %s", RES_GROUP);
+
+    while (!*w->stop) {
+        res_poll(r);
+        if (r->n > 0)
+            res_batch(r);
+        res_batch_free(r);
+    }
+
+    res_batch_free(r);
+    if (r->consumer != NULL) {
+        rd_kafka_consumer_close(r->consumer);
+        rd_kafka_destroy(r->consumer);
+    }
+    if (r->redis != NULL)
+        redisFree(r->redis);
+    if (r->pg != NULL)
+        PQfinish(r->pg);
+    free(r);
+    wlog(LOG_INFO, RES_ROLE, NULL, "role_stopped", "results stopped");
+    return NULL;
+}
