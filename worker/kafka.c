@@ -338,3 +338,19 @@ int kafka_reachable(kafka_producer_t *p, int timeout_ms)
         rd_kafka_metadata_destroy(md);
     return ok;
 }
+
+
+void kafka_log_poll_error(const char *role, const rd_kafka_message_t *m, long long *last_ms)
+{
+    struct timespec ts;
+    long long       now;
+
+    if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF)
+        return;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    now = (long long) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    if (now - *last_ms < 1000)
+        return;
+    *last_ms = now;
+    wlog(LOG_WARN, role, NULL, "kafka_error", "consumer: %s", rd_kafka_message_errstr(m));
+}

@@ -31,6 +31,12 @@ rd_kafka_t *kafka_consumer_new(const worker_config_t *cfg, const char *group,
 /* Marks msg as done: its offset + 1 is committed by the next auto-commit. */
 void kafka_done(rd_kafka_t *consumer, const rd_kafka_message_t *msg);
 
+/*
+ * Logs a consumer poll error for role, at most once a second per *last_ms (during a broker outage
+ * every poll fails); end-of-partition notices are not errors and are not logged.
+ */
+void kafka_log_poll_error(const char *role, const rd_kafka_message_t *m, long long *last_ms);
+
 /* 1 when the broker answered metadata within timeout_ms (for /readyz). */
 int kafka_reachable(kafka_producer_t *p, int timeout_ms);
 

@@ -51,7 +51,7 @@ typedef struct {
     rd_kafka_t    *consumer;
     PGconn        *pg;
     redisContext  *redis;
-    int64_t        last_kafka_warn_ms;
+    long long      last_kafka_warn_ms;
     int64_t        redis_retry_ms;
     orch_item_t    items[ORCH_BATCH];
     int            n;
@@ -116,19 +116,6 @@ static void orch_decode(orch_item_t *it)
     it->valid = 1;
 }
 
-static void orch_kafka_error(orch_t *o, const rd_kafka_message_t *m)
-{
-    int64_t now = orch_now_ms();
-
-    if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF)
-        return;
-    /* during a broker outage this repeats for every poll: say it once a second */
-    if (now - o->last_kafka_warn_ms >= 1000) {
-        o->last_kafka_warn_ms = now;
-        wlog(LOG_WARN, ORCH_ROLE, NULL, "kafka_error", "consumer: %s", rd_kafka_message_errstr(m));
-    }
-}
-
 static void orch_poll(orch_t *o)
 {
     int timeout = ORCH_POLL_MS;
@@ -140,7 +127,7 @@ static void orch_poll(orch_t *o)
             return;
         timeout = 0;     /* take what is already here, do not wait for a full batch */
         if (m->err) {
-            orch_kafka_error(o, m);
+            kafka_log_poll_error(ORCH_ROLE, m, &o->last_kafka_warn_ms);
             rd_kafka_message_destroy(m);
             continue;
         }
@@ -178,40 +165,6 @@ static const char orch_sql[] =
     " UNION ALL"
     " SELECT application_id::text, insurer_code, status FROM quotes"
     "  WHERE application_id IN (SELECT id FROM apps)";
-
-/* A prepared statement (see pg.h); NULL on an error, logged. */
-static PGresult *orch_exec(PGconn *pg, const char *name, const char *sql, int n,
-                          const char *const *params)
-{
-    PGresult      *res = pg_exec_prepared(pg, name, sql, n, params);
-    ExecStatusType st = PQresultStatus(res);
-    char           msg[256];
-
-    if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK)
-        return res;
-    snprintf(msg, sizeof(msg), "%s", res != NULL ? PQresultErrorMessage(res) : PQerrorMessage(pg));
-    msg[strcspn(msg, "\n")] = '\0';
-    wlog(LOG_WARN, ORCH_ROLE, NULL, "pg_error", "%s: %s", name, msg);
-    PQclear(res);
-    return NULL;
-}
-
-/* "{a,b,...}" of strings that need no quoting (UUIDs, insurer codes [a-z0-9_-]). */
-static char *orch_array(const char *const *v, int n)
-{
-    size_t cap = 3, len = 0;
-    char  *buf;
-
-    for (int i = 0; i < n; i++)
-        cap += strlen(v[i]) + 1;
-    if ((buf = malloc(cap)) == NULL)
-        return NULL;
-    buf[len++] = '{';
-    for (int i = 0; i < n; i++)
-        len += (size_t) snprintf(buf + len, cap - len, "%s%s", i ? "," : "", v[i]);
-    snprintf(buf + len, cap - len, "}");
-    return buf;
-}
 
 static void orch_add_task(orch_item_t *it, const char *code)
 {
@@ -288,10 +241,12 @@ static int orch_store(orch_t *o)
         return 0;
     for (int i = 0; i < ins->n; i++)
         codes[i] = ins->items[i].code;
-    params[0] = orch_array(ids, n);
-    params[1] = orch_array(codes, ins->n);
+    params[0] = pg_text_array(ids, n);
+    params[1] = pg_text_array(codes, ins->n);
     res = params[0] != NULL && params[1] != NULL
-          ? orch_exec(o->pg, "orch_quotes", orch_sql, 2, (const char *const *) params) : NULL;
+          ? pg_run_prepared(o->pg, ORCH_ROLE, "orch_quotes", orch_sql, 2,
+                            (const char *const *) params)
+          : NULL;
     free(params[0]);
     free(params[1]);
     if (res == NULL)

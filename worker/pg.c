@@ -5,6 +5,7 @@
 #include "pg.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -123,4 +124,37 @@ PGresult *pg_exec(PGconn *conn, const char *role, const char *sql, int nparams,
          state != NULL ? state : "none", msg, stmt, strlen(sql) >= sizeof(stmt) ? "..." : "");
     PQclear(res);
     return NULL;
+}
+
+
+PGresult *pg_run_prepared(PGconn *conn, const char *role, const char *name, const char *sql,
+                          int nparams, const char *const *params)
+{
+    PGresult      *res = pg_exec_prepared(conn, name, sql, nparams, params);
+    ExecStatusType st = PQresultStatus(res);
+    char           msg[256];
+
+    if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK)
+        return res;
+    one_line(res != NULL ? PQresultErrorMessage(res) : PQerrorMessage(conn), msg, sizeof(msg));
+    wlog(LOG_WARN, role, NULL, "pg_error", "%s: %s", name, msg);
+    PQclear(res);
+    return NULL;
+}
+
+
+char *pg_text_array(const char *const *values, int n)
+{
+    size_t cap = 3, len = 0;
+    char  *buf;
+
+    for (int i = 0; i < n; i++)
+        cap += strlen(values[i]) + 1;
+    if ((buf = malloc(cap)) == NULL)
+        return NULL;
+    buf[len++] = '{';
+    for (int i = 0; i < n; i++)
+        len += (size_t) snprintf(buf + len, cap - len, "%s%s", i ? "," : "", values[i]);
+    snprintf(buf + len, cap - len, "}");
+    return buf;
 }

@@ -45,4 +45,15 @@ static inline PGresult *pg_exec_prepared(PGconn *conn, const char *name, const c
     return PQexecPrepared(conn, name, nparams, params, NULL, NULL, 0);
 }
 
+/*
+ * pg_exec_prepared, but an error is logged (with role and the statement's name) and NULL is
+ * returned; the result on success is the caller's to clear.
+ */
+PGresult *pg_run_prepared(PGconn *conn, const char *role, const char *name, const char *sql,
+                          int nparams, const char *const *params);
+
+/* A PostgreSQL text[] literal "{a,b,...}" of values that need no quoting (UUIDs, insurer codes):
+ * malloc'd, NULL when out of memory. */
+char *pg_text_array(const char *const *values, int n);
+
 #endif

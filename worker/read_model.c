@@ -279,40 +279,6 @@ static int rm_round(redisContext *redis, rm_doc_t *docs, int n, int ttl_s, int u
     return rc < 0 ? -1 : written;
 }
 
-/* A prepared statement (see pg.h); NULL on an error, logged. */
-static PGresult *rm_exec(PGconn *pg, const char *name, const char *sql, int n,
-                          const char *const *params)
-{
-    PGresult      *res = pg_exec_prepared(pg, name, sql, n, params);
-    ExecStatusType st = PQresultStatus(res);
-    char           msg[256];
-
-    if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK)
-        return res;
-    snprintf(msg, sizeof(msg), "%s", res != NULL ? PQresultErrorMessage(res) : PQerrorMessage(pg));
-    msg[strcspn(msg, "\n")] = '\0';
-    wlog(LOG_WARN, RM_ROLE, NULL, "pg_error", "%s: %s", name, msg);
-    PQclear(res);
-    return NULL;
-}
-
-/* "{id,id,...}": the ids are UUIDs (validated upstream; PostgreSQL refuses anything else). */
-static char *rm_id_array(const char *const *ids, int n)
-{
-    size_t cap = 3, len = 0;
-    char  *buf;
-
-    for (int i = 0; i < n; i++)
-        cap += strlen(ids[i]) + 1;
-    if ((buf = malloc(cap)) == NULL)
-        return NULL;
-    buf[len++] = '{';
-    for (int i = 0; i < n; i++)
-        len += (size_t) snprintf(buf + len, cap - len, "%s%s", i ? "," : "", ids[i]);
-    snprintf(buf + len, cap - len, "}");
-    return buf;
-}
-
 int read_model_publish_many(PGconn *pg, redisContext *redis, const insurer_list_t *insurers,
                             const char *const *ids, const char *const *traces, int n, int ttl_s)
 {
@@ -324,10 +290,10 @@ int read_model_publish_many(PGconn *pg, redisContext *redis, const insurer_list_
 
     if (n <= 0)
         return 0;
-    if ((array = rm_id_array(ids, n)) == NULL)
+    if ((array = pg_text_array(ids, n)) == NULL)
         return -1;
     params[0] = array;
-    res = rm_exec(pg, "rm_select", rm_select, 1, params);
+    res = pg_run_prepared(pg, RM_ROLE, "rm_select", rm_select, 1, params);
     free(array);
     if (res == NULL)
         return -1;

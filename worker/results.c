@@ -72,7 +72,7 @@ typedef struct {
     redisContext *redis;
     const PGconn *prepared_conn;     /* the connection res_stmts are prepared on */
     int           prepared_pid;
-    int64_t       last_kafka_warn_ms;
+    long long     last_kafka_warn_ms;
     res_item_t    items[RES_BATCH];
     int           n;
 } results_t;
@@ -558,18 +558,6 @@ static void res_decode(res_item_t *it)
     it->valid = 1;
 }
 
-static void res_kafka_error(results_t *r, const rd_kafka_message_t *m)
-{
-    int64_t now = res_now_ms();
-
-    if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF)
-        return;
-    if (now - r->last_kafka_warn_ms >= 1000) {
-        r->last_kafka_warn_ms = now;
-        wlog(LOG_WARN, RES_ROLE, NULL, "kafka_error", "consumer: %s", rd_kafka_message_errstr(m));
-    }
-}
-
 static void res_poll(results_t *r)
 {
     int timeout = RES_POLL_MS;
@@ -581,7 +569,7 @@ static void res_poll(results_t *r)
             return;
         timeout = 0;          /* take what is already here; do not wait for a full batch */
         if (m->err) {
-            res_kafka_error(r, m);
+            kafka_log_poll_error(RES_ROLE, m, &r->last_kafka_warn_ms);
             rd_kafka_message_destroy(m);
             continue;
         }
