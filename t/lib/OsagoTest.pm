@@ -159,6 +159,46 @@ sub run_cmd {
     return ($code, $out, $err);
 }
 
+# Runs a cmocka test binary (built with ASan/UBSan) and reports each of its tests as one Test::More
+# test named "$label: ...", plus three more: every planned test ran, exit code 0, and no sanitizer
+# report on stderr. BAILs out when the binary is not built.
+sub run_cmocka {
+    my ($bin, $label) = @_;
+    require File::Temp;
+    bail("unit tests are not built: $bin is missing (make $bin)") unless -x $bin;
+    my ($errfh, $errfile) = File::Temp::tempfile('osago-cmocka-XXXXXX', TMPDIR => 1, UNLINK => 1);
+    close $errfh;
+
+    my $tap = do {
+        local $ENV{CMOCKA_MESSAGE_OUTPUT} = 'TAP';
+        # UBSan reports and carries on by default; a report still fails below.
+        local $ENV{UBSAN_OPTIONS} = 'print_stacktrace=1';
+        open(my $out, '-|', "exec '$bin' 2>'$errfile'") or die "cannot run $bin: $!";
+        local $/;
+        my $text = <$out>;
+        close $out;
+        $text // '';
+    };
+    my $status = $?;
+    my $stderr = do { local (@ARGV, $/) = ($errfile); <> } // '';
+
+    my ($planned) = $tap =~ /^1\.\.(\d+)$/m;
+    my $seen = 0;
+    for my $line (split /\n/, $tap) {
+        if ($line =~ /^(not )?ok \d+ - (.*)$/) {
+            $seen++;
+            Test::More::ok(!$1, "$label: $2");
+        } elsif ($line =~ /^#/ && $line !~ /^# ok - /) {
+            Test::More::diag($line);
+        }
+    }
+    Test::More::ok(defined $planned && $planned > 0 && $seen == $planned,
+       "$label: cmocka ran every test it planned (" . ($planned // 'no plan') . ", saw $seen)");
+    Test::More::is($status >> 8, 0, "$label: test binary exited with 0") or Test::More::diag($stderr);
+    Test::More::unlike($stderr, qr/Sanitizer|runtime error:/, "$label: no sanitizer reports")
+        or Test::More::diag($stderr);
+}
+
 sub bail {
     my ($msg) = @_;
     if (Test::More->can('BAIL_OUT')) {
