@@ -61,8 +61,17 @@ PGconn *pg_connect(const char *conninfo, const char *role, volatile int *stop)
      */
     char appname[64];
     snprintf(appname, sizeof(appname), "osago-worker-%s", role != NULL ? role : "main");
-    const char *const keys[] = { "connect_timeout", "application_name", "dbname", NULL };
-    const char *const vals[] = { "5", appname, conninfo, NULL };
+    /*
+     * No sequential scans: every statement of the worker looks rows up by key. The planner
+     * thinks otherwise while the tables are young (empty at the last ANALYZE, growing by
+     * thousands of rows a second), and a cached generic plan keeps that mistake: scans and
+     * hash joins over all of quotes, a cost that grows with every row until autovacuum's next
+     * ANALYZE. With seq scans priced out, both generic and custom plans use the primary keys.
+     */
+    const char *const keys[] = { "connect_timeout", "application_name", "options", "dbname",
+                                 NULL };
+    const char *const vals[] = { "5", appname, "-c enable_seqscan=off",
+                                 conninfo, NULL };
     long long deadline = now_ms() + PG_NO_STOP_DEADLINE_MS;
     int backoff = PG_BACKOFF_MIN_MS, attempts = 0;
 
