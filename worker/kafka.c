@@ -1,10 +1,11 @@
 /*
  * librdkafka wrappers.
  *
- * Producer: one idempotent producer shared by every role thread. A caller knows its own events
- * were delivered through a per-call struct passed as each message's opaque; delivery reports
- * are served by whichever thread polls, so the struct is reference counted (the caller plus one
- * per message) and outlives a caller that gave up waiting.
+ * Producer: one idempotent producer shared by every role thread, with its own thread serving
+ * delivery reports. A produce is a batch: its struct is each message's opaque, counts the
+ * reports still due and is reference counted (the caller plus one per message), so it outlives
+ * a caller that stopped waiting. Callers either wait for the batch (kafka_produce_events) or
+ * start it and look at it later (kafka_produce_start), optionally told through on_done.
  *
  * Consumers: auto-commit stays on, but only offsets stored by kafka_done() are committed, so an
  * offset never runs ahead of durable work (librdkafka 2.0: rd_kafka_offsets_store; there is no
@@ -12,6 +13,7 @@
  */
 #include "kafka.h"
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,45 +22,74 @@
 
 #include "log.h"
 
-#define KAFKA_POLL_SLICE_MS 2   /* another thread may serve our reports: re-check often */
+#define KAFKA_POLLER_MS 100   /* how long a stop waits for the delivery-report thread */
 
 struct kafka_producer {
-    rd_kafka_t *rk;
+    rd_kafka_t   *rk;
+    pthread_t     poller;
+    int           poller_started;
+    atomic_int    closing;
 };
 
-struct produce_call {
-    atomic_int refs;       /* the waiting caller + one per message not yet reported */
-    atomic_int pending;    /* messages not yet reported */
-    atomic_int failed;
-    atomic_int first_err;  /* rd_kafka_resp_err_t of the first failure */
+struct kafka_batch {
+    atomic_int      refs;       /* the caller + one per message not yet reported */
+    atomic_int      pending;    /* messages not yet reported */
+    atomic_int      failed;
+    atomic_int      first_err;  /* rd_kafka_resp_err_t of the first failure */
+    pthread_mutex_t lock;       /* on_done against kafka_batch_release, and the waiter */
+    pthread_cond_t  done;
+    void          (*on_done)(void *arg);
+    void           *arg;
 };
 
-static long long now_ms(void)
+static void batch_unref(kafka_batch_t *b)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    if (atomic_fetch_sub(&b->refs, 1) == 1) {
+        pthread_cond_destroy(&b->done);
+        pthread_mutex_destroy(&b->lock);
+        free(b);
+    }
 }
 
-static void call_release(struct produce_call *c)
+/* The last report of a batch wakes its waiter and calls on_done, under the lock so that a
+ * caller releasing the batch at that moment never sees on_done run after the release. */
+static void batch_reported(kafka_batch_t *b)
 {
-    if (atomic_fetch_sub(&c->refs, 1) == 1)
-        free(c);
+    if (atomic_fetch_sub(&b->pending, 1) == 1) {
+        pthread_mutex_lock(&b->lock);
+        pthread_cond_broadcast(&b->done);
+        if (b->on_done != NULL)
+            b->on_done(b->arg);
+        pthread_mutex_unlock(&b->lock);
+    }
+    batch_unref(b);
+}
+
+static void batch_fail(kafka_batch_t *b, rd_kafka_resp_err_t err)
+{
+    int none = 0;
+    atomic_compare_exchange_strong(&b->first_err, &none, (int)err);
+    atomic_fetch_add(&b->failed, 1);
 }
 
 static void dr_msg_cb(rd_kafka_t *rk, const rd_kafka_message_t *msg, void *opaque)
 {
-    struct produce_call *c = msg->_private;
+    kafka_batch_t *b = msg->_private;
     (void)rk, (void)opaque;
-    if (c == NULL)
+    if (b == NULL)
         return;
-    if (msg->err != RD_KAFKA_RESP_ERR_NO_ERROR) {
-        int none = 0;
-        atomic_compare_exchange_strong(&c->first_err, &none, (int)msg->err);
-        atomic_fetch_add(&c->failed, 1);
-    }
-    atomic_fetch_sub(&c->pending, 1);
-    call_release(c);
+    if (msg->err != RD_KAFKA_RESP_ERR_NO_ERROR)
+        batch_fail(b, msg->err);
+    batch_reported(b);
+}
+
+/* Delivery reports are served here, so no producing thread has to poll, nor wait to. */
+static void *poller_main(void *arg)
+{
+    kafka_producer_t *p = arg;
+    while (!atomic_load(&p->closing))
+        rd_kafka_poll(p->rk, KAFKA_POLLER_MS);
+    return NULL;
 }
 
 /* librdkafka's own log lines become JSON lines like every other. */
@@ -123,7 +154,7 @@ kafka_producer_t *kafka_producer_new(const worker_config_t *cfg, char *err, size
      * has given up long before and will produce it again. */
     if (set(conf, "enable.idempotence", "true", err, errlen) < 0 ||
         set(conf, "acks", "all", err, errlen) < 0 ||
-        set(conf, "linger.ms", "5", err, errlen) < 0 ||
+        set(conf, "linger.ms", "0", err, errlen) < 0 ||
         set(conf, "message.timeout.ms", "60000", err, errlen) < 0) {
         rd_kafka_conf_destroy(conf);
         return NULL;
@@ -143,6 +174,13 @@ kafka_producer_t *kafka_producer_new(const worker_config_t *cfg, char *err, size
         free(p);
         return NULL;
     }
+    if (pthread_create(&p->poller, NULL, poller_main, p) != 0) {
+        snprintf(err, errlen, "kafka: cannot start the delivery report thread");
+        rd_kafka_destroy(p->rk);
+        free(p);
+        return NULL;
+    }
+    p->poller_started = 1;
     return p;
 }
 
@@ -150,6 +188,10 @@ void kafka_producer_free(kafka_producer_t *p)
 {
     if (p == NULL)
         return;
+    if (p->poller_started) {
+        atomic_store(&p->closing, 1);
+        pthread_join(p->poller, NULL);
+    }
     if (rd_kafka_flush(p->rk, 5000) != RD_KAFKA_RESP_ERR_NO_ERROR) {
         wlog(LOG_WARN, "kafka", NULL, "kafka_flush_timeout",
              "%d message(s) undelivered at shutdown; they will be produced again by whoever "
@@ -162,25 +204,22 @@ void kafka_producer_free(kafka_producer_t *p)
     free(p);
 }
 
-int kafka_produce_events(kafka_producer_t *p, const osago_event_t *const *evs, int n,
-                         int timeout_ms)
+kafka_batch_t *kafka_produce_start(kafka_producer_t *p, const osago_event_t *const *evs, int n,
+                                   void (*on_done)(void *arg), void *arg)
 {
-    long long deadline = now_ms() + timeout_ms;
-    char **json;
-    size_t *len;
-    int rc = -1, i;
+    kafka_batch_t *b = calloc(1, sizeof(*b));
+    char         **json = calloc((size_t)(n > 0 ? n : 1), sizeof(*json));
+    size_t        *len = calloc((size_t)(n > 0 ? n : 1), sizeof(*len));
+    int            i;
 
-    if (n <= 0)
-        return 0;
-    json = calloc((size_t)n, sizeof(*json));
-    len = calloc((size_t)n, sizeof(*len));
-    struct produce_call *c = calloc(1, sizeof(*c));
-    if (json == NULL || len == NULL || c == NULL) {
-        free(json), free(len), free(c);
+    if (b == NULL || json == NULL || len == NULL) {
+        free(b), free(json), free(len);
         wlog(LOG_ERROR, "kafka", NULL, "kafka_produce_failed", "out of memory");
-        return -1;
+        return NULL;
     }
-    atomic_init(&c->refs, 1);
+    atomic_init(&b->refs, 1);
+    pthread_mutex_init(&b->lock, NULL);
+    pthread_cond_init(&b->done, NULL);
 
     /* encode everything first: an invalid event fails the batch before any of it is sent */
     for (i = 0; i < n; i++) {
@@ -192,76 +231,118 @@ int kafka_produce_events(kafka_producer_t *p, const osago_event_t *const *evs, i
             wlog(LOG_ERROR, "kafka", evs[i]->traceparent, "kafka_encode_failed",
                  "%s for application %s not produced: %s", event_type_name(evs[i]->type),
                  evs[i]->application_id, why);
+            batch_fail(b, RD_KAFKA_RESP_ERR__BAD_MSG);
             goto out;
         }
     }
 
+    /* Each message is counted before producev: the report thread may see it at once. One
+     * extra count, dropped after the loop, keeps on_done from running before every message
+     * of the batch was handed over. */
+    atomic_store(&b->pending, 1);
+    b->on_done = on_done;
+    b->arg = arg;
     for (i = 0; i < n; i++) {
         const osago_event_t *ev = evs[i];
-        rd_kafka_resp_err_t err;
-        for (;;) {
-            rd_kafka_headers_t *h = rd_kafka_headers_new(1);
-            rd_kafka_header_add(h, "traceparent", -1, ev->traceparent, -1);
-            /* counted before producev: another thread's poll may report it at once */
-            atomic_fetch_add(&c->refs, 1);
-            atomic_fetch_add(&c->pending, 1);
-            err = rd_kafka_producev(p->rk,
-                                    RD_KAFKA_V_TOPIC(event_topic(ev->type)),
-                                    RD_KAFKA_V_KEY(ev->application_id,
-                                                   strlen(ev->application_id)),
-                                    RD_KAFKA_V_VALUE(json[i], len[i]),
-                                    RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_FREE),
-                                    RD_KAFKA_V_HEADERS(h),
-                                    RD_KAFKA_V_OPAQUE(c),
-                                    RD_KAFKA_V_END);
-            if (err == RD_KAFKA_RESP_ERR_NO_ERROR) {
-                json[i] = NULL;     /* librdkafka frees it */
-                break;
-            }
-            /* on failure the payload and headers are still ours, and there is no report */
-            rd_kafka_headers_destroy(h);
-            atomic_fetch_sub(&c->pending, 1);
-            atomic_fetch_sub(&c->refs, 1);
-            if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL || now_ms() >= deadline) {
-                wlog(LOG_ERROR, "kafka", ev->traceparent, "kafka_produce_failed",
-                     "%s for application %s not produced: %s", event_type_name(ev->type),
-                     ev->application_id, rd_kafka_err2str(err));
-                goto out;   /* the produced ones keep the call alive until reported */
-            }
-            rd_kafka_poll(p->rk, 10);   /* queue full: let deliveries drain it */
-        }
-    }
+        rd_kafka_headers_t  *h = rd_kafka_headers_new(1);
+        rd_kafka_resp_err_t  err;
 
-    while (atomic_load(&c->pending) > 0) {
-        long long left = deadline - now_ms();
-        if (left <= 0)
-            break;
-        rd_kafka_poll(p->rk, left < KAFKA_POLL_SLICE_MS ? (int)left : KAFKA_POLL_SLICE_MS);
+        rd_kafka_header_add(h, "traceparent", -1, ev->traceparent, -1);
+        atomic_fetch_add(&b->refs, 1);
+        atomic_fetch_add(&b->pending, 1);
+        err = rd_kafka_producev(p->rk,
+                                RD_KAFKA_V_TOPIC(event_topic(ev->type)),
+                                RD_KAFKA_V_KEY(ev->application_id, strlen(ev->application_id)),
+                                RD_KAFKA_V_VALUE(json[i], len[i]),
+                                RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_FREE),
+                                RD_KAFKA_V_HEADERS(h),
+                                RD_KAFKA_V_OPAQUE(b),
+                                RD_KAFKA_V_END);
+        if (err == RD_KAFKA_RESP_ERR_NO_ERROR) {
+            json[i] = NULL;     /* librdkafka frees it */
+            continue;
+        }
+        /* on failure the payload and headers are still ours, and there is no report */
+        rd_kafka_headers_destroy(h);
+        atomic_fetch_sub(&b->pending, 1);
+        atomic_fetch_sub(&b->refs, 1);
+        wlog(LOG_ERROR, "kafka", ev->traceparent, "kafka_produce_failed",
+             "%s for application %s not produced: %s", event_type_name(ev->type),
+             ev->application_id, rd_kafka_err2str(err));
+        batch_fail(b, err);
+        break;      /* the rest would fail alike (queue full, fatal); the batch is retried */
     }
-    if (atomic_load(&c->pending) == 0 && atomic_load(&c->failed) == 0) {
-        rc = 0;
-    } else {
-        int pending = atomic_load(&c->pending);
-        wlog(LOG_WARN, "kafka", evs[0]->traceparent, "kafka_not_confirmed",
-             "%d of %d event(s) for application %s not confirmed within %d ms%s%s",
-             pending + atomic_load(&c->failed), n, evs[0]->application_id, timeout_ms,
-             atomic_load(&c->failed) > 0 ? ": " : "",
-             atomic_load(&c->failed) > 0
-                 ? rd_kafka_err2str((rd_kafka_resp_err_t)atomic_load(&c->first_err)) : "");
-    }
+    atomic_fetch_add(&b->refs, 1);
+    batch_reported(b);              /* the extra count: now on_done may run */
 out:
     for (int k = 0; k < n; k++)
         free(json[k]);
     free(json);
     free(len);
-    call_release(c);
-    return rc;
+    return b;
+}
+
+int kafka_batch_state(kafka_batch_t *b)
+{
+    if (atomic_load(&b->pending) > 0)
+        return 1;
+    return atomic_load(&b->failed) > 0 ? -1 : 0;
+}
+
+const char *kafka_batch_error(kafka_batch_t *b)
+{
+    int e = atomic_load(&b->first_err);
+    return e != 0 ? rd_kafka_err2str((rd_kafka_resp_err_t)e) : "not confirmed in time";
+}
+
+void kafka_batch_release(kafka_batch_t *b)
+{
+    if (b == NULL)
+        return;
+    pthread_mutex_lock(&b->lock);
+    b->on_done = NULL;
+    pthread_mutex_unlock(&b->lock);
+    batch_unref(b);
+}
+
+int kafka_produce_events(kafka_producer_t *p, const osago_event_t *const *evs, int n,
+                         int timeout_ms)
+{
+    struct timespec until;
+    kafka_batch_t  *b;
+    int             state;
+
+    if (n <= 0)
+        return 0;
+    if ((b = kafka_produce_start(p, evs, n, NULL, NULL)) == NULL)
+        return -1;
+    clock_gettime(CLOCK_REALTIME, &until);      /* the condition variable's clock */
+    until.tv_sec += timeout_ms / 1000;
+    until.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&b->lock);
+    while (atomic_load(&b->pending) > 0
+           && pthread_cond_timedwait(&b->done, &b->lock, &until) == 0)
+        ;
+    pthread_mutex_unlock(&b->lock);
+    state = kafka_batch_state(b);
+    if (state != 0)
+        wlog(LOG_WARN, "kafka", evs[0]->traceparent, "kafka_not_confirmed",
+             "%d of %d event(s) for application %s not confirmed within %d ms: %s",
+             state > 0 ? atomic_load(&b->pending) + atomic_load(&b->failed)
+                       : atomic_load(&b->failed),
+             n, evs[0]->application_id, timeout_ms, kafka_batch_error(b));
+    kafka_batch_release(b);
+    return state == 0 ? 0 : -1;
 }
 
 rd_kafka_t *kafka_consumer_new(const worker_config_t *cfg, const char *group,
                                const char *const *topics, int ntopics, char *err, size_t errlen)
 {
-    char why[512], num[16], client_id[192];
+    char why[512], num[16], wait[16], client_id[192];
     int session = cfg->kafka_session_timeout_ms > 0 ? cfg->kafka_session_timeout_ms : 10000;
 
     snprintf(client_id, sizeof(client_id), "%s-%s", group,
@@ -270,14 +351,18 @@ rd_kafka_t *kafka_consumer_new(const worker_config_t *cfg, const char *group,
     if (conf == NULL)
         return NULL;
     snprintf(num, sizeof(num), "%d", session);
+    snprintf(wait, sizeof(wait), "%d", cfg->kafka_fetch_wait_ms > 0 ? cfg->kafka_fetch_wait_ms
+                                                                    : 10);
     if (set(conf, "group.id", group, err, errlen) < 0 ||
         set(conf, "enable.auto.commit", "true", err, errlen) < 0 ||
         set(conf, "enable.auto.offset.store", "false", err, errlen) < 0 ||
         set(conf, "auto.commit.interval.ms", "1000", err, errlen) < 0 ||
         set(conf, "auto.offset.reset", "earliest", err, errlen) < 0 ||
-        /* an application crosses three topics: a broker-side fetch wait of the default
-         * 500 ms at each hop would dominate the time to a quote */
-        set(conf, "fetch.wait.max.ms", "10", err, errlen) < 0 ||
+        /* An application crosses three topics. Kafka answers a waiting fetch as soon as
+         * data arrives, but librdkafka's mock cluster (tools/devbroker) only when the wait is
+         * over: there each hop costs up to this wait, and librdkafka's default of 500 ms
+         * would dominate the time to a quote. */
+        set(conf, "fetch.wait.max.ms", wait, err, errlen) < 0 ||
         set(conf, "session.timeout.ms", num, err, errlen) < 0) {
         rd_kafka_conf_destroy(conf);
         return NULL;

@@ -15,6 +15,21 @@ kafka_producer_t *kafka_producer_new(const worker_config_t *cfg, char *err, size
 void              kafka_producer_free(kafka_producer_t *p);
 
 /*
+ * A produce that the caller looks at later. kafka_produce_start encodes and produces every
+ * event (as below) without waiting and returns the batch, or NULL when out of memory; an event
+ * that cannot be encoded or produced fails the batch (logged). on_done(arg), when given, runs
+ * on the producer's report thread once every event of the batch was reported, and never after
+ * kafka_batch_release. kafka_batch_state: 1 still waiting, 0 all confirmed, -1 some failed.
+ */
+typedef struct kafka_batch kafka_batch_t;
+
+kafka_batch_t *kafka_produce_start(kafka_producer_t *p, const osago_event_t *const *evs, int n,
+                                   void (*on_done)(void *arg), void *arg);
+int            kafka_batch_state(kafka_batch_t *b);
+const char    *kafka_batch_error(kafka_batch_t *b);     /* the first failure, for logs */
+void           kafka_batch_release(kafka_batch_t *b);
+
+/*
  * Encodes and produces every event (topic from its type, key = application id, header
  * "traceparent"), then waits until Kafka confirmed all of them or timeout_ms passed.
  * Returns 0 when all were delivered; -1 otherwise (nothing may be acknowledged upstream).
