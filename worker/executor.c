@@ -3,13 +3,17 @@
  *
  * One thread drives every call with libcurl's multi interface and keeps polling Kafka in the
  * same loop (never longer than EX_WAIT_MAX_MS between polls), so a 60 s insurer never stalls
- * the consumer nor trips max.poll.interval.ms. When max_in_flight tasks are held the consumer's
+ * the consumer nor trips max.poll.interval.ms. The calls' sockets sit in an epoll set that
+ * curl maintains through its socket callback, so a loop costs what happened, not the number
+ * of calls in flight (curl_multi_poll would poll all of them, every time). When max_in_flight tasks are held the consumer's
  * partitions are paused (the polls go on) and resumed once a quarter of the room is free.
  *
  * Offsets: tasks finish out of order, but a partition's offset may only move past work that is
  * durable. Each consumed message gets a ticket in its partition's queue; the offset stored is
  * the one after the last ticket of the done prefix. A task is done when its TaskResult, or the
- * Task of its retry, was confirmed by Kafka.
+ * Task of its retry, was confirmed by Kafka. Outcomes are produced without waiting: the loop
+ * goes on with curl and the consumer while Kafka confirms (the report wakes it), since a wait
+ * of a broker round trip per loop caps how many calls one thread can turn around.
  *
  * Retries: a failed attempt with attempts left waits retry_delay_ms on this thread's timer
  * list, then a new Task (attempt + 1) is produced rather than the call re-run in-process. The
@@ -24,6 +28,7 @@
  * stop hands its unfinished quotes back as pending first, so their redelivered tasks are taken
  * at once.
  */
+#include <errno.h>
 #include <fcntl.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -31,6 +36,7 @@
 #include <string.h>
 #include <strings.h>
 #include <time.h>
+#include <sys/epoll.h>
 #include <unistd.h>
 
 #include <curl/curl.h>
@@ -54,14 +60,10 @@
 #define EX_RETRY_MS          1000
 #define EX_DEFER_MS          100      /* a quote locked by another transaction: claim again */
 #define EX_REPAUSE_MS        1000     /* a rebalance may hand us unpaused partitions */
-/* A produce waits this long for Kafka's confirmation, so that an outage does not stop this
- * loop (curl, polls) for long; an unconfirmed batch stays queued in librdkafka and is produced
- * again after a backoff that doubles up to EX_PRODUCE_BACKOFF_MAX_MS, which bounds the
- * duplicates (harmless: results ignores them) a long outage leaves behind. */
-#define EX_PRODUCE_TIMEOUT_MS 5000
-#define EX_PRODUCE_BACKOFF_MAX_MS 30000
-#define EX_FINAL_PRODUCE_MS  2000
+#define EX_PRODUCE_BACKOFF_MAX_MS 30000   /* a failed produce of outcomes, tried again */
+#define EX_FINAL_PRODUCE_MS  2000         /* a stop waits this long for confirmations */
 #define EX_JSON_DEPTH        64
+#define EX_EPOLL_EVENTS      256
 
 /* ---- data ------------------------------------------------------------------------------------ */
 
@@ -86,10 +88,17 @@ typedef enum {
     ST_RUNNING,      /* the HTTP call is in the multi handle */
     ST_RETRY,        /* failed; waiting for its retry delay */
     ST_OUTBOX,       /* its TaskResult or retry Task waits to be produced */
+    ST_SENT,         /* produced; waiting for Kafka's confirmation */
     ST_N
 } call_state_t;
 
 typedef enum { OUT_OK = 0, OUT_FAILED, OUT_RETRY } out_kind_t;
+
+/* One produce of outcomes, shared by the calls in it until each has seen how it ended. */
+typedef struct {
+    kafka_batch_t *batch;
+    int            calls;
+} sent_t;
 
 typedef struct call {
     struct call       *prev, *next;
@@ -114,6 +123,7 @@ typedef struct call {
     int64_t            due_ms;       /* ST_RETRY: when the retry Task is produced */
     out_kind_t         out_kind;
     osago_event_t      out;          /* what ST_OUTBOX produces (payload borrowed) */
+    sent_t            *sent;         /* ST_SENT: the produce it is in */
 } call_t;
 
 typedef struct {
@@ -125,7 +135,12 @@ typedef struct {
     worker_t         *w;
     rd_kafka_t       *consumer;
     rd_kafka_queue_t *queue;
-    int               wake[2];       /* librdkafka writes here when messages arrive */
+    int               wake[2];       /* librdkafka writes here when messages arrive, and
+                                      * ex_wakeup when Kafka confirmed a produce */
+    int               epfd;          /* the calls' sockets and wake[0] */
+    struct epoll_event events[EX_EPOLL_EVENTS];
+    int               nevents;       /* what the last ex_wait returned */
+    int64_t           curl_due_ms;   /* curl's timer; -1: none */
     CURLM            *multi;
     PGconn           *pg;
     const PGconn     *prepared_conn;  /* the connection ex_stmts are prepared on */
@@ -196,9 +211,19 @@ static void ex_move(executor_t *x, call_t *c, call_state_t to)
     list_push(&x->lists[to], c);
 }
 
+static void ex_sent_put(call_t *c)
+{
+    if (c->sent != NULL && --c->sent->calls == 0) {
+        kafka_batch_release(c->sent->batch);
+        free(c->sent);
+    }
+    c->sent = NULL;
+}
+
 static void ex_free_call(executor_t *x, call_t *c)
 {
     list_remove(&x->lists[c->state], c);
+    ex_sent_put(c);
     if (c->easy != NULL) {
         curl_multi_remove_handle(x->multi, c->easy);
         curl_easy_cleanup(c->easy);
@@ -682,7 +707,7 @@ static void ex_claim(executor_t *x)
 /* One UPDATE for every task this executor holds, so the sweeper leaves them alone. */
 static void ex_heartbeat(executor_t *x)
 {
-    static const call_state_t st[] = { ST_BACKLOG, ST_RUNNING, ST_RETRY, ST_OUTBOX };
+    static const call_state_t st[] = { ST_BACKLOG, ST_RUNNING, ST_RETRY, ST_OUTBOX, ST_SENT };
     ex_arrays_t               a = { NULL, NULL, NULL };
     const char               *params[2];
     PGresult                 *res;
@@ -692,9 +717,9 @@ static void ex_heartbeat(executor_t *x)
         return;
     x->next_heartbeat_ms = now + (int64_t) x->w->cfg->heartbeat_s * 1000;
     if (x->lists[ST_BACKLOG].n + x->lists[ST_RUNNING].n + x->lists[ST_RETRY].n
-        + x->lists[ST_OUTBOX].n == 0)
+        + x->lists[ST_OUTBOX].n + x->lists[ST_SENT].n == 0)
         return;
-    if (ex_ready(x) != 0 || ex_arrays(x, st, 4, -1, &a) < 0) {
+    if (ex_ready(x) != 0 || ex_arrays(x, st, 5, -1, &a) < 0) {
         x->next_heartbeat_ms = now + EX_RETRY_MS;
         return;
     }
@@ -1022,12 +1047,59 @@ static void ex_start_calls(executor_t *x)
     }
 }
 
+/* curl's socket callback: what to wait for on one socket. */
+static int ex_curl_socket(CURL *e, curl_socket_t fd, int what, void *arg, void *sockp)
+{
+    executor_t        *x = arg;
+    struct epoll_event ev = { 0 };
+
+    (void) e;
+    (void) sockp;
+    if (what == CURL_POLL_REMOVE) {
+        epoll_ctl(x->epfd, EPOLL_CTL_DEL, fd, NULL);    /* curl may have closed it already */
+        return 0;
+    }
+    ev.events = (what & CURL_POLL_IN ? EPOLLIN : 0) | (what & CURL_POLL_OUT ? EPOLLOUT : 0);
+    ev.data.fd = fd;
+    if (epoll_ctl(x->epfd, EPOLL_CTL_MOD, fd, &ev) != 0 && errno == ENOENT
+        && epoll_ctl(x->epfd, EPOLL_CTL_ADD, fd, &ev) != 0 && ex_warn_due(x))
+        wlog(LOG_WARN, EX_ROLE, NULL, "epoll_error", "socket %d not watched", (int) fd);
+    return 0;
+}
+
+/* curl's timer callback: -1 cancels. */
+static int ex_curl_timer(CURLM *multi, long timeout_ms, void *arg)
+{
+    executor_t *x = arg;
+
+    (void) multi;
+    x->curl_due_ms = timeout_ms < 0 ? -1 : ex_now_ms() + timeout_ms;
+    return 0;
+}
+
+/* Hands curl the sockets that are ready and its due timer, then finishes the calls it is done
+ * with. */
 static void ex_perform(executor_t *x)
 {
     CURLMsg *msg;
     int      running, left;
 
-    curl_multi_perform(x->multi, &running);
+    for (int i = 0; i < x->nevents; i++) {
+        const struct epoll_event *ev = &x->events[i];
+        int                       flags = 0;
+
+        if (ev->data.fd == x->wake[0])
+            continue;
+        flags |= ev->events & EPOLLIN ? CURL_CSELECT_IN : 0;
+        flags |= ev->events & EPOLLOUT ? CURL_CSELECT_OUT : 0;
+        flags |= ev->events & (EPOLLERR | EPOLLHUP) ? CURL_CSELECT_ERR : 0;
+        curl_multi_socket_action(x->multi, ev->data.fd, flags, &running);
+    }
+    x->nevents = 0;
+    if (x->curl_due_ms >= 0 && ex_now_ms() >= x->curl_due_ms) {
+        x->curl_due_ms = -1;
+        curl_multi_socket_action(x->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    }
     while ((msg = curl_multi_info_read(x->multi, &left)) != NULL) {
         CURL    *e = msg->easy_handle;
         CURLcode rc = msg->data.result;
@@ -1068,11 +1140,22 @@ static void ex_account(executor_t *x, const call_t *c)
         atomic_fetch_add(&m->tasks_failed, 1);
 }
 
-/* Every finished task in one produce; their tickets are done once Kafka confirmed. */
-static int ex_flush(executor_t *x, int timeout_ms)
+/* Runs on the producer's report thread: the loop may be asleep in epoll_wait. */
+static void ex_wakeup(void *arg)
+{
+    executor_t *x = arg;
+
+    if (x->wake[1] >= 0 && write(x->wake[1], "1", 1) < 0) {
+        /* full: the loop has a wake-up coming anyway */
+    }
+}
+
+/* Every finished task in one produce, not waited for; ex_sent_check sees how it ended. */
+static int ex_flush(executor_t *x)
 {
     call_list_t          *out = &x->lists[ST_OUTBOX];
     const osago_event_t **evs;
+    sent_t               *sent;
     call_t               *c, *next;
     int                   n = 0;
 
@@ -1090,25 +1173,65 @@ static int ex_flush(executor_t *x, int timeout_ms)
     }
     if (out->n == 0)
         return 0;
-    if ((evs = malloc(sizeof(*evs) * (size_t) out->n)) == NULL)
-        return -1;
-    for (c = out->head; c != NULL; c = c->next)
-        evs[n++] = &c->out;
-    if (kafka_produce_events(x->w->producer, evs, n, timeout_ms) != 0) {
+    evs = malloc(sizeof(*evs) * (size_t) out->n);
+    sent = calloc(1, sizeof(*sent));
+    if (evs == NULL || sent == NULL) {
         free(evs);
-        if (ex_warn_due(x))
-            wlog(LOG_WARN, EX_ROLE, NULL, "kafka_error",
-                 "%d results not confirmed; kept, produced again shortly", n);
+        free(sent);
         return -1;
     }
+    for (c = out->head; c != NULL; c = c->next)
+        evs[n++] = &c->out;
+    sent->batch = kafka_produce_start(x->w->producer, evs, n, ex_wakeup, x);
     free(evs);
-    for (c = out->head; c != NULL; c = next) {
+    if (sent->batch == NULL) {
+        free(sent);
+        return -1;
+    }
+    while ((c = out->head) != NULL) {
+        c->sent = sent;
+        sent->calls++;
+        ex_move(x, c, ST_SENT);
+    }
+    return 0;
+}
+
+/* Confirmed outcomes finish their tasks; the calls of a failed produce go back to the outbox,
+ * produced again after a backoff that doubles up to EX_PRODUCE_BACKOFF_MAX_MS (librdkafka
+ * already retried within message.timeout.ms, so this is an outage). */
+static void ex_sent_check(executor_t *x)
+{
+    call_t *c, *next;
+    int     failed = 0, confirmed = 0;
+
+    for (c = x->lists[ST_SENT].head; c != NULL; c = next) {
+        int state = kafka_batch_state(c->sent->batch);
+
         next = c->next;
+        if (state > 0)
+            continue;
+        if (state < 0) {
+            if (failed++ == 0 && ex_warn_due(x))
+                wlog(LOG_WARN, EX_ROLE, c->traceparent, "kafka_error",
+                     "outcomes not confirmed (%s); kept, produced again shortly",
+                     kafka_batch_error(c->sent->batch));
+            ex_sent_put(c);
+            ex_move(x, c, ST_OUTBOX);
+            continue;
+        }
+        confirmed++;
         ex_account(x, c);
         ex_ticket_done(c->ticket);
         ex_free_call(x, c);
     }
-    return 0;
+    if (failed > 0) {
+        x->produce_backoff_ms = x->produce_backoff_ms == 0 ? EX_RETRY_MS
+                                : x->produce_backoff_ms * 2 > EX_PRODUCE_BACKOFF_MAX_MS
+                                ? EX_PRODUCE_BACKOFF_MAX_MS : x->produce_backoff_ms * 2;
+        x->produce_retry_ms = ex_now_ms() + x->produce_backoff_ms;
+    } else if (confirmed > 0) {
+        x->produce_backoff_ms = 0;
+    }
 }
 
 /* ---- flow control and waiting -------------------------------------------------------------- */
@@ -1149,12 +1272,12 @@ static int64_t ex_min(int64_t a, int64_t b)
     return a < b ? a : b;
 }
 
-/* Sleeps in curl until a transfer, a Kafka message (the wake pipe) or the next deadline. */
+/* Sleeps until a socket, a Kafka message or report (the wake pipe) or the next deadline. */
 static void ex_wait(executor_t *x)
 {
-    int64_t          now = ex_now_ms();
-    int64_t          until = now + EX_WAIT_MAX_MS;
-    struct curl_waitfd fd;
+    int64_t now = ex_now_ms();
+    int64_t until = now + EX_WAIT_MAX_MS;
+    int     n;
 
     if (x->lists[ST_CLAIM].n > 0)
         until = ex_min(until, x->claim_retry_ms);
@@ -1165,13 +1288,10 @@ static void ex_wait(executor_t *x)
     for (call_t *c = x->lists[ST_RETRY].head; c != NULL; c = c->next)
         until = ex_min(until, c->due_ms);
     until = ex_min(until, x->next_heartbeat_ms);
-    if (until <= now)
-        return;
-    fd.fd = x->wake[0];
-    fd.events = CURL_WAIT_POLLIN;
-    fd.revents = 0;
-    curl_multi_poll(x->multi, x->wake[0] >= 0 ? &fd : NULL, x->wake[0] >= 0 ? 1 : 0,
-                    (int) (until - now), NULL);
+    if (x->curl_due_ms >= 0)
+        until = ex_min(until, x->curl_due_ms);
+    n = epoll_wait(x->epfd, x->events, EX_EPOLL_EVENTS, until > now ? (int) (until - now) : 0);
+    x->nevents = n > 0 ? n : 0;
 }
 
 /* ---- the thread ------------------------------------------------------------------------------ */
@@ -1184,16 +1304,10 @@ static void ex_loop_once(executor_t *x)
     ex_perform(x);
     ex_start_calls(x);                  /* retries that could not start go straight on */
     ex_timers(x);
-    if (x->lists[ST_OUTBOX].n > 0 && ex_now_ms() >= x->produce_retry_ms) {
-        if (ex_flush(x, EX_PRODUCE_TIMEOUT_MS) == 0) {
-            x->produce_backoff_ms = 0;
-        } else {
-            x->produce_backoff_ms = x->produce_backoff_ms == 0 ? EX_RETRY_MS
-                                    : x->produce_backoff_ms * 2 > EX_PRODUCE_BACKOFF_MAX_MS
-                                    ? EX_PRODUCE_BACKOFF_MAX_MS : x->produce_backoff_ms * 2;
-            x->produce_retry_ms = ex_now_ms() + x->produce_backoff_ms;
-        }
-    }
+    ex_sent_check(x);
+    if (x->lists[ST_OUTBOX].n > 0 && ex_now_ms() >= x->produce_retry_ms
+        && ex_flush(x) != 0)
+        x->produce_retry_ms = ex_now_ms() + EX_RETRY_MS;
     ex_store_offsets(x);
     ex_heartbeat(x);
     ex_flow(x);
@@ -1202,6 +1316,8 @@ static void ex_loop_once(executor_t *x)
 
 static int ex_wake_pipe(executor_t *x)
 {
+    struct epoll_event ev = { 0 };
+
     x->wake[0] = x->wake[1] = -1;
     if (pipe(x->wake) != 0)
         return -1;
@@ -1210,7 +1326,9 @@ static int ex_wake_pipe(executor_t *x)
     x->queue = rd_kafka_queue_get_consumer(x->consumer);
     if (x->queue != NULL)
         rd_kafka_queue_io_event_enable(x->queue, x->wake[1], "1", 1);
-    return 0;
+    ev.events = EPOLLIN;
+    ev.data.fd = x->wake[0];
+    return epoll_ctl(x->epfd, EPOLL_CTL_ADD, x->wake[0], &ev);
 }
 
 static int ex_init(executor_t *x)
@@ -1220,8 +1338,15 @@ static int ex_init(executor_t *x)
 
     x->seed = (unsigned) time(NULL) ^ (unsigned) (uintptr_t) x;
     x->wake[0] = x->wake[1] = -1;
+    x->curl_due_ms = -1;
+    if ((x->epfd = epoll_create1(EPOLL_CLOEXEC)) < 0)
+        return -1;
     if ((x->multi = curl_multi_init()) == NULL)
         return -1;
+    curl_multi_setopt(x->multi, CURLMOPT_SOCKETFUNCTION, ex_curl_socket);
+    curl_multi_setopt(x->multi, CURLMOPT_SOCKETDATA, x);
+    curl_multi_setopt(x->multi, CURLMOPT_TIMERFUNCTION, ex_curl_timer);
+    curl_multi_setopt(x->multi, CURLMOPT_TIMERDATA, x);
     /* keep a connection per concurrent call alive between calls */
     curl_multi_setopt(x->multi, CURLMOPT_MAXCONNECTS, (long) x->w->cfg->max_in_flight);
     while (!*x->w->stop) {
@@ -1246,16 +1371,16 @@ static int ex_init(executor_t *x)
 /* The claimed calls that never produced anything go back to pending (see ex_release_sql). */
 static void ex_release(executor_t *x)
 {
-    static const call_state_t st[] = { ST_BACKLOG, ST_RUNNING, ST_RETRY, ST_OUTBOX };
+    static const call_state_t st[] = { ST_BACKLOG, ST_RUNNING, ST_RETRY, ST_OUTBOX, ST_SENT };
     ex_arrays_t               a = { NULL, NULL, NULL };
     const char               *params[3];
     PGresult                 *res;
     int                       n = 0;
 
-    for (int s = 0; s < 4; s++)
+    for (int s = 0; s < 5; s++)
         n += x->lists[st[s]].n;
     if (n == 0 || x->pg == NULL || PQstatus(x->pg) != CONNECTION_OK || ex_prepare(x) != 0
-        || ex_arrays(x, st, 4, -1, &a) < 0)
+        || ex_arrays(x, st, 5, -1, &a) < 0)
         return;
     params[0] = a.apps;
     params[1] = a.codes;
@@ -1273,9 +1398,17 @@ static void ex_release(executor_t *x)
 static void ex_cleanup(executor_t *x)
 {
     if (x->consumer != NULL) {
+        int64_t until = ex_now_ms() + EX_FINAL_PRODUCE_MS;
+
         /* not when Kafka just failed us: the stop would only wait for nothing */
         if (x->lists[ST_OUTBOX].n > 0 && x->produce_backoff_ms == 0)
-            (void) ex_flush(x, EX_FINAL_PRODUCE_MS);
+            (void) ex_flush(x);
+        while (x->lists[ST_SENT].n > 0 && ex_now_ms() < until) {
+            ex_sent_check(x);
+            epoll_wait(x->epfd, x->events, EX_EPOLL_EVENTS, 10);  /* ex_wakeup cuts it short */
+            x->nevents = 0;
+        }
+        ex_sent_check(x);
         ex_store_offsets(x);
         ex_release(x);
     }
@@ -1314,6 +1447,8 @@ static void ex_cleanup(executor_t *x)
             close(x->wake[i]);
     if (x->multi != NULL)
         curl_multi_cleanup(x->multi);
+    if (x->epfd >= 0)
+        close(x->epfd);
     if (x->pg != NULL)
         PQfinish(x->pg);
 }
@@ -1328,6 +1463,7 @@ void *executor_main(void *arg)
         return NULL;
     }
     x->w = w;
+    x->epfd = -1;
     if (ex_init(x) == 0) {
         wlog(LOG_INFO, EX_ROLE, NULL, "role_started", "group %s, max_in_flight %d", EX_GROUP,
              w->cfg->max_in_flight);
