@@ -3,7 +3,9 @@
  * then OsagoApplicationStarted and one OsagoApplicationTask per insurer.
  *
  * The rows are written before the events so that every task finds its quote; offsets are stored
- * only after Kafka confirmed the events. A redelivered Created finds its quote rows and announces
+ * only after Kafka confirmed the events. The read model's "in_progress" is written by the
+ * results role when it sees Started: doing it here as well cost a read of every application
+ * per batch, for a document one Kafka hop early. A redelivered Created finds its quote rows and announces
  * the same insurers again (downstream consumers are idempotent), so a crash between the commit and
  * the confirmation loses nothing.
  */
@@ -14,7 +16,6 @@
 #include <strings.h>
 #include <time.h>
 
-#include <hiredis/hiredis.h>
 #include <libpq-fe.h>
 #include <librdkafka/rdkafka.h>
 
@@ -22,8 +23,6 @@
 #include "kafka.h"
 #include "log.h"
 #include "pg.h"
-#include "read_model.h"
-#include "redis_conn.h"
 #include "worker.h"
 
 #define ORCH_ROLE     "orchestrator"
@@ -33,8 +32,6 @@
 #define ORCH_BACKOFF_MAX_MS 30000
 #define ORCH_POLL_MS  500
 #define ORCH_PRODUCE_TIMEOUT_MS 5000   /* also bounds how long a stop waits on a Kafka outage */
-#define ORCH_APP_TTL_S (7 * 24 * 3600)
-#define ORCH_REDIS_RETRY_MS 5000
 
 typedef struct {
     rd_kafka_message_t *msg;
@@ -50,9 +47,7 @@ typedef struct {
     worker_t      *w;
     rd_kafka_t    *consumer;
     PGconn        *pg;
-    redisContext  *redis;
     long long      last_kafka_warn_ms;
-    int64_t        redis_retry_ms;
     orch_item_t    items[ORCH_BATCH];
     int            n;
 } orch_t;
@@ -296,41 +291,6 @@ static int orch_produce(orch_t *o)
     return rc == 0 ? 0 : -1;
 }
 
-/*
- * The edge should show in_progress with every insurer pending as soon as possible. Best effort:
- * the results role publishes the same documents when it sees Started, so a Redis outage here
- * must not hold back the tasks.
- */
-static void orch_publish(orch_t *o)
-{
-    const char *ids[ORCH_BATCH], *traces[ORCH_BATCH];
-    int64_t     now = orch_now_ms();
-    int         n = 0, rc;
-
-    for (int i = 0; i < o->n; i++)
-        if (o->items[i].valid) {
-            ids[n] = o->items[i].created.application_id;
-            traces[n++] = o->items[i].created.traceparent;
-        }
-    if (n == 0)
-        return;
-    if (o->redis != NULL && o->redis->err) {
-        redisFree(o->redis);
-        o->redis = NULL;
-    }
-    if (o->redis == NULL) {
-        if (now < o->redis_retry_ms)
-            return;
-        /* one attempt (no stop flag), at most every few seconds: never wait for Redis here */
-        o->redis_retry_ms = now + ORCH_REDIS_RETRY_MS;
-        if ((o->redis = redis_connect(o->w->cfg, ORCH_ROLE, NULL)) == NULL)
-            return;
-    }
-    rc = read_model_publish_many(o->pg, o->redis, o->w->insurers, ids, traces, n, ORCH_APP_TTL_S);
-    if (rc > 0)
-        atomic_fetch_add(&o->w->metrics->publish_total, (unsigned long) rc);
-}
-
 static int orch_process(orch_t *o)
 {
     if (pg_ensure(&o->pg, o->w->cfg->pg_conninfo, ORCH_ROLE, o->w->stop) != 0)
@@ -339,7 +299,6 @@ static int orch_process(orch_t *o)
         return -1;
     if (orch_produce(o) != 0)
         return -1;
-    orch_publish(o);
     for (int i = 0; i < o->n; i++) {
         orch_item_t *it = &o->items[i];
 
@@ -379,8 +338,6 @@ static void orch_cleanup(orch_t *o)
         rd_kafka_consumer_close(o->consumer);
         rd_kafka_destroy(o->consumer);
     }
-    if (o->redis != NULL)
-        redisFree(o->redis);
     if (o->pg != NULL)
         PQfinish(o->pg);
     free(o);
