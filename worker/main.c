@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/prctl.h>
 
 #include <curl/curl.h>
 
@@ -51,6 +52,11 @@ struct role_thread {
 static void *role_run(void *arg)
 {
     struct role_thread *t = arg;
+    char                comm[16];
+
+    /* `top -H` and perf then show which role burns the CPU */
+    snprintf(comm, sizeof(comm), "w:%s", t->name);
+    prctl(PR_SET_NAME, comm, 0, 0, 0);
     t->entry(t->w);
     if (!*t->w->stop) {
         t->failed = 1;
