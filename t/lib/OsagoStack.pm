@@ -100,6 +100,7 @@ sub wait_until { OsagoTest::wait_for(@_) }
 # worker_flags(stale_after_s => 3, sweep_interval_s => 1) -> ('--stale-after', 3, ...)
 our %WORKER_FLAG = (
     kafka_session_timeout_ms => '--kafka-session-timeout-ms',
+    kafka_fetch_wait_ms      => '--kafka-fetch-wait-ms',
     insurer_timeout_ms       => '--insurer-timeout-ms',
     max_attempts             => '--max-attempts',
     retry_base_ms            => '--retry-base-ms',
