@@ -17,6 +17,8 @@ RATE=${BENCH_RATE:-500}
 SECS=${SOAK_SECONDS:-${BENCH_SECONDS:-20}}
 INSURER_MS=${INSURER_MS:-100}
 INSURERS=${INSURERS:-alfa,ingos,reso,vsk,rgs,sogaz,zetta,sber,tinkoff,renins}
+WARMUP=${BENCH_WARMUP:-3}   # seconds of injection left out of the latency figures (cold start)
+FETCH_WAIT_MS=${BENCH_FETCH_WAIT_MS:-2}   # devbroker answers an empty fetch only after the wait (docs/worker.md)
 OUT=$BUILD/bench/worker.md
 PG_BIN=$(find /usr/lib/postgresql -maxdepth 2 -name bin -type d | sort -V | tail -1)
 
@@ -42,6 +44,7 @@ cleanup() {
         kill -KILL "$p" 2>/dev/null || true
     done
     [ -n "$PG_UP" ] && runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$WORK/pg/data" -m fast -w stop >/dev/null 2>&1
+    [ -n "${BENCH_KEEP_LOGS:-}" ] && cp "$WORK/pg/log" "$WORK/worker.log" "$WORK/stages" "$WORK/latencies" "$BENCH_KEEP_LOGS/" 2>/dev/null
     rm -rf "$WORK"
 }
 trap cleanup EXIT INT TERM
@@ -57,7 +60,7 @@ PIDS+=($!)
 mkdir -p "$WORK/pg" && chown postgres: "$WORK/pg"
 runuser -u postgres -- "$PG_BIN/initdb" -D "$WORK/pg/data" -A trust -U postgres --no-sync >/dev/null
 runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$WORK/pg/data" -w -l "$WORK/pg/log" \
-    -o "-c listen_addresses=127.0.0.1 -p $PP -k $WORK/pg -c fsync=off -c max_connections=50" start >/dev/null
+    -o "-c listen_addresses=127.0.0.1 -p $PP -k $WORK/pg -c fsync=off -c max_connections=50 ${BENCH_PG_OPTS:-}" start >/dev/null
 PG_UP=1
 "$PG_BIN/psql" -h 127.0.0.1 -p "$PP" -U postgres -qc "CREATE ROLE osago LOGIN" -c "CREATE DATABASE osago OWNER osago"
 PG="host=127.0.0.1 port=$PP dbname=osago user=osago"
@@ -72,14 +75,19 @@ wait_for "$WORK/sim.log" 'insurer-sim: ready'
 "$BUILD/osago-worker" migrate --pg "$PG" --migrations "$ROOT/worker/migrations" 2>>"$WORK/worker.log"
 "$BUILD/osago-worker" run --kafka "127.0.0.1:$KP" --redis "127.0.0.1:$RP" --pg "$PG" \
     --insurers "$WORK/insurers.json" --http "127.0.0.1:$HP" --max-in-flight 4096 \
-    --log-level warn --kafka-session-timeout-ms 6000 2>>"$WORK/worker.log" &
+    --log-level warn --kafka-session-timeout-ms 6000 --kafka-fetch-wait-ms "$FETCH_WAIT_MS" 2>>"$WORK/worker.log" &
 WPID=$!
 PIDS+=("$WPID")
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$HP/readyz" >/dev/null && break; sleep 0.2; done
 sleep 5    # the consumer groups' first join (the mock takes a few seconds)
 
 rss() { awk '/VmRSS/ {print $2}' "/proc/$WPID/status"; }
+# CPU seconds: the worker's (utime + stime), and the whole machine's busy time; per application
+# they compare runs on a noisy machine better than throughput does
+cpu_worker() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$WPID/stat"; }
+cpu_machine() { awk -v hz="$(getconf CLK_TCK)" '/^cpu / { printf "%.2f", ($2 + $3 + $4 + $7 + $8) / hz }' /proc/stat; }
 RSS0=$(rss)
+CPUW0=$(cpu_worker); CPUM0=$(cpu_machine)
 SAMPLES="$RSS0"
 perl "$ROOT/bench/inject.pl" "$RP" "$RATE" "$SECS" "$WORK/injected" > "$WORK/inject.out" &
 INJ=$!
@@ -95,21 +103,54 @@ for _ in $(seq 600); do
     sleep 0.2
 done
 RSS1=$(rss)
+CPUW=$(awk -v a="$CPUW0" -v b="$(cpu_worker)" 'BEGIN { printf "%.2f", b - a }')
+CPUM=$(awk -v a="$CPUM0" -v b="$(cpu_machine)" 'BEGIN { printf "%.2f", b - a }')
 psqlq "SELECT id, (extract(epoch FROM updated_at) * 1000)::bigint FROM applications WHERE status = 'completed'" \
     | tr '|' ' ' > "$WORK/completed"
 ERRS=$(psqlq "SELECT count(*) FROM quotes WHERE status <> 'ok'")
 RETRIES=$(psqlq "SELECT count(*) FROM quotes WHERE attempt > 1")
 
+# where the time goes: each event's Kafka timestamp (taken when it was produced) per application
+stage_times() {  # topic, earliest|latest -> "id ms" per application
+    kcat -C -b "127.0.0.1:$KP" -t "$1" -e -q -f '%k %T\n' 2>/dev/null |
+        awk -v pick="$2" '{ if (!($1 in t) || (pick == "latest" ? $2 > t[$1] : $2 < t[$1])) t[$1] = $2 }
+                          END { for (k in t) print k, t[k] }'
+}
+stage_times osago.application.created earliest > "$WORK/t_created"
+stage_times osago.application.task earliest > "$WORK/t_task"
+stage_times osago.application.task-result latest > "$WORK/t_result"
+T0=$(awk 'NR == 1 || $2 < t { t = $2 } END { print t }' "$WORK/injected")
+SINCE=$((T0 + WARMUP * 1000))
+awk -v ins="$INSURER_MS" -v since="$SINCE" '
+    FILENAME ~ /injected$/ { if ($2 >= since) a[$1] = $2; next }
+    FILENAME ~ /t_created$/ { b[$1] = $2; next }
+    FILENAME ~ /t_task$/ { c[$1] = $2; next }
+    FILENAME ~ /t_result$/ { d[$1] = $2; next }
+    ($1 in a) && ($1 in b) && ($1 in c) && ($1 in d) {
+        print b[$1] - a[$1], c[$1] - b[$1], d[$1] - c[$1] - ins, $2 - d[$1]
+    }' "$WORK/injected" "$WORK/t_created" "$WORK/t_task" "$WORK/t_result" "$WORK/completed" \
+    > "$WORK/stages"
+pcts() {  # column -> "p50 / p99"
+    cut -d' ' -f"$1" "$WORK/stages" | sort -n |
+        awk '{ v[NR] = $1 } END { if (NR == 0) { print "-"; exit }
+                                  k = int(NR * .99) + 1; if (k > NR) k = NR
+                                  print v[int(NR * .5) + 1] " / " v[k] " ms" }'
+}
+STAGES="relay (intake → Created) $(pcts 1); orchestrator (Created → first Task) $(pcts 2); \
+executor (first Task → last result, minus the insurer) $(pcts 3); results (last result → \
+completed) $(pcts 4); p50 / p99 over $(wc -l < "$WORK/stages") applications"
+
 awk 'NR == FNR { t[$1] = $2; next } ($1 in t) { print $2 - t[$1], t[$1], $2 }' \
     "$WORK/injected" "$WORK/completed" | sort -n > "$WORK/latencies"
-STATS=$(awk -v ins="$INSURER_MS" '
-    { lat[NR] = $1; if (first == "" || $2 < first) first = $2; if ($3 > last) last = $3 }
+# throughput over every application; latency over those injected after the warm-up
+STATS=$(awk -v ins="$INSURER_MS" -v since="$SINCE" '
+    { if (first == "" || $2 < first) first = $2; if ($3 > last) last = $3; all++
+      if ($2 >= since) lat[++n] = $1 }
     END {
-        n = NR
-        if (n == 0) { print "0 0 0 0 0 0"; exit }
+        if (all == 0 || n == 0) { print "0 0 0 0 0 0"; exit }
         p50 = lat[int(n * 0.50) + 1]; p99 = lat[int(n * 0.99) + 1]; if (p99 == "") p99 = lat[n]
         span = (last - first) / 1000; if (span <= 0) span = 1
-        printf "%d %.1f %d %d %d %d\n", n, n / span, p50, p99, p50 - ins, p99 - ins
+        printf "%d %.1f %d %d %d %d\n", all, all / span, p50, p99, p50 - ins, p99 - ins
     }' "$WORK/latencies")
 read -r DONE APS P50 P99 A50 A99 <<<"$STATS"
 
@@ -119,9 +160,15 @@ echo "# Worker benchmark (bench/worker.sh)"
 echo
 echo "$(date -u '+%F %H:%M') UTC, $(nproc) cores; 1 osago-worker (all roles), devbroker, Redis, PostgreSQL (fsync off), insurer-sim with $(tr ',' '\n' <<<"$INSURERS" | wc -l) insurers answering in exactly $INSURER_MS ms, all on loopback."
 echo
+echo "Latencies are of the applications injected after the first ${WARMUP} s (the cold start: new connections to the insurers, first plans); throughput counts all."
+echo
 echo "| offered | applications completed | completed/s | insurer calls/s | p50 intake→completed | p99 | worker's added latency p50 / p99 | quotes not ok | retried |"
 echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
 echo "| $RATE/s × ${SECS}s ($N) | $DONE | $APS | $(awk -v a="$APS" -v n="$(tr ',' '\n' <<<"$INSURERS" | wc -l)" 'BEGIN{printf "%.0f", a*n}') | ${P50} ms | ${P99} ms | ${A50} / ${A99} ms | $ERRS | $RETRIES |"
 echo
 echo "Worker RSS (KiB): start $RSS0, samples every 30 s: $SAMPLES, end $RSS1."
+echo
+echo "CPU per application: worker $(awk -v c="$CPUW" -v n="$N" 'BEGIN { printf "%.2f", c * 1000 / n }') ms, whole machine $(awk -v c="$CPUM" -v n="$N" 'BEGIN { printf "%.2f", c * 1000 / n }') ms (worker $CPUW s, machine $CPUM s for $N applications)."
+echo
+echo "Stages: $STAGES"
 } | tee "$OUT"
