@@ -46,6 +46,9 @@ struct ngx_http_osago_redis_s {
     unsigned                         ever_failed:1;
     unsigned                         exiting:1;
 
+    /* a subscriber connection: no commands but the handshake's */
+    ngx_http_osago_redis_subscription_t  *sub;
+
     ngx_msec_t                       backoff;
     ngx_event_t                      reconnect_ev;
     ngx_event_t                      connect_timer;
@@ -85,6 +88,8 @@ static void ngx_http_osago_redis_schedule_reconnect(
     ngx_http_osago_redis_t *redis);
 static void ngx_http_osago_redis_release_conn(ngx_http_osago_redis_t *redis);
 static void ngx_http_osago_redis_set_ready(ngx_http_osago_redis_t *redis);
+static void ngx_http_osago_redis_subscribe_channel(
+    ngx_http_osago_redis_t *redis);
 static ngx_uint_t ngx_http_osago_redis_accepts(ngx_http_osago_redis_t *redis);
 static ngx_http_osago_redis_cmd_t *ngx_http_osago_redis_send(
     ngx_http_osago_redis_t *redis, ngx_http_osago_redis_cmd_t *cmd,
@@ -465,10 +470,78 @@ ngx_http_osago_redis_set_ready(ngx_http_osago_redis_t *redis)
     }
 
     ngx_log_error(NGX_LOG_INFO, redis->log, 0,
-                  "osago redis: connected to %V", &redis->conf->server);
+                  "osago redis: connected to %V%s", &redis->conf->server,
+                  redis->sub ? " (subscriber)" : "");
 
     if (redis->observer.state) {
         redis->observer.state(redis->observer.data, 1);
+    }
+
+    if (redis->sub) {
+        ngx_http_osago_redis_subscribe_channel(redis);
+    }
+}
+
+
+/*
+ * hiredis calls this for the subscription's confirmation and for every
+ * message, and once with no reply when the connection goes.
+ */
+static void
+ngx_http_osago_redis_on_message(redisAsyncContext *ac, void *r,
+    void *privdata)
+{
+    redisReply                           *reply = r;
+    redisReply                          **el;
+    ngx_http_osago_redis_t               *redis = privdata;
+    ngx_http_osago_redis_subscription_t  *sub = redis->sub;
+
+    if (reply == NULL || redis->ac != ac
+        || reply->type != REDIS_REPLY_ARRAY || reply->elements < 3)
+    {
+        return;
+    }
+
+    el = reply->element;
+
+    if (el[0]->type != REDIS_REPLY_STRING) {
+        return;
+    }
+
+    if (el[0]->len == sizeof("message") - 1
+        && ngx_strncmp(el[0]->str, "message", el[0]->len) == 0
+        && el[2]->type == REDIS_REPLY_STRING)
+    {
+        sub->message(sub->data, (u_char *) el[2]->str, el[2]->len);
+        return;
+    }
+
+    if (el[0]->len == sizeof("subscribe") - 1
+        && ngx_strncmp(el[0]->str, "subscribe", el[0]->len) == 0)
+    {
+        ngx_log_error(NGX_LOG_INFO, redis->log, 0,
+                      "osago redis: subscribed to \"%V\"", &sub->channel);
+        sub->subscribed(sub->data);
+    }
+}
+
+
+static void
+ngx_http_osago_redis_subscribe_channel(ngx_http_osago_redis_t *redis)
+{
+    size_t       len[2];
+    const char  *argv[2];
+
+    argv[0] = "SUBSCRIBE";
+    len[0] = sizeof("SUBSCRIBE") - 1;
+    argv[1] = (const char *) redis->sub->channel.data;
+    len[1] = redis->sub->channel.len;
+
+    if (redisAsyncCommandArgv(redis->ac, ngx_http_osago_redis_on_message,
+                              redis, 2, argv, len)
+        != REDIS_OK)
+    {
+        ngx_http_osago_redis_drop(redis, "cannot subscribe");
     }
 }
 
@@ -516,9 +589,10 @@ ngx_http_osago_redis_handshake(ngx_http_osago_redis_t *redis)
      * Counted before sending: a reply cannot arrive before the socket is
      * read, which happens after this function returns.
      */
+    /* channels are not per database, and a subscriber runs no scripts */
     redis->handshake_pending = (rcf->password.len ? 1 : 0)
-                               + (rcf->database ? 1 : 0)
-                               + (rcf->scripts ? rcf->scripts->nelts : 0);
+                               + (redis->sub ? 0 : (rcf->database ? 1 : 0)
+                                  + (rcf->scripts ? rcf->scripts->nelts : 0));
 
     if (rcf->password.len) {
         argv[0] = "AUTH";
@@ -531,6 +605,10 @@ ngx_http_osago_redis_handshake(ngx_http_osago_redis_t *redis)
         {
             return NGX_ERROR;
         }
+    }
+
+    if (redis->sub) {
+        return NGX_OK;
     }
 
     if (rcf->database) {
@@ -1029,9 +1107,10 @@ ngx_http_osago_redis_is_up(ngx_http_osago_redis_t *redis)
 /* per-worker instance */
 
 
-ngx_http_osago_redis_t *
-ngx_http_osago_redis_create(ngx_http_osago_redis_conf_t *rcf,
-    ngx_http_osago_redis_observer_t *observer, ngx_log_t *log)
+static ngx_http_osago_redis_t *
+ngx_http_osago_redis_init(ngx_http_osago_redis_conf_t *rcf,
+    ngx_http_osago_redis_observer_t *observer,
+    ngx_http_osago_redis_subscription_t *sub, ngx_log_t *log)
 {
     ngx_http_osago_redis_t  *redis;
 
@@ -1042,6 +1121,7 @@ ngx_http_osago_redis_create(ngx_http_osago_redis_conf_t *rcf,
 
     redis->conf = rcf;
     redis->log = log;
+    redis->sub = sub;
     redis->backoff = NGX_HTTP_OSAGO_REDIS_BACKOFF_MIN;
 
     if (observer) {
@@ -1080,6 +1160,23 @@ ngx_http_osago_redis_create(ngx_http_osago_redis_conf_t *rcf,
     ngx_http_osago_redis_connect(redis);
 
     return redis;
+}
+
+
+ngx_http_osago_redis_t *
+ngx_http_osago_redis_create(ngx_http_osago_redis_conf_t *rcf,
+    ngx_http_osago_redis_observer_t *observer, ngx_log_t *log)
+{
+    return ngx_http_osago_redis_init(rcf, observer, NULL, log);
+}
+
+
+ngx_http_osago_redis_t *
+ngx_http_osago_redis_subscribe(ngx_http_osago_redis_conf_t *rcf,
+    ngx_http_osago_redis_subscription_t *sub,
+    ngx_http_osago_redis_observer_t *observer, ngx_log_t *log)
+{
+    return ngx_http_osago_redis_init(rcf, observer, sub, log);
 }
 
 

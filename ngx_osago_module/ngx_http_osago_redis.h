@@ -2,7 +2,8 @@
  * Asynchronous Redis for nginx workers: hiredis' async API driven by the
  * nginx event loop.
  *
- * One connection per worker process carries every command, pipelined.
+ * One connection per worker process carries every command, pipelined; a
+ * subscription (ngx_http_osago_redis_subscribe) has one of its own.
  * Connect and per-command timeouts run on nginx timers; a lost connection
  * is re-established with backoff; AUTH, SELECT and SCRIPT LOAD are replayed
  * on every (re)connect; EVALSHA falls back to EVAL on NOSCRIPT.
@@ -85,9 +86,28 @@ char *ngx_http_osago_redis_set_server(ngx_conf_t *cf,
 ngx_http_osago_redis_script_t *ngx_http_osago_redis_add_script(ngx_conf_t *cf,
     ngx_http_osago_redis_conf_t *rcf, char *name, char *body);
 
+/*
+ * A subscription has a connection of its own, in subscribe mode, re-made
+ * and re-subscribed with the same backoff as the command connection.
+ * subscribed() runs each time Redis confirms the subscription: whatever was
+ * published while there was none is lost, so the caller re-checks what it
+ * waits for.  message() gets each message's payload, valid during the call.
+ */
+typedef struct {
+    ngx_str_t                        channel;
+    void                           (*subscribed)(void *data);
+    void                           (*message)(void *data, u_char *text,
+                                              size_t len);
+    void                            *data;
+} ngx_http_osago_redis_subscription_t;
+
+
 ngx_http_osago_redis_t *ngx_http_osago_redis_create(
     ngx_http_osago_redis_conf_t *rcf, ngx_http_osago_redis_observer_t *obs,
     ngx_log_t *log);
+ngx_http_osago_redis_t *ngx_http_osago_redis_subscribe(
+    ngx_http_osago_redis_conf_t *rcf, ngx_http_osago_redis_subscription_t *sub,
+    ngx_http_osago_redis_observer_t *obs, ngx_log_t *log);
 void ngx_http_osago_redis_destroy(ngx_http_osago_redis_t *redis);
 ngx_uint_t ngx_http_osago_redis_is_up(ngx_http_osago_redis_t *redis);
 
