@@ -18,6 +18,12 @@ static ngx_uint_t  ngx_http_osago_parse_bounds[NGX_HTTP_OSAGO_PARSE_BUCKETS - 1]
     5, 10, 25, 50, 100, 1000, 10000
 };
 
+/* wake-up latency buckets (a change heard -> its answer), in microseconds */
+static ngx_uint_t  ngx_http_osago_wake_bounds[NGX_HTTP_OSAGO_WAKE_BUCKETS - 1] = {
+    500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000, 500000,
+    1000000
+};
+
 /* in the order of ngx_http_osago_intake_reason_e */
 static ngx_str_t  ngx_http_osago_intake_reasons[] = {
     ngx_string("idempotency_key_missing"),
@@ -101,6 +107,61 @@ ngx_http_osago_metrics_intake_parse(ngx_http_osago_main_conf_t *omcf,
     (void) ngx_atomic_fetch_add(&sh->parse_bucket[i], 1);
     (void) ngx_atomic_fetch_add(&sh->parse_count, 1);
     (void) ngx_atomic_fetch_add(&sh->parse_sum_us, usec);
+}
+
+
+void
+ngx_http_osago_metrics_poll(ngx_http_osago_main_conf_t *omcf,
+    ngx_uint_t event, ngx_uint_t usec)
+{
+    ngx_uint_t               i;
+    ngx_http_osago_shctx_t  *sh = ngx_http_osago_zone_ctx(omcf);
+
+    switch (event) {
+
+    case NGX_HTTP_OSAGO_POLL_READ:
+        (void) ngx_atomic_fetch_add(&sh->poll_reads, 1);
+        break;
+
+    case NGX_HTTP_OSAGO_POLL_AT_ONCE:
+        (void) ngx_atomic_fetch_add(&sh->poll_at_once, 1);
+        break;
+
+    case NGX_HTTP_OSAGO_POLL_PARKED:
+        (void) ngx_atomic_fetch_add(&sh->poll_parked, 1);
+        break;
+
+    case NGX_HTTP_OSAGO_POLL_UNPARKED:
+        (void) ngx_atomic_fetch_add(&sh->poll_parked, (ngx_atomic_int_t) -1);
+        break;
+
+    case NGX_HTTP_OSAGO_POLL_TIMED_OUT:
+        (void) ngx_atomic_fetch_add(&sh->poll_timed_out, 1);
+        break;
+
+    case NGX_HTTP_OSAGO_POLL_WOKEN:
+        for (i = 0; i < NGX_HTTP_OSAGO_WAKE_BUCKETS - 1; i++) {
+            if (usec <= ngx_http_osago_wake_bounds[i]) {
+                break;
+            }
+        }
+
+        (void) ngx_atomic_fetch_add(&sh->wake_bucket[i], 1);
+        (void) ngx_atomic_fetch_add(&sh->poll_woken, 1);
+        (void) ngx_atomic_fetch_add(&sh->wake_sum_us, usec);
+        break;
+    }
+}
+
+
+void
+ngx_http_osago_metrics_poll_subscriber(void *data, ngx_uint_t up)
+{
+    ngx_http_osago_shctx_t  *sh = ngx_http_osago_zone_ctx(data);
+
+    if (ngx_worker < NGX_HTTP_OSAGO_MAX_WORKERS) {
+        sh->poll_subscribed[ngx_worker] = up;
+    }
 }
 
 
@@ -194,7 +255,8 @@ ngx_http_osago_metrics_handler(ngx_http_request_t *r)
     size = 8192
            + (NGX_HTTP_OSAGO_OUTCOME_MAX + NGX_HTTP_OSAGO_RTT_BUCKETS
               + NGX_HTTP_OSAGO_REDIS_ERR_MAX + NGX_HTTP_OSAGO_PARSE_BUCKETS
-              + NGX_HTTP_OSAGO_INTAKE_REASON_MAX + workers + 2 * n)
+              + NGX_HTTP_OSAGO_INTAKE_REASON_MAX + NGX_HTTP_OSAGO_WAKE_BUCKETS
+              + 2 * workers + 2 * n)
              * NGX_HTTP_OSAGO_METRICS_LINE;
 
     b = ngx_create_temp_buf(r->pool, size);
@@ -317,6 +379,56 @@ ngx_http_osago_metrics_handler(ngx_http_request_t *r)
             "osago_intake_parse_seconds_count %uA\n",
             sh->parse_count, sh->parse_sum_us / 1000000,
             sh->parse_sum_us % 1000000, sh->parse_count);
+
+    p = ngx_sprintf(p,
+            "# HELP osago_poll_parked Status requests parked now, waiting "
+            "for a change.\n"
+            "# TYPE osago_poll_parked gauge\n"
+            "osago_poll_parked %uA\n"
+            "# HELP osago_poll_answered_total Status requests answered, by "
+            "how.\n"
+            "# TYPE osago_poll_answered_total counter\n"
+            "osago_poll_answered_total{how=\"at_once\"} %uA\n"
+            "osago_poll_answered_total{how=\"woken\"} %uA\n"
+            "osago_poll_answered_total{how=\"timed_out\"} %uA\n"
+            "# HELP osago_poll_reads_total Reads of the read model for "
+            "status requests (one per wake-up, however many wait).\n"
+            "# TYPE osago_poll_reads_total counter\n"
+            "osago_poll_reads_total %uA\n",
+            sh->poll_parked, sh->poll_at_once, sh->poll_woken,
+            sh->poll_timed_out, sh->poll_reads);
+
+    p = ngx_sprintf(p,
+            "# HELP osago_poll_wake_seconds From a change heard on "
+            "osago:app-updates to a parked request's answer.\n"
+            "# TYPE osago_poll_wake_seconds histogram\n");
+
+    cumulative = 0;
+
+    for (i = 0; i < NGX_HTTP_OSAGO_WAKE_BUCKETS - 1; i++) {
+        cumulative += sh->wake_bucket[i];
+        p = ngx_sprintf(p,
+                "osago_poll_wake_seconds_bucket{le=\"%ui.%06ui\"} %ui\n",
+                ngx_http_osago_wake_bounds[i] / 1000000,
+                ngx_http_osago_wake_bounds[i] % 1000000, cumulative);
+    }
+
+    p = ngx_sprintf(p,
+            "osago_poll_wake_seconds_bucket{le=\"+Inf\"} %uA\n"
+            "osago_poll_wake_seconds_sum %uA.%06uA\n"
+            "osago_poll_wake_seconds_count %uA\n",
+            sh->poll_woken, sh->wake_sum_us / 1000000,
+            sh->wake_sum_us % 1000000, sh->poll_woken);
+
+    p = ngx_sprintf(p,
+            "# HELP osago_poll_subscribed Whether the worker's "
+            "osago:app-updates subscriber connection is up.\n"
+            "# TYPE osago_poll_subscribed gauge\n");
+
+    for (i = 0; i < workers; i++) {
+        p = ngx_sprintf(p, "osago_poll_subscribed{worker=\"%ui\"} %uA\n",
+                        i, sh->poll_subscribed[i]);
+    }
 
     b->last = p;
 

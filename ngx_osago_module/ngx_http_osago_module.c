@@ -178,6 +178,20 @@ static ngx_command_t  ngx_http_osago_commands[] = {
       0,
       NULL },
 
+    { ngx_string("osago_poll"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_osago_poll,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("osago_poll_timeout"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_osago_loc_conf_t, poll_timeout),
+      &ngx_http_osago_positive_msec_p },
+
     { ngx_string("osago_metrics"),
       NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
       ngx_http_osago_metrics,
@@ -351,6 +365,7 @@ ngx_http_osago_create_loc_conf(ngx_conf_t *cf)
     olcf->idempotency_ttl = NGX_CONF_UNSET;
     olcf->user_limit = NGX_CONF_UNSET_UINT;
     olcf->user_limit_period = NGX_CONF_UNSET_MSEC;
+    olcf->poll_timeout = NGX_CONF_UNSET_MSEC;
 
     return olcf;
 }
@@ -419,6 +434,7 @@ ngx_http_osago_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_uint_value(conf->user_limit, prev->user_limit, 1);
     ngx_conf_merge_msec_value(conf->user_limit_period,
                               prev->user_limit_period, 60000);
+    ngx_conf_merge_msec_value(conf->poll_timeout, prev->poll_timeout, 30000);
 
     if (ngx_http_osago_merge_value(cf, &conf->api_key, &prev->api_key,
                                    &default_key)
@@ -435,6 +451,14 @@ ngx_http_osago_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
                            "\"osago_intake\" needs \"osago_limit on\" in "
                            "the same location: applications belong to the "
                            "partner it identifies");
+        return NGX_CONF_ERROR;
+    }
+
+    if (conf->poll && !conf->limit) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"osago_poll\" needs \"osago_limit on\" in "
+                           "the same location: an application is shown "
+                           "only to the partner it identifies");
         return NGX_CONF_ERROR;
     }
 
@@ -629,6 +653,10 @@ ngx_http_osago_init_process(ngx_cycle_t *cycle)
         return NGX_ERROR;
     }
 
+    if (ngx_http_osago_poll_init_worker(omcf, cycle->log) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
     return NGX_OK;
 }
 
@@ -642,6 +670,8 @@ ngx_http_osago_exit_process(ngx_cycle_t *cycle)
     if (omcf == NULL) {
         return;
     }
+
+    ngx_http_osago_poll_exit_worker(omcf);
 
     if (omcf->redis_conn) {
         ngx_http_osago_redis_destroy(omcf->redis_conn);

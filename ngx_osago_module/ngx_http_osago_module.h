@@ -40,6 +40,7 @@ typedef enum {
 typedef struct ngx_http_osago_partner_cache_s  ngx_http_osago_partner_cache_t;
 typedef struct ngx_http_osago_shm_partner_s    ngx_http_osago_shm_partner_t;
 typedef struct ngx_http_osago_shctx_s          ngx_http_osago_shctx_t;
+typedef struct ngx_http_osago_poll_node_s      ngx_http_osago_poll_node_t;
 
 
 /* A partner's contract as the limiter uses it. */
@@ -68,6 +69,7 @@ typedef struct {
     /* some location limits or shows metrics: connect to Redis */
     ngx_flag_t                       used;
     ngx_flag_t                       intake_used;
+    ngx_flag_t                       poll_used;
 
     /* per worker process, created in init_process */
     ngx_http_osago_redis_t          *redis_conn;
@@ -77,6 +79,12 @@ typedef struct {
     ngx_log_t                       *redis_log;
     ngx_rbtree_t                     intake_in_flight;  /* partner:key */
     ngx_rbtree_node_t                intake_sentinel;
+    ngx_rbtree_t                     poll_tree;         /* ids waited for */
+    ngx_rbtree_node_t                poll_sentinel;
+    ngx_http_osago_redis_t          *poll_sub;
+    ngx_http_osago_redis_subscription_t  poll_subscription;
+    ngx_event_t                      poll_exit_watch;
+    ngx_uint_t                       poll_parked;       /* this worker */
 } ngx_http_osago_main_conf_t;
 
 
@@ -93,6 +101,9 @@ typedef struct {
     ngx_http_complex_value_t        *user_id;
     ngx_uint_t                       user_limit;      /* 0: no limit */
     ngx_msec_t                       user_limit_period;
+
+    ngx_http_complex_value_t        *poll;            /* the id */
+    ngx_msec_t                       poll_timeout;
 } ngx_http_osago_loc_conf_t;
 
 
@@ -154,6 +165,12 @@ typedef enum {
 char *ngx_http_osago_intake(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 void ngx_http_osago_intake_init_worker(ngx_http_osago_main_conf_t *omcf);
 
+/* poll */
+char *ngx_http_osago_poll(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+ngx_int_t ngx_http_osago_poll_init_worker(ngx_http_osago_main_conf_t *omcf,
+    ngx_log_t *log);
+void ngx_http_osago_poll_exit_worker(ngx_http_osago_main_conf_t *omcf);
+
 /* partner cache (per worker) */
 typedef struct {
     ngx_uint_t                       state;
@@ -194,6 +211,18 @@ void ngx_http_osago_metrics_intake(ngx_http_osago_main_conf_t *omcf,
     ngx_uint_t kind, ngx_uint_t reason);
 void ngx_http_osago_metrics_intake_parse(ngx_http_osago_main_conf_t *omcf,
     ngx_uint_t usec);
+typedef enum {
+    NGX_HTTP_OSAGO_POLL_READ = 0,       /* a read of the read model */
+    NGX_HTTP_OSAGO_POLL_AT_ONCE,        /* answered without parking */
+    NGX_HTTP_OSAGO_POLL_PARKED,
+    NGX_HTTP_OSAGO_POLL_UNPARKED,       /* for whatever reason */
+    NGX_HTTP_OSAGO_POLL_WOKEN,          /* answered by a change; usec */
+    NGX_HTTP_OSAGO_POLL_TIMED_OUT
+} ngx_http_osago_poll_event_e;
+
+void ngx_http_osago_metrics_poll(ngx_http_osago_main_conf_t *omcf,
+    ngx_uint_t event, ngx_uint_t usec);
+void ngx_http_osago_metrics_poll_subscriber(void *data, ngx_uint_t up);
 void ngx_http_osago_metrics_redis_rtt(void *data, ngx_uint_t usec);
 void ngx_http_osago_metrics_redis_state(void *data, ngx_uint_t up);
 void ngx_http_osago_metrics_redis_error(void *data, ngx_uint_t kind);

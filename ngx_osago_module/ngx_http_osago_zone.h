@@ -14,6 +14,7 @@
 #define NGX_HTTP_OSAGO_RTT_BUCKETS   12
 #define NGX_HTTP_OSAGO_MAX_WORKERS   64
 #define NGX_HTTP_OSAGO_PARSE_BUCKETS 8
+#define NGX_HTTP_OSAGO_WAKE_BUCKETS  12
 
 
 struct ngx_http_osago_shm_partner_s {
@@ -51,6 +52,15 @@ struct ngx_http_osago_shctx_s {
     ngx_atomic_t                    parse_count;
     ngx_atomic_t                    parse_sum_us;
     ngx_atomic_t                    redis_up[NGX_HTTP_OSAGO_MAX_WORKERS];
+
+    ngx_atomic_t                    poll_reads;
+    ngx_atomic_t                    poll_at_once;
+    ngx_atomic_t                    poll_parked;       /* now, all workers */
+    ngx_atomic_t                    poll_woken;
+    ngx_atomic_t                    poll_timed_out;
+    ngx_atomic_t                    wake_bucket[NGX_HTTP_OSAGO_WAKE_BUCKETS];
+    ngx_atomic_t                    wake_sum_us;
+    ngx_atomic_t                    poll_subscribed[NGX_HTTP_OSAGO_MAX_WORKERS];
 };
 
 

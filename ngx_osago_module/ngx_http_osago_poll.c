@@ -1,0 +1,957 @@
+/*
+ * GET /osago/application/{id}?latest=<updated_at ms>: the application's
+ * read model, answered at once when it is newer than what the client has,
+ * otherwise parked in this worker until the application changes (200) or
+ * the poll timeout passes (304).
+ *
+ * Parked requests hold no Redis connection and no upstream.  Each worker
+ * keeps one subscriber connection on osago:app-updates and a tree of the
+ * ids it waits for (a node per id).  A message "{id} {updated_at}" for a
+ * node with parked requests sends ONE read of the read model, whatever the
+ * number of requests parked on it, and answers every request the new
+ * version is news to.
+ *
+ * No lost wake-ups.  A request's own read is registered on its node while
+ * it is in flight; a message that arrives meanwhile is remembered on the
+ * node (announced), and a request whose read came back older than the
+ * announced version is not parked blind but woken at once.  When the
+ * subscription is (re)confirmed, every id with parked requests is read
+ * again: what was published while nobody listened is found that way.
+ */
+
+#include <time.h>
+
+#include "ngx_http_osago_module.h"
+
+
+#define NGX_HTTP_OSAGO_POLL_ID_LEN      36      /* a UUID, 8-4-4-4-12 */
+#define NGX_HTTP_OSAGO_POLL_EXIT_WATCH  250     /* ms */
+
+
+struct ngx_http_osago_poll_node_s {
+    ngx_str_node_t                   sn;        /* key: the id */
+    ngx_queue_t                      parked;
+    ngx_uint_t                       nparked;
+    ngx_uint_t                       reads;     /* requests' first reads */
+    uint64_t                         announced; /* newest updated_at heard */
+    uint64_t                         announced_us;
+    ngx_http_osago_redis_cmd_t      *wake;      /* the read for everyone */
+    unsigned                         wake_again:1;
+    u_char                           id[NGX_HTTP_OSAGO_POLL_ID_LEN];
+};
+
+
+typedef struct {
+    ngx_http_request_t              *request;
+    ngx_http_osago_main_conf_t      *omcf;
+    ngx_http_osago_poll_node_t      *node;
+    ngx_queue_t                      queue;     /* in node->parked */
+    ngx_http_osago_redis_cmd_t      *read;      /* its first read */
+    ngx_event_t                      timeout;
+    ngx_str_t                        partner;
+    uint64_t                         latest;
+    unsigned                         has_latest:1;
+    unsigned                         parked:1;
+} ngx_http_osago_poll_ctx_t;
+
+
+/* what a read of osago:app:{id} found */
+typedef struct {
+    ngx_str_t                        doc;
+    ngx_str_t                        owner;
+    uint64_t                         updated_at;
+    unsigned                         found:1;
+    unsigned                         completed:1;
+} ngx_http_osago_poll_doc_t;
+
+
+typedef enum {
+    NGX_HTTP_OSAGO_POLL_BAD_ID = 0,
+    NGX_HTTP_OSAGO_POLL_BAD_LATEST,
+    NGX_HTTP_OSAGO_POLL_NOT_FOUND,
+    NGX_HTTP_OSAGO_POLL_UNAVAILABLE,
+    NGX_HTTP_OSAGO_POLL_METHOD
+} ngx_http_osago_poll_problem_e;
+
+
+static ngx_http_osago_problem_t  ngx_http_osago_poll_problems[] = {
+    { NGX_HTTP_BAD_REQUEST,
+      ngx_string("urn:osago:problem:malformed-id"),
+      ngx_string("Malformed application id"),
+      ngx_string("an application id is a UUID "
+                 "(xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)"),
+      ngx_null_string },
+    { NGX_HTTP_BAD_REQUEST,
+      ngx_string("urn:osago:problem:malformed-latest"),
+      ngx_string("Malformed latest"),
+      ngx_string("latest is the updated_at (milliseconds) of the document "
+                 "the client has"),
+      ngx_null_string },
+    { NGX_HTTP_NOT_FOUND,
+      ngx_string("urn:osago:problem:application-not-found"),
+      ngx_string("Application not found"),
+      ngx_string("no application with this id belongs to this partner"),
+      ngx_null_string },
+    { NGX_HTTP_SERVICE_UNAVAILABLE,
+      ngx_string("urn:osago:problem:unavailable"),
+      ngx_string("Temporarily unavailable"),
+      ngx_string("the application store cannot be reached; retry shortly"),
+      ngx_null_string },
+    { NGX_HTTP_NOT_ALLOWED,
+      ngx_string("urn:osago:problem:method"),
+      ngx_string("Method not allowed"),
+      ngx_string("an application is read with GET"),
+      ngx_null_string }
+};
+
+
+static ngx_int_t ngx_http_osago_poll_read(ngx_http_osago_main_conf_t *omcf,
+    u_char *id, ngx_http_osago_redis_handler_pt handler, void *data,
+    ngx_http_osago_redis_cmd_t **cmd);
+static void ngx_http_osago_poll_wake(ngx_http_osago_main_conf_t *omcf,
+    ngx_http_osago_poll_node_t *node);
+static void ngx_http_osago_poll_node_release(
+    ngx_http_osago_main_conf_t *omcf, ngx_http_osago_poll_node_t *node);
+
+
+static uint64_t
+ngx_http_osago_poll_now_us(void)
+{
+    struct timespec  ts;
+
+    /* not nginx's cached time: one wake-up may answer thousands */
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+
+    return (uint64_t) ts.tv_sec * 1000000 + (uint64_t) ts.tv_nsec / 1000;
+}
+
+
+/* ids: lowercased into id, or NGX_ERROR */
+static ngx_int_t
+ngx_http_osago_poll_parse_id(ngx_str_t *value, u_char *id)
+{
+    u_char      ch;
+    ngx_uint_t  i;
+
+    if (value->len != NGX_HTTP_OSAGO_POLL_ID_LEN) {
+        return NGX_ERROR;
+    }
+
+    for (i = 0; i < NGX_HTTP_OSAGO_POLL_ID_LEN; i++) {
+        ch = value->data[i];
+
+        if (i == 8 || i == 13 || i == 18 || i == 23) {
+            if (ch != '-') {
+                return NGX_ERROR;
+            }
+
+            id[i] = ch;
+            continue;
+        }
+
+        ch = ngx_tolower(ch);
+
+        if (!((ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'f'))) {
+            return NGX_ERROR;
+        }
+
+        id[i] = ch;
+    }
+
+    return NGX_OK;
+}
+
+
+/* a decimal updated_at in milliseconds, at most 18 digits (no overflow) */
+static ngx_int_t
+ngx_http_osago_poll_parse_ms(u_char *p, size_t len, uint64_t *ms)
+{
+    uint64_t  n;
+
+    if (len == 0 || len > 18) {
+        return NGX_ERROR;
+    }
+
+    for (n = 0; len; len--, p++) {
+        if (*p < '0' || *p > '9') {
+            return NGX_ERROR;
+        }
+
+        n = n * 10 + (*p - '0');
+    }
+
+    *ms = n;
+
+    return NGX_OK;
+}
+
+
+/* the tree of ids this worker waits for */
+
+
+static ngx_http_osago_poll_node_t *
+ngx_http_osago_poll_node_find(ngx_http_osago_main_conf_t *omcf, u_char *id)
+{
+    ngx_str_t  key;
+
+    key.data = id;
+    key.len = NGX_HTTP_OSAGO_POLL_ID_LEN;
+
+    return (ngx_http_osago_poll_node_t *) ngx_str_rbtree_lookup(
+               &omcf->poll_tree, &key, ngx_crc32_short(id, key.len));
+}
+
+
+static ngx_http_osago_poll_node_t *
+ngx_http_osago_poll_node_get(ngx_http_osago_main_conf_t *omcf, u_char *id)
+{
+    ngx_http_osago_poll_node_t  *node;
+
+    node = ngx_http_osago_poll_node_find(omcf, id);
+    if (node) {
+        return node;
+    }
+
+    node = ngx_calloc(sizeof(ngx_http_osago_poll_node_t), ngx_cycle->log);
+    if (node == NULL) {
+        return NULL;
+    }
+
+    ngx_memcpy(node->id, id, NGX_HTTP_OSAGO_POLL_ID_LEN);
+    node->sn.str.data = node->id;
+    node->sn.str.len = NGX_HTTP_OSAGO_POLL_ID_LEN;
+    node->sn.node.key = ngx_crc32_short(node->id, NGX_HTTP_OSAGO_POLL_ID_LEN);
+    ngx_queue_init(&node->parked);
+
+    ngx_rbtree_insert(&omcf->poll_tree, &node->sn.node);
+
+    return node;
+}
+
+
+/* a node lives while a request waits on it or reads for it */
+static void
+ngx_http_osago_poll_node_release(ngx_http_osago_main_conf_t *omcf,
+    ngx_http_osago_poll_node_t *node)
+{
+    if (node->nparked || node->reads) {
+        return;
+    }
+
+    if (node->wake) {
+        ngx_http_osago_redis_cancel(node->wake);
+    }
+
+    ngx_rbtree_delete(&omcf->poll_tree, &node->sn.node);
+    ngx_free(node);
+}
+
+
+/* reading the read model */
+
+
+static ngx_int_t
+ngx_http_osago_poll_read(ngx_http_osago_main_conf_t *omcf, u_char *id,
+    ngx_http_osago_redis_handler_pt handler, void *data,
+    ngx_http_osago_redis_cmd_t **cmd)
+{
+    u_char       key[sizeof("osago:app:") - 1 + NGX_HTTP_OSAGO_POLL_ID_LEN];
+    size_t       len[5];
+    const char  *argv[5];
+
+    ngx_memcpy(ngx_cpymem(key, "osago:app:", sizeof("osago:app:") - 1), id,
+               NGX_HTTP_OSAGO_POLL_ID_LEN);
+
+    argv[0] = "HMGET";
+    len[0] = sizeof("HMGET") - 1;
+    argv[1] = (const char *) key;
+    len[1] = sizeof(key);
+    argv[2] = "doc";
+    len[2] = sizeof("doc") - 1;
+    argv[3] = "owner";
+    len[3] = sizeof("owner") - 1;
+    argv[4] = "updated_at";
+    len[4] = sizeof("updated_at") - 1;
+
+    *cmd = ngx_http_osago_redis_command(omcf->redis_conn, 5, argv, len,
+                                        handler, data);
+    if (*cmd == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_http_osago_metrics_poll(omcf, NGX_HTTP_OSAGO_POLL_READ, 0);
+
+    return NGX_OK;
+}
+
+
+/* NGX_OK with doc filled in (found or not), NGX_ERROR on a reply not ours */
+static ngx_int_t
+ngx_http_osago_poll_doc(redisReply *reply, ngx_http_osago_poll_doc_t *doc)
+{
+    redisReply  **el;
+
+    static u_char  completed[] = "\"status\":\"completed\"";
+
+    ngx_memzero(doc, sizeof(ngx_http_osago_poll_doc_t));
+
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 3) {
+        return NGX_ERROR;
+    }
+
+    el = reply->element;
+
+    if (el[0]->type == REDIS_REPLY_NIL) {
+        return NGX_OK;
+    }
+
+    if (el[0]->type != REDIS_REPLY_STRING
+        || el[1]->type != REDIS_REPLY_STRING
+        || el[2]->type != REDIS_REPLY_STRING
+        || ngx_http_osago_poll_parse_ms((u_char *) el[2]->str, el[2]->len,
+                                        &doc->updated_at)
+           != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    doc->doc.data = (u_char *) el[0]->str;
+    doc->doc.len = el[0]->len;
+    doc->owner.data = (u_char *) el[1]->str;
+    doc->owner.len = el[1]->len;
+    doc->found = 1;
+
+    /*
+     * The documents are written by the edge and the worker, compactly:
+     * only the application's own status can read "completed" (an
+     * insurer's is pending, ok or error).
+     */
+    doc->completed = ngx_strlcasestrn(doc->doc.data,
+                                      doc->doc.data + doc->doc.len,
+                                      completed, sizeof(completed) - 2)
+                     != NULL;
+
+    return NGX_OK;
+}
+
+
+/* answering */
+
+
+static ngx_int_t
+ngx_http_osago_poll_problem(ngx_http_request_t *r, ngx_uint_t which)
+{
+    if (which == NGX_HTTP_OSAGO_POLL_UNAVAILABLE
+        && ngx_http_osago_add_header(r, "Retry-After",
+                                     &(ngx_str_t) ngx_string("1"))
+           != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return ngx_http_osago_problem_send(r, &ngx_http_osago_poll_problems[which]);
+}
+
+
+static ngx_int_t
+ngx_http_osago_poll_send_doc(ngx_http_request_t *r, ngx_str_t *doc)
+{
+    ngx_buf_t  *b;
+
+    static ngx_str_t  type = ngx_string("application/json");
+
+    b = ngx_create_temp_buf(r->pool, doc->len);
+    if (b == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    b->last = ngx_cpymem(b->last, doc->data, doc->len);
+
+    if (ngx_http_osago_add_header(r, "Cache-Control",
+                                  &(ngx_str_t) ngx_string("no-store"))
+        != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return ngx_http_osago_send(r, NGX_HTTP_OK, &type, b);
+}
+
+
+static ngx_int_t
+ngx_http_osago_poll_send_not_modified(ngx_http_request_t *r)
+{
+    r->headers_out.status = NGX_HTTP_NOT_MODIFIED;
+    r->headers_out.content_length_n = -1;
+    r->header_only = 1;
+
+    return ngx_http_send_header(r);
+}
+
+
+/* Takes a request off its node (and the timer off the tree). */
+static void
+ngx_http_osago_poll_unpark(ngx_http_osago_poll_ctx_t *ctx)
+{
+    if (!ctx->parked) {
+        return;
+    }
+
+    ctx->parked = 0;
+    ngx_queue_remove(&ctx->queue);
+    ctx->node->nparked--;
+    ctx->omcf->poll_parked--;
+
+    ngx_http_osago_metrics_poll(ctx->omcf, NGX_HTTP_OSAGO_POLL_UNPARKED, 0);
+
+    if (ctx->timeout.timer_set) {
+        ngx_del_timer(&ctx->timeout);
+    }
+}
+
+
+/*
+ * Finishes a request from outside its own event handlers (a Redis reply, a
+ * timer): the requests this posts run here too.
+ */
+static void
+ngx_http_osago_poll_finish(ngx_http_osago_poll_ctx_t *ctx, ngx_int_t rc)
+{
+    ngx_connection_t    *c;
+    ngx_http_request_t  *r = ctx->request;
+
+    c = r->connection;
+
+    ngx_http_finalize_request(r, rc);
+    ngx_http_run_posted_requests(c);
+}
+
+
+static void
+ngx_http_osago_poll_timeout_handler(ngx_event_t *ev)
+{
+    ngx_http_osago_poll_ctx_t  *ctx = ev->data;
+
+    ngx_http_osago_poll_unpark(ctx);
+    ngx_http_osago_metrics_poll(ctx->omcf, NGX_HTTP_OSAGO_POLL_TIMED_OUT, 0);
+
+    ngx_http_osago_poll_finish(ctx,
+        ngx_http_osago_poll_send_not_modified(ctx->request));
+}
+
+
+/* Stopping gracefully (or reloading): parked requests get their 304 now. */
+static void
+ngx_http_osago_poll_exit_watch(ngx_event_t *ev)
+{
+    ngx_queue_t                 *q;
+    ngx_rbtree_node_t           *rn, *next, *root, *sentinel;
+    ngx_http_osago_poll_ctx_t   *ctx;
+    ngx_http_osago_poll_node_t  *node;
+    ngx_http_osago_main_conf_t  *omcf = ev->data;
+
+    if (!ngx_exiting) {
+        if (omcf->poll_parked) {
+            ngx_add_timer(ev, NGX_HTTP_OSAGO_POLL_EXIT_WATCH);
+        }
+
+        return;
+    }
+
+    root = omcf->poll_tree.root;
+    sentinel = omcf->poll_tree.sentinel;
+
+    if (root == sentinel) {
+        return;
+    }
+
+    for (rn = ngx_rbtree_min(root, sentinel); rn; rn = next) {
+        next = ngx_rbtree_next(&omcf->poll_tree, rn);
+        node = (ngx_http_osago_poll_node_t *) rn;
+
+        /* the node goes away with its last request: hold it meanwhile */
+        node->reads++;
+
+        while (!ngx_queue_empty(&node->parked)) {
+            q = ngx_queue_head(&node->parked);
+            ctx = ngx_queue_data(q, ngx_http_osago_poll_ctx_t, queue);
+
+            ngx_http_osago_poll_unpark(ctx);
+            ngx_http_osago_poll_finish(ctx,
+                ngx_http_osago_poll_send_not_modified(ctx->request));
+        }
+
+        node->reads--;
+        ngx_http_osago_poll_node_release(omcf, node);
+    }
+}
+
+
+static void
+ngx_http_osago_poll_park(ngx_http_osago_poll_ctx_t *ctx)
+{
+    ngx_http_request_t          *r = ctx->request;
+    ngx_http_osago_loc_conf_t   *olcf;
+    ngx_http_osago_main_conf_t  *omcf = ctx->omcf;
+
+    olcf = ngx_http_get_module_loc_conf(r, ngx_http_osago_module);
+
+    ngx_queue_insert_tail(&ctx->node->parked, &ctx->queue);
+    ctx->node->nparked++;
+    ctx->parked = 1;
+    omcf->poll_parked++;
+
+    ngx_http_osago_metrics_poll(omcf, NGX_HTTP_OSAGO_POLL_PARKED, 0);
+
+    ctx->timeout.handler = ngx_http_osago_poll_timeout_handler;
+    ctx->timeout.data = ctx;
+    ctx->timeout.log = r->connection->log;
+
+    /*
+     * Not cancelable: a worker stopping gracefully waits for its parked
+     * requests, and the exit watch answers them at once.
+     */
+    ngx_add_timer(&ctx->timeout, olcf->poll_timeout);
+
+    if (!omcf->poll_exit_watch.timer_set) {
+        ngx_add_timer(&omcf->poll_exit_watch, NGX_HTTP_OSAGO_POLL_EXIT_WATCH);
+    }
+}
+
+
+/* the request's first read came back */
+static void
+ngx_http_osago_poll_first_read(void *data, ngx_http_osago_redis_status_e status,
+    redisReply *reply)
+{
+    ngx_int_t                    rc;
+    ngx_http_request_t          *r;
+    ngx_http_osago_poll_doc_t    doc;
+    ngx_http_osago_poll_ctx_t   *ctx = data;
+    ngx_http_osago_poll_node_t  *node = ctx->node;
+
+    r = ctx->request;
+    ctx->read = NULL;
+    node->reads--;
+
+    if (status != NGX_HTTP_OSAGO_REDIS_REPLY
+        || ngx_http_osago_poll_doc(reply, &doc) != NGX_OK)
+    {
+        if (status == NGX_HTTP_OSAGO_REDIS_REPLY) {
+            ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                          "osago poll: unexpected read model for %*s",
+                          (size_t) NGX_HTTP_OSAGO_POLL_ID_LEN, node->id);
+        }
+
+        rc = ngx_http_osago_poll_problem(r, NGX_HTTP_OSAGO_POLL_UNAVAILABLE);
+        goto done;
+    }
+
+    /* another partner's application does not exist, as far as this one knows */
+    if (!doc.found
+        || doc.owner.len != ctx->partner.len
+        || ngx_strncmp(doc.owner.data, ctx->partner.data, doc.owner.len) != 0)
+    {
+        rc = ngx_http_osago_poll_problem(r, NGX_HTTP_OSAGO_POLL_NOT_FOUND);
+        goto done;
+    }
+
+    if (!ctx->has_latest || doc.updated_at > ctx->latest || doc.completed
+        || ngx_exiting)
+    {
+        ngx_http_osago_metrics_poll(ctx->omcf, NGX_HTTP_OSAGO_POLL_AT_ONCE, 0);
+        rc = ngx_http_osago_poll_send_doc(r, &doc.doc);
+        goto done;
+    }
+
+    ngx_http_osago_poll_park(ctx);
+
+    /* a change announced while this read was in flight: read it now */
+    if (node->announced > ctx->latest) {
+        ngx_http_osago_poll_wake(ctx->omcf, node);
+    }
+
+    return;
+
+done:
+
+    ngx_http_osago_poll_node_release(ctx->omcf, node);
+    ngx_http_osago_poll_finish(ctx, rc);
+}
+
+
+/* the read for everyone parked on a node came back */
+static void
+ngx_http_osago_poll_wake_read(void *data, ngx_http_osago_redis_status_e status,
+    redisReply *reply)
+{
+    ngx_int_t                    rc;
+    ngx_queue_t                 *q, *next;
+    ngx_http_osago_poll_doc_t    doc;
+    ngx_http_osago_poll_ctx_t   *ctx;
+    ngx_http_osago_poll_node_t  *node = data;
+    ngx_http_osago_main_conf_t  *omcf;
+
+    node->wake = NULL;
+    omcf = ngx_http_cycle_get_module_main_conf(ngx_cycle,
+                                               ngx_http_osago_module);
+
+    if (status != NGX_HTTP_OSAGO_REDIS_REPLY
+        || ngx_http_osago_poll_doc(reply, &doc) != NGX_OK)
+    {
+        /*
+         * They stay parked: a Redis that comes back re-subscribes, and
+         * every parked id is read again then.
+         */
+        ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                      "osago poll: cannot read %*s for %ui parked request(s)",
+                      (size_t) NGX_HTTP_OSAGO_POLL_ID_LEN, node->id,
+                      node->nparked);
+        node->wake_again = 0;
+        ngx_http_osago_poll_node_release(omcf, node);
+        return;
+    }
+
+    /* hold the node while its requests go */
+    node->reads++;
+
+    for (q = ngx_queue_head(&node->parked);
+         q != ngx_queue_sentinel(&node->parked);
+         q = next)
+    {
+        next = ngx_queue_next(q);
+        ctx = ngx_queue_data(q, ngx_http_osago_poll_ctx_t, queue);
+
+        if (!doc.found) {
+            /* expired or removed meanwhile */
+            ngx_http_osago_poll_unpark(ctx);
+            rc = ngx_http_osago_poll_problem(ctx->request,
+                                             NGX_HTTP_OSAGO_POLL_NOT_FOUND);
+
+        } else if (doc.updated_at > ctx->latest || doc.completed) {
+            ngx_http_osago_poll_unpark(ctx);
+            ngx_http_osago_metrics_poll(omcf, NGX_HTTP_OSAGO_POLL_WOKEN,
+                (ngx_uint_t) (ngx_http_osago_poll_now_us()
+                              - node->announced_us));
+            rc = ngx_http_osago_poll_send_doc(ctx->request, &doc.doc);
+
+        } else {
+            continue;       /* not news to this one */
+        }
+
+        ngx_http_osago_poll_finish(ctx, rc);
+    }
+
+    node->reads--;
+
+    if (node->wake_again && node->nparked) {
+        node->wake_again = 0;
+        ngx_http_osago_poll_wake(omcf, node);
+    }
+
+    ngx_http_osago_poll_node_release(omcf, node);
+}
+
+
+static void
+ngx_http_osago_poll_wake(ngx_http_osago_main_conf_t *omcf,
+    ngx_http_osago_poll_node_t *node)
+{
+    if (node->wake) {
+        /* the read in flight may predate the change: one more after it */
+        node->wake_again = 1;
+        return;
+    }
+
+    if (ngx_http_osago_poll_read(omcf, node->id,
+                                 ngx_http_osago_poll_wake_read, node,
+                                 &node->wake)
+        != NGX_OK)
+    {
+        /* Redis is away: the re-subscription will read every parked id */
+        node->wake = NULL;
+    }
+}
+
+
+/* the subscription */
+
+
+static void
+ngx_http_osago_poll_message(void *data, u_char *text, size_t len)
+{
+    u_char                       id[NGX_HTTP_OSAGO_POLL_ID_LEN];
+    uint64_t                     updated_at;
+    ngx_str_t                    value;
+    ngx_http_osago_poll_node_t  *node;
+    ngx_http_osago_main_conf_t  *omcf = data;
+
+    /* "{id} {updated_at}" */
+    value.data = text;
+    value.len = NGX_HTTP_OSAGO_POLL_ID_LEN;
+
+    if (len < NGX_HTTP_OSAGO_POLL_ID_LEN + 2
+        || text[NGX_HTTP_OSAGO_POLL_ID_LEN] != ' '
+        || ngx_http_osago_poll_parse_id(&value, id) != NGX_OK
+        || ngx_http_osago_poll_parse_ms(text + NGX_HTTP_OSAGO_POLL_ID_LEN + 1,
+                                        len - NGX_HTTP_OSAGO_POLL_ID_LEN - 1,
+                                        &updated_at)
+           != NGX_OK)
+    {
+        ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                      "osago poll: ignoring a malformed update message "
+                      "(%uz bytes)", len);
+        return;
+    }
+
+    node = ngx_http_osago_poll_node_find(omcf, id);
+    if (node == NULL) {
+        return;     /* nobody here waits for it */
+    }
+
+    if (updated_at > node->announced) {
+        node->announced = updated_at;
+        node->announced_us = ngx_http_osago_poll_now_us();
+    }
+
+    if (node->nparked) {
+        ngx_http_osago_poll_wake(omcf, node);
+    }
+}
+
+
+static void
+ngx_http_osago_poll_subscribed(void *data)
+{
+    ngx_rbtree_node_t           *rn, *root, *sentinel;
+    ngx_http_osago_poll_node_t  *node;
+    ngx_http_osago_main_conf_t  *omcf = data;
+
+    root = omcf->poll_tree.root;
+    sentinel = omcf->poll_tree.sentinel;
+
+    if (root == sentinel) {
+        return;
+    }
+
+    for (rn = ngx_rbtree_min(root, sentinel);
+         rn;
+         rn = ngx_rbtree_next(&omcf->poll_tree, rn))
+    {
+        node = (ngx_http_osago_poll_node_t *) rn;
+
+        if (node->nparked) {
+            node->announced_us = ngx_http_osago_poll_now_us();
+            ngx_http_osago_poll_wake(omcf, node);
+        }
+    }
+}
+
+
+/* the request */
+
+
+static void
+ngx_http_osago_poll_cleanup(void *data)
+{
+    ngx_http_osago_poll_ctx_t  *ctx = data;
+
+    if (ctx->read) {
+        ngx_http_osago_redis_cancel(ctx->read);
+        ctx->read = NULL;
+        ctx->node->reads--;
+
+    } else if (!ctx->parked) {
+        return;
+    }
+
+    ngx_http_osago_poll_unpark(ctx);
+    ngx_http_osago_poll_node_release(ctx->omcf, ctx->node);
+}
+
+
+static ngx_int_t
+ngx_http_osago_poll_handler(ngx_http_request_t *r)
+{
+    u_char                       id[NGX_HTTP_OSAGO_POLL_ID_LEN];
+    ngx_int_t                    rc;
+    ngx_str_t                    value, latest;
+    ngx_http_cleanup_t          *cln;
+    ngx_http_osago_loc_conf_t   *olcf;
+    ngx_http_osago_poll_ctx_t   *ctx;
+    ngx_http_osago_main_conf_t  *omcf;
+    ngx_http_osago_limit_ctx_t  *lctx;
+
+    if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
+        return ngx_http_osago_poll_problem(r, NGX_HTTP_OSAGO_POLL_METHOD);
+    }
+
+    rc = ngx_http_discard_request_body(r);
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    olcf = ngx_http_get_module_loc_conf(r, ngx_http_osago_module);
+    omcf = ngx_http_get_module_main_conf(r, ngx_http_osago_module);
+
+    if (ngx_http_complex_value(r, olcf->poll, &value) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (ngx_http_osago_poll_parse_id(&value, id) != NGX_OK) {
+        return ngx_http_osago_poll_problem(r, NGX_HTTP_OSAGO_POLL_BAD_ID);
+    }
+
+    ctx = ngx_pcalloc(r->pool, sizeof(ngx_http_osago_poll_ctx_t));
+    if (ctx == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (ngx_http_arg(r, (u_char *) "latest", 6, &latest) == NGX_OK) {
+        if (ngx_http_osago_poll_parse_ms(latest.data, latest.len,
+                                         &ctx->latest)
+            != NGX_OK)
+        {
+            return ngx_http_osago_poll_problem(r,
+                                               NGX_HTTP_OSAGO_POLL_BAD_LATEST);
+        }
+
+        ctx->has_latest = 1;
+    }
+
+    lctx = ngx_http_osago_limit_get_ctx(r);
+
+    if (lctx == NULL || lctx->partner.len == 0) {
+        /* admitted by the "open" fallback without a known partner */
+        return ngx_http_osago_poll_problem(r, NGX_HTTP_OSAGO_POLL_UNAVAILABLE);
+    }
+
+    ctx->request = r;
+    ctx->omcf = omcf;
+    ctx->partner = lctx->partner;
+
+    ctx->node = ngx_http_osago_poll_node_get(omcf, id);
+    if (ctx->node == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    /* registered before the read goes: see "No lost wake-ups" above */
+    ctx->node->reads++;
+
+    if (ngx_http_osago_poll_read(omcf, id, ngx_http_osago_poll_first_read,
+                                 ctx, &ctx->read)
+        != NGX_OK)
+    {
+        ctx->node->reads--;
+        ngx_http_osago_poll_node_release(omcf, ctx->node);
+        return ngx_http_osago_poll_problem(r, NGX_HTTP_OSAGO_POLL_UNAVAILABLE);
+    }
+
+    cln = ngx_http_cleanup_add(r, 0);
+    if (cln == NULL) {
+        ngx_http_osago_poll_cleanup(ctx);
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    cln->handler = ngx_http_osago_poll_cleanup;
+    cln->data = ctx;
+
+    /* a client that goes away is noticed (and cleaned up) at once */
+    r->read_event_handler = ngx_http_test_reading;
+    r->main->count++;
+
+    return NGX_DONE;
+}
+
+
+char *
+ngx_http_osago_poll(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_osago_loc_conf_t  *olcf = conf;
+
+    ngx_str_t                         *value;
+    ngx_http_core_loc_conf_t          *clcf;
+    ngx_http_osago_main_conf_t        *omcf;
+    ngx_http_compile_complex_value_t   ccv;
+
+    if (olcf->poll) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    olcf->poll = ngx_palloc(cf->pool, sizeof(ngx_http_complex_value_t));
+    if (olcf->poll == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    ngx_memzero(&ccv, sizeof(ngx_http_compile_complex_value_t));
+
+    ccv.cf = cf;
+    ccv.value = &value[1];
+    ccv.complex_value = olcf->poll;
+
+    if (ngx_http_compile_complex_value(&ccv) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+    clcf->handler = ngx_http_osago_poll_handler;
+
+    omcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_osago_module);
+    omcf->used = 1;
+    omcf->poll_used = 1;
+
+    return NGX_CONF_OK;
+}
+
+
+ngx_int_t
+ngx_http_osago_poll_init_worker(ngx_http_osago_main_conf_t *omcf,
+    ngx_log_t *log)
+{
+    ngx_http_osago_redis_observer_t  observer;
+
+    ngx_rbtree_init(&omcf->poll_tree, &omcf->poll_sentinel,
+                    ngx_str_rbtree_insert_value);
+
+    omcf->poll_exit_watch.handler = ngx_http_osago_poll_exit_watch;
+    omcf->poll_exit_watch.data = omcf;
+    omcf->poll_exit_watch.log = log;
+    omcf->poll_exit_watch.cancelable = 1;
+
+    if (!omcf->poll_used) {
+        return NGX_OK;
+    }
+
+    ngx_str_set(&omcf->poll_subscription.channel, "osago:app-updates");
+    omcf->poll_subscription.subscribed = ngx_http_osago_poll_subscribed;
+    omcf->poll_subscription.message = ngx_http_osago_poll_message;
+    omcf->poll_subscription.data = omcf;
+
+    ngx_memzero(&observer, sizeof(ngx_http_osago_redis_observer_t));
+    observer.state = ngx_http_osago_metrics_poll_subscriber;
+    observer.data = omcf;
+
+    ngx_http_osago_metrics_poll_subscriber(omcf, 0);
+
+    omcf->poll_sub = ngx_http_osago_redis_subscribe(&omcf->redis,
+                                                    &omcf->poll_subscription,
+                                                    &observer, log);
+
+    return omcf->poll_sub ? NGX_OK : NGX_ERROR;
+}
+
+
+void
+ngx_http_osago_poll_exit_worker(ngx_http_osago_main_conf_t *omcf)
+{
+    if (omcf->poll_sub) {
+        ngx_http_osago_redis_destroy(omcf->poll_sub);
+        omcf->poll_sub = NULL;
+    }
+
+    if (omcf->poll_exit_watch.timer_set) {
+        ngx_del_timer(&omcf->poll_exit_watch);
+    }
+}
