@@ -85,6 +85,7 @@ typedef struct {
     ngx_http_osago_redis_subscription_t  poll_subscription;
     ngx_event_t                      poll_exit_watch;
     ngx_uint_t                       poll_parked;       /* this worker */
+    ngx_uint_t                       poll_epoch;        /* subscriptions made */
 } ngx_http_osago_main_conf_t;
 
 

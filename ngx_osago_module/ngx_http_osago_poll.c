@@ -16,7 +16,9 @@
  * node (announced), and a request whose read came back older than the
  * announced version is not parked blind but woken at once.  When the
  * subscription is (re)confirmed, every id with parked requests is read
- * again: what was published while nobody listened is found that way.
+ * again: what was published while nobody listened is found that way; and
+ * a request whose read was in flight across that re-check is read again
+ * once parked (the subscription's epoch changed under it).
  */
 
 #include <time.h>
@@ -50,6 +52,7 @@ typedef struct {
     ngx_event_t                      timeout;
     ngx_str_t                        partner;
     uint64_t                         latest;
+    ngx_uint_t                       epoch;     /* of the subscription */
     unsigned                         has_latest:1;
     unsigned                         parked:1;
 } ngx_http_osago_poll_ctx_t;
@@ -556,18 +559,26 @@ ngx_http_osago_poll_first_read(void *data, ngx_http_osago_redis_status_e status,
         goto done;
     }
 
-    if (!ctx->has_latest || doc.updated_at > ctx->latest || doc.completed
-        || ngx_exiting)
-    {
+    if (!ctx->has_latest || doc.updated_at > ctx->latest || doc.completed) {
         ngx_http_osago_metrics_poll(ctx->omcf, NGX_HTTP_OSAGO_POLL_AT_ONCE, 0);
         rc = ngx_http_osago_poll_send_doc(r, &doc.doc);
         goto done;
     }
 
+    if (ngx_exiting) {
+        /* nothing new, and this worker is going: poll again elsewhere */
+        rc = ngx_http_osago_poll_send_not_modified(r);
+        goto done;
+    }
+
     ngx_http_osago_poll_park(ctx);
 
-    /* a change announced while this read was in flight: read it now */
-    if (node->announced > ctx->latest) {
+    /*
+     * A change announced while this read was in flight, or a subscription
+     * re-made meanwhile (its re-check ran before this request was parked,
+     * and what was published before it was lost): read again now.
+     */
+    if (node->announced > ctx->latest || ctx->epoch != ctx->omcf->poll_epoch) {
         ngx_http_osago_poll_wake(ctx->omcf, node);
     }
 
@@ -727,6 +738,8 @@ ngx_http_osago_poll_subscribed(void *data)
     ngx_http_osago_poll_node_t  *node;
     ngx_http_osago_main_conf_t  *omcf = data;
 
+    omcf->poll_epoch++;
+
     root = omcf->poll_tree.root;
     sentinel = omcf->poll_tree.sentinel;
 
@@ -837,6 +850,7 @@ ngx_http_osago_poll_handler(ngx_http_request_t *r)
 
     /* registered before the read goes: see "No lost wake-ups" above */
     ctx->node->reads++;
+    ctx->epoch = omcf->poll_epoch;
 
     if (ngx_http_osago_poll_read(omcf, id, ngx_http_osago_poll_first_read,
                                  ctx, &ctx->read)
