@@ -207,6 +207,37 @@ ngx_http_osago_metrics_redis_error(void *data, ngx_uint_t kind)
 #define NGX_HTTP_OSAGO_METRICS_LINE  (128 + NGX_HTTP_OSAGO_NAME_MAX)
 
 
+/*
+ * A histogram whose buckets are kept non-cumulative, in microseconds, the
+ * last slot above every bound (only +Inf shows it); the type line first.
+ */
+static u_char *
+ngx_http_osago_metrics_histogram(u_char *p, const char *name,
+    const char *help, ngx_uint_t *bounds, ngx_atomic_t *buckets,
+    ngx_uint_t n, ngx_atomic_uint_t count, ngx_atomic_uint_t sum_us)
+{
+    ngx_uint_t  i, cumulative;
+
+    p = ngx_sprintf(p, "# HELP %s %s\n# TYPE %s histogram\n", name, help,
+                    name);
+
+    cumulative = 0;
+
+    for (i = 0; i < n - 1; i++) {
+        cumulative += buckets[i];
+        p = ngx_sprintf(p, "%s_bucket{le=\"%ui.%06ui\"} %ui\n", name,
+                        bounds[i] / 1000000, bounds[i] % 1000000, cumulative);
+    }
+
+    return ngx_sprintf(p,
+                       "%s_bucket{le=\"+Inf\"} %uA\n"
+                       "%s_sum %uA.%06uA\n"
+                       "%s_count %uA\n",
+                       name, count, name, sum_us / 1000000, sum_us % 1000000,
+                       name, count);
+}
+
+
 static ngx_int_t
 ngx_http_osago_metrics_handler(ngx_http_request_t *r)
 {
@@ -214,7 +245,7 @@ ngx_http_osago_metrics_handler(ngx_http_request_t *r)
     u_char                        *p;
     ngx_int_t                      rc;
     ngx_buf_t                     *b;
-    ngx_uint_t                     i, n, workers, cumulative;
+    ngx_uint_t                     i, n, workers;
     ngx_queue_t                   *q;
     ngx_core_conf_t               *ccf;
     ngx_http_osago_zone_t         *ozone;
@@ -299,26 +330,10 @@ ngx_http_osago_metrics_handler(ngx_http_request_t *r)
 
     ngx_shmtx_unlock(&ozone->shpool->mutex);
 
-    p = ngx_sprintf(p,
-            "# HELP osago_redis_rtt_seconds Redis round-trip time.\n"
-            "# TYPE osago_redis_rtt_seconds histogram\n");
-
-    cumulative = 0;
-
-    /* the last slot holds what is above every bound: only +Inf shows it */
-    for (i = 0; i < NGX_HTTP_OSAGO_RTT_BUCKETS - 1; i++) {
-        cumulative += sh->rtt_bucket[i];
-        p = ngx_sprintf(p, "osago_redis_rtt_seconds_bucket{le=\"%ui.%06ui\"} %ui\n",
-                        ngx_http_osago_rtt_bounds[i] / 1000000,
-                        ngx_http_osago_rtt_bounds[i] % 1000000, cumulative);
-    }
-
-    p = ngx_sprintf(p,
-            "osago_redis_rtt_seconds_bucket{le=\"+Inf\"} %uA\n"
-            "osago_redis_rtt_seconds_sum %uA.%06uA\n"
-            "osago_redis_rtt_seconds_count %uA\n",
-            sh->rtt_count, sh->rtt_sum_us / 1000000, sh->rtt_sum_us % 1000000,
-            sh->rtt_count);
+    p = ngx_http_osago_metrics_histogram(p, "osago_redis_rtt_seconds",
+            "Redis round-trip time.", ngx_http_osago_rtt_bounds,
+            sh->rtt_bucket, NGX_HTTP_OSAGO_RTT_BUCKETS, sh->rtt_count,
+            sh->rtt_sum_us);
 
     p = ngx_sprintf(p,
             "# HELP osago_redis_up Whether the worker's Redis connection "
@@ -358,27 +373,10 @@ ngx_http_osago_metrics_handler(ngx_http_request_t *r)
                         sh->intake_rejected[i]);
     }
 
-    p = ngx_sprintf(p,
-            "# HELP osago_intake_parse_seconds Time to validate and "
-            "canonicalise an application body.\n"
-            "# TYPE osago_intake_parse_seconds histogram\n");
-
-    cumulative = 0;
-
-    for (i = 0; i < NGX_HTTP_OSAGO_PARSE_BUCKETS - 1; i++) {
-        cumulative += sh->parse_bucket[i];
-        p = ngx_sprintf(p,
-                "osago_intake_parse_seconds_bucket{le=\"%ui.%06ui\"} %ui\n",
-                ngx_http_osago_parse_bounds[i] / 1000000,
-                ngx_http_osago_parse_bounds[i] % 1000000, cumulative);
-    }
-
-    p = ngx_sprintf(p,
-            "osago_intake_parse_seconds_bucket{le=\"+Inf\"} %uA\n"
-            "osago_intake_parse_seconds_sum %uA.%06uA\n"
-            "osago_intake_parse_seconds_count %uA\n",
-            sh->parse_count, sh->parse_sum_us / 1000000,
-            sh->parse_sum_us % 1000000, sh->parse_count);
+    p = ngx_http_osago_metrics_histogram(p, "osago_intake_parse_seconds",
+            "Time to validate and canonicalise an application body.",
+            ngx_http_osago_parse_bounds, sh->parse_bucket,
+            NGX_HTTP_OSAGO_PARSE_BUCKETS, sh->parse_count, sh->parse_sum_us);
 
     p = ngx_sprintf(p,
             "# HELP osago_poll_parked Status requests parked now, waiting "
@@ -398,27 +396,10 @@ ngx_http_osago_metrics_handler(ngx_http_request_t *r)
             sh->poll_parked, sh->poll_at_once, sh->poll_woken,
             sh->poll_timed_out, sh->poll_reads);
 
-    p = ngx_sprintf(p,
-            "# HELP osago_poll_wake_seconds From a change heard on "
-            "osago:app-updates to a parked request's answer.\n"
-            "# TYPE osago_poll_wake_seconds histogram\n");
-
-    cumulative = 0;
-
-    for (i = 0; i < NGX_HTTP_OSAGO_WAKE_BUCKETS - 1; i++) {
-        cumulative += sh->wake_bucket[i];
-        p = ngx_sprintf(p,
-                "osago_poll_wake_seconds_bucket{le=\"%ui.%06ui\"} %ui\n",
-                ngx_http_osago_wake_bounds[i] / 1000000,
-                ngx_http_osago_wake_bounds[i] % 1000000, cumulative);
-    }
-
-    p = ngx_sprintf(p,
-            "osago_poll_wake_seconds_bucket{le=\"+Inf\"} %uA\n"
-            "osago_poll_wake_seconds_sum %uA.%06uA\n"
-            "osago_poll_wake_seconds_count %uA\n",
-            sh->poll_woken, sh->wake_sum_us / 1000000,
-            sh->wake_sum_us % 1000000, sh->poll_woken);
+    p = ngx_http_osago_metrics_histogram(p, "osago_poll_wake_seconds",
+            "From a change heard on osago:app-updates to a parked request's "
+            "answer.", ngx_http_osago_wake_bounds, sh->wake_bucket,
+            NGX_HTTP_OSAGO_WAKE_BUCKETS, sh->poll_woken, sh->wake_sum_us);
 
     p = ngx_sprintf(p,
             "# HELP osago_poll_subscribed Whether the worker's "
