@@ -620,6 +620,18 @@ ngx_http_osago_cycle_main_conf(ngx_cycle_t *cycle)
 }
 
 
+/* the command connection's state: a metric, and parked polls to re-check */
+static void
+ngx_http_osago_redis_state(void *data, ngx_uint_t up)
+{
+    ngx_http_osago_metrics_redis_state(data, up);
+
+    if (up) {
+        ngx_http_osago_poll_redis_up(data);
+    }
+}
+
+
 static ngx_int_t
 ngx_http_osago_init_process(ngx_cycle_t *cycle)
 {
@@ -638,7 +650,7 @@ ngx_http_osago_init_process(ngx_cycle_t *cycle)
     }
 
     observer.rtt = ngx_http_osago_metrics_redis_rtt;
-    observer.state = ngx_http_osago_metrics_redis_state;
+    observer.state = ngx_http_osago_redis_state;
     observer.error = ngx_http_osago_metrics_redis_error;
     observer.data = omcf;
 

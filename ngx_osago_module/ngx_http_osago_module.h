@@ -171,6 +171,7 @@ char *ngx_http_osago_poll(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 ngx_int_t ngx_http_osago_poll_init_worker(ngx_http_osago_main_conf_t *omcf,
     ngx_log_t *log);
 void ngx_http_osago_poll_exit_worker(ngx_http_osago_main_conf_t *omcf);
+void ngx_http_osago_poll_redis_up(ngx_http_osago_main_conf_t *omcf);
 
 /* partner cache (per worker) */
 typedef struct {

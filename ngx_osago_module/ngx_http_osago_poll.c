@@ -101,7 +101,7 @@ static ngx_http_osago_problem_t  ngx_http_osago_poll_problems[] = {
       ngx_string("the application store cannot be reached; retry shortly"),
       ngx_null_string },
     { NGX_HTTP_NOT_ALLOWED,
-      ngx_string("urn:osago:problem:method"),
+      ngx_string("urn:osago:problem:method-not-allowed"),
       ngx_string("Method not allowed"),
       ngx_string("an application is read with GET"),
       ngx_null_string }
@@ -347,6 +347,14 @@ ngx_http_osago_poll_problem(ngx_http_request_t *r, ngx_uint_t which)
     if (which == NGX_HTTP_OSAGO_POLL_UNAVAILABLE
         && ngx_http_osago_add_header(r, "Retry-After",
                                      &(ngx_str_t) ngx_string("1"))
+           != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (which == NGX_HTTP_OSAGO_POLL_METHOD
+        && ngx_http_osago_add_header(r, "Allow",
+                                     &(ngx_str_t) ngx_string("GET, HEAD"))
            != NGX_OK)
     {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
@@ -611,8 +619,8 @@ ngx_http_osago_poll_wake_read(void *data, ngx_http_osago_redis_status_e status,
         || ngx_http_osago_poll_doc(reply, &doc) != NGX_OK)
     {
         /*
-         * They stay parked: a Redis that comes back re-subscribes, and
-         * every parked id is read again then.
+         * They stay parked: when the command connection is ready again,
+         * every parked id is read again.
          */
         ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
                       "osago poll: cannot read %*s for %ui parked request(s)",
@@ -679,8 +687,12 @@ ngx_http_osago_poll_wake(ngx_http_osago_main_conf_t *omcf,
                                  &node->wake)
         != NGX_OK)
     {
-        /* Redis is away: the re-subscription will read every parked id */
+        /* Redis is away: every parked id is read again when it is back */
         node->wake = NULL;
+        ngx_log_error(NGX_LOG_INFO, ngx_cycle->log, 0,
+                      "osago poll: %*s changed while Redis is unreachable; "
+                      "read again when it is back",
+                      (size_t) NGX_HTTP_OSAGO_POLL_ID_LEN, node->id);
     }
 }
 
@@ -731,14 +743,12 @@ ngx_http_osago_poll_message(void *data, u_char *text, size_t len)
 }
 
 
+/* every id with parked requests, read again */
 static void
-ngx_http_osago_poll_subscribed(void *data)
+ngx_http_osago_poll_recheck(ngx_http_osago_main_conf_t *omcf)
 {
     ngx_rbtree_node_t           *rn, *root, *sentinel;
     ngx_http_osago_poll_node_t  *node;
-    ngx_http_osago_main_conf_t  *omcf = data;
-
-    omcf->poll_epoch++;
 
     root = omcf->poll_tree.root;
     sentinel = omcf->poll_tree.sentinel;
@@ -757,6 +767,30 @@ ngx_http_osago_poll_subscribed(void *data)
             node->announced_us = ngx_http_osago_poll_now_us();
             ngx_http_osago_poll_wake(omcf, node);
         }
+    }
+}
+
+
+static void
+ngx_http_osago_poll_subscribed(void *data)
+{
+    ngx_http_osago_main_conf_t  *omcf = data;
+
+    omcf->poll_epoch++;
+    ngx_http_osago_poll_recheck(omcf);
+}
+
+
+/*
+ * The command connection is ready again.  Reads refused or lost while it
+ * was away (a wake-up, or the re-check of a subscription made before it
+ * came back) are made now.
+ */
+void
+ngx_http_osago_poll_redis_up(ngx_http_osago_main_conf_t *omcf)
+{
+    if (omcf->poll_used && omcf->poll_tree.root != omcf->poll_tree.sentinel) {
+        ngx_http_osago_poll_recheck(omcf);
     }
 }
 

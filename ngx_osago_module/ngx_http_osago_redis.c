@@ -876,6 +876,13 @@ ngx_http_osago_redis_reply(redisAsyncContext *ac, void *r, void *privdata)
     if (cmd->in_flight) {
         ngx_queue_remove(&cmd->queue);
         cmd->in_flight = 0;
+
+        /* nothing left to time out: a worker stopping need not wait */
+        if (ngx_queue_empty(&redis->in_flight)
+            && redis->command_timer.timer_set)
+        {
+            ngx_del_timer(&redis->command_timer);
+        }
     }
 
     if (reply) {
