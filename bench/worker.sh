@@ -35,13 +35,13 @@ PG_UP=
 
 cleanup() {
     local p
+    # one at a time, last started first: the worker stops while Kafka, Redis and PostgreSQL are
+    # still there (stopped together, it would wait on a broker that is gone)
     for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
         p=${PIDS[$i]}
-        kill -TERM "$p" 2>/dev/null || true
-    done
-    for p in "${PIDS[@]}"; do
-        for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$p" 2>/dev/null || true
+        kill -TERM "$p" 2>/dev/null || continue
+        for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$p" 2>/dev/null && echo "bench/worker: pid $p did not stop in 10 s, killed" >&2
     done
     [ -n "$PG_UP" ] && runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$WORK/pg/data" -m fast -w stop >/dev/null 2>&1
     [ -n "${BENCH_KEEP_LOGS:-}" ] && cp "$WORK/pg/log" "$WORK/worker.log" "$WORK/stages" "$WORK/latencies" "$BENCH_KEEP_LOGS/" 2>/dev/null
