@@ -165,25 +165,22 @@ ngx_http_osago_poll_parse_id(ngx_str_t *value, u_char *id)
 }
 
 
-/* a decimal updated_at in milliseconds, at most 18 digits (no overflow) */
+/* a decimal updated_at in milliseconds, at most 18 digits */
 static ngx_int_t
 ngx_http_osago_poll_parse_ms(u_char *p, size_t len, uint64_t *ms)
 {
-    uint64_t  n;
+    off_t  n;
 
-    if (len == 0 || len > 18) {
+    if (len > 18) {
         return NGX_ERROR;
     }
 
-    for (n = 0; len; len--, p++) {
-        if (*p < '0' || *p > '9') {
-            return NGX_ERROR;
-        }
-
-        n = n * 10 + (*p - '0');
+    n = ngx_atoof(p, len);      /* digits only; an empty string is an error */
+    if (n == NGX_ERROR) {
+        return NGX_ERROR;
     }
 
-    *ms = n;
+    *ms = (uint64_t) n;
 
     return NGX_OK;
 }
