@@ -16,6 +16,7 @@ use Exporter 'import';
 use Carp qw(croak);
 use IO::Select;
 use IO::Socket::IP;
+use OsagoResp;
 use JSON::PP ();
 use POSIX qw(strftime);
 use Test::More;
@@ -155,46 +156,13 @@ sub is_problem {
 
 # --- Redis, binary safe ------------------------------------------------------------------------
 
-# resp($redis, @command): the reply as Perl data (arrays as array refs, errors as { error => }).
+# resp($redis, @command): the reply as Perl data (arrays as array refs, errors as { error => }),
+# on a connection of its own.
 sub resp {
     my ($r, @cmd) = @_;
-    my $s = IO::Socket::IP->new(PeerHost => '127.0.0.1', PeerPort => $r->port, Proto => 'tcp',
-                                Timeout => 3) or croak "resp: connect: $!";
-    binmode $s;
-    my $out = '*' . @cmd . "\r\n";
-    $out .= '$' . length($_) . "\r\n$_\r\n" for @cmd;
-    print {$s} $out;
-    my $buf = '';
-    my $sel = IO::Select->new($s);
-    my $read = sub {
-        my ($want) = @_;    # bytes, or undef for a line
-        while (1) {
-            if (defined $want) { return substr($buf, 0, $want, '') if length $buf >= $want }
-            elsif ($buf =~ s/^(.*?)\r\n//s) { return $1 }
-            $sel->can_read(5) or croak "resp: timeout on @cmd";
-            sysread($s, $buf, 65536, length $buf) or croak "resp: closed on @cmd";
-        }
-    };
-    my $parse;
-    $parse = sub {
-        my $line = $read->(undef);
-        my ($t, $rest) = (substr($line, 0, 1), substr($line, 1));
-        return $rest if $t eq '+';
-        return { error => $rest } if $t eq '-';
-        return $rest + 0 if $t eq ':';
-        if ($t eq '$') {
-            return undef if $rest < 0;
-            my $v = $read->($rest + 2);
-            return substr($v, 0, $rest);
-        }
-        if ($t eq '*') {
-            return undef if $rest < 0;
-            return [ map { $parse->() } 1 .. $rest ];
-        }
-        croak "resp: unexpected reply '$line'";
-    };
-    my $v = $parse->();
-    close $s;
+    my $c = OsagoResp->new($r);
+    my $v = $c->cmd(@cmd);
+    $c->disconnect;
     return $v;
 }
 

@@ -33,6 +33,7 @@ use Socket qw(PF_INET SOCK_STREAM IPPROTO_TCP SOL_SOCKET SO_ERROR SO_LINGER TCP_
 use Time::HiRes qw(time sleep);
 use OsagoTest;
 use OsagoIntake ();
+use OsagoResp;
 
 our @EXPORT_OK = qw(uuid4 poll_http poll_path poll_get put_app app_doc publish rconn many
                     get_request parked poll_metrics wait_parked when_parked hmgets_of);
@@ -100,7 +101,7 @@ sub put_app {
     my $doc = $o{doc} // app_doc($id, %o, updated_at => $u);
     my $key = 'osago:app:' . ($o{key_id} // $id);
     my @cmd = ('HSET', $key, 'doc', $doc, 'owner', $o{owner} // 'acme', 'updated_at', $u);
-    my $res = ref $r eq 'OsagoPoll::Conn' ? $r->cmd(@cmd) : OsagoIntake::resp($r, @cmd);
+    my $res = ref $r eq 'OsagoResp' ? $r->cmd(@cmd) : OsagoIntake::resp($r, @cmd);
     croak "put_app: HSET failed" if ref $res eq 'HASH';
     return $doc;
 }
@@ -109,10 +110,10 @@ sub put_app {
 sub publish {
     my ($r, $id, $u) = @_;
     my @cmd = ('PUBLISH', 'osago:app-updates', "$id $u");
-    return ref $r eq 'OsagoPoll::Conn' ? $r->cmd(@cmd) : OsagoIntake::resp($r, @cmd);
+    return ref $r eq 'OsagoResp' ? $r->cmd(@cmd) : OsagoIntake::resp($r, @cmd);
 }
 
-sub rconn { OsagoPoll::Conn->new(@_) }
+sub rconn { OsagoResp->new(@_) }
 
 # poll_get($n, $id, key => .., latest => .., method => .., port => (default $n->port), path =>,
 #          headers => {..}, timeout => s): as OsagoTest::http (status, headers, content, elapsed)
@@ -317,89 +318,5 @@ sub many {
              answered => scalar(grep { $_->{status} != 599 } @all),
              unanswered => scalar(grep { $_->{status} == 599 && !$_->{aborted} } @all) };
 }
-
-# --- a persistent Redis connection (RESP, binary safe) ------------------------------------------
-
-package OsagoPoll::Conn;
-
-use strict;
-use warnings;
-use Carp qw(croak);
-use IO::Select;
-use IO::Socket::IP;
-
-sub new {
-    my ($class, $redis) = @_;
-    my $s = IO::Socket::IP->new(PeerHost => '127.0.0.1', PeerPort => $redis->port, Proto => 'tcp',
-                                Timeout => 3) or croak "rconn: connect: $!";
-    binmode $s;
-    $s->autoflush(1);
-    return bless { s => $s, buf => '', sel => IO::Select->new($s) }, $class;
-}
-
-sub _read {
-    my ($self, $want) = @_;
-    while (1) {
-        if (defined $want) {
-            return substr($self->{buf}, 0, $want, '') if length $self->{buf} >= $want;
-        } elsif ($self->{buf} =~ s/^(.*?)\r\n//s) {
-            return $1;
-        }
-        $self->{sel}->can_read(5) or croak 'rconn: timeout';
-        sysread($self->{s}, $self->{buf}, 65536, length $self->{buf}) or croak 'rconn: closed';
-    }
-}
-
-sub _parse {
-    my ($self) = @_;
-    my $line = $self->_read(undef);
-    my ($t, $rest) = (substr($line, 0, 1), substr($line, 1));
-    return $rest if $t eq '+';
-    return { error => $rest } if $t eq '-';
-    return $rest + 0 if $t eq ':';
-    if ($t eq '$') {
-        return undef if $rest < 0;
-        return substr($self->_read($rest + 2), 0, $rest);
-    }
-    if ($t eq '*') {
-        return undef if $rest < 0;
-        return [ map { $self->_parse } 1 .. $rest ];
-    }
-    croak "rconn: unexpected reply '$line'";
-}
-
-sub _encode { my $o = '*' . @_ . "\r\n"; $o .= '$' . length($_) . "\r\n$_\r\n" for @_; $o }
-
-# cmd(@args) -> reply
-sub cmd {
-    my ($self, @cmd) = @_;
-    print { $self->{s} } _encode(@cmd);
-    return $self->_parse;
-}
-
-# pipeline([cmd], [cmd], ...) -> [replies]
-sub pipeline {
-    my ($self, @cmds) = @_;
-    print { $self->{s} } join '', map { _encode(@$_) } @cmds;
-    return [ map { $self->_parse } @cmds ];
-}
-
-# send([cmd], ...): write commands without waiting for their replies (e.g. to a Redis that is
-# held with SIGSTOP); replies(N) reads N replies later.
-sub send {
-    my ($self, @cmds) = @_;
-    print { $self->{s} } join '', map { _encode(@$_) } @cmds;
-    $self->{owed} += @cmds;
-    return scalar @cmds;
-}
-
-sub replies {
-    my ($self, $count) = @_;
-    $count //= $self->{owed} // 0;
-    $self->{owed} -= $count;
-    return [ map { $self->_parse } 1 .. $count ];
-}
-
-sub disconnect { my ($self) = @_; CORE::close($self->{s}) if $self->{s}; delete $self->{s} }
 
 1;
