@@ -37,6 +37,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "http_response.h"
+
 #define RBUF_SIZE  (64 * 1024)
 #define MAX_CONNS  4096
 #define MAX_HDRS   16
@@ -214,102 +216,6 @@ static int write_req(conn_t *c)
     return 0;
 }
 
-/* Case-insensitive search for a header's value within [h, end). */
-static const char *find_header(const char *h, const char *end, const char *name)
-{
-    size_t nl = strlen(name);
-    const char *p = h;
-    while (p < end) {
-        const char *eol = memchr(p, '\n', (size_t) (end - p));
-        if (eol == NULL) {
-            eol = end;
-        }
-        if ((size_t) (eol - p) > nl && strncasecmp(p, name, nl) == 0 && p[nl] == ':') {
-            p += nl + 1;
-            while (p < eol && (*p == ' ' || *p == '\t')) {
-                p++;
-            }
-            return p;
-        }
-        p = eol + 1;
-    }
-    return NULL;
-}
-
-/*
- * Is a complete response in the buffer? Returns its length (>0), 0 if more is needed, -1 if the
- * response cannot be parsed. *status and *close are set when complete.
- */
-static long parse_response(const char *b, size_t len, int *status, int *close_after)
-{
-    const char *hend = NULL;
-    for (size_t i = 3; i < len; i++) {
-        if (b[i] == '\n' && b[i - 1] == '\r' && b[i - 2] == '\n' && b[i - 3] == '\r') {
-            hend = b + i + 1;
-            break;
-        }
-    }
-    if (hend == NULL) {
-        return len >= RBUF_SIZE ? -1 : 0;
-    }
-    if (len < 12 || strncmp(b, "HTTP/1.", 7) != 0) {
-        return -1;
-    }
-    int st = atoi(b + 9);
-    if (st < 100 || st > 999) {
-        return -1;
-    }
-    const char *v = find_header(b, hend, "Connection");
-    int cl_after = v != NULL && strncasecmp(v, "close", 5) == 0;
-
-    size_t hlen = (size_t) (hend - b);
-    if (st == 204 || st == 304 || (st >= 100 && st < 200)) {
-        *status = st;
-        *close_after = cl_after;
-        return (long) hlen;
-    }
-    v = find_header(b, hend, "Content-Length");
-    if (v != NULL) {
-        size_t blen = (size_t) strtoull(v, NULL, 10);
-        if (hlen + blen > RBUF_SIZE) {
-            return -1;
-        }
-        if (len < hlen + blen) {
-            return 0;
-        }
-        *status = st;
-        *close_after = cl_after;
-        return (long) (hlen + blen);
-    }
-    v = find_header(b, hend, "Transfer-Encoding");
-    if (v != NULL && strncasecmp(v, "chunked", 7) == 0) {
-        const char *p = hend, *end = b + len;
-        for (;;) {
-            const char *eol = memchr(p, '\n', (size_t) (end - p));
-            if (eol == NULL) {
-                return len >= RBUF_SIZE ? -1 : 0;
-            }
-            size_t sz = (size_t) strtoull(p, NULL, 16);
-            p = eol + 1;
-            if (sz == 0) {
-                /* no trailers expected: the final CRLF */
-                if (end - p < 2) {
-                    return 0;
-                }
-                *status = st;
-                *close_after = cl_after;
-                return (long) (p + 2 - b);
-            }
-            if ((size_t) (end - p) < sz + 2) {
-                return len >= RBUF_SIZE ? -1 : 0;
-            }
-            p += sz + 2;
-        }
-    }
-    /* body delimited by close: not expected from nginx with keep-alive */
-    return -1;
-}
-
 static void on_readable(conn_t *c, uint64_t t)
 {
     int eof = 0;
@@ -346,22 +252,19 @@ static void on_readable(conn_t *c, uint64_t t)
         conn_fail(c, t);
         return;
     }
-    int status = 0, close_after = 0;
-    long used = parse_response(c->rbuf, c->rlen, &status, &close_after);
-    if (used < 0) {
+    http_response_t resp;
+    int done = http_response_parse(c->rbuf, c->rlen, eof, &resp);
+    if (done < 0) {
         conn_fail(c, t);
         return;
     }
-    if (used == 0) {
-        if (eof) {
-            conn_fail(c, t);
-        }
-        return;
+    if (done == 0) {
+        return;     /* a full buffer fails on the next read */
     }
-    record(c->k, status, t);
+    record(c->k, resp.status, t);
     c->rlen = 0;
     c->state = C_IDLE;
-    if (close_after || eof) {
+    if (resp.close_after || eof) {
         /* keepalive_requests reached, say: open a fresh connection right away */
         conn_close(c);
         conn_open(c);

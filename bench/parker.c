@@ -52,6 +52,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "http_response.h"
+
 #ifndef IP_BIND_ADDRESS_NO_PORT
 #define IP_BIND_ADDRESS_NO_PORT 24   /* linux/in.h, Linux >= 4.2 */
 #endif
@@ -360,107 +362,6 @@ static void on_connected(run_t *r, conn_t *c)
     conn_send(r, c);
 }
 
-/* Case-insensitive search for a header's value within [h, end). */
-static const char *find_header(const char *h, const char *end, const char *name)
-{
-    size_t nl = strlen(name);
-    const char *p = h;
-    while (p < end) {
-        const char *eol = memchr(p, '\n', (size_t) (end - p));
-        if (eol == NULL) {
-            eol = end;
-        }
-        if ((size_t) (eol - p) > nl && strncasecmp(p, name, nl) == 0 && p[nl] == ':') {
-            p += nl + 1;
-            while (p < eol && (*p == ' ' || *p == '\t')) {
-                p++;
-            }
-            return p;
-        }
-        p = eol + 1;
-    }
-    return NULL;
-}
-
-/* Is a chunked body starting at p complete within [p, end)? 1 yes, 0 not yet, -1 malformed. */
-static int chunked_complete(const char *p, const char *end)
-{
-    for (;;) {
-        const char *eol = memchr(p, '\n', (size_t) (end - p));
-        if (eol == NULL) {
-            return 0;
-        }
-        char *after;
-        unsigned long long sz = strtoull(p, &after, 16);
-        if (after == p) {
-            return -1;
-        }
-        p = eol + 1;
-        if (sz == 0) {
-            /* trailers, if any, then the empty line */
-            for (;;) {
-                eol = memchr(p, '\n', (size_t) (end - p));
-                if (eol == NULL) {
-                    return 0;
-                }
-                if (eol == p || (eol == p + 1 && *p == '\r')) {
-                    return 1;
-                }
-                p = eol + 1;
-            }
-        }
-        if ((unsigned long long) (end - p) < sz + 2) {
-            return 0;
-        }
-        p += sz + 2;
-    }
-}
-
-/*
- * Is a complete response in the buffer? 1 yes (*status set), 0 not yet, -1 malformed.
- * eof: the peer has closed, which ends a body that has neither Content-Length nor chunking.
- */
-static int parse_response(const char *b, size_t len, int eof, int *status)
-{
-    const char *hend = NULL;
-    for (size_t i = 3; i < len; i++) {
-        if (b[i] == '\n' && b[i - 1] == '\r' && b[i - 2] == '\n' && b[i - 3] == '\r') {
-            hend = b + i + 1;
-            break;
-        }
-    }
-    if (hend == NULL) {
-        return eof ? -1 : 0;
-    }
-    if (len < 12 || strncmp(b, "HTTP/1.", 7) != 0) {
-        return -1;
-    }
-    int st = atoi(b + 9);
-    if (st < 100 || st > 999) {
-        return -1;
-    }
-    *status = st;
-    size_t hlen = (size_t) (hend - b);
-    if (st == 204 || st == 304 || st < 200) {
-        return 1;
-    }
-    const char *v = find_header(b, hend, "Transfer-Encoding");
-    if (v != NULL && strncasecmp(v, "chunked", 7) == 0) {
-        int done = chunked_complete(hend, b + len);
-        return done == 0 && eof ? -1 : done;
-    }
-    v = find_header(b, hend, "Content-Length");
-    if (v != NULL) {
-        unsigned long long blen = strtoull(v, NULL, 10);
-        if (len >= hlen + blen) {
-            return 1;
-        }
-        return eof ? -1 : 0;
-    }
-    /* delimited by the close */
-    return eof ? 1 : 0;
-}
-
 static void on_readable(run_t *r, conn_t *c)
 {
     int eof = 0;
@@ -498,8 +399,8 @@ static void on_readable(run_t *r, conn_t *c)
         }
         return;
     }
-    int status = 0;
-    int done = parse_response(c->rbuf, c->rlen, eof, &status);
+    http_response_t resp;
+    int done = http_response_parse(c->rbuf, c->rlen, eof, &resp);
     if (done < 0) {
         finish(r, c, C_FAILED, E_BAD);
         return;
@@ -508,8 +409,8 @@ static void on_readable(run_t *r, conn_t *c)
         return;
     }
     c->arrival_us = real_us();
-    c->status = (uint16_t) status;
-    r->by_status[status]++;
+    c->status = (uint16_t) resp.status;
+    r->by_status[resp.status]++;
     r->responses++;
     finish(r, c, C_DONE, 0);
     if (eof) {

@@ -79,12 +79,13 @@ done
 # parker, built like bench/run-all builds pace.
 CC=${CC:-cc}
 CFLAGS=${CFLAGS:--O2 -g}
-if [ ! -x "$PARKER" ] || [ "$ROOT/bench/parker.c" -nt "$PARKER" ]; then
+if [ ! -x "$PARKER" ] || [ "$ROOT/bench/parker.c" -nt "$PARKER" ] \
+   || [ "$ROOT/bench/http_response.c" -nt "$PARKER" ]; then
     log "building $PARKER"
     mkdir -p "$BUILD"
     # shellcheck disable=SC2086 # CFLAGS is a list of flags
     "$CC" -std=c11 -D_POSIX_C_SOURCE=200809L -Wall -Wextra -Werror $CFLAGS \
-        -o "$PARKER" "$ROOT/bench/parker.c"
+        -o "$PARKER" "$ROOT/bench/parker.c" "$ROOT/bench/http_response.c"
 fi
 
 # ---------------------------------------------------------------------------------------------
