@@ -57,20 +57,26 @@ wait_for() {  # file pattern
 redis-server --port "$RP" --bind 127.0.0.1 --save '' --appendonly no --dir "$WORK" \
     --daemonize no >"$WORK/redis.log" 2>&1 &
 PIDS+=($!)
+REDIS_PID=$!
 mkdir -p "$WORK/pg" && chown postgres: "$WORK/pg"
 runuser -u postgres -- "$PG_BIN/initdb" -D "$WORK/pg/data" -A trust -U postgres --no-sync >/dev/null
 runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$WORK/pg/data" -w -l "$WORK/pg/log" \
-    -o "-c listen_addresses=127.0.0.1 -p $PP -k $WORK/pg -c fsync=off -c max_connections=50 ${BENCH_PG_OPTS:-}" start >/dev/null
+    -o "-c listen_addresses=127.0.0.1 -p $PP -k $WORK/pg -c fsync=off -c max_connections=50 ${BENCH_PG_OPTS:-} \
+        ${BENCH_PG_STATEMENTS:+-c shared_preload_libraries=pg_stat_statements}" start >/dev/null
 PG_UP=1
 "$PG_BIN/psql" -h 127.0.0.1 -p "$PP" -U postgres -qc "CREATE ROLE osago LOGIN" -c "CREATE DATABASE osago OWNER osago"
+[ -n "${BENCH_PG_STATEMENTS:-}" ] &&
+    "$PG_BIN/psql" -h 127.0.0.1 -p "$PP" -U postgres -d osago -qc "CREATE EXTENSION pg_stat_statements"
 PG="host=127.0.0.1 port=$PP dbname=osago user=osago"
 
 "$BUILD/devbroker" --listen "127.0.0.1:$KP" >"$WORK/devbroker.log" 2>&1 &
 PIDS+=($!)
+BROKER_PID=$!
 wait_for "$WORK/devbroker.log" 'devbroker: ready'
 "$BUILD/insurer-sim" --listen "127.0.0.1:$SP" --insurers "$INSURERS" \
     --latency-ms "$INSURER_MS-$INSURER_MS" --write-insurers "$WORK/insurers.json" >"$WORK/sim.log" 2>&1 &
 PIDS+=($!)
+SIM_PID=$!
 wait_for "$WORK/sim.log" 'insurer-sim: ready'
 "$BUILD/osago-worker" migrate --pg "$PG" --migrations "$ROOT/worker/migrations" 2>>"$WORK/worker.log"
 "$BUILD/osago-worker" run --kafka "127.0.0.1:$KP" --redis "127.0.0.1:$RP" --pg "$PG" \
@@ -86,8 +92,27 @@ rss() { awk '/VmRSS/ {print $2}' "/proc/$WPID/status"; }
 # they compare runs on a noisy machine better than throughput does
 cpu_worker() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$WPID/stat"; }
 cpu_machine() { awk -v hz="$(getconf CLK_TCK)" '/^cpu / { printf "%.2f", ($2 + $3 + $4 + $7 + $8) / hz }' /proc/stat; }
+# CPU ticks by component: the worker's threads by name (librdkafka's together), PostgreSQL
+# (the postmaster's children), devbroker, insurer-sim, Redis
+cpu_components() {
+    local pm
+    pm=$(head -1 "$WORK/pg/data/postmaster.pid")
+    {
+        sed -E 's/^([0-9]+) \((.*)\) /\1 \2 /' "/proc/$WPID/task/"*/stat 2>/dev/null |
+            awk '{ n = $2; if (n ~ /^rdk:/) n = "librdkafka"; else if (n !~ /^w:/) n = "w:other"
+                   print n, $14 + $15 }'
+        sed -E 's/^([0-9]+) \((.*)\) /\1 \2 /' /proc/[0-9]*/stat 2>/dev/null |
+            awk -v pm="$pm" '$1 == pm || $4 == pm { print "PostgreSQL", $14 + $15 }'
+        for pair in "devbroker:$BROKER_PID" "insurer-sim:$SIM_PID" "Redis:$REDIS_PID"; do
+            [ -r "/proc/${pair#*:}/stat" ] &&
+                sed -E 's/^([0-9]+) \((.*)\) /\1 \2 /' "/proc/${pair#*:}/stat" |
+                awk -v n="${pair%%:*}" '{ print n, $14 + $15 }'
+        done
+    } | awk '{ t[$1] += $2 } END { for (k in t) print k, t[k] }'
+}
 RSS0=$(rss)
 CPUW0=$(cpu_worker); CPUM0=$(cpu_machine)
+cpu_components > "$WORK/cpu0"
 SAMPLES="$RSS0"
 perl "$ROOT/bench/inject.pl" "$RP" "$RATE" "$SECS" "$WORK/injected" > "$WORK/inject.out" &
 INJ=$!
@@ -103,11 +128,24 @@ for _ in $(seq 600); do
     sleep 0.2
 done
 RSS1=$(rss)
+cpu_components > "$WORK/cpu1"
+# ms per application, largest first
+COMPONENTS=$(awk -v n="$(wc -l < "$WORK/injected")" -v hz="$(getconf CLK_TCK)" '
+    NR == FNR { t0[$1] = $2; next }
+    { d = ($2 - t0[$1]) * 1000 / hz / n; if (d >= 0.005) printf "%.2f %s\n", d, $1 }' \
+    "$WORK/cpu0" "$WORK/cpu1" | sort -rn | awk '{ printf "%s%s %s", (NR > 1 ? ", " : ""), $2, $1 }')
 CPUW=$(awk -v a="$CPUW0" -v b="$(cpu_worker)" 'BEGIN { printf "%.2f", b - a }')
 CPUM=$(awk -v a="$CPUM0" -v b="$(cpu_machine)" 'BEGIN { printf "%.2f", b - a }')
 psqlq "SELECT id, (extract(epoch FROM updated_at) * 1000)::bigint FROM applications WHERE status = 'completed'" \
     | tr '|' ' ' > "$WORK/completed"
 ERRS=$(psqlq "SELECT count(*) FROM quotes WHERE status <> 'ok'")
+if [ -n "${BENCH_PG_STATEMENTS:-}" ]; then   # what PostgreSQL spent its time on, per application
+    "$PG_BIN/psql" -h 127.0.0.1 -p "$PP" -U postgres -d osago -q -c "SELECT calls,
+        round((total_exec_time + total_plan_time)::numeric * 1000 / $(wc -l < "$WORK/injected"), 1) AS us_per_app,
+        round((total_exec_time / calls)::numeric, 3) AS ms_per_call, rows,
+        left(regexp_replace(query, '\s+', ' ', 'g'), 90) AS query
+        FROM pg_stat_statements ORDER BY total_exec_time + total_plan_time DESC LIMIT 15" >"$WORK/pg_statements"
+fi
 RETRIES=$(psqlq "SELECT count(*) FROM quotes WHERE attempt > 1")
 
 # where the time goes: each event's Kafka timestamp (taken when it was produced) per application
@@ -170,5 +208,8 @@ echo "Worker RSS (KiB): start $RSS0, samples every 30 s: $SAMPLES, end $RSS1."
 echo
 echo "CPU per application: worker $(awk -v c="$CPUW" -v n="$N" 'BEGIN { printf "%.2f", c * 1000 / n }') ms, whole machine $(awk -v c="$CPUM" -v n="$N" 'BEGIN { printf "%.2f", c * 1000 / n }') ms (worker $CPUW s, machine $CPUM s for $N applications)."
 echo
+echo "CPU per application by component (ms): $COMPONENTS."
+echo
 echo "Stages: $STAGES"
+[ -s "$WORK/pg_statements" ] && { echo; echo '```'; cat "$WORK/pg_statements"; echo '```'; }
 } | tee "$OUT"
