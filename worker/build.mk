@@ -13,12 +13,12 @@ WORKER_SAVED_GOAL := $(.DEFAULT_GOAL)
 WORKER_SRCS     := $(wildcard worker/*.c)
 WORKER_HDRS     := $(wildcard worker/*.h)
 WORKER_CPPFLAGS := $(shell pkg-config --cflags libpq 2>/dev/null || echo -I/usr/include/postgresql)
-WORKER_LIBS     := -lrdkafka -lpq -lhiredis -lyajl -lcurl -lmicrohttpd -lcrypto -lpthread
+WORKER_LIBS     := -lrdkafka -lpq -lhiredis -lyajl -lcurl -lmicrohttpd -lpthread
 
 # Each unit test links only the file it tests: the pure parts of the worker stay pure.
 WORKER_UNITS      := event retry config quote_state insurers
 WORKER_UNIT_BINS  := $(patsubst %,$(BUILD)/san/test_worker_%,$(WORKER_UNITS))
-WORKER_UNIT_LIBS  := -lcmocka -lyajl -lcrypto
+WORKER_UNIT_LIBS  := -lcmocka -lyajl
 
 .PHONY: worker worker-unit
 

@@ -1,6 +1,6 @@
 /*
- * The Kafka event codec. Encoding uses yajl_gen; decoding uses yajl's parser (a depth-limited
- * pass, then yajl_tree). The application payload travels as a JSON object inside the event and
+ * The Kafka event codec. Encoding uses yajl_gen; decoding is one pass of yajl's parser (see
+ * event_decode). The application payload travels as a JSON object inside the event and
  * is kept as JSON text in the struct; it is re-generated token by token, numbers from their
  * original text, so it arrives exactly as it was sent (up to whitespace).
  *
@@ -9,17 +9,17 @@
  */
 #include "event.h"
 
+#include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/random.h>
 #include <unistd.h>
 
-#include <openssl/rand.h>
 #include <yajl/yajl_gen.h>
 #include <yajl/yajl_parse.h>
-#include <yajl/yajl_tree.h>
 
 #define EVENT_MAX_ATTEMPT 10
 #define EVENT_MAX_DEPTH   64   /* the edge's payloads are a few levels deep; this bounds recursion */
@@ -165,24 +165,13 @@ void event_utf8_sanitize(char *s)
     }
 }
 
-/* Copies src into dst[cap], cut without splitting a UTF-8 sequence. */
-static void copy_utf8(char *dst, size_t cap, const char *src)
-{
-    size_t n = strlen(src);
-    if (n >= cap) {
-        n = cap - 1;
-        while (n > 0 && ((unsigned char)src[n] & 0xC0) == 0x80)
-            n--;
-    }
-    memcpy(dst, src, n);
-    dst[n] = '\0';
-}
-
 /* ---- random ids and time ---------------------------------------------------------------- */
 
+/* The kernel's generator: OpenSSL's RAND_bytes costs several times more for 8-16 bytes (a
+ * DRBG behind locks), and every event and insurer call draws an id. */
 static void random_bytes(unsigned char *buf, size_t n)
 {
-    if (RAND_bytes(buf, (int)n) == 1)
+    if (getrandom(buf, n, 0) == (ssize_t)n)
         return;
     int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
     if (fd >= 0) {
@@ -579,260 +568,413 @@ out:
 
 /* ---- decoding --------------------------------------------------------------------------- */
 
-/* First pass: well-formed JSON (no comments, valid UTF-8) nested at most EVENT_MAX_DEPTH deep,
- * so the recursive tree walk and yajl_tree_free stay bounded. */
-struct depth {
-    int depth;
+/*
+ * One pass of yajl's parser over the event: the members this codec knows are picked up as
+ * they come (the first of a repeated name counts), the payload object is re-generated into
+ * its text on the way, and everything else is skipped. What is wrong is judged once the text
+ * is known to be well-formed JSON, in a fixed order, so an event gets the same reason
+ * whatever the order of its members. Nothing is built that is not kept: an executor decodes
+ * thousands of tasks a second.
+ */
+typedef enum {
+    F_NONE = 0,
+    F_TYPE, F_VERSION, F_EVENT_ID, F_APPLICATION_ID, F_OCCURRED_AT, F_TRACEPARENT, F_DATA,
+    F_PARTNER, F_INSURERS, F_INSURER, F_ATTEMPT, F_STATUS, F_PREMIUM, F_ERROR, F_PAYLOAD,
+    F_N
+} field_t;
+
+static const char *const root_names[] = {
+    [F_TYPE] = "type", [F_VERSION] = "version", [F_EVENT_ID] = "event_id",
+    [F_APPLICATION_ID] = "application_id", [F_OCCURRED_AT] = "occurred_at",
+    [F_TRACEPARENT] = "traceparent", [F_DATA] = "data",
 };
 
-static int dp_open(void *ctx)
+static const char *const data_names[] = {
+    [F_PARTNER] = "partner", [F_INSURERS] = "insurers", [F_INSURER] = "insurer",
+    [F_ATTEMPT] = "attempt", [F_STATUS] = "status", [F_PREMIUM] = "premium_rub",
+    [F_ERROR] = "error", [F_PAYLOAD] = "payload",
+};
+
+enum { V_MISSING = 0, V_OK, V_BAD };   /* what a member's value turned out to be */
+
+struct decoder {
+    osago_event_t *ev;
+    int       depth;            /* containers open, for the depth limit */
+    int       too_deep;
+    int       root_object;      /* the event is an object (its first token opened a map) */
+    int       in_data;          /* at the top level of the data object */
+    int       in_insurers;      /* at the top level of data.insurers */
+    int       skip;             /* > 0: inside a container nobody reads */
+    int       payload_depth;    /* > 0: inside the payload, which goes to gen */
+    field_t   key;              /* the member whose value comes next */
+    unsigned char seen[F_N];    /* V_* per member */
+    char      type[32];
+    char      occurred_at[64];
+    char      status[8];
+    long long version, attempt;
+    size_t    n_insurers;
+    long      bad_insurer;      /* the first element that is not a code, or -1 */
+    yajl_gen  g;
+};
+
+static field_t field_named(const char *const *names, size_t n_names, const unsigned char *s,
+                           size_t len)
 {
-    return ++((struct depth *)ctx)->depth <= EVENT_MAX_DEPTH + 2;
+    for (size_t i = 0; i < n_names; i++)
+        if (names[i] != NULL && strlen(names[i]) == len && memcmp(names[i], s, len) == 0)
+            return (field_t)i;
+    return F_NONE;
 }
 
-static int dp_close(void *ctx)
+/* A JSON number that is an integer (yajl has checked the syntax) and fits in a long long. */
+static int integer_text(const char *s, size_t len, long long *out)
 {
-    ((struct depth *)ctx)->depth--;
+    char buf[24];
+    char *end;
+
+    if (len == 0 || len >= sizeof(buf) || memchr(s, '.', len) || memchr(s, 'e', len) ||
+        memchr(s, 'E', len))
+        return -1;
+    memcpy(buf, s, len);
+    buf[len] = '\0';
+    errno = 0;
+    *out = strtoll(buf, &end, 10);
+    return errno == 0 && *end == '\0' ? 0 : -1;
+}
+
+/* A string member's value into dst[cap] when it fits. */
+static int take_string(const unsigned char *s, size_t len, char *dst, size_t cap)
+{
+    if (len >= cap)
+        return V_BAD;
+    memcpy(dst, s, len);
+    dst[len] = '\0';
+    return V_OK;
+}
+
+/* Copies s[len] into dst[cap] (up to an embedded NUL), cut without splitting a UTF-8 sequence:
+ * an insurer's long error text is not worth losing the result over. */
+static void copy_utf8(char *dst, size_t cap, const unsigned char *s, size_t len)
+{
+    size_t n = strnlen((const char *)s, len);
+    if (n >= cap) {
+        n = cap - 1;
+        while (n > 0 && (s[n] & 0xC0) == 0x80)
+            n--;
+    }
+    memcpy(dst, s, n);
+    dst[n] = '\0';
+}
+
+/* The value of the member d->key, when it is a string (s) or a number (number set). */
+static void dec_scalar(struct decoder *d, const unsigned char *s, size_t len, int number)
+{
+    osago_event_t *ev = d->ev;
+    field_t f = d->key;
+    int v = V_BAD;
+
+    d->key = F_NONE;
+    if (f == F_NONE || d->seen[f] != V_MISSING)
+        return;
+    if (number) {
+        if (f == F_VERSION && integer_text((const char *)s, len, &d->version) == 0)
+            v = V_OK;
+        else if (f == F_ATTEMPT && integer_text((const char *)s, len, &d->attempt) == 0)
+            v = V_OK;
+    } else if (s != NULL) {
+        switch (f) {
+        case F_TYPE:           v = take_string(s, len, d->type, sizeof(d->type)); break;
+        case F_EVENT_ID:       v = take_string(s, len, ev->event_id, sizeof(ev->event_id)); break;
+        case F_APPLICATION_ID:
+            v = take_string(s, len, ev->application_id, sizeof(ev->application_id));
+            break;
+        case F_OCCURRED_AT:
+            v = take_string(s, len, d->occurred_at, sizeof(d->occurred_at));
+            break;
+        case F_TRACEPARENT:
+            v = take_string(s, len, ev->traceparent, sizeof(ev->traceparent));
+            break;
+        case F_PARTNER:        v = take_string(s, len, ev->partner, sizeof(ev->partner)); break;
+        case F_INSURER:        v = take_string(s, len, ev->insurer, sizeof(ev->insurer)); break;
+        case F_STATUS:         v = take_string(s, len, d->status, sizeof(d->status)); break;
+        case F_PREMIUM:
+            v = take_string(s, len, ev->premium_rub, sizeof(ev->premium_rub));
+            break;
+        case F_ERROR:
+            if (len > 0 && s[0] != '\0') {
+                copy_utf8(ev->error, sizeof(ev->error), s, len);
+                v = V_OK;
+            }
+            break;
+        default:
+            break;
+        }
+    }
+    d->seen[f] = (unsigned char)v;
+}
+
+/* A scalar token; s is NULL for null and booleans. */
+static int dec_token(struct decoder *d, const unsigned char *s, size_t len, int number)
+{
+    if (d->skip > 0)
+        return 1;
+    if (d->payload_depth > 0)
+        return 1;   /* forwarded by the caller */
+    if (d->in_insurers) {
+        size_t i = d->n_insurers++;
+        if (s == NULL || number || len >= sizeof(d->ev->insurers[0])) {
+            if (d->bad_insurer < 0)
+                d->bad_insurer = (long)i;
+        } else if (i < EVENT_MAX_INSURERS) {
+            memcpy(d->ev->insurers[i], s, len);
+            d->ev->insurers[i][len] = '\0';
+        }
+        return 1;
+    }
+    if (d->depth > 0)
+        dec_scalar(d, s, len, number);
     return 1;
 }
 
-static const yajl_callbacks depth_callbacks = {
-    NULL, NULL, NULL, NULL, NULL, NULL, dp_open, NULL, dp_close, dp_open, dp_close,
+static int dec_null(void *ctx)
+{
+    struct decoder *d = ctx;
+    return dec_token(d, NULL, 0, 0) &&
+           (d->payload_depth == 0 || yajl_gen_null(d->g) == yajl_gen_status_ok);
+}
+
+static int dec_bool(void *ctx, int b)
+{
+    struct decoder *d = ctx;
+    return dec_token(d, NULL, 0, 0) &&
+           (d->payload_depth == 0 || yajl_gen_bool(d->g, b) == yajl_gen_status_ok);
+}
+
+static int dec_number(void *ctx, const char *s, size_t len)
+{
+    struct decoder *d = ctx;
+    return dec_token(d, (const unsigned char *)s, len, 1) &&
+           (d->payload_depth == 0 || yajl_gen_number(d->g, s, len) == yajl_gen_status_ok);
+}
+
+static int dec_string(void *ctx, const unsigned char *s, size_t len)
+{
+    struct decoder *d = ctx;
+    return dec_token(d, s, len, 0) &&
+           (d->payload_depth == 0 || yajl_gen_string(d->g, s, len) == yajl_gen_status_ok);
+}
+
+static int dec_open(struct decoder *d, int is_map)
+{
+    field_t f;
+
+    if (++d->depth > EVENT_MAX_DEPTH + 2) {
+        d->too_deep = 1;
+        return 0;
+    }
+    if (d->skip > 0) {
+        d->skip++;
+        return 1;
+    }
+    if (d->payload_depth > 0) {
+        d->payload_depth++;
+        return (is_map ? yajl_gen_map_open(d->g) : yajl_gen_array_open(d->g)) ==
+               yajl_gen_status_ok;
+    }
+    if (d->in_insurers) {           /* an element that is not a string */
+        if (d->bad_insurer < 0)
+            d->bad_insurer = (long)d->n_insurers;
+        d->n_insurers++;
+        d->skip = 1;
+        return 1;
+    }
+    if (d->depth == 1) {            /* the event itself */
+        d->root_object = is_map;
+        d->skip = !is_map;
+        return 1;
+    }
+    f = d->key;
+    d->key = F_NONE;
+    if (f == F_NONE || d->seen[f] != V_MISSING) {
+        d->skip = 1;
+        return 1;
+    }
+    d->seen[f] = V_OK;
+    if (f == F_DATA && is_map) {
+        d->in_data = 1;
+    } else if (f == F_INSURERS && !is_map) {
+        d->in_insurers = 1;
+    } else if (f == F_PAYLOAD && is_map) {
+        d->payload_depth = 1;
+        return yajl_gen_map_open(d->g) == yajl_gen_status_ok;
+    } else {
+        d->seen[f] = V_BAD;
+        d->skip = 1;
+    }
+    return 1;
+}
+
+static int dec_close(struct decoder *d, int is_map)
+{
+    d->depth--;
+    if (d->skip > 0) {
+        d->skip--;
+        return 1;
+    }
+    if (d->payload_depth > 0) {
+        d->payload_depth--;
+        return (is_map ? yajl_gen_map_close(d->g) : yajl_gen_array_close(d->g)) ==
+               yajl_gen_status_ok;
+    }
+    if (d->in_insurers)
+        d->in_insurers = 0;
+    else if (d->in_data)
+        d->in_data = 0;
+    return 1;
+}
+
+static int dec_start_map(void *ctx) { return dec_open(ctx, 1); }
+static int dec_end_map(void *ctx) { return dec_close(ctx, 1); }
+static int dec_start_array(void *ctx) { return dec_open(ctx, 0); }
+static int dec_end_array(void *ctx) { return dec_close(ctx, 0); }
+
+static int dec_map_key(void *ctx, const unsigned char *s, size_t len)
+{
+    struct decoder *d = ctx;
+
+    if (d->skip > 0)
+        return 1;
+    if (d->payload_depth > 0)
+        return yajl_gen_string(d->g, s, len) == yajl_gen_status_ok;
+    if (d->in_data)
+        d->key = field_named(data_names, sizeof(data_names) / sizeof(data_names[0]), s, len);
+    else
+        d->key = field_named(root_names, sizeof(root_names) / sizeof(root_names[0]), s, len);
+    return 1;
+}
+
+static const yajl_callbacks decoder_callbacks = {
+    dec_null, dec_bool, NULL, NULL, dec_number, dec_string,
+    dec_start_map, dec_map_key, dec_end_map, dec_start_array, dec_end_array,
 };
 
-static int check_json(const char *json, size_t len, char *err, size_t errlen)
+/* What is wrong with the members picked up, in a fixed order; fills the rest of ev. */
+static int decode_check(struct decoder *d, char *err, size_t errlen)
 {
-    struct depth d = { 0 };
-    yajl_handle h = yajl_alloc(&depth_callbacks, NULL, &d);
-    if (h == NULL)
-        FAIL("out of memory");
-    yajl_status st = yajl_parse(h, (const unsigned char *)json, len);
-    if (st == yajl_status_ok)
-        st = yajl_complete_parse(h);
-    if (st == yajl_status_client_canceled) {
-        yajl_free(h);
-        FAIL("malformed JSON: nested deeper than %d levels", EVENT_MAX_DEPTH);
-    }
-    if (st != yajl_status_ok) {
-        unsigned char *msg = yajl_get_error(h, 0, NULL, 0);
-        snprintf(err, errlen, "malformed JSON: %s", msg != NULL ? (char *)msg : "parse error");
-        char *nl = strchr(err, '\n');
-        if (nl != NULL)
-            *nl = '\0';
-        if (msg != NULL)
-            yajl_free_error(h, msg);
-        yajl_free(h);
-        return -1;
-    }
-    yajl_free(h);
-    return 0;
-}
-
-static yajl_val member(yajl_val obj, const char *key)
-{
-    if (!YAJL_IS_OBJECT(obj))
-        return NULL;
-    for (size_t i = 0; i < obj->u.object.len; i++)
-        if (strcmp(obj->u.object.keys[i], key) == 0)
-            return obj->u.object.values[i];
-    return NULL;
-}
-
-/* Copies a string member into buf; 0, or -1 when missing, not a string or too long. */
-static int member_str(yajl_val obj, const char *key, char *buf, size_t cap)
-{
-    yajl_val v = member(obj, key);
-    if (!YAJL_IS_STRING(v) || strlen(v->u.string) >= cap)
-        return -1;
-    memcpy(buf, v->u.string, strlen(v->u.string) + 1);
-    return 0;
-}
-
-static int member_int(yajl_val obj, const char *key, long long *out)
-{
-    yajl_val v = member(obj, key);
-    if (!YAJL_IS_INTEGER(v))
-        return -1;
-    *out = YAJL_GET_INTEGER(v);
-    return 0;
-}
-
-static void gen_tree(yajl_gen g, yajl_val v)
-{
-    switch (v->type) {
-    case yajl_t_string:
-        gen_str(g, v->u.string);
-        break;
-    case yajl_t_number:
-        yajl_gen_number(g, v->u.number.r, strlen(v->u.number.r));
-        break;
-    case yajl_t_object:
-        yajl_gen_map_open(g);
-        for (size_t i = 0; i < v->u.object.len; i++) {
-            gen_str(g, v->u.object.keys[i]);
-            gen_tree(g, v->u.object.values[i]);
-        }
-        yajl_gen_map_close(g);
-        break;
-    case yajl_t_array:
-        yajl_gen_array_open(g);
-        for (size_t i = 0; i < v->u.array.len; i++)
-            gen_tree(g, v->u.array.values[i]);
-        yajl_gen_array_close(g);
-        break;
-    case yajl_t_true:
-        yajl_gen_bool(g, 1);
-        break;
-    case yajl_t_false:
-        yajl_gen_bool(g, 0);
-        break;
-    default:
-        yajl_gen_null(g);
-        break;
-    }
-}
-
-/* The payload object as compact JSON text (malloc'd), or NULL when out of memory. */
-static char *tree_to_text(yajl_val v)
-{
-    yajl_gen g = yajl_gen_alloc(NULL);
-    char *out = NULL;
-    const unsigned char *buf;
-    size_t n;
-
-    if (g == NULL)
-        return NULL;
-    gen_tree(g, v);
-    if (yajl_gen_get_buf(g, &buf, &n) == yajl_gen_status_ok && (out = malloc(n + 1)) != NULL) {
-        memcpy(out, buf, n);
-        out[n] = '\0';
-    }
-    yajl_gen_free(g);
-    return out;
-}
-
-static int decode_tree(yajl_val root, osago_event_t *ev, char *err, size_t errlen)
-{
-    char buf[64];
-    long long n;
-    yajl_val data, v;
+    osago_event_t *ev = d->ev;
     int type = -1;
 
-    if (!YAJL_IS_OBJECT(root))
+    if (!d->root_object)
         FAIL("event must be a JSON object");
-
-    v = member(root, "type");
-    if (YAJL_IS_STRING(v))
+    if (d->seen[F_TYPE] == V_OK)
         for (int i = EV_CREATED; i <= EV_TASK_RESULT; i++)
-            if (strcmp(v->u.string, event_names[i]) == 0)
+            if (strcmp(d->type, event_names[i]) == 0)
                 type = i;
     if (type < 0)
         FAIL("type must be a known event type");
     ev->type = (event_type_t)type;
 
-    if (member_int(root, "version", &n) < 0 || n != 1)
+    if (d->seen[F_VERSION] != V_OK || d->version != 1)
         FAIL("version must be 1");
     ev->version = 1;
-    if (member_str(root, "event_id", ev->event_id, sizeof(ev->event_id)) < 0 ||
-        !event_uuid_valid(ev->event_id))
+    if (d->seen[F_EVENT_ID] != V_OK || !event_uuid_valid(ev->event_id))
         FAIL("event_id must be a UUID");
-    if (member_str(root, "application_id", ev->application_id, sizeof(ev->application_id)) < 0 ||
-        !event_uuid_valid(ev->application_id))
+    if (d->seen[F_APPLICATION_ID] != V_OK || !event_uuid_valid(ev->application_id))
         FAIL("application_id must be a UUID");
     /* ids compare as text downstream (Kafka keys, logs): one spelling */
     for (char *p = ev->event_id; *p; p++)
         *p = (char)(*p >= 'A' && *p <= 'F' ? *p + 32 : *p);
     for (char *p = ev->application_id; *p; p++)
         *p = (char)(*p >= 'A' && *p <= 'F' ? *p + 32 : *p);
-    if (member_str(root, "occurred_at", buf, sizeof(buf)) < 0 ||
-        parse_time(buf, &ev->occurred_at_ms) < 0)
+    if (d->seen[F_OCCURRED_AT] != V_OK || parse_time(d->occurred_at, &ev->occurred_at_ms) < 0)
         FAIL("occurred_at must be an RFC 3339 UTC time with milliseconds");
-    if (member_str(root, "traceparent", ev->traceparent, sizeof(ev->traceparent)) < 0)
+    if (d->seen[F_TRACEPARENT] != V_OK)
         ev->traceparent[0] = '\0';   /* reported by event_validate */
-
-    data = member(root, "data");
-    if (!YAJL_IS_OBJECT(data))
+    if (d->seen[F_DATA] != V_OK)
         FAIL("data must be an object");
 
     switch (ev->type) {
     case EV_CREATED:
-        if (member_str(data, "partner", ev->partner, sizeof(ev->partner)) < 0)
+        if (d->seen[F_PARTNER] != V_OK)
             FAIL("data.partner must be a string of 1..64 bytes");
         break;
     case EV_STARTED:
-        v = member(data, "insurers");
-        if (!YAJL_IS_ARRAY(v) || v->u.array.len < 1 || v->u.array.len > EVENT_MAX_INSURERS)
+        if (d->seen[F_INSURERS] != V_OK || d->n_insurers < 1 ||
+            d->n_insurers > EVENT_MAX_INSURERS)
             FAIL("data.insurers must be an array of 1..%d insurer codes", EVENT_MAX_INSURERS);
-        for (size_t i = 0; i < v->u.array.len; i++) {
-            yajl_val c = v->u.array.values[i];
-            if (!YAJL_IS_STRING(c) || strlen(c->u.string) >= sizeof(ev->insurers[0]))
-                FAIL("data.insurers[%zu] must be an insurer code ([a-z0-9_-]{1,32})", i);
-            strcpy(ev->insurers[i], c->u.string);
-        }
-        ev->n_insurers = (int)v->u.array.len;
+        if (d->bad_insurer >= 0)
+            FAIL("data.insurers[%ld] must be an insurer code ([a-z0-9_-]{1,32})", d->bad_insurer);
+        ev->n_insurers = (int)d->n_insurers;
         break;
     case EV_TASK:
     case EV_TASK_RESULT:
-        if (member_str(data, "insurer", ev->insurer, sizeof(ev->insurer)) < 0)
+        if (d->seen[F_INSURER] != V_OK)
             FAIL("data.insurer must be an insurer code ([a-z0-9_-]{1,32})");
-        if (member_int(data, "attempt", &n) < 0 || n < 1 || n > EVENT_MAX_ATTEMPT)
+        if (d->seen[F_ATTEMPT] != V_OK || d->attempt < 1 || d->attempt > EVENT_MAX_ATTEMPT)
             FAIL("data.attempt must be 1..%d", EVENT_MAX_ATTEMPT);
-        ev->attempt = (int)n;
+        ev->attempt = (int)d->attempt;
         if (ev->type == EV_TASK)
             break;
-        v = member(data, "status");
-        if (YAJL_IS_STRING(v) && strcmp(v->u.string, "ok") == 0)
+        if (d->seen[F_STATUS] == V_OK && strcmp(d->status, "ok") == 0)
             ev->ok = 1;
-        else if (!(YAJL_IS_STRING(v) && strcmp(v->u.string, "error") == 0))
+        else if (!(d->seen[F_STATUS] == V_OK && strcmp(d->status, "error") == 0))
             FAIL("data.status must be \"ok\" or \"error\"");
-        if (ev->ok) {
-            if (member_str(data, "premium_rub", ev->premium_rub, sizeof(ev->premium_rub)) < 0)
-                FAIL("data.premium_rub must be a decimal string such as \"8734.12\"");
-        } else {
-            v = member(data, "error");
-            if (!YAJL_IS_STRING(v) || v->u.string[0] == '\0')
-                FAIL("data.error must be a non-empty string");
-            /* an insurer's long error text is not worth losing the result over */
-            copy_utf8(ev->error, sizeof(ev->error), v->u.string);
-        }
+        if (ev->ok && d->seen[F_PREMIUM] != V_OK)
+            FAIL("data.premium_rub must be a decimal string such as \"8734.12\"");
+        if (!ev->ok && d->seen[F_ERROR] != V_OK)
+            FAIL("data.error must be a non-empty string");
         break;
     }
 
     if (ev->type == EV_CREATED || ev->type == EV_TASK) {
-        v = member(data, "payload");
-        if (!YAJL_IS_OBJECT(v))
+        const unsigned char *buf;
+        size_t n;
+
+        if (d->seen[F_PAYLOAD] != V_OK)
             FAIL("data.payload must be an object");
-        ev->payload = tree_to_text(v);
-        if (ev->payload == NULL)
+        if (yajl_gen_get_buf(d->g, &buf, &n) != yajl_gen_status_ok ||
+            (ev->payload = malloc(n + 1)) == NULL)
             FAIL("out of memory");
+        memcpy(ev->payload, buf, n);
+        ev->payload[n] = '\0';
     }
     return event_validate(ev, err, errlen);
 }
 
 int event_decode(const char *json, size_t len, osago_event_t *ev, char *err, size_t errlen)
 {
-    char perr[128];
-    int rc;
+    struct decoder d = { .ev = ev, .bad_insurer = -1 };
+    yajl_handle h = NULL;
+    yajl_status st;
+    int rc = -1;
 
     memset(ev, 0, sizeof(*ev));
     if (len == 0 || memchr(json, '\0', len) != NULL)
         FAIL("malformed JSON: empty or contains a NUL byte");
-    if (check_json(json, len, err, errlen) < 0)
-        return -1;
-
-    /* yajl_tree_parse wants a C string; Kafka payloads are not terminated */
-    char *copy = malloc(len + 1);
-    if (copy == NULL)
-        FAIL("out of memory");
-    memcpy(copy, json, len);
-    copy[len] = '\0';
-    yajl_val root = yajl_tree_parse(copy, perr, sizeof(perr));
-    free(copy);
-    if (root == NULL)
-        FAIL("malformed JSON: %s", perr);
-
-    rc = decode_tree(root, ev, err, errlen);
-    yajl_tree_free(root);
+    if ((d.g = yajl_gen_alloc(NULL)) == NULL ||
+        (h = yajl_alloc(&decoder_callbacks, NULL, &d)) == NULL) {
+        snprintf(err, errlen, "out of memory");
+        goto out;
+    }
+    st = yajl_parse(h, (const unsigned char *)json, len);
+    if (st == yajl_status_ok)
+        st = yajl_complete_parse(h);
+    if (st == yajl_status_client_canceled && d.too_deep) {
+        snprintf(err, errlen, "malformed JSON: nested deeper than %d levels", EVENT_MAX_DEPTH);
+    } else if (st != yajl_status_ok) {
+        unsigned char *msg = yajl_get_error(h, 0, NULL, 0);
+        snprintf(err, errlen, "malformed JSON: %s", msg != NULL ? (char *)msg : "parse error");
+        err[strcspn(err, "\n")] = '\0';
+        if (msg != NULL)
+            yajl_free_error(h, msg);
+    } else {
+        rc = decode_check(&d, err, errlen);
+    }
+out:
+    if (h != NULL)
+        yajl_free(h);
+    if (d.g != NULL)
+        yajl_gen_free(d.g);
     if (rc < 0)
         event_free(ev);
     return rc;

@@ -364,6 +364,83 @@ static void test_decode_whitespace(void **state)
     assert_null(ev.payload);
 }
 
+/* The decoder reads members as they come (one pass): their order must not matter, the first of
+ * a repeated name counts, and a known name anywhere but its own place is ignored. */
+static void test_decode_member_order_and_repeats(void **state)
+{
+    osago_event_t ev;
+    char err[256] = "";
+    (void)state;
+
+    const char *reversed =
+        "{\"data\":{\"payload\":{\"z\":[1,{\"y\":null}]},\"attempt\":2,\"insurer\":\"vsk\"},"
+        "\"traceparent\":\"" TP "\",\"occurred_at\":\"2025-06-15T10:20:30.123Z\","
+        "\"application_id\":\"" APP_ID "\",\"event_id\":\"" EV_ID "\",\"version\":1,"
+        "\"type\":\"OsagoApplicationTask\"}";
+    if (decode(reversed, &ev, err, sizeof(err)) != 0)
+        fail_msg("reversed: %s", err);
+    assert_int_equal(ev.type, EV_TASK);
+    assert_int_equal(ev.attempt, 2);
+    assert_string_equal(ev.insurer, "vsk");
+    assert_string_equal(ev.payload, "{\"z\":[1,{\"y\":null}]}");
+    event_free(&ev);
+
+    /* repeats: the first attempt, the first data object, the first payload */
+    struct env e = TASK;
+    e.data = "{\"insurer\":\"reso\",\"attempt\":3,\"attempt\":4,"
+             "\"payload\":{\"a\":1},\"payload\":{\"b\":2}}";
+    char *json = text(&e);
+    char *twice = malloc(strlen(json) + 64);
+    assert_non_null(twice);
+    json[strlen(json) - 1] = '\0';
+    sprintf(twice, "%s,\"data\":{\"insurer\":\"alfa\"},\"type\":\"x\"}", json);
+    if (decode(twice, &ev, err, sizeof(err)) != 0)
+        fail_msg("repeats: %s", err);
+    assert_int_equal(ev.attempt, 3);
+    assert_string_equal(ev.insurer, "reso");
+    assert_string_equal(ev.payload, "{\"a\":1}");
+    event_free(&ev);
+    free(twice);
+    free(json);
+
+    /* known names inside unknown members or the payload do not count */
+    e = TASK;
+    e.data = "{\"future\":{\"insurer\":\"x\",\"payload\":7},\"insurer\":\"reso\","
+             "\"attempt\":1,\"payload\":{\"insurer\":\"sogaz\",\"attempt\":9}}";
+    json = text(&e);
+    if (decode(json, &ev, err, sizeof(err)) != 0)
+        fail_msg("nested names: %s", err);
+    assert_string_equal(ev.insurer, "reso");
+    assert_int_equal(ev.attempt, 1);
+    assert_string_equal(ev.payload, "{\"insurer\":\"sogaz\",\"attempt\":9}");
+    event_free(&ev);
+    free(json);
+
+    /* a payload at the top level is not data.payload; nor is a first payload that is no object */
+    e = TASK;
+    e.data = "{\"insurer\":\"reso\",\"attempt\":1}";
+    json = text(&e);
+    json[strlen(json) - 1] = '\0';
+    twice = malloc(strlen(json) + 32);
+    assert_non_null(twice);
+    sprintf(twice, "%s,\"payload\":{}}", json);
+    expect_error(twice, "data.payload must be an object");
+    free(twice);
+    free(json);
+    expect_data_error(Q("OsagoApplicationTask"),
+                      "{\"insurer\":\"reso\",\"attempt\":1,\"payload\":[],\"payload\":{}}",
+                      "data.payload must be an object");
+    /* an insurer list element that is a container is named by its index */
+    expect_data_error(Q("OsagoApplicationStarted"), "{\"insurers\":[\"alfa\",{\"a\":[1]},\"rgs\"]}",
+                      "data.insurers[1] must be an insurer code ([a-z0-9_-]{1,32})");
+    expect_data_error(Q("OsagoApplicationTask"),
+                      "{\"insurer\":\"reso\",\"attempt\":1.0,\"payload\":{}}",
+                      "data.attempt must be 1..10");
+    expect_data_error(Q("OsagoApplicationTask"),
+                      "{\"insurer\":\"reso\",\"attempt\":99999999999999999999,\"payload\":{}}",
+                      "data.attempt must be 1..10");
+}
+
 /* ---- decoding: every error ---------------------------------------------------------------- */
 
 static void test_decode_malformed(void **state)
@@ -690,6 +767,7 @@ int main(void)
         cmocka_unit_test(test_topics_and_names),
         cmocka_unit_test(test_decode_lenient_parts),
         cmocka_unit_test(test_decode_whitespace),
+        cmocka_unit_test(test_decode_member_order_and_repeats),
         cmocka_unit_test(test_decode_malformed),
         cmocka_unit_test(test_decode_envelope_errors),
         cmocka_unit_test(test_decode_created_errors),
