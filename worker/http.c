@@ -292,8 +292,11 @@ struct http_server *http_start(worker_t *w, char *err, size_t errlen)
         return NULL;
     }
     s->w = w;
-    s->daemon = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG |
-                                     (v6 ? MHD_USE_IPv6 : 0),
+    /* epoll, not MHD's default select(): under load the worker holds well over 1,024
+     * descriptors (a connection per insurer call), and select() cannot watch a socket numbered
+     * above that, so /metrics and the probes went unanswered exactly when they mattered */
+    s->daemon = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL |
+                                     MHD_USE_ERROR_LOG | (v6 ? MHD_USE_IPv6 : 0),
                                  0, NULL, NULL, handler, s,
                                  MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,   /* first */
                                  MHD_OPTION_LISTEN_SOCKET, fd,
