@@ -12,6 +12,7 @@
 #include <string.h>
 #include <unistd.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 
 #include <curl/curl.h>
 
@@ -95,6 +96,30 @@ static const char *roles_text(unsigned roles, char *buf, size_t cap)
     return buf;
 }
 
+/*
+ * Every insurer call in flight holds a socket, and systemd's and most shells' soft limit is
+ * 1,024 descriptors: the soft limit is raised to the hard one, and a limit too low for
+ * --max-in-flight is said at start rather than found as failed calls under load.
+ */
+static void raise_fd_limit(const worker_config_t *cfg)
+{
+    struct rlimit rl;
+    rlim_t        need = (rlim_t) cfg->max_in_flight + 256;   /* Kafka, PostgreSQL, HTTP */
+
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return;
+    if (rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        (void)setrlimit(RLIMIT_NOFILE, &rl);
+        (void)getrlimit(RLIMIT_NOFILE, &rl);
+    }
+    if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < need)
+        wlog(LOG_WARN, "main", NULL, "fd_limit",
+             "open-file limit %llu is below --max-in-flight + 256 (%llu): calls beyond it fail; "
+             "raise LimitNOFILE / ulimit -n", (unsigned long long) rl.rlim_cur,
+             (unsigned long long) need);
+}
+
 static int run(const worker_config_t *cfg)
 {
     struct role_thread roles[] = {
@@ -119,6 +144,7 @@ static int run(const worker_config_t *cfg)
         fprintf(stderr, "osago-worker: out of memory\n");
         goto out;
     }
+    raise_fd_limit(cfg);
     /* only these roles call insurers or name them: a relay-only instance needs no file */
     if (cfg->roles & (ROLE_ORCHESTRATOR | ROLE_EXECUTOR | ROLE_RESULTS)) {
         if (insurers_load(cfg->insurers_file, cfg->insurer_timeout_ms, insurers, err,
