@@ -6,6 +6,10 @@
 #include <time.h>
 
 #define DELAY_BATCH 256
+/* Deadlines are served on 1 ms ticks: at thousands of answers a second, one wake-up resumes
+ * every answer due in that millisecond instead of one wake-up (and one context switch of the
+ * MHD thread) each. An answer is thus up to 1 ms late, never early. */
+#define DELAY_TICK_NS 1000000ULL
 
 uint64_t delay_now_ns(void)
 {
@@ -56,6 +60,11 @@ static struct delay_entry delay_pop(struct delay_queue *q)
     return top;
 }
 
+static uint64_t delay_tick(uint64_t ns)
+{
+    return (ns + DELAY_TICK_NS - 1) / DELAY_TICK_NS * DELAY_TICK_NS;
+}
+
 static void *delay_thread(void *arg)
 {
     struct delay_queue *q = arg;
@@ -67,12 +76,14 @@ static void *delay_thread(void *arg)
         size_t nb = 0;
 
         if (q->n == 0) {
+            q->wake_ns = 0;
             pthread_cond_wait(&q->cv, &q->mu);
             continue;
         }
         if (q->heap[0].due_ns > now) {
-            struct timespec ts = { .tv_sec = (time_t)(q->heap[0].due_ns / 1000000000ULL),
-                                   .tv_nsec = (long)(q->heap[0].due_ns % 1000000000ULL) };
+            q->wake_ns = delay_tick(q->heap[0].due_ns);
+            struct timespec ts = { .tv_sec = (time_t)(q->wake_ns / 1000000000ULL),
+                                   .tv_nsec = (long)(q->wake_ns % 1000000000ULL) };
             (void)pthread_cond_timedwait(&q->cv, &q->mu, &ts);
             continue;
         }
@@ -133,8 +144,8 @@ bool delay_queue_push(struct delay_queue *q, uint64_t due_ns, struct MHD_Connect
     q->heap[q->n] = (struct delay_entry){ .due_ns = due_ns, .conn = conn };
     delay_sift_up(q, q->n);
     q->n++;
-    /* Only a new earliest deadline changes how long the thread should sleep. */
-    if (q->heap[0].conn == conn)
+    /* Only a deadline before the tick the thread sleeps until changes its sleep. */
+    if (q->heap[0].conn == conn && (q->wake_ns == 0 || delay_tick(due_ns) < q->wake_ns))
         pthread_cond_signal(&q->cv);
     ok = true;
 out:

@@ -20,6 +20,7 @@ struct delay_queue {
     pthread_cond_t cv;      /* on CLOCK_MONOTONIC */
     struct delay_entry *heap;
     size_t n, cap, max;
+    uint64_t wake_ns;       /* when the thread wakes by itself; 0 while it waits for a push */
     bool stopping;
     pthread_t thread;
 };
