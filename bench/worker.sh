@@ -74,14 +74,14 @@ PIDS+=($!)
 BROKER_PID=$!
 wait_for "$WORK/devbroker.log" 'devbroker: ready'
 "$BUILD/insurer-sim" --listen "127.0.0.1:$SP" --insurers "$INSURERS" \
-    --latency-ms "$INSURER_MS-$INSURER_MS" --write-insurers "$WORK/insurers.json" >"$WORK/sim.log" 2>&1 &
+    --latency-ms "$INSURER_MS-$INSURER_MS" --write-insurers "$WORK/insurers.json" ${BENCH_SIM_OPTS:---threads 1} >"$WORK/sim.log" 2>&1 &
 PIDS+=($!)
 SIM_PID=$!
 wait_for "$WORK/sim.log" 'insurer-sim: ready'
 "$BUILD/osago-worker" migrate --pg "$PG" --migrations "$ROOT/worker/migrations" 2>>"$WORK/worker.log"
 "$BUILD/osago-worker" run --kafka "127.0.0.1:$KP" --redis "127.0.0.1:$RP" --pg "$PG" \
     --insurers "$WORK/insurers.json" --http "127.0.0.1:$HP" --max-in-flight 4096 \
-    --log-level warn --kafka-session-timeout-ms 6000 --kafka-fetch-wait-ms "$FETCH_WAIT_MS" 2>>"$WORK/worker.log" &
+    --log-level warn --kafka-session-timeout-ms 6000 --kafka-fetch-wait-ms "$FETCH_WAIT_MS" ${BENCH_WORKER_OPTS:-} 2>>"$WORK/worker.log" &
 WPID=$!
 PIDS+=("$WPID")
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$HP/readyz" >/dev/null && break; sleep 0.2; done
@@ -191,6 +191,9 @@ STATS=$(awk -v ins="$INSURER_MS" -v since="$SINCE" '
         printf "%d %.1f %d %d %d %d\n", all, all / span, p50, p99, p50 - ins, p99 - ins
     }' "$WORK/latencies")
 read -r DONE APS P50 P99 A50 A99 <<<"$STATS"
+# applications completed in each second after the first injection: a stall shows as a gap
+TIMELINE=$(awk -v t0="$T0" '{ s = int(($3 - t0) / 1000); c[s]++; if (s > m) m = s }
+    END { for (i = 0; i <= m; i++) printf "%s%d", (i ? " " : ""), c[i] + 0 }' "$WORK/latencies")
 
 mkdir -p "$(dirname "$OUT")"
 {
@@ -209,6 +212,8 @@ echo
 echo "CPU per application: worker $(awk -v c="$CPUW" -v n="$N" 'BEGIN { printf "%.2f", c * 1000 / n }') ms, whole machine $(awk -v c="$CPUM" -v n="$N" 'BEGIN { printf "%.2f", c * 1000 / n }') ms (worker $CPUW s, machine $CPUM s for $N applications)."
 echo
 echo "CPU per application by component (ms): $COMPONENTS."
+echo
+echo "Completed per second from the first injection: $TIMELINE."
 echo
 echo "Stages: $STAGES"
 [ -s "$WORK/pg_statements" ] && { echo; echo '```'; cat "$WORK/pg_statements"; echo '```'; }
