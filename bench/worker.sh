@@ -142,7 +142,8 @@ ERRS=$(psqlq "SELECT count(*) FROM quotes WHERE status <> 'ok'")
 if [ -n "${BENCH_PG_STATEMENTS:-}" ]; then   # what PostgreSQL spent its time on, per application
     "$PG_BIN/psql" -h 127.0.0.1 -p "$PP" -U postgres -d osago -q -c "SELECT calls,
         round((total_exec_time + total_plan_time)::numeric * 1000 / $(wc -l < "$WORK/injected"), 1) AS us_per_app,
-        round((total_exec_time / calls)::numeric, 3) AS ms_per_call, rows,
+        round((total_exec_time / nullif(calls, 0))::numeric, 3) AS ms_per_call,
+        round((total_plan_time / nullif(plans, 0))::numeric, 3) AS plan_ms, plans, rows,
         left(regexp_replace(query, '\s+', ' ', 'g'), 90) AS query
         FROM pg_stat_statements ORDER BY total_exec_time + total_plan_time DESC LIMIT 15" >"$WORK/pg_statements"
 fi
