@@ -171,6 +171,8 @@ like($sim->{out}, qr/^insurer-sim: ready listen=127\.0\.0\.1:$sim->{port} insure
 
 my $res = OsagoTest::http(GET => "http://127.0.0.1:$sim->{port}/healthz");
 is($res->{status}, 200, 'GET /healthz is 200');
+is_deeply(decodes($res->{content}), { status => 'ok', insurers => 5, waiting => 0, max_waiting => 0 },
+          '/healthz: the insurers, and no call waiting yet');
 
 my $list = decodes(OsagoTest::_slurp("$DIR/insurers.json"));
 ok(ref $list eq 'ARRAY', '--write-insurers wrote a JSON array');
@@ -349,6 +351,11 @@ $r = fire($sim->{port}, [ map { [ '/insurers/alfa/quote', payload(id => "c$_") ]
 my $total = time - $t0;
 is(scalar(grep { ($_->{status} // 0) == 200 } @$r), 500, '500 concurrent calls answered');
 ok($total < 1.5, sprintf('all 500 in %.2f s (serialised would be 100 s)', $total));
+my $health = decodes(OsagoTest::http(GET => "http://127.0.0.1:$sim->{port}/healthz")->{content});
+is($health->{waiting}, 0, '/healthz: none waiting afterwards');
+# fire() opens every connection before sending, so all 500 were held together (the count a
+# client's concurrency limit is checked against, t/66)
+is($health->{max_waiting}, 500, '/healthz: max_waiting 500');
 stop_sim($sim);
 
 # ===== flags ===================================================================================

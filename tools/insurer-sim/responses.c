@@ -45,7 +45,7 @@ char *response_error(const char *code, const char *message, const char *insurer,
     return response_finish(&j, len);
 }
 
-char *response_health(int ninsurers, size_t *len)
+char *response_health(int ninsurers, int waiting, int max_waiting, size_t *len)
 {
     struct json_out j;
 
@@ -54,6 +54,8 @@ char *response_health(int ninsurers, size_t *len)
     json_out_map_open(&j);
     json_out_kv_str(&j, "status", "ok");
     json_out_kv_int(&j, "insurers", ninsurers);
+    json_out_kv_int(&j, "waiting", waiting);
+    json_out_kv_int(&j, "max_waiting", max_waiting);
     json_out_map_close(&j);
     return response_finish(&j, len);
 }

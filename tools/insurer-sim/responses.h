@@ -13,8 +13,8 @@ char *response_quote(const char *insurer, const char *application_id, double pre
 /* {"error": code, "message": ..., "insurer": ... (when not NULL)} */
 char *response_error(const char *code, const char *message, const char *insurer, size_t *len);
 
-/* {"status":"ok","insurers":N} */
-char *response_health(int ninsurers, size_t *len);
+/* {"status":"ok","insurers":N,"waiting":calls held now,"max_waiting":most held at once} */
+char *response_health(int ninsurers, int waiting, int max_waiting, size_t *len);
 
 /* A 200 body a client cannot use, picked by draw: the good answer cut in half, an HTML error
  * page from a proxy, or nothing at all. */

@@ -195,8 +195,14 @@ static const struct insurer *route_insurer(const struct sim_server *s, const cha
 static bool request_park(struct sim_server *s, struct MHD_Connection *conn, struct request *r,
                          uint64_t due_ns)
 {
+    int now, max;
+
     r->parked = true;
-    atomic_fetch_add(&s->suspended, 1);
+    /* how many calls the clients have out at once: what a client's concurrency limit shows as */
+    now = atomic_fetch_add(&s->suspended, 1) + 1;
+    max = atomic_load(&s->suspended_max);
+    while (now > max && !atomic_compare_exchange_weak(&s->suspended_max, &max, now))
+        ;
     MHD_suspend_connection(conn);
     if (delay_queue_push(&s->delays, due_ns, conn))
         return true;
@@ -245,7 +251,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
             request_error(r, 405, "method_not_allowed", "use GET", NULL);
         } else {
             size_t len = 0;
-            char *body = response_health(s->cfg->ninsurers, &len);
+            char *body = response_health(s->cfg->ninsurers, atomic_load(&s->suspended),
+                                         atomic_load(&s->suspended_max), &len);
             request_set(r, 200, body, len);
         }
         return request_send(conn, r);
@@ -293,6 +300,7 @@ int server_start(struct sim_server *s, const struct sim_config *cfg)
     memset(s, 0, sizeof(*s));
     s->cfg = cfg;
     atomic_init(&s->suspended, 0);
+    atomic_init(&s->suspended_max, 0);
     fault_rng_init(&s->rng, cfg->seed);
     memset(&addr, 0, sizeof(addr));
     addr.sin_family = AF_INET;

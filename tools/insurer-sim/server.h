@@ -17,6 +17,7 @@ struct sim_server {
     struct delay_queue delays;
     struct fault_rng rng;
     atomic_int suspended;       /* suspended and not yet back in the handler */
+    atomic_int suspended_max;   /* the most at once since start (GET /healthz: "max_waiting") */
     int port;                   /* the bound port (the flag may say 0) */
 };
 
