@@ -5,8 +5,12 @@
  * same loop (never longer than EX_WAIT_MAX_MS between polls), so a 60 s insurer never stalls
  * the consumer nor trips max.poll.interval.ms. The calls' sockets sit in an epoll set that
  * curl maintains through its socket callback, so a loop costs what happened, not the number
- * of calls in flight (curl_multi_poll would poll all of them, every time). When max_in_flight tasks are held the consumer's
- * partitions are paused (the polls go on) and resumed once a quarter of the room is free.
+ * of calls in flight (curl_multi_poll would poll all of them, every time). When max_in_flight
+ * tasks are held the loop stops taking messages from the consumer (but for one poll a second,
+ * which serves rebalances and max.poll.interval.ms); librdkafka's prefetch, bounded by its
+ * queued.max.messages.kbytes, waits in memory. Pausing the partitions instead cost up to a
+ * second of nothing after each resume (librdkafka decides to fetch again on its broker
+ * thread's next round): at saturation the executor idled between bursts of max_in_flight.
  *
  * Offsets: tasks finish out of order, but a partition's offset may only move past work that is
  * durable. Each consumed message gets a ticket in its partition's queue; the offset stored is
@@ -59,7 +63,7 @@
 #define EX_WAIT_MAX_MS       100
 #define EX_RETRY_MS          1000
 #define EX_DEFER_MS          100      /* a quote locked by another transaction: claim again */
-#define EX_REPAUSE_MS        1000     /* a rebalance may hand us unpaused partitions */
+#define EX_FULL_POLL_MS      1000     /* one poll a second while full: rebalances, liveness */
 #define EX_PRODUCE_BACKOFF_MAX_MS 30000   /* a failed produce of outcomes, tried again */
 #define EX_FINAL_PRODUCE_MS  2000         /* a stop waits this long for confirmations */
 #define EX_JSON_DEPTH        64
@@ -150,8 +154,8 @@ typedef struct {
     int               prepared_pid;
     part_t           *parts;
     call_list_t       lists[ST_N];
-    int               paused;
-    int64_t           paused_at_ms;
+    int64_t           polled_ms;     /* the last consumer poll */
+    int               more_queued;   /* the last ex_consume stopped at its batch, with room */
     int64_t           claim_retry_ms;
     int64_t           produce_retry_ms;
     int64_t           produce_backoff_ms;
@@ -415,21 +419,34 @@ static int ex_load(const executor_t *x)
            + x->lists[ST_RETRY].n;
 }
 
+/*
+ * Takes what the consumer has, up to the room there is. librdkafka writes to the wake pipe only
+ * when its queue turns non-empty, so when this stops at EX_POLL_BATCH with room left, the rest
+ * would sit unseen until some other wake-up (up to EX_WAIT_MAX_MS with no call in flight: a
+ * backlog drained at 256 tasks per 100 ms); more_queued makes the next wait not wait.
+ */
 static void ex_consume(executor_t *x)
 {
-    char drain[64];
-    int  room = x->w->cfg->max_in_flight - ex_load(x);
-    /* no more than there is room for; but at least one poll, which also serves rebalances and
-     * keeps max.poll.interval.ms satisfied while the partitions are paused */
-    int  limit = room < 1 ? 1 : room < EX_POLL_BATCH ? room : EX_POLL_BATCH;
+    char    drain[64];
+    int     room = x->w->cfg->max_in_flight - ex_load(x);
+    int64_t now = ex_now_ms();
+    /* no more than there is room for; when full, one poll a second all the same: it serves
+     * rebalances and keeps max.poll.interval.ms satisfied (and may take one task over) */
+    int     limit = room < 1 ? 1 : room < EX_POLL_BATCH ? room : EX_POLL_BATCH;
 
     while (read(x->wake[0], drain, sizeof(drain)) > 0)
         ;
+    x->more_queued = room > EX_POLL_BATCH;
+    if (room < 1 && now - x->polled_ms < EX_FULL_POLL_MS)
+        return;
+    x->polled_ms = now;
     for (int i = 0; i < limit; i++) {
         rd_kafka_message_t *m = rd_kafka_consumer_poll(x->consumer, 0);
 
-        if (m == NULL)
+        if (m == NULL) {
+            x->more_queued = 0;
             return;
+        }
         if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR)
             ex_accept(x, m);
         else if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF && ex_warn_due(x))
@@ -1312,37 +1329,6 @@ static void ex_sent_check(executor_t *x)
 
 /* ---- flow control and waiting -------------------------------------------------------------- */
 
-static void ex_pause(executor_t *x, int pause)
-{
-    rd_kafka_topic_partition_list_t *parts = NULL;
-
-    if (rd_kafka_assignment(x->consumer, &parts) != RD_KAFKA_RESP_ERR_NO_ERROR || parts == NULL)
-        return;
-    if (pause)
-        rd_kafka_pause_partitions(x->consumer, parts);
-    else
-        rd_kafka_resume_partitions(x->consumer, parts);
-    rd_kafka_topic_partition_list_destroy(parts);
-    if (pause != x->paused)
-        wlog(LOG_INFO, EX_ROLE, NULL, pause ? "consumer_paused" : "consumer_resumed",
-             "%d tasks held (max_in_flight %d)", ex_load(x), x->w->cfg->max_in_flight);
-    x->paused = pause;
-    x->paused_at_ms = ex_now_ms();
-}
-
-static void ex_flow(executor_t *x)
-{
-    int load = ex_load(x);
-    int max = x->w->cfg->max_in_flight;
-
-    if (load >= max) {
-        if (!x->paused || ex_now_ms() - x->paused_at_ms >= EX_REPAUSE_MS)
-            ex_pause(x, 1);
-    } else if (x->paused && load < max - max / 4) {
-        ex_pause(x, 0);
-    }
-}
-
 static int64_t ex_min(int64_t a, int64_t b)
 {
     return a < b ? a : b;
@@ -1357,7 +1343,8 @@ static void ex_wait(executor_t *x)
 
     if (x->lists[ST_CLAIM].n > 0)
         until = ex_min(until, x->claim_retry_ms);
-    if (x->lists[ST_BACKLOG].n > 0 && x->lists[ST_RUNNING].n < x->w->cfg->max_in_flight)
+    if ((x->lists[ST_BACKLOG].n > 0 && x->lists[ST_RUNNING].n < x->w->cfg->max_in_flight)
+        || x->more_queued)
         until = now;
     if (x->lists[ST_OUTBOX].n > 0)
         until = ex_min(until, x->produce_retry_ms);
@@ -1386,7 +1373,6 @@ static void ex_loop_once(executor_t *x)
         x->produce_retry_ms = ex_now_ms() + EX_RETRY_MS;
     ex_store_offsets(x);
     ex_heartbeat(x);
-    ex_flow(x);
     ex_wait(x);
 }
 

@@ -363,6 +363,9 @@ rd_kafka_t *kafka_consumer_new(const worker_config_t *cfg, const char *group,
          * over: there each hop costs up to this wait, and librdkafka's default of 500 ms
          * would dominate the time to a quote. */
         set(conf, "fetch.wait.max.ms", wait, err, errlen) < 0 ||
+        /* what librdkafka prefetches while a role is busy (the executor stops taking tasks
+         * at --max-in-flight and lets them wait here): 16 MB, not the default 64 MB */
+        set(conf, "queued.max.messages.kbytes", "16384", err, errlen) < 0 ||
         set(conf, "session.timeout.ms", num, err, errlen) < 0) {
         rd_kafka_conf_destroy(conf);
         return NULL;
