@@ -139,6 +139,10 @@ CPUM=$(awk -v a="$CPUM0" -v b="$(cpu_machine)" 'BEGIN { printf "%.2f", b - a }')
 psqlq "SELECT id, (extract(epoch FROM updated_at) * 1000)::bigint FROM applications WHERE status = 'completed'" \
     | tr '|' ' ' > "$WORK/completed"
 ERRS=$(psqlq "SELECT count(*) FROM quotes WHERE status <> 'ok'")
+# why, when some did not end ok (a benchmark with errors measures something else)
+ERR_REASONS=$(psqlq "SELECT count(*) || ' × ' || status || ': ' || coalesce(left(error, 120), '-')
+                     FROM quotes WHERE status <> 'ok' GROUP BY status, left(error, 120)
+                     ORDER BY count(*) DESC LIMIT 5")
 if [ -n "${BENCH_PG_STATEMENTS:-}" ]; then   # what PostgreSQL spent its time on, per application
     "$PG_BIN/psql" -h 127.0.0.1 -p "$PP" -U postgres -d osago -q -c "SELECT calls,
         round((total_exec_time + total_plan_time)::numeric * 1000 / $(wc -l < "$WORK/injected"), 1) AS us_per_app,
@@ -212,6 +216,7 @@ echo "Worker RSS (KiB): start $RSS0, samples every 30 s: $SAMPLES, end $RSS1."
 echo
 echo "CPU per application: worker $(awk -v c="$CPUW" -v n="$N" 'BEGIN { printf "%.2f", c * 1000 / n }') ms, whole machine $(awk -v c="$CPUM" -v n="$N" 'BEGIN { printf "%.2f", c * 1000 / n }') ms (worker $CPUW s, machine $CPUM s for $N applications)."
 echo
+[ -n "$ERR_REASONS" ] && { echo "Quotes not ok:"; echo "$ERR_REASONS" | sed 's/^/- /'; echo; }
 echo "CPU per application by component (ms): $COMPONENTS."
 echo
 echo "Completed per second from the first injection: $TIMELINE."
