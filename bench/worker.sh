@@ -9,6 +9,12 @@
 # that minus INSURER_MS (every insurer answers in exactly that). With SOAK_SECONDS the injection
 # runs that long and the worker's RSS is sampled every 30 s (memory must stay flat).
 # Writes build/bench/worker.md. Kills only what it started.
+#
+# Knobs: BENCH_RATE, BENCH_SECONDS, SOAK_SECONDS, INSURER_MS, INSURERS, BENCH_WARMUP,
+# BENCH_FETCH_WAIT_MS, BENCH_MAX_IN_FLIGHT (1024: 500/s x 10 calls x 100 ms need 500),
+# BENCH_SIM_OPTS (default --threads 1: one MHD thread costs the least CPU per call on 2 cores),
+# BENCH_WORKER_OPTS, BENCH_PG_OPTS, BENCH_PG_STATEMENTS=1 (pg_stat_statements per application),
+# BENCH_KEEP_LOGS=DIR.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -80,7 +86,7 @@ SIM_PID=$!
 wait_for "$WORK/sim.log" 'insurer-sim: ready'
 "$BUILD/osago-worker" migrate --pg "$PG" --migrations "$ROOT/worker/migrations" 2>>"$WORK/worker.log"
 "$BUILD/osago-worker" run --kafka "127.0.0.1:$KP" --redis "127.0.0.1:$RP" --pg "$PG" \
-    --insurers "$WORK/insurers.json" --http "127.0.0.1:$HP" --max-in-flight 4096 \
+    --insurers "$WORK/insurers.json" --http "127.0.0.1:$HP" --max-in-flight "${BENCH_MAX_IN_FLIGHT:-1024}" \
     --log-level warn --kafka-session-timeout-ms 6000 --kafka-fetch-wait-ms "$FETCH_WAIT_MS" ${BENCH_WORKER_OPTS:-} 2>>"$WORK/worker.log" &
 WPID=$!
 PIDS+=("$WPID")
