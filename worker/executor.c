@@ -248,13 +248,20 @@ static CURL *ex_easy_get(executor_t *x)
     return e;
 }
 
-/* e must be out of the multi handle already */
+/* e must be out of the multi handle already. What pointed into the call goes: the call is
+ * freed while the handle waits. */
 static void ex_easy_put(executor_t *x, CURL *e)
 {
-    if (x->n_idle_easy < EX_IDLE_EASY_MAX)
-        x->idle_easy[x->n_idle_easy++] = e;
-    else
+    if (x->n_idle_easy >= EX_IDLE_EASY_MAX) {
         curl_easy_cleanup(e);
+        return;
+    }
+    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, NULL);
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, NULL);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDS, NULL);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, NULL);
+    curl_easy_setopt(e, CURLOPT_PRIVATE, NULL);
+    x->idle_easy[x->n_idle_easy++] = e;
 }
 
 static void ex_free_call(executor_t *x, call_t *c)
