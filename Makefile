@@ -64,7 +64,7 @@ bench: deps all
 clean:
 	rm -rf $(BUILD)
 
-# --- application validator (unit tests, fuzz) ---
+# --- application validator (unit tests, fuzz; the worker's event decoder is fuzzed here too) ---
 APP_SRCS   := ngx_osago_module/osago_application.c
 APP_HDRS   := ngx_osago_module/osago_application.h
 FUZZ_CC    ?= clang
@@ -84,13 +84,22 @@ $(BUILD)/fuzz/fuzz_osago_application: fuzz/fuzz_osago_application.c $(APP_SRCS) 
 	@mkdir -p $(BUILD)/fuzz
 	$(FUZZ_CC) $(FUZZ_FLAGS) -Ingx_osago_module -o $@ fuzz/fuzz_osago_application.c $(APP_SRCS) -lyajl
 
-# Runs on a copy of the seed corpus, so fuzz/corpus/ only ever holds the curated seeds.
-fuzz: deps $(BUILD)/fuzz/fuzz_osago_application
-	rm -rf $(BUILD)/fuzz/corpus $(BUILD)/fuzz/artifacts
-	mkdir -p $(BUILD)/fuzz/corpus $(BUILD)/fuzz/artifacts
+$(BUILD)/fuzz/fuzz_worker_event: fuzz/fuzz_worker_event.c worker/event.c worker/event.h
+	@mkdir -p $(BUILD)/fuzz
+	$(FUZZ_CC) $(FUZZ_FLAGS) -Iworker -o $@ fuzz/fuzz_worker_event.c worker/event.c -lyajl
+
+# Each target runs FUZZ_TIME on a copy of its seed corpus, so fuzz/corpus*/ only ever hold the
+# curated seeds: the application validator (fuzz/corpus/), then the worker's event decoder
+# (fuzz/corpus-event/).
+fuzz: deps $(BUILD)/fuzz/fuzz_osago_application $(BUILD)/fuzz/fuzz_worker_event
+	rm -rf $(BUILD)/fuzz/corpus $(BUILD)/fuzz/corpus-event $(BUILD)/fuzz/artifacts
+	mkdir -p $(BUILD)/fuzz/corpus $(BUILD)/fuzz/corpus-event $(BUILD)/fuzz/artifacts
 	cp fuzz/corpus/* $(BUILD)/fuzz/corpus/
+	cp fuzz/corpus-event/* $(BUILD)/fuzz/corpus-event/
 	$(BUILD)/fuzz/fuzz_osago_application -max_total_time=$(FUZZ_TIME) -max_len=4096 \
 	    -artifact_prefix=$(BUILD)/fuzz/artifacts/ -print_final_stats=1 $(BUILD)/fuzz/corpus
+	$(BUILD)/fuzz/fuzz_worker_event -max_total_time=$(FUZZ_TIME) -max_len=8192 \
+	    -artifact_prefix=$(BUILD)/fuzz/artifacts/ -print_final_stats=1 $(BUILD)/fuzz/corpus-event
 
 # --- local-stack tools (Kafka mock, simulated insurers) and the worker ---
 include tools/devbroker/build.mk
