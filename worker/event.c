@@ -703,6 +703,9 @@ static void dec_scalar(struct decoder *d, const unsigned char *s, size_t len, in
         case F_ERROR:
             if (len > 0 && s[0] != '\0') {
                 copy_utf8(ev->error, sizeof(ev->error), s, len);
+                /* yajl lets overlong forms and surrogates through; PostgreSQL would refuse
+                 * them, and event_encode replaces them the same way */
+                event_utf8_sanitize(ev->error);
                 v = V_OK;
             }
             break;

@@ -345,6 +345,18 @@ static void test_decode_lenient_parts(void **state)
     assert_int_equal((unsigned char)ev.error[253], 0x96);
     assert_int_equal(ev.ok, 0);
     free(json);
+
+    /* bytes yajl lets through but PostgreSQL refuses (an overlong form, a surrogate) become '?',
+     * as event_encode would make them (found by fuzz/fuzz_worker_event.c) */
+    e = TASK;
+    e.type = Q("OsagoApplicationTaskResult");
+    e.data = "{\"insurer\":\"vsk\",\"attempt\":1,\"status\":\"error\","
+             "\"error\":\"a\xC0\xB8" "b\xED\xA0\x80" "c\"}";
+    json = text(&e);
+    if (decode(json, &ev, err, sizeof(err)) != 0)
+        fail_msg("overlong: %s", err);
+    assert_string_equal(ev.error, "a??b???c");
+    free(json);
 }
 
 static void test_decode_whitespace(void **state)
