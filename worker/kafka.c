@@ -134,7 +134,11 @@ static rd_kafka_conf_t *common_conf(const worker_config_t *cfg, const char *clie
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
     if (set(conf, "bootstrap.servers", cfg->kafka_bootstrap, err, errlen) < 0 ||
         set(conf, "client.id", client_id, err, errlen) < 0 ||
-        set(conf, "log.connection.close", "false", err, errlen) < 0) {
+        set(conf, "log.connection.close", "false", err, errlen) < 0 ||
+        /* requests are small and latency is the point: a request written while the previous
+         * one is unacknowledged must not wait for the ACK (measured at 300/s: added latency
+         * p50 42-44 -> 38 ms) */
+        set(conf, "socket.nagle.disable", "true", err, errlen) < 0) {
         rd_kafka_conf_destroy(conf);
         return NULL;
     }
