@@ -100,19 +100,20 @@ cpu_worker() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz
 cpu_machine() { awk -v hz="$(getconf CLK_TCK)" '/^cpu / { printf "%.2f", ($2 + $3 + $4 + $7 + $8) / hz }' /proc/stat; }
 # CPU ticks by component: the worker's threads by name (librdkafka's together), PostgreSQL
 # (the postmaster's children), devbroker, insurer-sim, Redis
+# /proc/PID/stat lines as "pid name state ppid ...", the name (which may hold spaces) in one
+# field: utime and stime are then $14 and $15
+proc_stat() { sed -E 's/^([0-9]+) \((.*)\) /\1 \2 /' "$@" 2>/dev/null; }
 cpu_components() {
     local pm
     pm=$(head -1 "$WORK/pg/data/postmaster.pid")
     {
-        sed -E 's/^([0-9]+) \((.*)\) /\1 \2 /' "/proc/$WPID/task/"*/stat 2>/dev/null |
+        proc_stat "/proc/$WPID/task/"*/stat |
             awk '{ n = $2; if (n ~ /^rdk:/) n = "librdkafka"; else if (n !~ /^w:/) n = "w:other"
                    print n, $14 + $15 }'
-        sed -E 's/^([0-9]+) \((.*)\) /\1 \2 /' /proc/[0-9]*/stat 2>/dev/null |
-            awk -v pm="$pm" '$1 == pm || $4 == pm { print "PostgreSQL", $14 + $15 }'
+        proc_stat /proc/[0-9]*/stat | awk -v pm="$pm" '$1 == pm || $4 == pm { print "PostgreSQL", $14 + $15 }'
         for pair in "devbroker:$BROKER_PID" "insurer-sim:$SIM_PID" "Redis:$REDIS_PID"; do
             [ -r "/proc/${pair#*:}/stat" ] &&
-                sed -E 's/^([0-9]+) \((.*)\) /\1 \2 /' "/proc/${pair#*:}/stat" |
-                awk -v n="${pair%%:*}" '{ print n, $14 + $15 }'
+                proc_stat "/proc/${pair#*:}/stat" | awk -v n="${pair%%:*}" '{ print n, $14 + $15 }'
         done
     } | awk '{ t[$1] += $2 } END { for (k in t) print k, t[k] }'
 }

@@ -40,7 +40,7 @@ my $w;
 }
 
 ok(OsagoStack::wait_until(sub { $w->healthz == 200 }, 20, 0.2), '/healthz 200');
-my $fds = () = glob("/proc/$w->{pid}/fd/*");
+my $fds = () = glob("/proc/" . $w->pid . "/fd/*");
 cmp_ok($fds, '>', $HELD, "the worker holds more than $HELD descriptors ($fds)");
 ok(OsagoStack::wait_until(sub { $w->readyz == 200 }, 20, 0.2), '/readyz 200');
 my $m = $w->metrics;
