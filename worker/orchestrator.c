@@ -5,9 +5,9 @@
  * The rows are written before the events so that every task finds its quote; offsets are stored
  * only after Kafka confirmed the events. The read model's "in_progress" is written by the
  * results role when it sees Started: doing it here as well cost a read of every application
- * per batch, for a document one Kafka hop early. A redelivered Created finds its quote rows and announces
- * the same insurers again (downstream consumers are idempotent), so a crash between the commit and
- * the confirmation loses nothing.
+ * per batch, for a document one Kafka hop early. A redelivered Created finds its quote rows and
+ * announces the same insurers again (downstream consumers are idempotent), so a crash between
+ * the commit and the confirmation loses nothing.
  */
 #include <stdint.h>
 #include <stdio.h>
