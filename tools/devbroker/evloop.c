@@ -56,7 +56,8 @@ int evloop_run(struct evloop *loop, volatile sig_atomic_t *stop, const sigset_t 
     struct epoll_event evs[64];
 
     while (!*stop) {
-        int n = epoll_pwait(loop->epfd, evs, 64, -1, wait_mask);
+        int timeout = loop->next_timeout != NULL ? loop->next_timeout(loop->after_batch_arg) : -1;
+        int n = epoll_pwait(loop->epfd, evs, 64, timeout, wait_mask);
 
         if (n < 0) {
             if (errno == EINTR)

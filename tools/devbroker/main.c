@@ -32,8 +32,15 @@ static void after_batch(void *arg)
 {
     struct devbroker *d = arg;
 
-    relay_reap(&d->relay);
+    relay_tick(&d->relay);
     control_reap(&d->control);
+}
+
+static int next_timeout(void *arg)
+{
+    struct devbroker *d = arg;
+
+    return relay_next_timeout(&d->relay);
 }
 
 /* SIGINT/SIGTERM stay blocked everywhere (librdkafka's threads inherit the mask) except inside
@@ -79,13 +86,14 @@ int main(int argc, char **argv)
         return 1;
     }
     memset(&d, 0, sizeof(d));
-    d.relay.listener.fd = d.control.listener.fd = -1;
+    d.relay.bootstrap.w.fd = d.control.listener.fd = -1;
     if (evloop_init(&d.loop) < 0) {
         perror("devbroker: epoll");
         return 1;
     }
     d.loop.after_batch = after_batch;
     d.loop.after_batch_arg = &d;
+    d.loop.next_timeout = next_timeout;
 
     /* Bind the fixed ports first: a port in use should fail fast, before the cluster starts. */
     if (relay_start(&d.relay, &d.loop, &d.mock, &cfg.listen) < 0) {
@@ -113,8 +121,17 @@ int main(int argc, char **argv)
             goto out;
         }
     }
-    fprintf(stderr, "devbroker: mock brokers at %s; %d topic(s) x %d partition(s)\n",
-            mock_bootstraps(&d.mock), cfg.ntopics, cfg.partitions);
+    if (relay_brokers_start(&d.relay) < 0) {
+        fprintf(stderr, "devbroker: relay ports for the brokers: %s\n", strerror(errno));
+        rc = 1;
+        goto out;
+    }
+    fprintf(stderr, "devbroker: mock brokers at %s, advertised as", mock_bootstraps(&d.mock));
+    for (int i = 0; i < d.mock.nbrokers; i++) {
+        net_format_addr(&d.relay.broker[i].addr, addr, sizeof(addr));
+        fprintf(stderr, " %s", addr);
+    }
+    fprintf(stderr, "; %d topic(s) x %d partition(s)\n", cfg.ntopics, cfg.partitions);
     if (cfg.has_control) {
         net_format_addr(&cfg.control, addr, sizeof(addr));
         fprintf(stderr, "devbroker: control port %s\n", addr);

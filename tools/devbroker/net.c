@@ -82,6 +82,14 @@ int net_listen(struct sockaddr_in *addr, int backlog)
     return fd;
 }
 
+int net_accepted(int fd)
+{
+    int one = 1;
+
+    (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    return net_set_nonblock(fd);
+}
+
 int net_connect_start(const struct sockaddr_in *addr)
 {
     int one = 1;

@@ -15,6 +15,10 @@ int net_listen(struct sockaddr_in *addr, int backlog);
 /* Starts a non-blocking connect; returns the fd (connected or in progress) or -1. */
 int net_connect_start(const struct sockaddr_in *addr);
 
+/* An accepted connection: O_NONBLOCK, and Nagle off (an answer must not wait for the ACK of
+ * the one before it). Returns 0 or -1. */
+int net_accepted(int fd);
+
 /* Sets O_NONBLOCK; returns 0 or -1. */
 int net_set_nonblock(int fd);
 

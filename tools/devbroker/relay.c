@@ -1,25 +1,46 @@
-/* Byte relay from the bootstrap port to a mock broker: one session per client connection, two
- * non-blocking sockets and one buffer per direction. Reading from a side pauses while its
- * buffer still waits to be written to the other side, which is all the flow control needed. */
+/* The relay between clients and the mock brokers (relay.h): one session per client connection,
+ * two non-blocking sockets, whole Kafka frames in growable buffers. A side is read only while
+ * the other side's output is small and its own input holds no frame it may not pass on yet,
+ * which is all the flow control needed. */
 #include "relay.h"
+#include "kproto.h"
 #include "net.h"
 
 #include <errno.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
-#define RELAY_BUF           65536
-#define RELAY_MAX_SESSIONS  2048    /* two fds each, well inside the open-file limit */
+#define RELAY_MAX_SESSIONS  2048            /* two fds each, well inside the open-file limit */
+#define RELAY_READ_CHUNK    65536
+#define RELAY_MAX_FRAME     (128 << 20)     /* well over any fetch.max.bytes in use here */
+#define RELAY_OUT_HIGH      (4 << 20)       /* stop reading a side while the other owes this */
+#define RELAY_MAX_WAIT_MS   60000           /* a held fetch is answered within this at most */
+
+struct buf {
+    uint8_t *p;
+    size_t off, len, cap;                   /* the bytes are p[off..len) */
+};
 
 struct relay_end {
     struct ev_watch w;
-    char buf[RELAY_BUF];    /* read from this side, not yet written to the other */
-    size_t len, off;
+    struct buf in;          /* read from this side, not yet handled */
+    struct buf out;         /* to be written to this side */
+};
+
+/* A request passed to the broker whose answer has not come back yet. */
+struct pending {
+    int32_t correlation_id;
+    int16_t api_key, api_version;
+    bool held_fetch;        /* the session's fetch, sent with no wait */
 };
 
 struct relay_session {
@@ -28,10 +49,101 @@ struct relay_session {
     int broker_id;
     bool connecting;
     bool closed;
+    struct pending *pending;                /* a ring, in the order sent */
+    size_t npending, pending_head, pending_cap;
+    /* the fetch in progress: while it is, the client's next requests wait */
+    bool fetching;
+    bool held;                              /* its empty answer is kept in `empty` */
+    uint8_t *fetch_req;                     /* the request as sent again on a wake-up */
+    size_t fetch_req_len;
+    char *topics;                           /* its topics, each followed by '\0' */
+    size_t topics_len;
+    int64_t due_ms;                         /* when the client's wait is over */
+    uint64_t produced;                      /* its topics' produce count when it was sent */
+    struct buf empty;
     struct relay_session *prev, *next;
 };
 
 static void relay_on_event(struct ev_watch *w, uint32_t events);
+static void relay_from_client(struct relay_session *s);
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* ---- buffers -------------------------------------------------------------------------------- */
+
+static size_t buf_used(const struct buf *b)
+{
+    return b->len - b->off;
+}
+
+/* Room for n more bytes at the end. Returns 0 or -1. */
+static int buf_reserve(struct buf *b, size_t n)
+{
+    size_t used = buf_used(b), cap;
+    uint8_t *p;
+
+    if (b->cap - b->len >= n)
+        return 0;
+    if (b->off > 0) {
+        memmove(b->p, b->p + b->off, used);
+        b->off = 0;
+        b->len = used;
+        if (b->cap - b->len >= n)
+            return 0;
+    }
+    for (cap = b->cap ? b->cap : 4096; cap - used < n; cap *= 2)
+        ;
+    if ((p = realloc(b->p, cap)) == NULL)
+        return -1;
+    b->p = p;
+    b->cap = cap;
+    return 0;
+}
+
+static int buf_append(struct buf *b, const uint8_t *data, size_t n)
+{
+    if (buf_reserve(b, n) < 0)
+        return -1;
+    memcpy(b->p + b->len, data, n);
+    b->len += n;
+    return 0;
+}
+
+static void buf_consume(struct buf *b, size_t n)
+{
+    b->off += n;
+    if (b->off == b->len)
+        b->off = b->len = 0;
+}
+
+static void buf_free(struct buf *b)
+{
+    free(b->p);
+    memset(b, 0, sizeof(*b));
+}
+
+/* The length of the whole frame at the start of b (its size field included), 0 while it is
+ * incomplete, -1 when the size is impossible. */
+static long buf_frame(const struct buf *b)
+{
+    const uint8_t *p = b->p + b->off;
+    uint32_t size;
+
+    if (buf_used(b) < 4)
+        return 0;
+    size = (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+    if (size > RELAY_MAX_FRAME)
+        return -1;
+    return buf_used(b) >= 4 + (size_t)size ? (long)(4 + size) : 0;
+}
+
+/* ---- sessions ------------------------------------------------------------------------------- */
 
 static void relay_unlink(struct relay_session **head, struct relay_session *s)
 {
@@ -77,11 +189,152 @@ static void relay_close(struct relay_session *s)
     r->nlive--;
 }
 
-/* Writes what `from` holds to `to`. Returns -1 when the session must close. */
-static int relay_flush(struct relay_end *from, struct relay_end *to)
+static void relay_free(struct relay_session *s)
 {
-    while (from->off < from->len) {
-        ssize_t n = send(to->w.fd, from->buf + from->off, from->len - from->off, MSG_NOSIGNAL);
+    buf_free(&s->client.in);
+    buf_free(&s->client.out);
+    buf_free(&s->broker.in);
+    buf_free(&s->broker.out);
+    buf_free(&s->empty);
+    free(s->pending);
+    free(s->fetch_req);
+    free(s->topics);
+    free(s);
+}
+
+static int pending_push(struct relay_session *s, const struct pending *p)
+{
+    if (s->npending == s->pending_cap) {
+        size_t cap = s->pending_cap ? s->pending_cap * 2 : 16;
+        struct pending *grown = malloc(cap * sizeof(*grown));
+
+        if (grown == NULL)
+            return -1;
+        for (size_t i = 0; i < s->npending; i++)
+            grown[i] = s->pending[(s->pending_head + i) % s->pending_cap];
+        free(s->pending);
+        s->pending = grown;
+        s->pending_cap = cap;
+        s->pending_head = 0;
+    }
+    s->pending[(s->pending_head + s->npending) % s->pending_cap] = *p;
+    s->npending++;
+    return 0;
+}
+
+/* The request an answer is for: answers come in the order of the requests, so it is the
+ * oldest; requests skipped on the way never got an answer. false: none (nothing is taken). */
+static bool pending_take(struct relay_session *s, int32_t correlation_id, struct pending *p)
+{
+    for (size_t i = 0; i < s->npending; i++) {
+        const struct pending *at = &s->pending[(s->pending_head + i) % s->pending_cap];
+
+        if (at->correlation_id != correlation_id)
+            continue;
+        *p = *at;
+        s->pending_head = (s->pending_head + i + 1) % s->pending_cap;
+        s->npending -= i + 1;
+        return true;
+    }
+    return false;
+}
+
+/* The fetch is over for this session: its client's next requests may go. */
+static void fetch_end(struct relay_session *s)
+{
+    s->fetching = s->held = false;
+    free(s->fetch_req);
+    free(s->topics);
+    s->fetch_req = NULL;
+    s->topics = NULL;
+    s->fetch_req_len = s->topics_len = 0;
+    buf_free(&s->empty);
+}
+
+static void add_topic(void *arg, const char *name, size_t n)
+{
+    struct relay_session *s = arg;
+    char *grown = realloc(s->topics, s->topics_len + n + 1);
+
+    if (grown == NULL)
+        return;             /* this topic will not wake the fetch: its wait still ends it */
+    memcpy(grown + s->topics_len, name, n);
+    grown[s->topics_len + n] = '\0';
+    s->topics = grown;
+    s->topics_len += n + 1;
+}
+
+static bool fetches_topic(const struct relay_session *s, const char *name, size_t n)
+{
+    for (size_t at = 0; at < s->topics_len; at += strlen(s->topics + at) + 1)
+        if (strlen(s->topics + at) == n && memcmp(s->topics + at, name, n) == 0)
+            return true;
+    return false;
+}
+
+static struct relay_topic *topic_find(struct relay *r, const char *name, size_t n, bool add)
+{
+    struct relay_topic *grown;
+
+    for (size_t i = 0; i < r->ntopics; i++)
+        if (strlen(r->topics[i].name) == n && memcmp(r->topics[i].name, name, n) == 0)
+            return &r->topics[i];
+    if (!add || (grown = realloc(r->topics, (r->ntopics + 1) * sizeof(*grown))) == NULL)
+        return NULL;
+    r->topics = grown;
+    if ((grown[r->ntopics].name = strndup(name, n)) == NULL)
+        return NULL;
+    grown[r->ntopics].produced = 0;
+    return &r->topics[r->ntopics++];
+}
+
+/* The produce count of the session's fetch topics, summed: it changes when any of them moves. */
+static uint64_t fetch_produced(const struct relay_session *s)
+{
+    uint64_t sum = 0;
+
+    for (size_t at = 0; at < s->topics_len; at += strlen(s->topics + at) + 1) {
+        const struct relay_topic *t = topic_find(s->relay, s->topics + at,
+                                                 strlen(s->topics + at), false);
+
+        if (t != NULL)
+            sum += t->produced;
+    }
+    return sum;
+}
+
+/* What to wait for on each socket. */
+static int relay_update(struct relay_session *s)
+{
+    struct relay *r = s->relay;
+    uint32_t ce = 0, be = 0;
+
+    if (s->closed)
+        return 0;
+    if (s->connecting) {
+        be = EPOLLOUT;      /* connect completion; the client waits until then */
+    } else {
+        /* a client with a fetch in progress has its next request read, not passed on: Kafka
+         * too reads a connection's next request only once the current one is answered */
+        if (buf_used(&s->broker.out) < RELAY_OUT_HIGH && (!s->fetching || buf_frame(&s->client.in) == 0))
+            ce |= EPOLLIN;
+        if (buf_used(&s->client.out) < RELAY_OUT_HIGH)
+            be |= EPOLLIN;
+        if (buf_used(&s->client.out) > 0)
+            ce |= EPOLLOUT;
+        if (buf_used(&s->broker.out) > 0)
+            be |= EPOLLOUT;
+    }
+    if (evloop_set(r->loop, &s->client.w, ce) < 0 || evloop_set(r->loop, &s->broker.w, be) < 0)
+        return -1;
+    return 0;
+}
+
+/* Writes what e owes. Returns -1 when the session must close. */
+static int relay_flush(struct relay_end *e)
+{
+    while (buf_used(&e->out) > 0) {
+        ssize_t n = send(e->w.fd, e->out.p + e->out.off, buf_used(&e->out), MSG_NOSIGNAL);
 
         if (n < 0) {
             if (errno == EAGAIN || errno == EWOULDBLOCK)
@@ -90,22 +343,33 @@ static int relay_flush(struct relay_end *from, struct relay_end *to)
                 continue;
             return -1;
         }
-        from->off += (size_t)n;
+        buf_consume(&e->out, (size_t)n);
     }
-    from->len = from->off = 0;
     return 0;
 }
 
-/* Reads into e's empty buffer. Returns 1 on data, 0 when nothing is ready, -1 on EOF or error. */
-static int relay_fill(struct relay_end *e)
+/* Reads what e has. Returns 0, or -1 on EOF or an error.
+ *
+ * Each read re-arms TCP_QUICKACK (the kernel clears it): the mock broker's sockets keep Nagle
+ * on, so an answer written while the one before it is unacknowledged waits for our ACK, and a
+ * delayed ACK costs 40 ms. Clients talking to the mock directly hid this by sending their next
+ * request (and the ACK with it) at once; the relay holds fetches and has nothing to send. */
+static int relay_read(struct relay_end *e)
 {
-    for (;;) {
-        ssize_t n = recv(e->w.fd, e->buf, sizeof(e->buf), 0);
+    int one = 1;
 
+    (void)setsockopt(e->w.fd, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof(one));
+    for (;;) {
+        ssize_t n;
+
+        if (buf_reserve(&e->in, RELAY_READ_CHUNK) < 0)
+            return -1;
+        n = recv(e->w.fd, e->in.p + e->in.len, e->in.cap - e->in.len, 0);
         if (n > 0) {
-            e->len = (size_t)n;
-            e->off = 0;
-            return 1;
+            e->in.len += (size_t)n;
+            if ((size_t)n < RELAY_READ_CHUNK)
+                return 0;
+            continue;
         }
         if (n == 0)
             return -1;
@@ -115,27 +379,174 @@ static int relay_fill(struct relay_end *e)
     }
 }
 
-static int relay_update(struct relay_session *s)
+/* ---- the protocol --------------------------------------------------------------------------- */
+
+static int port_of(void *arg, int32_t node_id)
+{
+    struct relay *r = arg;
+
+    if (node_id < 1 || node_id > r->mock->nbrokers || r->broker[node_id - 1].w.fd < 0)
+        return 0;
+    return ntohs(r->broker[node_id - 1].addr.sin_port);
+}
+
+/* Sends the held fetch to the broker again. */
+static void fetch_again(struct relay_session *s)
+{
+    struct pending p = { .api_key = KP_FETCH, .held_fetch = true };
+    struct kp_request req;
+
+    s->held = false;
+    buf_free(&s->empty);
+    if (kp_request_parse(s->fetch_req, s->fetch_req_len, &req) < 0
+        || buf_append(&s->broker.out, s->fetch_req, s->fetch_req_len) < 0) {
+        relay_close(s);
+        return;
+    }
+    p.correlation_id = req.correlation_id;
+    p.api_version = req.api_version;
+    s->produced = fetch_produced(s);
+    if (pending_push(s, &p) < 0)
+        relay_close(s);
+}
+
+struct produced {
+    struct relay *relay;
+};
+
+/* A produce to topic was acknowledged: the fetches held on it ask again. */
+static void wake_topic(void *arg, const char *name, size_t n)
+{
+    struct produced *pr = arg;
+    struct relay_topic *t = topic_find(pr->relay, name, n, true);
+
+    if (t != NULL)
+        t->produced++;
+    for (struct relay_session *s = pr->relay->live, *next; s != NULL; s = next) {
+        next = s->next;
+        if (!s->held || !fetches_topic(s, name, n))
+            continue;
+        fetch_again(s);
+        if (!s->closed && (relay_flush(&s->broker) < 0 || relay_update(s) < 0))
+            relay_close(s);
+    }
+}
+
+/* One answer from the broker, in place at the head of broker.in, for the request p. Returns
+ * true when it goes on to the client (false: a held fetch kept it). */
+static bool relay_answer(struct relay_session *s, const struct pending *p, uint8_t *frame,
+                         size_t len)
 {
     struct relay *r = s->relay;
-    uint32_t ce = 0, be = 0;
 
-    if (s->connecting) {
-        be = EPOLLOUT;      /* connect completion; the client waits until then */
-    } else {
-        if (s->client.len == 0)
-            ce |= EPOLLIN;
-        if (s->broker.len == 0)
-            be |= EPOLLIN;
-        if (s->broker.len > 0)
-            ce |= EPOLLOUT;
-        if (s->client.len > 0)
-            be |= EPOLLOUT;
+    switch (p->api_key) {
+    case KP_API_VERSIONS:
+        (void)kp_api_versions_cap(frame, len, p->api_version);
+        break;
+    case KP_METADATA:
+    case KP_FIND_COORDINATOR:
+        (void)kp_rewrite_broker_ports(frame, len, p->api_key, p->api_version, port_of, r);
+        break;
+    case KP_FETCH:
+        if (!p->held_fetch)
+            break;
+        if (kp_fetch_response_empty(frame, len, p->api_version) == 1 && now_ms() < s->due_ms) {
+            if (fetch_produced(s) != s->produced) {
+                fetch_again(s);     /* a produce landed while it was on its way */
+                return false;
+            }
+            s->held = true;
+            buf_free(&s->empty);
+            if (buf_append(&s->empty, frame, len) == 0)
+                return false;
+            s->held = false;
+        }
+        fetch_end(s);
+        break;
+    default:
+        break;
     }
-    if (evloop_set(r->loop, &s->client.w, ce) < 0 || evloop_set(r->loop, &s->broker.w, be) < 0)
-        return -1;
-    return 0;
+    return true;
 }
+
+/* Answers from the broker go to the client in order; produce acknowledgements wake fetches. */
+static void relay_from_broker(struct relay_session *s)
+{
+    struct produced pr = { .relay = s->relay };
+    long len;
+
+    while (!s->closed && (len = buf_frame(&s->broker.in)) != 0) {
+        uint8_t *frame = s->broker.in.p + s->broker.in.off;
+        struct pending p = { .api_key = -1 };
+        int32_t correlation_id;
+        bool was_fetching = s->fetching;
+
+        if (len < 0) {
+            relay_close(s);
+            return;
+        }
+        /* an answer to no request we know of is passed on as it came */
+        if (kp_response_correlation(frame, (size_t)len, &correlation_id) == 0)
+            (void)pending_take(s, correlation_id, &p);
+        if (relay_answer(s, &p, frame, (size_t)len)
+            && buf_append(&s->client.out, frame, (size_t)len) < 0) {
+            relay_close(s);
+            return;
+        }
+        if (p.api_key == KP_PRODUCE)
+            (void)kp_produce_response_topics(frame, (size_t)len, p.api_version, wake_topic,
+                                              &pr);
+        buf_consume(&s->broker.in, (size_t)len);
+        if (was_fetching && !s->fetching)
+            relay_from_client(s);
+    }
+}
+
+/* Requests from the client go to the broker in order, a fetch without its wait; after a fetch
+ * the rest wait for its answer. */
+static void relay_from_client(struct relay_session *s)
+{
+    long len;
+
+    while (!s->closed && !s->fetching && (len = buf_frame(&s->client.in)) != 0) {
+        uint8_t *frame = s->client.in.p + s->client.in.off;
+        struct kp_request req = { .api_key = -1 };
+        struct pending p = { .api_key = -1 };
+        int wait;
+
+        if (len < 0) {
+            relay_close(s);
+            return;
+        }
+        if (kp_request_parse(frame, (size_t)len, &req) == 0) {
+            p.correlation_id = req.correlation_id;
+            p.api_key = req.api_key;
+            p.api_version = req.api_version;
+            if ((wait = kp_fetch_request_nowait(frame, (size_t)len, &req, add_topic, s)) >= 0) {
+                s->fetch_req = malloc((size_t)len);
+                if (s->fetch_req == NULL) {
+                    relay_close(s);
+                    return;
+                }
+                memcpy(s->fetch_req, frame, (size_t)len);
+                s->fetch_req_len = (size_t)len;
+                s->due_ms = now_ms() + (wait < RELAY_MAX_WAIT_MS ? wait : RELAY_MAX_WAIT_MS);
+                s->produced = fetch_produced(s);
+                s->fetching = true;
+                p.held_fetch = true;
+            }
+        }
+        if (buf_append(&s->broker.out, frame, (size_t)len) < 0
+            || (!(p.api_key >= 0 && kp_request_unanswered(frame, (size_t)len, &req))
+                && pending_push(s, &p) < 0)) {
+            relay_close(s);
+            return;
+        }
+        buf_consume(&s->client.in, (size_t)len);
+    }
+}
+
+/* ---- events --------------------------------------------------------------------------------- */
 
 static int relay_finish_connect(struct relay_session *s)
 {
@@ -169,14 +580,17 @@ static void relay_on_event(struct ev_watch *w, uint32_t events)
         relay_close(s);
         return;
     }
-    if (events & (EPOLLIN | EPOLLHUP)) {
-        /* With the buffer still full a hang-up cannot be read past; it would fire forever. */
-        if (self->len == 0 ? relay_fill(self) < 0 : (events & EPOLLHUP) != 0)
-            eof = true;
-    }
-    /* Pass on what is buffered in both directions, even on EOF: a broker's last response
-     * should reach the client before the session closes. */
-    if (relay_flush(self, peer) < 0 || relay_flush(peer, self) < 0 || eof) {
+    if ((events & (EPOLLIN | EPOLLHUP)) && relay_read(self) < 0)
+        eof = true;
+    if (self == &s->client)
+        relay_from_client(s);
+    else
+        relay_from_broker(s);
+    if (s->closed)
+        return;
+    /* Pass on what is owed in both directions, even on EOF: a broker's last answer should
+     * reach the client before the session closes. */
+    if (relay_flush(peer) < 0 || relay_flush(self) < 0 || eof) {
         relay_close(s);
         return;
     }
@@ -184,14 +598,20 @@ static void relay_on_event(struct ev_watch *w, uint32_t events)
         relay_close(s);
 }
 
-static void relay_accept(struct relay *r, int fd)
+static void relay_accept(struct relay_port *port, int fd)
 {
+    struct relay *r = port->relay;
     struct relay_session *s;
     struct sockaddr_in addr;
-    int id = mock_first_up(r->mock, &addr);
+    int id = port->broker_id;
 
-    /* Only possible between a `broker down` and relay_sync(): hang up like the broker. */
-    if (id == 0 || r->nlive >= RELAY_MAX_SESSIONS || net_set_nonblock(fd) < 0) {
+    if (id == 0)
+        id = mock_first_up(r->mock, &addr);
+    else if (r->mock->up[id - 1])
+        addr = r->mock->addr[id - 1];
+    else
+        id = 0;             /* that broker is down: hang up, as it would */
+    if (id == 0 || r->nlive >= RELAY_MAX_SESSIONS || net_accepted(fd) < 0) {
         if (id != 0)
             fprintf(stderr, "devbroker: relay: refusing a connection (%zu open)\n", r->nlive);
         close(fd);
@@ -228,7 +648,7 @@ static void relay_accept(struct relay *r, int fd)
 
 static void relay_on_listen(struct ev_watch *w, uint32_t events)
 {
-    struct relay *r = w->owner;
+    struct relay_port *port = w->owner;
 
     (void)events;
     /* Take what the backlog holds now; level-triggered epoll brings us back for the rest. */
@@ -241,32 +661,32 @@ static void relay_on_listen(struct ev_watch *w, uint32_t events)
                 fprintf(stderr, "devbroker: relay: accept: %s\n", strerror(errno));
             return;
         }
-        relay_accept(r, fd);
+        relay_accept(port, fd);
     }
 }
 
-static int relay_listen(struct relay *r)
+static int relay_listen(struct relay_port *port)
 {
-    int fd = net_listen(&r->addr, 512);
+    int fd = net_listen(&port->addr, 512);
 
     if (fd < 0)
         return -1;
-    r->listener = (struct ev_watch){ .fd = fd, .handler = relay_on_listen, .owner = r };
-    if (evloop_add(r->loop, &r->listener, EPOLLIN) < 0) {
+    port->w = (struct ev_watch){ .fd = fd, .handler = relay_on_listen, .owner = port };
+    if (evloop_add(port->relay->loop, &port->w, EPOLLIN) < 0) {
         close(fd);
-        r->listener.fd = -1;
+        port->w.fd = -1;
         return -1;
     }
     return 0;
 }
 
-static void relay_unlisten(struct relay *r)
+static void relay_unlisten(struct relay_port *port)
 {
-    if (r->listener.fd < 0)
+    if (port->w.fd < 0)
         return;
-    evloop_del(r->loop, &r->listener);
-    close(r->listener.fd);
-    r->listener.fd = -1;
+    evloop_del(port->relay->loop, &port->w);
+    close(port->w.fd);
+    port->w.fd = -1;
 }
 
 int relay_start(struct relay *r, struct evloop *loop, struct mock *mock, struct sockaddr_in *addr)
@@ -274,11 +694,23 @@ int relay_start(struct relay *r, struct evloop *loop, struct mock *mock, struct 
     memset(r, 0, sizeof(*r));
     r->loop = loop;
     r->mock = mock;
-    r->addr = *addr;
-    r->listener.fd = -1;
-    if (relay_listen(r) < 0)
+    r->bootstrap = (struct relay_port){ .relay = r, .w.fd = -1, .addr = *addr };
+    for (int i = 0; i < MOCK_MAX_BROKERS; i++)
+        r->broker[i] = (struct relay_port){ .relay = r, .w.fd = -1, .broker_id = i + 1 };
+    if (relay_listen(&r->bootstrap) < 0)
         return -1;
-    *addr = r->addr;
+    *addr = r->bootstrap.addr;
+    return 0;
+}
+
+int relay_brokers_start(struct relay *r)
+{
+    for (int i = 0; i < r->mock->nbrokers; i++) {
+        r->broker[i].addr = r->bootstrap.addr;
+        r->broker[i].addr.sin_port = 0;
+        if (relay_listen(&r->broker[i]) < 0)
+            return -1;
+    }
     return 0;
 }
 
@@ -288,13 +720,13 @@ int relay_sync(struct relay *r)
     bool any_up = mock_first_up(r->mock, &unused) != 0;
 
     if (!any_up) {
-        relay_unlisten(r);
+        relay_unlisten(&r->bootstrap);
         return 0;
     }
-    if (r->listener.fd < 0 && relay_listen(r) < 0) {
+    if (r->bootstrap.w.fd < 0 && relay_listen(&r->bootstrap) < 0) {
         char addr[64];
 
-        net_format_addr(&r->addr, addr, sizeof(addr));
+        net_format_addr(&r->bootstrap.addr, addr, sizeof(addr));
         fprintf(stderr, "devbroker: relay: listen %s again: %s\n", addr, strerror(errno));
         return -1;
     }
@@ -312,19 +744,55 @@ void relay_broker_down(struct relay *r, int broker)
     }
 }
 
-void relay_reap(struct relay *r)
+int relay_next_timeout(struct relay *r)
 {
+    int64_t now = now_ms(), due = -1;
+
+    for (struct relay_session *s = r->live; s != NULL; s = s->next)
+        if (s->held && (due < 0 || s->due_ms < due))
+            due = s->due_ms;
+    if (due < 0)
+        return -1;
+    return due <= now ? 0 : (int)(due - now);
+}
+
+void relay_tick(struct relay *r)
+{
+    int64_t now = now_ms();
+
+    for (struct relay_session *s = r->live, *next; s != NULL; s = next) {
+        next = s->next;
+        if (!s->held || s->due_ms > now)
+            continue;
+        /* the client's wait is over: it gets the empty answer, as from Kafka */
+        if (buf_append(&s->client.out, s->empty.p + s->empty.off, buf_used(&s->empty)) < 0) {
+            relay_close(s);
+            continue;
+        }
+        fetch_end(s);
+        relay_from_client(s);
+        if (!s->closed && (relay_flush(&s->client) < 0 || relay_flush(&s->broker) < 0
+                           || relay_update(s) < 0))
+            relay_close(s);
+    }
     while (r->dead != NULL) {
         struct relay_session *s = r->dead;
 
         r->dead = s->next;
-        free(s);
+        relay_free(s);
     }
 }
 
 void relay_stop(struct relay *r)
 {
     relay_broker_down(r, -1);
-    relay_reap(r);
-    relay_unlisten(r);
+    relay_tick(r);
+    relay_unlisten(&r->bootstrap);
+    for (int i = 0; i < MOCK_MAX_BROKERS; i++)
+        relay_unlisten(&r->broker[i]);
+    for (size_t i = 0; i < r->ntopics; i++)
+        free(r->topics[i].name);
+    free(r->topics);
+    r->topics = NULL;
+    r->ntopics = 0;
 }

@@ -1,7 +1,16 @@
-/* The fixed bootstrap address. librdkafka 2.0's mock brokers only listen on random ports, so
- * devbroker accepts on --listen and relays each connection byte for byte to the first mock
- * broker that is up. Clients bootstrap through it; the metadata they get back names the mock
- * brokers' own ports, which they then use directly. */
+/* Every client connection goes through here, frame by frame, to a mock broker. librdkafka 2.0's
+ * mock brokers only listen on random ports, so devbroker accepts on --listen (the bootstrap
+ * address: any broker that is up) and on one port of its own per broker, and puts those ports
+ * into the broker addresses the mock hands out (Metadata, FindCoordinator): clients never reach
+ * a mock port directly.
+ *
+ * Being in the path also mends the mock's one behaviour that no client could live with in a
+ * benchmark: it answers a fetch that finds nothing only when the fetch's max wait is over, even
+ * if data arrives meanwhile, so a consumer either polls in a tight loop or waits. Kafka answers
+ * such a fetch as soon as a produce lands in one of its topics, and so does the relay: it asks
+ * the mock with no wait, keeps an empty answer until a produce to one of the fetch's topics is
+ * acknowledged (then asks again) or the client's wait is over (then hands the empty answer on).
+ * Like a Kafka broker, it reads a connection's next request only once its fetch is answered. */
 #ifndef DEVBROKER_RELAY_H
 #define DEVBROKER_RELAY_H
 
@@ -10,21 +19,42 @@
 
 #include <netinet/in.h>
 #include <stddef.h>
+#include <stdint.h>
 
 struct relay_session;
+
+/* How many produces to a topic were acknowledged: a fetch answered empty while one of its
+ * topics moved on raced with that produce, and asks again at once instead of waiting. */
+struct relay_topic {
+    char *name;
+    uint64_t produced;
+};
+
+struct relay_port {
+    struct relay *relay;
+    struct ev_watch w;              /* fd -1 while not listening */
+    struct sockaddr_in addr;
+    int broker_id;                  /* 0: the bootstrap port (the first broker up) */
+};
 
 struct relay {
     struct evloop *loop;
     struct mock *mock;
-    struct ev_watch listener;       /* fd -1 while every broker is down */
-    struct sockaddr_in addr;
+    struct relay_port bootstrap;
+    struct relay_port broker[MOCK_MAX_BROKERS];     /* broker id i+1 at broker[i] */
     struct relay_session *live;     /* open sessions */
     struct relay_session *dead;     /* closed in this batch, freed after it */
     size_t nlive;
+    struct relay_topic *topics;
+    size_t ntopics;
 };
 
-/* Listens on addr (port filled in when 0). Returns 0 or -1 (errno set). */
+/* Listens on addr, the bootstrap port (port filled in when 0). Returns 0 or -1 (errno set). */
 int relay_start(struct relay *r, struct evloop *loop, struct mock *mock, struct sockaddr_in *addr);
+
+/* Once the mock runs: one loopback port per broker, advertised to clients in its place.
+ * Returns 0 or -1 (errno set). */
+int relay_brokers_start(struct relay *r);
 
 /* Drops the sessions relayed to broker id (-1: all), as the broker itself drops its clients. */
 void relay_broker_down(struct relay *r, int broker);
@@ -34,8 +64,12 @@ void relay_broker_down(struct relay *r, int broker);
  * and listens again once one is up. Returns 0, or -1 when the port cannot be bound again. */
 int relay_sync(struct relay *r);
 
-/* Frees sessions closed during the last batch of events. */
-void relay_reap(struct relay *r);
+/* Milliseconds until the next held fetch is due (-1: none): the event loop's timeout. */
+int relay_next_timeout(struct relay *r);
+
+/* Answers the held fetches that are due, and frees sessions closed during the last batch of
+ * events. */
+void relay_tick(struct relay *r);
 
 void relay_stop(struct relay *r);
 
