@@ -11,7 +11,7 @@
 # Writes build/bench/worker.md. Kills only what it started.
 #
 # Knobs: BENCH_RATE, BENCH_SECONDS, SOAK_SECONDS, INSURER_MS, INSURERS, BENCH_WARMUP,
-# BENCH_FETCH_WAIT_MS, BENCH_MAX_IN_FLIGHT (1024: 500/s x 10 calls x 100 ms need 500),
+# BENCH_FETCH_WAIT_MS (the worker's default unless set), BENCH_MAX_IN_FLIGHT (1024: 500/s x 10 calls x 100 ms need 500),
 # BENCH_SIM_OPTS (default --threads 1: one MHD thread costs the least CPU per call on 2 cores),
 # BENCH_WORKER_OPTS, BENCH_PG_OPTS, BENCH_PG_STATEMENTS=1 (pg_stat_statements per application),
 # BENCH_KEEP_LOGS=DIR.
@@ -24,7 +24,6 @@ SECS=${SOAK_SECONDS:-${BENCH_SECONDS:-20}}
 INSURER_MS=${INSURER_MS:-100}
 INSURERS=${INSURERS:-alfa,ingos,reso,vsk,rgs,sogaz,zetta,sber,tinkoff,renins}
 WARMUP=${BENCH_WARMUP:-3}   # seconds of injection left out of the latency figures (cold start)
-FETCH_WAIT_MS=${BENCH_FETCH_WAIT_MS:-2}   # devbroker answers an empty fetch only after the wait (docs/worker.md)
 OUT=$BUILD/bench/worker.md
 PG_BIN=$(find /usr/lib/postgresql -maxdepth 2 -name bin -type d | sort -V | tail -1)
 
@@ -87,7 +86,7 @@ wait_for "$WORK/sim.log" 'insurer-sim: ready'
 "$BUILD/osago-worker" migrate --pg "$PG" --migrations "$ROOT/worker/migrations" 2>>"$WORK/worker.log"
 "$BUILD/osago-worker" run --kafka "127.0.0.1:$KP" --redis "127.0.0.1:$RP" --pg "$PG" \
     --insurers "$WORK/insurers.json" --http "127.0.0.1:$HP" --max-in-flight "${BENCH_MAX_IN_FLIGHT:-1024}" \
-    --log-level warn --kafka-session-timeout-ms 6000 --kafka-fetch-wait-ms "$FETCH_WAIT_MS" ${BENCH_WORKER_OPTS:-} 2>>"$WORK/worker.log" &
+    --log-level warn --kafka-session-timeout-ms 6000 ${BENCH_FETCH_WAIT_MS:+--kafka-fetch-wait-ms $BENCH_FETCH_WAIT_MS} ${BENCH_WORKER_OPTS:-} 2>>"$WORK/worker.log" &
 WPID=$!
 PIDS+=("$WPID")
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$HP/readyz" >/dev/null && break; sleep 0.2; done

@@ -9,7 +9,7 @@
  *   --roles LIST|all            OSAGO_ROLES                      all
  *   --kafka BOOTSTRAP           OSAGO_KAFKA                      127.0.0.1:9092
  *   --kafka-session-timeout-ms  OSAGO_KAFKA_SESSION_TIMEOUT_MS   10000     (1000..1800000)
- *   --kafka-fetch-wait-ms N     OSAGO_KAFKA_FETCH_WAIT_MS        10        (1..1000)
+ *   --kafka-fetch-wait-ms N     OSAGO_KAFKA_FETCH_WAIT_MS        100       (1..1000)
  *   --redis HOST:PORT           OSAGO_REDIS                      127.0.0.1:6380
  *   (none: not on command lines) OSAGO_REDIS_PASSWORD            unset: no AUTH
  *   --redis-db N                OSAGO_REDIS_DB                   0         (0..255)

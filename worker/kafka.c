@@ -356,16 +356,15 @@ rd_kafka_t *kafka_consumer_new(const worker_config_t *cfg, const char *group,
         return NULL;
     snprintf(num, sizeof(num), "%d", session);
     snprintf(wait, sizeof(wait), "%d", cfg->kafka_fetch_wait_ms > 0 ? cfg->kafka_fetch_wait_ms
-                                                                    : 10);
+                                                                    : 100);
     if (set(conf, "group.id", group, err, errlen) < 0 ||
         set(conf, "enable.auto.commit", "true", err, errlen) < 0 ||
         set(conf, "enable.auto.offset.store", "false", err, errlen) < 0 ||
         set(conf, "auto.commit.interval.ms", "1000", err, errlen) < 0 ||
         set(conf, "auto.offset.reset", "earliest", err, errlen) < 0 ||
-        /* An application crosses three topics. Kafka answers a waiting fetch as soon as
-         * data arrives, but librdkafka's mock cluster (tools/devbroker) only when the wait is
-         * over: there each hop costs up to this wait, and librdkafka's default of 500 ms
-         * would dominate the time to a quote. */
+        /* Kafka (and tools/devbroker) answers a waiting fetch as soon as data arrives, so
+         * this is only how often an idle consumer asks; it also bounds how long a request
+         * queued behind a fetch on the same connection waits (less than librdkafka's 500) */
         set(conf, "fetch.wait.max.ms", wait, err, errlen) < 0 ||
         /* what librdkafka prefetches while a role is busy (the executor stops taking tasks
          * at --max-in-flight and lets them wait here): 16 MB, not the default 64 MB */

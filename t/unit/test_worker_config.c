@@ -75,7 +75,7 @@ static void test_defaults(void **state)
     assert_int_equal(cfg.roles, ROLE_ALL);
     assert_string_equal(cfg.kafka_bootstrap, "127.0.0.1:9092");
     assert_int_equal(cfg.kafka_session_timeout_ms, 10000);
-    assert_int_equal(cfg.kafka_fetch_wait_ms, 10);
+    assert_int_equal(cfg.kafka_fetch_wait_ms, 100);
     assert_string_equal(cfg.redis_host, "127.0.0.1");
     assert_int_equal(cfg.redis_port, 6380);
     assert_null(cfg.redis_password);
