@@ -163,6 +163,79 @@ kcat($d, \"four\n", '-P', '-t', 'osago.application.created', '-k', 'app-2');
 ($code, $out, $err) = kcat($d, @group);
 is($out, "four\n", 'the same group resumes from its committed offsets') or diag($err);
 
+# --- every connection goes through devbroker ---------------------------------------------------
+my $boot_log = OsagoTest::_slurp($d->{err});
+my ($mock_port, $adv_port) = $boot_log =~ /mock brokers at 127\.0\.0\.1:(\d+), advertised as 127\.0\.0\.1:(\d+)/;
+ok($mock_port && $adv_port && $mock_port != $adv_port, 'the log names the mock port and the relay port in its place')
+    or diag($boot_log);
+is($m->{brokers}[0]{name}, "127.0.0.1:$adv_port", 'metadata advertises the relay port, not the mock port');
+
+sub stats {
+    my ($dd) = @_;
+    my $line = control($dd, 'stats') // '';
+    my %s = $line =~ /(\w+)=(\d+)/g;
+    return ($line =~ /^ok /) ? \%s : undef;
+}
+ok(stats($d), 'stats answers ok with counters');
+
+# --- a waiting fetch is answered when data arrives, not when its wait is over -----------------
+# The mock alone answers an empty fetch only once fetch.wait.max.ms is over; Kafka (and the
+# relay) as soon as a produce lands in one of its topics. The consumer waits 2 s per fetch: each
+# message must arrive well within a quarter of that.
+my $WAIT_MS = 2000;
+my $topic = 'osago.application.started';
+my $held0 = stats($d)->{held};
+my $cpid = open(my $cfh, '-|', 'timeout', '60', 'kcat', '-C', '-b', "127.0.0.1:$d->{port}", '-t', $topic,
+                '-o', 'end', '-u', '-q', '-f', '%T %s\n', '-X', "fetch.wait.max.ms=$WAIT_MS")
+    // die "kcat: $!";
+my $csel = IO::Select->new($cfh);
+my $parked = OsagoTest::wait_for(sub { my $s = stats($d); $s && $s->{held} > $held0 }, 15, 0.05);
+ok($parked, 'the consumer\'s empty fetch is held at the relay');
+my $before = stats($d);
+kcat($d, \"elsewhere\n", '-P', '-t', 'osago.application.task-result', '-k', 'other');
+sleep 0.3;
+my $after = stats($d);
+is($after->{woken}, $before->{woken}, 'a produce to another topic wakes nothing');
+ok(!$csel->can_read(0), 'and the consumer got nothing');
+my (@delays, $cbuf);
+$cbuf = '';
+for my $i (1 .. 5) {
+    kcat($d, \"wake-$i\n", '-P', '-t', $topic, '-k', "w$i");
+    my $deadline = time + 5;
+    while ($cbuf !~ /\n/ && time < $deadline) {
+        last unless $csel->can_read($deadline - time);
+        sysread($cfh, $cbuf, 4096, length $cbuf) or last;
+    }
+    my $got = time;
+    if ($cbuf =~ s/^(\d+) (\S+)\n//) {
+        push @delays, $got * 1000 - $1;
+        is($2, "wake-$i", "message $i consumed");
+    } else {
+        fail("message $i consumed");
+    }
+    sleep 0.2;
+}
+my @sorted = sort { $a <=> $b } @delays;
+diag(sprintf('produce to consume with fetch.wait.max.ms=%d: %s ms', $WAIT_MS,
+             join(' ', map { int } @sorted)));
+ok(@sorted == 5 && $sorted[-1] < $WAIT_MS / 4,
+   sprintf('every message arrived within a quarter of the fetch wait (max %d ms)', $sorted[-1] // -1));
+my $woke = stats($d);
+ok($woke->{woken} >= $after->{woken} + 5, 'each produce woke the held fetch')
+    or diag(explain($woke));
+kill 'TERM', $cpid;
+close $cfh;
+
+# A fetch that finds nothing is still answered when its wait is over: kcat -e exits at the end
+# of the partitions, which it learns from that empty answer.
+my $exp0 = stats($d);
+my $t_exp = time;
+($code, $out, $err) = kcat($d, '-C', '-t', $topic, '-o', 'end', '-e', '-q', '-X', 'fetch.wait.max.ms=700');
+my $took_exp = time - $t_exp;
+is($code, 0, 'a consumer at the end exits at the end') or diag($err);
+ok($took_exp >= 0.7 * 0.7 && $took_exp < 10, sprintf('after about its fetch wait (%.2f s for 0.7 s)', $took_exp));
+ok(stats($d)->{expired} > $exp0->{expired}, 'the empty answer went out when the wait was over');
+
 # --- faults through the control port ---------------------------------------------------------
 is(control($d, 'broker down 1'), 'ok', 'broker down 1');
 my $t0 = time;

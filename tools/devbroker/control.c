@@ -120,6 +120,11 @@ void control_execute(struct control *c, char *line, char *out, size_t outsize)
         snprintf(out, outsize, "error: empty command");
     } else if (strcmp(argv[0], "ping") == 0 && argc == 1) {
         snprintf(out, outsize, "ok");
+    } else if (strcmp(argv[0], "stats") == 0 && argc == 1) {
+        char stats[200];
+
+        relay_stats(c->relay, stats, sizeof(stats));
+        snprintf(out, outsize, "ok %s", stats);
     } else if (strcmp(argv[0], "broker") == 0 && argc >= 2) {
         control_broker(c, argv, argc, out, outsize);
     } else if (strcmp(argv[0], "topic") == 0) {
@@ -132,8 +137,8 @@ void control_execute(struct control *c, char *line, char *out, size_t outsize)
             snprintf(out, outsize, "ok");
         }
     } else {
-        snprintf(out, outsize, "error: unknown command (ping, broker down|up|rtt, topic error, "
-                 "quit)");
+        snprintf(out, outsize, "error: unknown command (ping, stats, broker down|up|rtt, "
+                 "topic error, quit)");
     }
 }
 

@@ -426,6 +426,7 @@ static void wake_topic(void *arg, const char *name, size_t n)
         next = s->next;
         if (!s->held || !fetches_topic(s, name, n))
             continue;
+        pr->relay->stats.woken++;
         fetch_again(s);
         if (!s->closed && (relay_flush(&s->broker) < 0 || relay_update(s) < 0))
             relay_close(s);
@@ -452,13 +453,16 @@ static bool relay_answer(struct relay_session *s, const struct pending *p, uint8
             break;
         if (kp_fetch_response_empty(frame, len, p->api_version) == 1 && now_ms() < s->due_ms) {
             if (fetch_produced(s) != s->produced) {
+                r->stats.raced++;
                 fetch_again(s);     /* a produce landed while it was on its way */
                 return false;
             }
             s->held = true;
             buf_free(&s->empty);
-            if (buf_append(&s->empty, frame, len) == 0)
+            if (buf_append(&s->empty, frame, len) == 0) {
+                r->stats.held++;
                 return false;
+            }
             s->held = false;
         }
         fetch_end(s);
@@ -534,6 +538,7 @@ static void relay_from_client(struct relay_session *s)
                 s->produced = fetch_produced(s);
                 s->fetching = true;
                 p.held_fetch = true;
+                s->relay->stats.fetches++;
             }
         }
         if (buf_append(&s->broker.out, frame, (size_t)len) < 0
@@ -769,6 +774,7 @@ void relay_tick(struct relay *r)
             relay_close(s);
             continue;
         }
+        r->stats.expired++;
         fetch_end(s);
         relay_from_client(s);
         if (!s->closed && (relay_flush(&s->client) < 0 || relay_flush(&s->broker) < 0
@@ -781,6 +787,13 @@ void relay_tick(struct relay *r)
         r->dead = s->next;
         relay_free(s);
     }
+}
+
+void relay_stats(const struct relay *r, char *buf, size_t size)
+{
+    snprintf(buf, size, "sessions=%zu fetches=%lu held=%lu woken=%lu raced=%lu expired=%lu",
+             r->nlive, r->stats.fetches, r->stats.held, r->stats.woken, r->stats.raced,
+             r->stats.expired);
 }
 
 void relay_stop(struct relay *r)

@@ -47,6 +47,14 @@ struct relay {
     size_t nlive;
     struct relay_topic *topics;
     size_t ntopics;
+    struct {
+        unsigned long fetches;      /* fetches asked of the mock with no wait */
+        unsigned long held;         /* empty answers kept */
+        unsigned long woken;        /* held fetches asked again after a produce */
+        unsigned long raced;        /* empty answers asked again at once: a produce landed
+                                     * while they were on their way */
+        unsigned long expired;      /* held fetches answered empty when the wait was over */
+    } stats;
 };
 
 /* Listens on addr, the bootstrap port (port filled in when 0). Returns 0 or -1 (errno set). */
@@ -70,6 +78,9 @@ int relay_next_timeout(struct relay *r);
 /* Answers the held fetches that are due, and frees sessions closed during the last batch of
  * events. */
 void relay_tick(struct relay *r);
+
+/* "sessions=N fetches=N held=N woken=N raced=N expired=N" into buf. */
+void relay_stats(const struct relay *r, char *buf, size_t size);
 
 void relay_stop(struct relay *r);
 
