@@ -21,8 +21,8 @@ static void rd_init(struct rd *r, const uint8_t *frame, size_t len)
 {
     r->p = (uint8_t *)frame;
     r->len = len;
-    r->off = 4;     /* past the frame's size */
-    r->bad = 0;
+    r->off = len < 4 ? len : 4;     /* past the frame's size */
+    r->bad = len < 4;
 }
 
 static int rd_has(struct rd *r, size_t n)
@@ -335,8 +335,16 @@ int kp_api_versions_cap(uint8_t *frame, size_t len, int16_t version)
     if (rd_i16(&r) != 0)
         return 0;                   /* an error answer (e.g. the version unsupported) lists
                                      * what the broker takes, in v0's form: left alone */
-    count = version >= 3 ? (int64_t)rd_uvarint(&r) - 1 : rd_count(&r, 6);
-    if (count < 0 || (size_t)count > (r.len - r.off) / 6)
+    if (version >= 3) {
+        uint64_t n = rd_uvarint(&r);    /* entries + 1; 0 is a null array */
+
+        if (r.bad || n == 0 || n - 1 > (r.len - r.off) / 6)
+            return -1;
+        count = (int64_t)(n - 1);
+    } else {
+        count = rd_count(&r, 6);
+    }
+    if (r.bad)
         return -1;
     for (int64_t i = 0; i < count && !r.bad; i++) {
         int16_t key = rd_i16(&r), cap = version_cap(key);
