@@ -101,7 +101,8 @@ cpu_machine() { awk -v hz="$(getconf CLK_TCK)" '/^cpu / { printf "%.2f", ($2 + $
 # (the postmaster's children), devbroker, insurer-sim, Redis
 # /proc/PID/stat lines as "pid name state ppid ...", the name (which may hold spaces) in one
 # field: utime and stime are then $14 and $15
-proc_stat() { sed -E 's/^([0-9]+) \((.*)\) /\1 \2 /' "$@" 2>/dev/null; }
+# (a process may exit between the glob and the read: sed then fails, which must not end the run)
+proc_stat() { sed -E 's/^([0-9]+) \((.*)\) /\1 \2 /' "$@" 2>/dev/null || true; }
 cpu_components() {
     local pm
     pm=$(head -1 "$WORK/pg/data/postmaster.pid")
