@@ -31,6 +31,7 @@ static const struct opt config_opts[] = {
       OFF(kafka_session_timeout_ms), 1000, 1800000, "10000" },
     { "--kafka-fetch-wait-ms", "OSAGO_KAFKA_FETCH_WAIT_MS", OPT_INT,
       OFF(kafka_fetch_wait_ms), 1, 1000, "100" },
+    { "--kafka-linger-ms", "OSAGO_KAFKA_LINGER_MS", OPT_INT, OFF(kafka_linger_ms), 0, 1000, "2" },
     { "--redis", "OSAGO_REDIS", OPT_REDIS, 0, 0, 0, "127.0.0.1:6380" },
     { NULL, "OSAGO_REDIS_PASSWORD", OPT_STR, OFF(redis_password), 0, 0, NULL },
     { "--redis-db", "OSAGO_REDIS_DB", OPT_INT, OFF(redis_db), 0, 255, "0" },
@@ -301,6 +302,7 @@ void config_usage(const char *prog)
            "  --kafka BOOTSTRAP             OSAGO_KAFKA; 127.0.0.1:9092\n"
            "  --kafka-session-timeout-ms N  OSAGO_KAFKA_SESSION_TIMEOUT_MS; 10000\n"
            "  --kafka-fetch-wait-ms N       OSAGO_KAFKA_FETCH_WAIT_MS; 100 (1..1000)\n"
+           "  --kafka-linger-ms N           OSAGO_KAFKA_LINGER_MS; 2 (0..1000)\n"
            "  --redis HOST:PORT             OSAGO_REDIS; 127.0.0.1:6380 "
            "(password: OSAGO_REDIS_PASSWORD)\n"
            "  --redis-db N                  OSAGO_REDIS_DB; 0\n"

@@ -10,6 +10,7 @@
  *   --kafka BOOTSTRAP           OSAGO_KAFKA                      127.0.0.1:9092
  *   --kafka-session-timeout-ms  OSAGO_KAFKA_SESSION_TIMEOUT_MS   10000     (1000..1800000)
  *   --kafka-fetch-wait-ms N     OSAGO_KAFKA_FETCH_WAIT_MS        100       (1..1000)
+ *   --kafka-linger-ms N         OSAGO_KAFKA_LINGER_MS            2         (0..1000)
  *   --redis HOST:PORT           OSAGO_REDIS                      127.0.0.1:6380
  *   (none: not on command lines) OSAGO_REDIS_PASSWORD            unset: no AUTH
  *   --redis-db N                OSAGO_REDIS_DB                   0         (0..255)
@@ -54,6 +55,7 @@ typedef struct {
     const char *kafka_bootstrap;    /* --kafka / OSAGO_KAFKA, default 127.0.0.1:9092 */
     int         kafka_session_timeout_ms;
     int         kafka_fetch_wait_ms;/* the broker's wait for data on an empty fetch */
+    int         kafka_linger_ms;    /* the producer's wait to batch events */
     const char *redis_host;         /* --redis HOST:PORT / OSAGO_REDIS, default 127.0.0.1:6380 */
     int         redis_port;
     const char *redis_password;     /* OSAGO_REDIS_PASSWORD */

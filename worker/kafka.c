@@ -149,16 +149,17 @@ static rd_kafka_conf_t *common_conf(const worker_config_t *cfg, const char *clie
 
 kafka_producer_t *kafka_producer_new(const worker_config_t *cfg, char *err, size_t errlen)
 {
-    char why[512];
+    char why[512], linger[16];
     rd_kafka_conf_t *conf = common_conf(cfg, "osago-worker", err, errlen);
     if (conf == NULL)
         return NULL;
+    snprintf(linger, sizeof(linger), "%d", cfg->kafka_linger_ms);
     /* acks=all and idempotence: a retried send is written once, in order, per partition.
      * message.timeout.ms bounds how long an undeliverable event stays queued: the caller
      * has given up long before and will produce it again. */
     if (set(conf, "enable.idempotence", "true", err, errlen) < 0 ||
         set(conf, "acks", "all", err, errlen) < 0 ||
-        set(conf, "linger.ms", "0", err, errlen) < 0 ||
+        set(conf, "linger.ms", linger, err, errlen) < 0 ||
         set(conf, "message.timeout.ms", "60000", err, errlen) < 0) {
         rd_kafka_conf_destroy(conf);
         return NULL;

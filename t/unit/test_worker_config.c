@@ -18,8 +18,8 @@
 
 static const char *const env_names[] = {
     "OSAGO_ROLES", "OSAGO_KAFKA", "OSAGO_KAFKA_SESSION_TIMEOUT_MS", "OSAGO_KAFKA_FETCH_WAIT_MS",
-    "OSAGO_REDIS",
-    "OSAGO_REDIS_PASSWORD", "OSAGO_REDIS_DB", "OSAGO_PG", "OSAGO_INSURERS", "OSAGO_MIGRATIONS",
+    "OSAGO_KAFKA_LINGER_MS", "OSAGO_REDIS", "OSAGO_REDIS_PASSWORD", "OSAGO_REDIS_DB", "OSAGO_PG",
+    "OSAGO_INSURERS", "OSAGO_MIGRATIONS",
     "OSAGO_HTTP", "OSAGO_NAME", "OSAGO_INSURER_TIMEOUT_MS", "OSAGO_MAX_ATTEMPTS",
     "OSAGO_RETRY_BASE_MS", "OSAGO_RETRY_MAX_MS", "OSAGO_MAX_IN_FLIGHT", "OSAGO_SWEEP_INTERVAL_S",
     "OSAGO_STALE_AFTER_S", "OSAGO_HEARTBEAT_S", "OSAGO_CLAIM_IDLE_MS", "OSAGO_LOG_LEVEL",
@@ -76,6 +76,7 @@ static void test_defaults(void **state)
     assert_string_equal(cfg.kafka_bootstrap, "127.0.0.1:9092");
     assert_int_equal(cfg.kafka_session_timeout_ms, 10000);
     assert_int_equal(cfg.kafka_fetch_wait_ms, 100);
+    assert_int_equal(cfg.kafka_linger_ms, 2);
     assert_string_equal(cfg.redis_host, "127.0.0.1");
     assert_int_equal(cfg.redis_port, 6380);
     assert_null(cfg.redis_password);
@@ -113,6 +114,7 @@ static void test_environment(void **state)
     setenv("OSAGO_KAFKA", "k1:9092,k2:9092", 1);
     setenv("OSAGO_KAFKA_SESSION_TIMEOUT_MS", "6000", 1);
     setenv("OSAGO_KAFKA_FETCH_WAIT_MS", "2", 1);
+    setenv("OSAGO_KAFKA_LINGER_MS", "0", 1);
     setenv("OSAGO_REDIS", "redis.local:6379", 1);
     setenv("OSAGO_REDIS_PASSWORD", "s3cret", 1);
     setenv("OSAGO_REDIS_DB", "2", 1);
@@ -137,6 +139,7 @@ static void test_environment(void **state)
     assert_string_equal(cfg.kafka_bootstrap, "k1:9092,k2:9092");
     assert_int_equal(cfg.kafka_session_timeout_ms, 6000);
     assert_int_equal(cfg.kafka_fetch_wait_ms, 2);
+    assert_int_equal(cfg.kafka_linger_ms, 0);
     assert_string_equal(cfg.redis_host, "redis.local");
     assert_int_equal(cfg.redis_port, 6379);
     assert_string_equal(cfg.redis_password, "s3cret");
@@ -258,6 +261,7 @@ static void test_numbers(void **state)
     } nums[] = {
         { "--kafka-session-timeout-ms", "OSAGO_KAFKA_SESSION_TIMEOUT_MS", 1000, 1800000 },
         { "--kafka-fetch-wait-ms", "OSAGO_KAFKA_FETCH_WAIT_MS", 1, 1000 },
+        { "--kafka-linger-ms", "OSAGO_KAFKA_LINGER_MS", 0, 1000 },
         { "--redis-db", "OSAGO_REDIS_DB", 0, 255 },
         { "--insurer-timeout-ms", "OSAGO_INSURER_TIMEOUT_MS", 1, 600000 },
         { "--max-attempts", "OSAGO_MAX_ATTEMPTS", 1, 10 },
