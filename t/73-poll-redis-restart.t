@@ -36,9 +36,14 @@ my @W = $n->worker_pids;
 {
     my $id = uuid4();
     put_app($r, $id, updated_at => 1);
-    my @w = map { { path => poll_path($id), key => $KEY } } 1 .. 60;
-    many(port => $n->port, requests => \@w, timeout => 5);
-    my %by = map { (hdr($_, 'x-worker') // '?') => 1 } @w;
+    my %by;
+    # the kernel may hand one batch of connections to one worker: another batch, a few times
+    for (1 .. 5) {
+        my @w = map { { path => poll_path($id), key => $KEY } } 1 .. 60;
+        many(port => $n->port, requests => \@w, timeout => 5);
+        $by{ hdr($_, 'x-worker') // '?' } = 1 for @w;
+        last if keys %by >= 2;
+    }
     is(scalar(keys %by), 2, 'warm-up answered by both workers');
 }
 
