@@ -21,6 +21,7 @@
 
 #define RELAY_MAX_SESSIONS  2048            /* two fds each, well inside the open-file limit */
 #define RELAY_READ_CHUNK    65536
+#define RELAY_READ_CHUNKS   16              /* per event: a fast sender cannot fill memory */
 #define RELAY_MAX_FRAME     (128 << 20)     /* well over any fetch.max.bytes in use here */
 #define RELAY_OUT_HIGH      (4 << 20)       /* stop reading a side while the other owes this */
 #define RELAY_MAX_WAIT_MS   60000           /* a held fetch is answered within this at most */
@@ -316,7 +317,8 @@ static int relay_update(struct relay_session *s)
     } else {
         /* a client with a fetch in progress has its next request read, not passed on: Kafka
          * too reads a connection's next request only once the current one is answered */
-        if (buf_used(&s->broker.out) < RELAY_OUT_HIGH && (!s->fetching || buf_frame(&s->client.in) == 0))
+        if (buf_used(&s->broker.out) < RELAY_OUT_HIGH
+            && (!s->fetching || buf_frame(&s->client.in) == 0))
             ce |= EPOLLIN;
         if (buf_used(&s->client.out) < RELAY_OUT_HIGH)
             be |= EPOLLIN;
@@ -348,7 +350,8 @@ static int relay_flush(struct relay_end *e)
     return 0;
 }
 
-/* Reads what e has. Returns 0, or -1 on EOF or an error.
+/* Reads what e has, up to RELAY_READ_CHUNKS chunks (level-triggered epoll brings us back for the
+ * rest, after the frames read so far moved on). Returns 0, or -1 on EOF or an error.
  *
  * Each read re-arms TCP_QUICKACK (the kernel clears it): the mock broker's sockets keep Nagle
  * on, so an answer written while the one before it is unacknowledged waits for our ACK, and a
@@ -359,7 +362,7 @@ static int relay_read(struct relay_end *e)
     int one = 1;
 
     (void)setsockopt(e->w.fd, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof(one));
-    for (;;) {
+    for (int chunks = 0; chunks < RELAY_READ_CHUNKS; chunks++) {
         ssize_t n;
 
         if (buf_reserve(&e->in, RELAY_READ_CHUNK) < 0)
@@ -373,10 +376,10 @@ static int relay_read(struct relay_end *e)
         }
         if (n == 0)
             return -1;
-        if (errno == EINTR)
-            continue;
-        return (errno == EAGAIN || errno == EWOULDBLOCK) ? 0 : -1;
+        if (errno != EINTR)
+            return (errno == EAGAIN || errno == EWOULDBLOCK) ? 0 : -1;
     }
+    return 0;
 }
 
 /* ---- the protocol --------------------------------------------------------------------------- */
@@ -410,23 +413,19 @@ static void fetch_again(struct relay_session *s)
         relay_close(s);
 }
 
-struct produced {
-    struct relay *relay;
-};
-
 /* A produce to topic was acknowledged: the fetches held on it ask again. */
 static void wake_topic(void *arg, const char *name, size_t n)
 {
-    struct produced *pr = arg;
-    struct relay_topic *t = topic_find(pr->relay, name, n, true);
+    struct relay *r = arg;
+    struct relay_topic *t = topic_find(r, name, n, true);
 
     if (t != NULL)
         t->produced++;
-    for (struct relay_session *s = pr->relay->live, *next; s != NULL; s = next) {
+    for (struct relay_session *s = r->live, *next; s != NULL; s = next) {
         next = s->next;
         if (!s->held || !fetches_topic(s, name, n))
             continue;
-        pr->relay->stats.woken++;
+        r->stats.woken++;
         fetch_again(s);
         if (!s->closed && (relay_flush(&s->broker) < 0 || relay_update(s) < 0))
             relay_close(s);
@@ -476,7 +475,6 @@ static bool relay_answer(struct relay_session *s, const struct pending *p, uint8
 /* Answers from the broker go to the client in order; produce acknowledgements wake fetches. */
 static void relay_from_broker(struct relay_session *s)
 {
-    struct produced pr = { .relay = s->relay };
     long len;
 
     while (!s->closed && (len = buf_frame(&s->broker.in)) != 0) {
@@ -499,7 +497,7 @@ static void relay_from_broker(struct relay_session *s)
         }
         if (p.api_key == KP_PRODUCE)
             (void)kp_produce_response_topics(frame, (size_t)len, p.api_version, wake_topic,
-                                              &pr);
+                                              s->relay);
         buf_consume(&s->broker.in, (size_t)len);
         if (was_fetching && !s->fetching)
             relay_from_client(s);
