@@ -31,7 +31,15 @@ for b in osago-worker devbroker insurer-sim; do
     [ -x "$BUILD/$b" ] || { echo "bench/worker: $BUILD/$b missing (make all)" >&2; exit 1; }
 done
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# below the ephemeral range (32768+): devbroker and the mock bind ephemeral ports of their own
+# after these are picked, and a port picked there could be taken before its server starts
+free_port() { python3 -c '
+import random, socket
+while True:
+    p = random.randint(20000, 32000); s = socket.socket()
+    try: s.bind(("127.0.0.1", p)); print(p); break
+    except OSError: pass
+    finally: s.close()'; }
 WORK=$(mktemp -d /tmp/osago-bench-worker.XXXXXX)
 chmod 755 "$WORK"
 RP=$(free_port); PP=$(free_port); KP=$(free_port); SP=$(free_port); HP=$(free_port)
