@@ -22,8 +22,8 @@ struct evloop {
      * event of the same batch may still point at it. */
     void (*after_batch)(void *arg);
     void *after_batch_arg;
-    /* The wait's timeout in ms (-1: none), asked before each wait; after_batch also runs when
-     * it expires. NULL: no timeout. */
+    /* The wait's timeout in ms (-1: none), asked before each wait with after_batch_arg;
+     * after_batch also runs when it expires. NULL: no timeout. */
     int (*next_timeout)(void *arg);
 };
 
