@@ -55,10 +55,8 @@ struct relay_session {
     /* the fetch in progress: while it is, the client's next requests wait */
     bool fetching;
     bool held;                              /* its empty answer is kept in `empty` */
-    uint8_t *fetch_req;                     /* the request as sent again on a wake-up */
-    size_t fetch_req_len;
-    char *topics;                           /* its topics, each followed by '\0' */
-    size_t topics_len;
+    struct buf fetch_req;                   /* the request as sent again on a wake-up */
+    struct buf topics;                      /* its topics, each followed by '\0' */
     int64_t due_ms;                         /* when the client's wait is over */
     uint64_t produced;                      /* its topics' produce count when it was sent */
     struct buf empty;
@@ -121,6 +119,12 @@ static void buf_consume(struct buf *b, size_t n)
     b->off += n;
     if (b->off == b->len)
         b->off = b->len = 0;
+}
+
+/* Emptied, its memory kept for the next use (one per fetch: no allocation each time). */
+static void buf_reset(struct buf *b)
+{
+    b->off = b->len = 0;
 }
 
 static void buf_free(struct buf *b)
@@ -197,9 +201,9 @@ static void relay_free(struct relay_session *s)
     buf_free(&s->broker.in);
     buf_free(&s->broker.out);
     buf_free(&s->empty);
+    buf_free(&s->fetch_req);
+    buf_free(&s->topics);
     free(s->pending);
-    free(s->fetch_req);
-    free(s->topics);
     free(s);
 }
 
@@ -244,31 +248,27 @@ static bool pending_take(struct relay_session *s, int32_t correlation_id, struct
 static void fetch_end(struct relay_session *s)
 {
     s->fetching = s->held = false;
-    free(s->fetch_req);
-    free(s->topics);
-    s->fetch_req = NULL;
-    s->topics = NULL;
-    s->fetch_req_len = s->topics_len = 0;
-    buf_free(&s->empty);
+    buf_reset(&s->fetch_req);
+    buf_reset(&s->topics);
+    buf_reset(&s->empty);
 }
 
 static void add_topic(void *arg, const char *name, size_t n)
 {
     struct relay_session *s = arg;
-    char *grown = realloc(s->topics, s->topics_len + n + 1);
 
-    if (grown == NULL)
-        return;             /* this topic will not wake the fetch: its wait still ends it */
-    memcpy(grown + s->topics_len, name, n);
-    grown[s->topics_len + n] = '\0';
-    s->topics = grown;
-    s->topics_len += n + 1;
+    /* out of memory: this topic will not wake the fetch, its wait still ends it */
+    if (buf_append(&s->topics, (const uint8_t *)name, n) == 0
+        && buf_append(&s->topics, (const uint8_t *)"", 1) < 0)
+        s->topics.len -= n;
 }
 
 static bool fetches_topic(const struct relay_session *s, const char *name, size_t n)
 {
-    for (size_t at = 0; at < s->topics_len; at += strlen(s->topics + at) + 1)
-        if (strlen(s->topics + at) == n && memcmp(s->topics + at, name, n) == 0)
+    const char *all = (const char *)s->topics.p + s->topics.off;
+
+    for (size_t at = 0; at < buf_used(&s->topics); at += strlen(all + at) + 1)
+        if (strlen(all + at) == n && memcmp(all + at, name, n) == 0)
             return true;
     return false;
 }
@@ -294,9 +294,10 @@ static uint64_t fetch_produced(const struct relay_session *s)
 {
     uint64_t sum = 0;
 
-    for (size_t at = 0; at < s->topics_len; at += strlen(s->topics + at) + 1) {
-        const struct relay_topic *t = topic_find(s->relay, s->topics + at,
-                                                 strlen(s->topics + at), false);
+    const char *all = (const char *)s->topics.p + s->topics.off;
+
+    for (size_t at = 0; at < buf_used(&s->topics); at += strlen(all + at) + 1) {
+        const struct relay_topic *t = topic_find(s->relay, all + at, strlen(all + at), false);
 
         if (t != NULL)
             sum += t->produced;
@@ -396,13 +397,14 @@ static int port_of(void *arg, int32_t node_id)
 /* Sends the held fetch to the broker again. */
 static void fetch_again(struct relay_session *s)
 {
+    const uint8_t *again = s->fetch_req.p + s->fetch_req.off;
     struct pending p = { .api_key = KP_FETCH, .held_fetch = true };
     struct kp_request req;
 
     s->held = false;
-    buf_free(&s->empty);
-    if (kp_request_parse(s->fetch_req, s->fetch_req_len, &req) < 0
-        || buf_append(&s->broker.out, s->fetch_req, s->fetch_req_len) < 0) {
+    buf_reset(&s->empty);
+    if (kp_request_parse(again, buf_used(&s->fetch_req), &req) < 0
+        || buf_append(&s->broker.out, again, buf_used(&s->fetch_req)) < 0) {
         relay_close(s);
         return;
     }
@@ -457,7 +459,7 @@ static bool relay_answer(struct relay_session *s, const struct pending *p, uint8
                 return false;
             }
             s->held = true;
-            buf_free(&s->empty);
+            buf_reset(&s->empty);
             if (buf_append(&s->empty, frame, len) == 0) {
                 r->stats.held++;
                 return false;
@@ -524,14 +526,12 @@ static void relay_from_client(struct relay_session *s)
             p.correlation_id = req.correlation_id;
             p.api_key = req.api_key;
             p.api_version = req.api_version;
+            buf_reset(&s->topics);
             if ((wait = kp_fetch_request_nowait(frame, (size_t)len, &req, add_topic, s)) >= 0) {
-                s->fetch_req = malloc((size_t)len);
-                if (s->fetch_req == NULL) {
+                if (buf_append(&s->fetch_req, frame, (size_t)len) < 0) {
                     relay_close(s);
                     return;
                 }
-                memcpy(s->fetch_req, frame, (size_t)len);
-                s->fetch_req_len = (size_t)len;
                 s->due_ms = now_ms() + (wait < RELAY_MAX_WAIT_MS ? wait : RELAY_MAX_WAIT_MS);
                 s->produced = fetch_produced(s);
                 s->fetching = true;
