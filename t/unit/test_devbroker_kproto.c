@@ -305,10 +305,8 @@ static void fetch_request_topic(struct fb *b, int16_t v, const char *name, int32
     }
 }
 
-/* Fetch request (v4..11) for two topics. *topics_end: where the topics end, all that
- * kp_fetch_request_nowait reads. */
-static size_t fetch_request(struct fb *b, int16_t v, int32_t wait, int32_t epoch,
-                            size_t *topics_end)
+/* A Fetch request (v4..11) up to its topic count. */
+static void fetch_request_head(struct fb *b, int16_t v, int32_t wait, int32_t epoch)
 {
     request_header(b, KP_FETCH, v, 1234);
     fb_i32(b, -1);              /* replica id */
@@ -320,6 +318,14 @@ static size_t fetch_request(struct fb *b, int16_t v, int32_t wait, int32_t epoch
         fb_i32(b, epoch == -1 ? 0 : 777);   /* session id */
         fb_i32(b, epoch);
     }
+}
+
+/* Fetch request (v4..11) for two topics. *topics_end: where the topics end, all that
+ * kp_fetch_request_nowait reads. */
+static size_t fetch_request(struct fb *b, int16_t v, int32_t wait, int32_t epoch,
+                            size_t *topics_end)
+{
+    fetch_request_head(b, v, wait, epoch);
     fb_i32(b, 2);
     fetch_request_topic(b, v, TOPIC_A, 2);
     fetch_request_topic(b, v, TOPIC_B, 1);
@@ -978,27 +984,13 @@ static void test_absurd_counts(void **state)
     {
         const struct call c = { FN_FETCH_REQUEST, KP_FETCH, 11 };
 
-        request_header(&b, KP_FETCH, 11, 1);
-        fb_i32(&b, -1);
-        fb_i32(&b, 500);
-        fb_i32(&b, 1);
-        fb_i32(&b, 1024);
-        fb_i8(&b, 0);
-        fb_i32(&b, 0);
-        fb_i32(&b, -1);
+        fetch_request_head(&b, 11, 500, -1);
         fb_i32(&b, HUGE_COUNT);
         fetch_request_topic(&b, 11, TOPIC_A, 1);
         fb_end(&b);
         check_absurd(&c, &b, "topics");
 
-        request_header(&b, KP_FETCH, 11, 1);
-        fb_i32(&b, -1);
-        fb_i32(&b, 500);
-        fb_i32(&b, 1);
-        fb_i32(&b, 1024);
-        fb_i8(&b, 0);
-        fb_i32(&b, 0);
-        fb_i32(&b, -1);
+        fetch_request_head(&b, 11, 500, -1);
         fb_i32(&b, 1);
         fb_str(&b, TOPIC_A);
         fb_i32(&b, HUGE_COUNT);
@@ -1006,14 +998,7 @@ static void test_absurd_counts(void **state)
         fb_end(&b);
         check_absurd(&c, &b, "partitions");
 
-        request_header(&b, KP_FETCH, 11, 1);
-        fb_i32(&b, -1);
-        fb_i32(&b, 500);
-        fb_i32(&b, 1);
-        fb_i32(&b, 1024);
-        fb_i8(&b, 0);
-        fb_i32(&b, 0);
-        fb_i32(&b, -1);
+        fetch_request_head(&b, 11, 500, -1);
         fb_i32(&b, 1);
         fb_i16(&b, 0x7fff);     /* a topic name longer than the frame */
         fb_junk(&b, 64);
