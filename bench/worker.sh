@@ -7,7 +7,8 @@
 # applications/s for SECONDS to osago:intake the way the edge does. An application's latency is
 # applications.updated_at (completed) minus the time it was appended; the worker's added latency is
 # that minus INSURER_MS (every insurer answers in exactly that). With SOAK_SECONDS the injection
-# runs that long and the worker's RSS is sampled every 30 s (memory must stay flat).
+# runs that long and the worker's RSS and malloc's bytes in use are sampled every 30 s (memory must
+# stay flat).
 # Writes build/bench/worker.md. Kills only what it started.
 #
 # Knobs: BENCH_RATE, BENCH_SECONDS, SOAK_SECONDS, INSURER_MS, INSURERS, BENCH_WARMUP,
@@ -101,6 +102,8 @@ for _ in $(seq 100); do curl -sf "http://127.0.0.1:$HP/readyz" >/dev/null && bre
 sleep 5    # the consumer groups' first join (the mock takes a few seconds)
 
 rss() { awk '/VmRSS/ {print $2}' "/proc/$WPID/status"; }
+# malloc's bytes in use (KiB), from the worker's /metrics: flat while RSS grows is fragmentation
+heap() { curl -s "http://127.0.0.1:$HP/metrics" | awk '/^osago_worker_heap_in_use_bytes / { print int($2 / 1024) }'; }
 # CPU seconds: the worker's (utime + stime), and the whole machine's busy time; per application
 # they compare runs on a noisy machine better than throughput does
 cpu_worker() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$WPID/stat"; }
@@ -129,12 +132,13 @@ RSS0=$(rss)
 CPUW0=$(cpu_worker); CPUM0=$(cpu_machine)
 cpu_components > "$WORK/cpu0"
 SAMPLES="$RSS0"
+HEAP0=$(heap); HEAPS="$HEAP0"
 perl "$ROOT/bench/inject.pl" "$RP" "$RATE" "$SECS" "$WORK/injected" > "$WORK/inject.out" &
 INJ=$!
 PIDS+=("$INJ")
 while kill -0 "$INJ" 2>/dev/null; do
     sleep 30 & wait $! || true
-    kill -0 "$INJ" 2>/dev/null && SAMPLES="$SAMPLES $(rss)"
+    kill -0 "$INJ" 2>/dev/null && SAMPLES="$SAMPLES $(rss)" && HEAPS="$HEAPS $(heap)"
 done
 N=$(wc -l < "$WORK/injected")
 psqlq() { "$PG_BIN/psql" -h 127.0.0.1 -p "$PP" -U osago -d osago -Atq -c "$1"; }
@@ -142,7 +146,7 @@ for _ in $(seq 600); do
     [ "$(psqlq "SELECT count(*) FROM applications WHERE status = 'completed'")" -ge "$N" ] && break
     sleep 0.2
 done
-RSS1=$(rss)
+RSS1=$(rss); HEAP1=$(heap)
 cpu_components > "$WORK/cpu1"
 # ms per application, largest first
 COMPONENTS=$(awk -v n="$(wc -l < "$WORK/injected")" -v hz="$(getconf CLK_TCK)" '
@@ -228,6 +232,8 @@ echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
 echo "| $RATE/s × ${SECS}s ($N) | $DONE | $APS | $(awk -v a="$APS" -v n="$(tr ',' '\n' <<<"$INSURERS" | wc -l)" 'BEGIN{printf "%.0f", a*n}') | ${P50} ms | ${P99} ms | ${A50} / ${A99} ms | $ERRS | $RETRIES |"
 echo
 echo "Worker RSS (KiB): start $RSS0, samples every 30 s: $SAMPLES, end $RSS1."
+echo
+echo "Worker heap in use (KiB, malloc's): start $HEAP0, samples every 30 s: $HEAPS, end $HEAP1."
 echo
 echo "CPU per application: worker $(awk -v c="$CPUW" -v n="$N" 'BEGIN { printf "%.2f", c * 1000 / n }') ms, whole machine $(awk -v c="$CPUM" -v n="$N" 'BEGIN { printf "%.2f", c * 1000 / n }') ms (worker $CPUW s, machine $CPUM s for $N applications)."
 echo

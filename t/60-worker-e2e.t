@@ -319,6 +319,12 @@ for my $k (qw(redis_up kafka_up pg_up)) {
     is($v, 1, "gauge $k 1") if defined $v;
 }
 
+my $rss = OsagoTest::prom_sum($m1, 'process_resident_memory_bytes') // 0;
+my $heap = OsagoStack::metric_of($m1, 'heap_in_use_bytes') // 0;
+ok($heap > 1 << 20 && $heap < $rss, 'heap in use is over 1 MiB and below the resident size')
+    or diag "heap in use $heap, resident $rss";
+ok(defined OsagoStack::metric_of($m1, 'heap_free_bytes'), 'heap free bytes shown');
+
 # --- logs -----------------------------------------------------------------------------------------
 my @raw = grep { exists $_->{_raw} && $_->{_raw} !~ /^\s*$/ } @$logs;
 ok(!@raw, 'every log line is one JSON object') or diag join "\n", map { $_->{_raw} } @raw[0 .. 5];

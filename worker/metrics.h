@@ -37,7 +37,8 @@ typedef struct {
  * with le = 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000, 60000, +Inf (slots 0..10 of
  * call_latency_bucket hold the non-cumulative counts; slot 11 is unused). redis_up, kafka_up and
  * pg_up are set by http.c's probe (every 5 s and on each /readyz): roles need not touch them.
- * metrics_render returns the full length like snprintf: >= cap means the text was cut.
+ * metrics_render also shows the process's memory (resident, and malloc's bytes in use and free)
+ * and returns the full length like snprintf: >= cap means the text was cut.
  */
 void   metrics_observe_call_ms(metrics_t *m, long ms);
 size_t metrics_render(const metrics_t *m, char *buf, size_t cap);   /* Prometheus text */
