@@ -235,6 +235,12 @@ echo "Worker RSS (KiB): start $RSS0, samples every 30 s: $SAMPLES, end $RSS1."
 echo
 echo "Worker heap in use (KiB, malloc's): start $HEAP0, samples every 30 s: $HEAPS, end $HEAP1."
 echo
+# least-squares slope of the samples from minute 5 on (the warm-up fills buffers, caches and
+# arenas first): what "flat" is judged by in a soak
+slope() { awk '{ for (i = 11; i <= NF; i++) { x = (i - 1) / 2; n++; sx += x; sy += $i; sxx += x * x; sxy += x * $i } }
+               END { if (n >= 4) printf "%.0f", (n * sxy - sx * sy) / (n * sxx - sx * sx); else print "n/a" }' <<<"$1"; }
+[ "$(wc -w <<<"$SAMPLES")" -ge 14 ] &&
+    { echo "From minute 5 on (least squares): RSS $(slope "$SAMPLES") KiB/min, heap in use $(slope "$HEAPS") KiB/min."; echo; }
 echo "CPU per application: worker $(awk -v c="$CPUW" -v n="$N" 'BEGIN { printf "%.2f", c * 1000 / n }') ms, whole machine $(awk -v c="$CPUM" -v n="$N" 'BEGIN { printf "%.2f", c * 1000 / n }') ms (worker $CPUW s, machine $CPUM s for $N applications)."
 echo
 [ -n "$ERR_REASONS" ] && { echo "Quotes not ok:"; echo "$ERR_REASONS" | sed 's/^/- /'; echo; }

@@ -5,11 +5,14 @@
  * Exit status: 0 after a clean stop or migration, 1 on a runtime failure (a role thread that
  * returned on its own, HTTP port in use, a failed migration), 2 on invalid configuration.
  */
+#include <errno.h>
+#include <malloc.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -24,16 +27,13 @@
 #include "migrate.h"
 #include "worker.h"
 
-/* Set by the signal handler, read by every role through worker_t.stop. */
+#define MALLOC_TRIM_SECONDS 60
+
+/* Set by the main thread when SIGINT or SIGTERM arrives, read by every role through
+ * worker_t.stop. */
 static volatile sig_atomic_t stop_flag;
 
 _Static_assert(sizeof(sig_atomic_t) == sizeof(int), "worker_t.stop is a volatile int *");
-
-static void on_signal(int sig)
-{
-    (void)sig;
-    stop_flag = 1;
-}
 
 struct role_thread {
     const char *name;
@@ -63,7 +63,7 @@ static void *role_run(void *arg)
         t->failed = 1;
         wlog(LOG_ERROR, t->name, NULL, "role_exited", "role %s stopped on its own; shutting "
              "down", t->name);
-        kill(getpid(), SIGTERM);   /* only the main thread accepts it (see block_signals) */
+        kill(getpid(), SIGTERM);   /* blocked everywhere: the main thread takes it */
     }
     return NULL;
 }
@@ -72,13 +72,11 @@ static int install_signals(sigset_t *stop_set)
 {
     struct sigaction sa;
     memset(&sa, 0, sizeof(sa));
-    sa.sa_handler = on_signal;
-    sigemptyset(&sa.sa_mask);
-    if (sigaction(SIGINT, &sa, NULL) < 0 || sigaction(SIGTERM, &sa, NULL) < 0)
-        return -1;
     /* a peer closing a socket must be an error return, not the end of the process */
     sa.sa_handler = SIG_IGN;
-    sigaction(SIGPIPE, &sa, NULL);
+    sigemptyset(&sa.sa_mask);
+    if (sigaction(SIGPIPE, &sa, NULL) < 0)
+        return -1;
     sigemptyset(stop_set);
     sigaddset(stop_set, SIGINT);
     sigaddset(stop_set, SIGTERM);
@@ -136,7 +134,7 @@ static int run(const worker_config_t *cfg)
     kafka_producer_t *producer = NULL;
     worker_t w = { .cfg = cfg, .insurers = insurers, .metrics = metrics,
                    .stop = (volatile int *)&stop_flag };
-    sigset_t stop_set, old_mask;
+    sigset_t stop_set;
     char err[512], names[128];
     int rc = 1;
 
@@ -161,9 +159,9 @@ static int run(const worker_config_t *cfg)
     /*
      * Block SIGINT/SIGTERM before any thread exists (librdkafka's, libmicrohttpd's, the roles'):
      * they inherit the mask, so the signal always reaches the main thread, which waits for it
-     * in sigsuspend without a race, and role threads' system calls are never interrupted.
+     * in sigtimedwait without a race, and role threads' system calls are never interrupted.
      */
-    pthread_sigmask(SIG_BLOCK, &stop_set, &old_mask);
+    pthread_sigmask(SIG_BLOCK, &stop_set, NULL);
 
     if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
         fprintf(stderr, "osago-worker: curl_global_init failed\n");
@@ -201,12 +199,22 @@ static int run(const worker_config_t *cfg)
         roles[i].started = 1;
     }
 
-    /* sigsuspend unblocks SIGINT/SIGTERM only while waiting: no lost wake-up */
-    sigset_t wait_mask = old_mask;
-    sigdelset(&wait_mask, SIGINT);
-    sigdelset(&wait_mask, SIGTERM);
-    while (!stop_flag)
-        sigsuspend(&wait_mask);
+    /*
+     * Between signals, once a minute, malloc gives the system back the free pages inside its
+     * arenas: each role thread fills an arena of its own in bursts and glibc returns memory only
+     * from an arena's top, so the resident size would creep up by what the bursts leave
+     * scattered while the bytes in use stay flat (docs/BENCHMARKS.md, the soaks). A few
+     * milliseconds a minute.
+     */
+    while (!stop_flag) {
+        struct timespec minute = { .tv_sec = MALLOC_TRIM_SECONDS };
+        int             sig = sigtimedwait(&stop_set, NULL, &minute);
+
+        if (sig == SIGINT || sig == SIGTERM)
+            stop_flag = 1;
+        else if (sig < 0 && errno == EAGAIN)
+            malloc_trim(0);
+    }
 
     wlog(LOG_INFO, "main", NULL, "worker_stopping", "stopping: waiting for the roles");
     rc = 0;
