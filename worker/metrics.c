@@ -68,8 +68,8 @@ static void gauge(struct out *o, const char *name, const char *help, long v)
 /*
  * Memory as the kernel sees it (resident) and as malloc does (bytes handed out and bytes held
  * free): a soak tells a leak (in use grows with the work done) from fragmentation (resident
- * grows, in use does not). mallinfo2 walks every arena under its lock, a few microseconds per
- * scrape.
+ * grows, in use does not). mallinfo2 walks every arena under its lock: once per scrape, never on
+ * a role's path.
  */
 static void process_memory(struct out *o)
 {
