@@ -160,6 +160,19 @@ my %prem_spread;
 for my $id (@ids) { $prem_spread{ $q->{$id}{$_}{premium} }++ for keys %{ $q->{$id} } }
 cmp_ok(scalar keys %prem_spread, '>', 5, 'premiums differ by insurer and application');
 
+# The claim, the heartbeat and the result change no indexed column of quotes: each update stays
+# on its page and writes no index entry (HOT). The counters reach pg_stat when the worker's
+# sessions go idle, within seconds.
+my ($upd, $hot) = (0, 0);
+OsagoStack::wait_until(sub {
+    ($upd, $hot) = split /\|/, scalar $pg->psql("SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables"
+                                               . " WHERE relname = 'quotes'");
+    $upd >= 2 * @ids * @CODES;
+}, 20, 0.2);
+cmp_ok($upd, '>=', 2 * @ids * @CODES, 'quote updates counted: a claim and a result per quote');
+cmp_ok($hot, '>=', 0.9 * $upd, 'at least 90 % of them HOT (no index entry written)')
+    or diag "$hot of $upd updates HOT";
+
 # --- the read model ---------------------------------------------------------------------------------
 my @rm_bad;
 for my $id (@ids) {

@@ -8,9 +8,12 @@
  * The task keeps the attempt number of the call that was lost (it never produced a result),
  * so a crash does not use up one of the insurer's attempts.
  *
- * Only running quotes are swept: a pending one always has its task on the way in Kafka, and
- * the migration's partial index (quotes_running_heartbeat) covers running rows only, so the
- * sweep stays an index scan however large the table grows.
+ * Only running quotes are swept: a pending one always has its task on the way in Kafka. They
+ * are found through their applications: a quote is running only while its application is
+ * in_progress, and the partial index applications_in_progress (migration 002) holds just the
+ * applications in flight, so the sweep reads those and their quotes by primary key however
+ * large the tables grow. (No index of quotes may cover status or heartbeat_at: every quote
+ * update would then write every index, not stay on its page.)
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -63,8 +66,8 @@ static void sweep_nap(sweeper_t *s, int64_t ms)
 /* The payload and trace come with the quote: the task must carry the application. */
 static const char sweep_select_sql[] =
     "SELECT q.application_id, q.insurer_code, q.attempt, a.payload::text, a.trace"
-    " FROM quotes q JOIN applications a ON a.id = q.application_id"
-    " WHERE q.status = 'running'"
+    " FROM applications a JOIN quotes q ON q.application_id = a.id"
+    " WHERE a.status = 'in_progress' AND q.status = 'running'"
     "  AND q.heartbeat_at < now() - $1::int * interval '1 second'"
     " ORDER BY q.heartbeat_at"
     " LIMIT " SWEEP_STR(SWEEP_LIMIT)
