@@ -14,7 +14,7 @@
 # Knobs: BENCH_RATE, BENCH_SECONDS, SOAK_SECONDS, INSURER_MS, INSURERS, BENCH_WARMUP,
 # BENCH_FETCH_WAIT_MS (the worker's default unless set), BENCH_MAX_IN_FLIGHT (1024: 500/s x 10 calls x 100 ms need 500),
 # BENCH_SIM_OPTS (default --threads 1: one MHD thread costs the least CPU per call on 2 cores),
-# BENCH_WORKER_OPTS, BENCH_PG_OPTS, BENCH_PG_STATEMENTS=1 (pg_stat_statements per application),
+# BENCH_WORKER_OPTS, BENCH_PG_OPTS, BENCH_PG_STATEMENTS=1 (pg_stat_statements per application, WAL included),
 # BENCH_KEEP_LOGS=DIR.
 set -euo pipefail
 
@@ -133,6 +133,8 @@ CPUW0=$(cpu_worker); CPUM0=$(cpu_machine)
 cpu_components > "$WORK/cpu0"
 SAMPLES="$RSS0"
 HEAP0=$(heap); HEAPS="$HEAP0"
+# PostgreSQL's WAL per application: the work its writes cost, which host noise does not move
+WAL0=$("$PG_BIN/psql" -h 127.0.0.1 -p "$PP" -U osago -d osago -Atqc "SELECT pg_current_wal_lsn()")
 perl "$ROOT/bench/inject.pl" "$RP" "$RATE" "$SECS" "$WORK/injected" > "$WORK/inject.out" &
 INJ=$!
 PIDS+=("$INJ")
@@ -147,6 +149,7 @@ for _ in $(seq 600); do
     sleep 0.2
 done
 RSS1=$(rss); HEAP1=$(heap)
+WAL1=$(psqlq "SELECT pg_current_wal_lsn()")
 cpu_components > "$WORK/cpu1"
 # ms per application, largest first
 COMPONENTS=$(awk -v n="$(wc -l < "$WORK/injected")" -v hz="$(getconf CLK_TCK)" '
@@ -167,6 +170,7 @@ if [ -n "${BENCH_PG_STATEMENTS:-}" ]; then   # what PostgreSQL spent its time on
         round((total_exec_time + total_plan_time)::numeric * 1000 / $(wc -l < "$WORK/injected"), 1) AS us_per_app,
         round((total_exec_time / nullif(calls, 0))::numeric, 3) AS ms_per_call,
         round((total_plan_time / nullif(plans, 0))::numeric, 3) AS plan_ms, plans, rows,
+        round(wal_bytes / $(wc -l < "$WORK/injected")) AS wal_per_app,
         left(regexp_replace(query, '\s+', ' ', 'g'), 90) AS query
         FROM pg_stat_statements ORDER BY total_exec_time + total_plan_time DESC LIMIT 15" >"$WORK/pg_statements"
 fi
@@ -241,6 +245,8 @@ slope() { awk '{ for (i = 11; i <= NF; i++) { x = (i - 1) / 2; n++; sx += x; sy 
                END { if (n >= 4) printf "%.0f", (n * sxy - sx * sy) / (n * sxx - sx * sx); else print "n/a" }' <<<"$1"; }
 [ "$(wc -w <<<"$SAMPLES")" -ge 14 ] &&
     { echo "From minute 5 on (least squares): RSS $(slope "$SAMPLES") KiB/min, heap in use $(slope "$HEAPS") KiB/min."; echo; }
+echo "PostgreSQL WAL per application: $(psqlq "SELECT round(pg_wal_lsn_diff('$WAL1', '$WAL0') / $N)") bytes."
+echo
 echo "CPU per application: worker $(awk -v c="$CPUW" -v n="$N" 'BEGIN { printf "%.2f", c * 1000 / n }') ms, whole machine $(awk -v c="$CPUM" -v n="$N" 'BEGIN { printf "%.2f", c * 1000 / n }') ms (worker $CPUW s, machine $CPUM s for $N applications)."
 echo
 [ -n "$ERR_REASONS" ] && { echo "Quotes not ok:"; echo "$ERR_REASONS" | sed 's/^/- /'; echo; }
