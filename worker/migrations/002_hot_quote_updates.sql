@@ -2,7 +2,7 @@
 -- on heartbeat_at (and status in its predicate) none of those writes could be a HOT update: each
 -- added an entry to every index of quotes and bloated its primary key threefold. Now no index of
 -- quotes covers a column that changes, and pages keep room for the new versions, so the updates
--- stay on their page and touch no index (at 600 applications/s PostgreSQL used 9 % less CPU).
+-- stay on their page and touch no index (a quarter less WAL per application, docs/BENCHMARKS.md).
 --
 -- The sweeper finds running quotes through their application instead: a quote is running only
 -- while its application is in_progress, and those are the applications in flight, a small set.
