@@ -101,6 +101,7 @@ PIDS+=("$WPID")
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$HP/readyz" >/dev/null && break; sleep 0.2; done
 sleep 5    # the consumer groups' first join (the mock takes a few seconds)
 
+psqlq() { "$PG_BIN/psql" -h 127.0.0.1 -p "$PP" -U osago -d osago -Atq -c "$1"; }
 rss() { awk '/VmRSS/ {print $2}' "/proc/$WPID/status"; }
 # malloc's bytes in use (KiB), from the worker's /metrics: flat while RSS grows is fragmentation
 heap() { curl -s "http://127.0.0.1:$HP/metrics" | awk '/^osago_worker_heap_in_use_bytes / { print int($2 / 1024) }'; }
@@ -134,7 +135,7 @@ cpu_components > "$WORK/cpu0"
 SAMPLES="$RSS0"
 HEAP0=$(heap); HEAPS="$HEAP0"
 # PostgreSQL's WAL per application: the work its writes cost, which host noise does not move
-WAL0=$("$PG_BIN/psql" -h 127.0.0.1 -p "$PP" -U osago -d osago -Atqc "SELECT pg_current_wal_lsn()")
+WAL0=$(psqlq "SELECT pg_current_wal_lsn()")
 perl "$ROOT/bench/inject.pl" "$RP" "$RATE" "$SECS" "$WORK/injected" > "$WORK/inject.out" &
 INJ=$!
 PIDS+=("$INJ")
@@ -143,7 +144,6 @@ while kill -0 "$INJ" 2>/dev/null; do
     kill -0 "$INJ" 2>/dev/null && SAMPLES="$SAMPLES $(rss)" && HEAPS="$HEAPS $(heap)"
 done
 N=$(wc -l < "$WORK/injected")
-psqlq() { "$PG_BIN/psql" -h 127.0.0.1 -p "$PP" -U osago -d osago -Atq -c "$1"; }
 for _ in $(seq 600); do
     [ "$(psqlq "SELECT count(*) FROM applications WHERE status = 'completed'")" -ge "$N" ] && break
     sleep 0.2
@@ -152,7 +152,7 @@ RSS1=$(rss); HEAP1=$(heap)
 WAL1=$(psqlq "SELECT pg_current_wal_lsn()")
 cpu_components > "$WORK/cpu1"
 # ms per application, largest first
-COMPONENTS=$(awk -v n="$(wc -l < "$WORK/injected")" -v hz="$(getconf CLK_TCK)" '
+COMPONENTS=$(awk -v n="$N" -v hz="$(getconf CLK_TCK)" '
     NR == FNR { t0[$1] = $2; next }
     { d = ($2 - t0[$1]) * 1000 / hz / n; if (d >= 0.005) printf "%.2f %s\n", d, $1 }' \
     "$WORK/cpu0" "$WORK/cpu1" | sort -rn | awk '{ printf "%s%s %s", (NR > 1 ? ", " : ""), $2, $1 }')
@@ -167,10 +167,10 @@ ERR_REASONS=$(psqlq "SELECT count(*) || ' × ' || status || ': ' || coalesce(lef
                      ORDER BY count(*) DESC LIMIT 5")
 if [ -n "${BENCH_PG_STATEMENTS:-}" ]; then   # what PostgreSQL spent its time on, per application
     "$PG_BIN/psql" -h 127.0.0.1 -p "$PP" -U postgres -d osago -q -c "SELECT calls,
-        round((total_exec_time + total_plan_time)::numeric * 1000 / $(wc -l < "$WORK/injected"), 1) AS us_per_app,
+        round((total_exec_time + total_plan_time)::numeric * 1000 / $N, 1) AS us_per_app,
         round((total_exec_time / nullif(calls, 0))::numeric, 3) AS ms_per_call,
         round((total_plan_time / nullif(plans, 0))::numeric, 3) AS plan_ms, plans, rows,
-        round(wal_bytes / $(wc -l < "$WORK/injected")) AS wal_per_app,
+        round(wal_bytes / $N) AS wal_per_app,
         left(regexp_replace(query, '\s+', ' ', 'g'), 90) AS query
         FROM pg_stat_statements ORDER BY total_exec_time + total_plan_time DESC LIMIT 15" >"$WORK/pg_statements"
 fi

@@ -73,10 +73,10 @@ static void gauge(struct out *o, const char *name, const char *help, long v)
  */
 static void process_memory(struct out *o)
 {
-    long  pages = 0, resident = 0;
+    long  resident = 0;
     FILE *f = fopen("/proc/self/statm", "r");
     if (f != NULL) {
-        if (fscanf(f, "%ld %ld", &pages, &resident) != 2)
+        if (fscanf(f, "%*s %ld", &resident) != 1)     /* size, then resident, in pages */
             resident = 0;
         fclose(f);
     }

@@ -263,12 +263,27 @@ static void add_topic(void *arg, const char *name, size_t n)
         s->topics.len -= n;
 }
 
+/* The fetch's topics are '\0'-terminated names one after another: the one at *at (NULL past
+ * the last), with its length in *n; *at moves on to the next. */
+static const char *topic_next(const struct relay_session *s, size_t *at, size_t *n)
+{
+    const char *name;
+
+    if (*at >= buf_used(&s->topics))
+        return NULL;
+    name = (const char *)s->topics.p + s->topics.off + *at;
+    *n = strlen(name);
+    *at += *n + 1;
+    return name;
+}
+
 static bool fetches_topic(const struct relay_session *s, const char *name, size_t n)
 {
-    const char *all = (const char *)s->topics.p + s->topics.off;
+    const char *t;
+    size_t at = 0, len;
 
-    for (size_t at = 0; at < buf_used(&s->topics); at += strlen(all + at) + 1)
-        if (strlen(all + at) == n && memcmp(all + at, name, n) == 0)
+    while ((t = topic_next(s, &at, &len)) != NULL)
+        if (len == n && memcmp(t, name, n) == 0)
             return true;
     return false;
 }
@@ -293,11 +308,11 @@ static struct relay_topic *topic_find(struct relay *r, const char *name, size_t 
 static uint64_t fetch_produced(const struct relay_session *s)
 {
     uint64_t sum = 0;
+    const char *name;
+    size_t at = 0, len;
 
-    const char *all = (const char *)s->topics.p + s->topics.off;
-
-    for (size_t at = 0; at < buf_used(&s->topics); at += strlen(all + at) + 1) {
-        const struct relay_topic *t = topic_find(s->relay, all + at, strlen(all + at), false);
+    while ((name = topic_next(s, &at, &len)) != NULL) {
+        const struct relay_topic *t = topic_find(s->relay, name, len, false);
 
         if (t != NULL)
             sum += t->produced;
