@@ -289,6 +289,30 @@ ok($med >= 0.1 && $med <= 0.25, sprintf('median within the range (%.3f s)', $med
 ok($lat[-1] < 1.0, sprintf('none much slower than 200 ms (max %.3f)', $lat[-1]));
 stop_sim($sim);
 
+# --timing-log: a line per priced answer with the insurer's own time, which bench/worker.sh
+# takes off an application's latency; refused calls and odd ids do not break the format.
+{
+    my $log = "$DIR/timing.log";
+    $sim = start_sim('--insurers', 'alfa,vsk', '--latency-ms', '150-150', '--timing-log', $log);
+    my $id = '0b4f6c1e-3d2a-4c8e-9f10-7a6b5c4d3e2f';
+    my $t0 = time;
+    is(quote($sim, 'alfa', payload(id => $id))->{status}, 200, 'timing: alfa answers');
+    is(quote($sim, 'vsk', payload(id => "x y\nz"))->{status}, 200, 'timing: vsk answers an odd id');
+    is(quote($sim, 'alfa', '{')->{status}, 400, 'timing: a malformed body is refused');
+    my $t1 = time;
+    stop_sim($sim);
+    my @lines = split /\n/, OsagoTest::_slurp($log);
+    is(scalar @lines, 2, 'timing: one line per priced answer') or diag(join "\n", @lines);
+    my @f = map { [ split / / ] } @lines;
+    is_deeply([ map { scalar @$_ } @f ], [ 4, 4 ], 'timing: four fields a line');
+    is("$f[0][0] $f[0][1]", "$id alfa", 'timing: the application and the insurer');
+    is("$f[1][0] $f[1][1]", '- vsk', 'timing: an id that is not one word is logged as -');
+    my $took = $f[0][3] - $f[0][2];
+    ok($took >= 149 && $took < 1000 * ($t1 - $t0), "timing: alfa took its 150 ms ($took)");
+    ok($f[0][2] >= int($t0 * 1000) - 1 && $f[1][3] <= $t1 * 1000 + 1,
+       'timing: Unix milliseconds within the calls');
+}
+
 # ===== fault injection =======================================================================
 $sim = start_sim('--insurers', 'alfa,ingos,reso,vsk', '--latency-ms', 0, '--seed', 3,
                  '--insurer-opts', 'alfa:error=0.5,status=503',

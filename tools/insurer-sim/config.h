@@ -25,6 +25,7 @@ struct sim_config {
     int hold_ms;            /* how long an injected timeout keeps the connection */
     int max_connections;
     const char *write_insurers;
+    const char *timing_log;     /* each answered quote: application, insurer, received, answered */
     int ninsurers;
     struct insurer insurer[SIM_MAX_INSURERS];
 };

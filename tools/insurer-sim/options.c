@@ -1,5 +1,5 @@
 /* Flags: --listen, --insurers, --latency-ms, --insurer-opts (repeatable), --write-insurers,
- * --seed, --threads, --hold-ms, --max-connections. --insurer-opts apply after the rest, in
+ * --timing-log, --seed, --threads, --hold-ms, --max-connections. --insurer-opts apply after the rest, in
  * the order given, whatever the order of the flags. */
 #include "options.h"
 #include "insurers.h"
@@ -21,8 +21,10 @@ void options_usage(FILE *out)
             "                   [--insurer-opts CODE:latency=50-200,error=0.1,timeout=0.05,"
             "malformed=0.05,status=500]...\n"
             "                   [--threads 2] [--hold-ms 120000] [--max-connections 16000]\n"
+            "                   [--timing-log FILE]\n"
             "Simulated insurer APIs: POST /insurers/{code}/quote, GET /healthz.\n"
-            "CODE * in --insurer-opts means every insurer. Prints\n"
+            "CODE * in --insurer-opts means every insurer. --timing-log appends a line per\n"
+            "answered quote: APPLICATION_ID CODE RECEIVED_MS ANSWERED_MS (Unix ms). Prints\n"
             "\"insurer-sim: ready listen=HOST:PORT insurers=N\" when serving.\n");
 }
 
@@ -282,6 +284,8 @@ int options_parse(int argc, char **argv, struct sim_config *cfg)
             overrides[noverrides++] = value;
         } else if (strcmp(name, "--write-insurers") == 0) {
             cfg->write_insurers = value;
+        } else if (strcmp(name, "--timing-log") == 0) {
+            cfg->timing_log = value;
         } else if (strcmp(name, "--seed") == 0) {
             char *end;
             errno = 0;

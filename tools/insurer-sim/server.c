@@ -7,6 +7,7 @@
 #include "tariff.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
 #include <inttypes.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -36,7 +37,18 @@ struct request {
     size_t resp_len;
     const char *allow;      /* Allow header for 405 */
     char trace[SIM_TRACE_MAX + 1];
+    uint64_t received_ms;   /* Unix time the headers were in */
+    const struct insurer *priced_by;    /* a quote was priced: --timing-log's line */
+    char app_id[APPLICATION_ID_MAX + 1];
 };
+
+static uint64_t unix_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
 
 static void request_free(struct request *r)
 {
@@ -58,12 +70,16 @@ static void request_unpark(struct sim_server *s, struct request *r)
 static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
                          enum MHD_RequestTerminationCode toe)
 {
+    struct sim_server *s = cls;
     struct request *r = *req_cls;
 
     (void)conn;
-    (void)toe;
     if (r != NULL) {
-        request_unpark(cls, r);
+        /* the insurer's own time, received to sent, whatever the client's side added */
+        if (s->timing != NULL && r->priced_by != NULL && toe == MHD_REQUEST_TERMINATED_COMPLETED_OK)
+            fprintf(s->timing, "%s %s %" PRIu64 " %" PRIu64 "\n", r->app_id, r->priced_by->code,
+                    r->received_ms, unix_ms());
+        request_unpark(s, r);
         request_free(r);
     }
     *req_cls = NULL;
@@ -161,6 +177,12 @@ static void request_quote(const struct insurer *ins, struct request *r,
         request_error(r, (unsigned)ins->status, "insurer_unavailable", msg, ins->code);
         return;
     }
+    r->priced_by = ins;
+    /* one word on the log line, whatever the client sent */
+    if (strspn(app.id, "0123456789abcdefABCDEF-") == strlen(app.id))
+        memcpy(r->app_id, app.id, sizeof(r->app_id));
+    else
+        strcpy(r->app_id, "-");
     tariff_quote(ins->code, &app.tariff, &t);
     snprintf(quote_id, sizeof(quote_id), "%s-%016" PRIx64, ins->code, plan->draw);
     until = date_today();
@@ -230,6 +252,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
             return MHD_NO;
         if (tp != NULL && strlen(tp) <= SIM_TRACE_MAX)
             strcpy(r->trace, tp);
+        r->received_ms = unix_ms();
         *req_cls = r;
         return MHD_YES;
     }
@@ -290,6 +313,13 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     return request_send(conn, r);
 }
 
+static void server_close_timing(struct sim_server *s)
+{
+    if (s->timing != NULL)
+        fclose(s->timing);
+    s->timing = NULL;
+}
+
 int server_start(struct sim_server *s, const struct sim_config *cfg)
 {
     struct sockaddr_in addr;
@@ -309,8 +339,13 @@ int server_start(struct sim_server *s, const struct sim_config *cfg)
         fprintf(stderr, "insurer-sim: bad listen address %s\n", cfg->host);
         return -1;
     }
+    if (cfg->timing_log != NULL && (s->timing = fopen(cfg->timing_log, "a")) == NULL) {
+        fprintf(stderr, "insurer-sim: --timing-log %s: %s\n", cfg->timing_log, strerror(errno));
+        return -1;
+    }
     if (delay_queue_start(&s->delays, (size_t)cfg->max_connections) < 0) {
         fprintf(stderr, "insurer-sim: cannot start the delay thread\n");
+        server_close_timing(s);
         return -1;
     }
     s->daemon = MHD_start_daemon(
@@ -328,6 +363,7 @@ int server_start(struct sim_server *s, const struct sim_config *cfg)
     if (s->daemon == NULL) {
         fprintf(stderr, "insurer-sim: cannot listen on %s:%d\n", cfg->host, cfg->port);
         delay_queue_stop(&s->delays, NULL, NULL);
+        server_close_timing(s);
         return -1;
     }
     info = MHD_get_daemon_info(s->daemon, MHD_DAEMON_INFO_BIND_PORT);
@@ -357,4 +393,5 @@ void server_stop(struct sim_server *s)
         nanosleep(&pause, NULL);
     MHD_stop_daemon(s->daemon);
     s->daemon = NULL;
+    server_close_timing(s);
 }

@@ -10,6 +10,7 @@
 #include <microhttpd.h>
 #include <stdatomic.h>
 #include <stddef.h>
+#include <stdio.h>
 
 struct sim_server {
     const struct sim_config *cfg;
@@ -19,6 +20,7 @@ struct sim_server {
     atomic_int suspended;       /* suspended and not yet back in the handler */
     atomic_int suspended_max;   /* the most at once since start (GET /healthz: "max_waiting") */
     int port;                   /* the bound port (the flag may say 0) */
+    FILE *timing;               /* --timing-log, or NULL */
 };
 
 /* Binds and starts serving. Returns 0 or -1 (reason on stderr). */
