@@ -1,8 +1,9 @@
 #!/usr/bin/perl
 # osago-worker through infrastructure outages, one at a time, with work in flight:
 # the Kafka broker down for a few seconds (entries stay unacknowledged meanwhile), PostgreSQL
-# restarted, Redis restarted (append-only, so the stream survives). /readyz is 503 while a
-# dependency is down and 200 after; in the end nothing is lost and nothing duplicated.
+# restarted, the executor's PostgreSQL session hung mid-claim, Redis restarted (append-only, so
+# the stream survives). /readyz is 503 while a dependency is down and 200 after; in the end
+# nothing is lost and nothing duplicated.
 use strict;
 use warnings;
 use FindBin;
@@ -79,6 +80,32 @@ sub mid_run {
     ok(OsagoStack::wait_completed($pg, \@b, 60), 'the applications in flight complete');
 }
 
+# --- the executor's PostgreSQL session hangs mid-claim (its backend stopped) -----------------------
+# The claim is asynchronous: calls already running finish and their results are produced while
+# the claim waits; after 10 s the executor gives up on that connection and claims on a new one
+# (the hung backend still holds its row locks, so the tasks wait until it goes).
+{
+    my @a = batch(5);
+    ok(OsagoStack::wait_until(sub {
+        $pg->psql("SELECT count(*) FROM quotes WHERE status IN ('running', 'ok') AND application_id IN ("
+                  . OsagoStack::_in(\@a) . ')', quiet => 1) == 5 * @CODES }, 20, 0.02),
+       'claim hang: the first batch is claimed');
+    my $backend = $pg->psql("SELECT pid FROM pg_stat_activity WHERE application_name = 'osago-worker-executor'");
+    ok($backend && kill('STOP', $backend), "claim hang: the executor's backend ($backend) stopped");
+    my $t = time;
+    my @b = batch(5);
+    ok(OsagoStack::wait_completed($pg, \@a, 8),
+       sprintf('claim hang: the first batch completes meanwhile (%.1f s)', time - $t));
+    sleep 1;
+    is(OsagoStack::completed_count($pg, \@b), 0, 'claim hang: the second batch waits for its claim');
+    ok(OsagoStack::wait_until(sub { $w->log_text =~ /claim of \d+ tasks: PostgreSQL did not answer in time/ },
+                              15, 0.2),
+       sprintf('claim hang: the executor gives up on the session (%.1f s)', time - $t));
+    kill 'CONT', $backend;
+    ok(OsagoStack::wait_completed($pg, \@b, 60),
+       sprintf('claim hang: the second batch completes once the backend is gone (%.1f s)', time - $t));
+}
+
 # --- Redis restarted mid-run (append-only: the stream and the group survive) ----------------------
 {
     my @b = batch(5);
@@ -98,7 +125,7 @@ sub mid_run {
 OsagoStack::wait_until(sub {
     !grep { (OsagoStack::read_model($r, $_)->{doc}{status} // '') ne 'completed' } @all }, 20, 0.2);
 OsagoStack::check_all_done($pg, $r, \@all, \@CODES,
-                           'after all three outages: nothing lost, nothing duplicated');
+                           'after all four outages: nothing lost, nothing duplicated');
 my $bad = $pg->psql("SELECT count(*) FROM quotes WHERE status <> 'ok'");
 is($bad, 0, 'every quote ok (the insurers never failed)');
 is(OsagoStack::pending_count($r), 0, 'every intake entry acknowledged');

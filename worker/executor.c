@@ -5,12 +5,15 @@
  * same loop (never longer than EX_WAIT_MAX_MS between polls), so a 60 s insurer never stalls
  * the consumer nor trips max.poll.interval.ms. The calls' sockets sit in an epoll set that
  * curl maintains through its socket callback, so a loop costs what happened, not the number
- * of calls in flight (curl_multi_poll would poll all of them, every time). When max_in_flight
- * tasks are held the loop stops taking messages from the consumer (but for one poll a second,
- * which serves rebalances and max.poll.interval.ms); librdkafka's prefetch, bounded by its
- * queued.max.messages.kbytes, waits in memory. Pausing the partitions instead cost up to a
- * second of nothing after each resume (librdkafka decides to fetch again on its broker
- * thread's next round): at saturation the executor idled between bursts of max_in_flight.
+ * of calls in flight (curl_multi_poll would poll all of them, every time). The claim in
+ * PostgreSQL shares the loop the same way (its socket in the set, two pipelined round trips):
+ * waiting for it synchronously kept a quarter of the loop's time from curl at 500 tasks a
+ * second. When max_in_flight tasks are held the loop stops taking messages from the consumer
+ * (but for one poll a second, which serves rebalances and max.poll.interval.ms); librdkafka's
+ * prefetch, bounded by its queued.max.messages.kbytes, waits in memory. Pausing the partitions
+ * instead cost up to a second of nothing after each resume (librdkafka decides to fetch again
+ * on its broker thread's next round): at saturation the executor idled between bursts of
+ * max_in_flight.
  *
  * Offsets: tasks finish out of order, but a partition's offset may only move past work that is
  * durable. Each consumed message gets a ticket in its partition's queue; the offset stored is
@@ -63,6 +66,7 @@
 #define EX_WAIT_MAX_MS       100
 #define EX_RETRY_MS          1000
 #define EX_DEFER_MS          100      /* a quote locked by another transaction: claim again */
+#define EX_CLAIM_TIMEOUT_MS  10000    /* a claim round trip not back by then: connection dropped */
 #define EX_FULL_POLL_MS      1000     /* one poll a second while full: rebalances, liveness */
 #define EX_PRODUCE_BACKOFF_MAX_MS 30000   /* a failed produce of outcomes, tried again */
 #define EX_FINAL_PRODUCE_MS  2000         /* a stop waits this long for confirmations */
@@ -89,6 +93,7 @@ typedef struct part {
 
 typedef enum {
     ST_CLAIM = 0,    /* consumed; to be marked running in PostgreSQL */
+    ST_CLAIMING,     /* in the claim transaction in flight */
     ST_BACKLOG,      /* claimed; waiting for a free slot */
     ST_RUNNING,      /* the HTTP call is in the multi handle */
     ST_RETRY,        /* failed; waiting for its retry delay */
@@ -157,6 +162,12 @@ typedef struct {
     int64_t           polled_ms;     /* the last consumer poll */
     int               more_queued;   /* the last ex_consume stopped at its batch, with room */
     int64_t           claim_retry_ms;
+    int               claim_phase;   /* CL_*: the claim transaction in flight (ST_CLAIMING) */
+    int64_t           claim_due_ms;  /* its round trip's deadline */
+    int               claim_fd;      /* PostgreSQL's socket in epfd during a claim; -1 */
+    uint32_t          claim_events;  /* what claim_fd is watched for */
+    int               claim_queued;  /* CL_MARKING: 1 ex_claim, 2 ex_exists queued (bits) */
+    pg_pipe_t         claim_pipe;
     int64_t           produce_retry_ms;
     int64_t           produce_backoff_ms;
     int64_t           next_heartbeat_ms;
@@ -422,8 +433,8 @@ static void ex_accept(executor_t *x, const rd_kafka_message_t *m)
 /* Tasks held: each needs a slot, or holds memory while it waits for its retry. */
 static int ex_load(const executor_t *x)
 {
-    return x->lists[ST_CLAIM].n + x->lists[ST_BACKLOG].n + x->lists[ST_RUNNING].n
-           + x->lists[ST_RETRY].n;
+    return x->lists[ST_CLAIM].n + x->lists[ST_CLAIMING].n + x->lists[ST_BACKLOG].n
+           + x->lists[ST_RUNNING].n + x->lists[ST_RETRY].n;
 }
 
 /*
@@ -580,15 +591,6 @@ static PGresult *ex_exec(executor_t *x, const char *name, int n, const char *con
     return NULL;
 }
 
-static int ex_simple(executor_t *x, const char *sql)
-{
-    PGresult *res = PQexec(x->pg, sql);
-    int       ok = PQresultStatus(res) == PGRES_COMMAND_OK;
-
-    PQclear(res);
-    return ok ? 0 : -1;
-}
-
 typedef struct {
     char  *apps, *codes, *attempts;
 } ex_arrays_t;
@@ -640,26 +642,23 @@ static int ex_arrays(executor_t *x, const call_state_t *states, int nstates, int
 /* What one claim transaction decided for a call (call_t.mark). */
 enum { MK_LOCKED_ELSEWHERE = 0, MK_LOCKED, MK_CLAIMED, MK_REFUSED, MK_MISSING };
 
-/* Runs a claim statement on the calls marked `mark`; NULL when there are none (*none set) or
- * on an error. */
-static PGresult *ex_claim_stmt(executor_t *x, const char *name, int nparams, int mark,
-                               int *none)
+/* Queues a claim statement over the calls in ST_CLAIMING marked `mark` (-1: all): 1, 0 when
+ * none is so marked, -1 on an error. */
+static int ex_claim_queue(executor_t *x, const char *name, int nparams, int mark)
 {
-    static const call_state_t st[] = { ST_CLAIM };
+    static const call_state_t st[] = { ST_CLAIMING };
     ex_arrays_t               a = { NULL, NULL, NULL };
     const char               *params[3];
-    PGresult                 *res = NULL;
-    int                       n = ex_arrays(x, st, 1, mark, &a);
+    int                       n = ex_arrays(x, st, 1, mark, &a), rc = n < 0 ? -1 : 0;
 
-    *none = n == 0;
     if (n > 0) {
         params[0] = a.apps;
         params[1] = a.codes;
         params[2] = a.attempts;
-        res = ex_exec(x, name, nparams, params);
+        rc = pg_pipe_stmt(x->pg, &x->claim_pipe, name, NULL, nparams, params) == 0 ? 1 : -1;
     }
     ex_arrays_free(&a);
-    return res;
+    return rc;
 }
 
 /* Sets mark to `to` on every call marked `from` whose (app, insurer[, attempt]) is a row of
@@ -669,7 +668,7 @@ static void ex_mark_rows(executor_t *x, PGresult *res, int from, int to, int wit
     int   rows = PQntuples(res);
     char *taken = calloc((size_t) rows + 1, 1);
 
-    for (call_t *c = x->lists[ST_CLAIM].head; c != NULL && taken != NULL; c = c->next) {
+    for (call_t *c = x->lists[ST_CLAIMING].head; c != NULL && taken != NULL; c = c->next) {
         if (c->mark != from)
             continue;
         for (int i = 0; i < rows; i++) {
@@ -685,52 +684,141 @@ static void ex_mark_rows(executor_t *x, PGresult *res, int from, int to, int wit
     free(taken);
 }
 
-/* The claim transaction's statements; marks every call in ST_CLAIM. 0, or -1. */
-static int ex_claim_marks(executor_t *x)
-{
-    PGresult *res;
-    int       none;
+/*
+ * The claim transaction runs beside the calls, never in the way of this loop: two round trips
+ * in libpq's pipeline mode, each answered when PostgreSQL's socket is readable.
+ *   CL_LOCKING: BEGIN, ex_lock (every call in ST_CLAIMING);
+ *   CL_MARKING: ex_claim (the locked ones), ex_exists (the others), COMMIT.
+ * The second round trip's statements depend on what the first locked. A failure of any kind
+ * drops the connection (PostgreSQL rolls the transaction back) and the calls are claimed again
+ * after EX_RETRY_MS on a new one.
+ */
+enum { CL_IDLE = 0, CL_LOCKING, CL_MARKING };
+enum { CQ_CLAIM = 1, CQ_EXISTS = 2 };
 
-    for (call_t *c = x->lists[ST_CLAIM].head; c != NULL; c = c->next)
-        c->mark = MK_LOCKED_ELSEWHERE;
-    if ((res = ex_claim_stmt(x, "ex_lock", 2, -1, &none)) == NULL)
-        return none ? 0 : -1;
-    ex_mark_rows(x, res, MK_LOCKED_ELSEWHERE, MK_LOCKED, 0);
-    PQclear(res);
-    if ((res = ex_claim_stmt(x, "ex_claim", 3, MK_LOCKED, &none)) == NULL && !none)
+static int ex_claim_watch(executor_t *x, int want_write)
+{
+    struct epoll_event ev = { 0 };
+    uint32_t           events = EPOLLIN | (want_write ? EPOLLOUT : 0);
+
+    if (x->claim_fd >= 0 && events == x->claim_events)
+        return 0;
+    ev.events = events;
+    ev.data.fd = PQsocket(x->pg);
+    if (epoll_ctl(x->epfd, x->claim_fd < 0 ? EPOLL_CTL_ADD : EPOLL_CTL_MOD, ev.data.fd, &ev) != 0)
         return -1;
-    if (res != NULL) {
-        ex_mark_rows(x, res, MK_LOCKED, MK_CLAIMED, 1);
-        PQclear(res);
-    }
-    for (call_t *c = x->lists[ST_CLAIM].head; c != NULL; c = c->next)
-        if (c->mark == MK_LOCKED)
-            c->mark = MK_REFUSED;
-    /* what was not locked either exists (held by another transaction) or does not */
-    if ((res = ex_claim_stmt(x, "ex_exists", 2, MK_LOCKED_ELSEWHERE, &none)) == NULL && !none)
-        return -1;
-    if (res != NULL) {
-        for (call_t *c = x->lists[ST_CLAIM].head; c != NULL; c = c->next)
-            if (c->mark == MK_LOCKED_ELSEWHERE)
-                c->mark = MK_MISSING;
-        ex_mark_rows(x, res, MK_MISSING, MK_LOCKED_ELSEWHERE, 0);
-        PQclear(res);
-    }
+    x->claim_fd = ev.data.fd;
+    x->claim_events = events;
     return 0;
 }
 
-/* After the COMMIT: claimed calls wait for a slot, refused ones are done, deferred ones stay. */
+/* Before the connection closes: its number may be curl's next socket. */
+static void ex_claim_unwatch(executor_t *x)
+{
+    if (x->claim_fd >= 0)
+        (void) epoll_ctl(x->epfd, EPOLL_CTL_DEL, x->claim_fd, NULL);
+    x->claim_fd = -1;
+}
+
+static int ex_claim_send(executor_t *x, int phase)
+{
+    int flushed = pg_pipe_sync(x->pg);
+
+    if (flushed < 0 || ex_claim_watch(x, flushed == 1) != 0)
+        return -1;
+    x->claim_phase = phase;
+    x->claim_due_ms = ex_now_ms() + EX_CLAIM_TIMEOUT_MS;
+    return 0;
+}
+
+static void ex_claim_fail(executor_t *x, const char *why)
+{
+    call_t *c;
+
+    if (ex_warn_due(x))
+        wlog(LOG_WARN, EX_ROLE, NULL, "pg_error", "claim of %d tasks: %s; claimed again shortly",
+             x->lists[ST_CLAIMING].n, why);
+    ex_claim_unwatch(x);
+    pg_pipe_clear(&x->claim_pipe);
+    if (x->pg != NULL)
+        PQfinish(x->pg);
+    x->pg = NULL;
+    while ((c = x->lists[ST_CLAIMING].head) != NULL)
+        ex_move(x, c, ST_CLAIM);
+    x->claim_phase = CL_IDLE;
+    x->claim_retry_ms = ex_now_ms() + EX_RETRY_MS;
+}
+
+static void ex_claim_start(executor_t *x)
+{
+    call_t *c;
+
+    if (x->lists[ST_CLAIM].n == 0 || ex_now_ms() < x->claim_retry_ms)
+        return;
+    if (ex_ready(x) != 0) {
+        x->claim_retry_ms = ex_now_ms() + EX_RETRY_MS;
+        return;
+    }
+    while ((c = x->lists[ST_CLAIM].head) != NULL) {
+        c->mark = MK_LOCKED_ELSEWHERE;
+        ex_move(x, c, ST_CLAIMING);
+    }
+    if (pg_pipe_begin(x->pg, &x->claim_pipe) != 0
+        || pg_pipe_stmt(x->pg, &x->claim_pipe, NULL, "BEGIN", 0, NULL) != 0
+        || ex_claim_queue(x, "ex_lock", 2, -1) != 1 || ex_claim_send(x, CL_LOCKING) != 0)
+        ex_claim_fail(x, PQerrorMessage(x->pg));
+}
+
+/* The locks are ours: mark what they cover, ask about the rest, commit. */
+static void ex_claim_locked(executor_t *x)
+{
+    int claim = 0, exists = 0;
+
+    ex_mark_rows(x, x->claim_pipe.res[1], MK_LOCKED_ELSEWHERE, MK_LOCKED, 0);
+    if (pg_pipe_begin(x->pg, &x->claim_pipe) != 0
+        || (claim = ex_claim_queue(x, "ex_claim", 3, MK_LOCKED)) < 0
+        || (exists = ex_claim_queue(x, "ex_exists", 2, MK_LOCKED_ELSEWHERE)) < 0
+        || pg_pipe_stmt(x->pg, &x->claim_pipe, NULL, "COMMIT", 0, NULL) != 0
+        || ex_claim_send(x, CL_MARKING) != 0) {
+        ex_claim_fail(x, PQerrorMessage(x->pg));
+        return;
+    }
+    x->claim_queued = (claim ? CQ_CLAIM : 0) | (exists ? CQ_EXISTS : 0);
+}
+
+/* Committed: every call in ST_CLAIMING gets its mark. */
+static void ex_claim_marked(executor_t *x)
+{
+    PGresult *const *res = x->claim_pipe.res;
+    int              i = 0;
+
+    if (x->claim_queued & CQ_CLAIM)
+        ex_mark_rows(x, res[i++], MK_LOCKED, MK_CLAIMED, 1);
+    for (call_t *c = x->lists[ST_CLAIMING].head; c != NULL; c = c->next)
+        if (c->mark == MK_LOCKED)
+            c->mark = MK_REFUSED;
+    /* what was not locked either exists (held by another transaction) or does not */
+    if (x->claim_queued & CQ_EXISTS) {
+        for (call_t *c = x->lists[ST_CLAIMING].head; c != NULL; c = c->next)
+            if (c->mark == MK_LOCKED_ELSEWHERE)
+                c->mark = MK_MISSING;
+        ex_mark_rows(x, res[i], MK_MISSING, MK_LOCKED_ELSEWHERE, 0);
+    }
+}
+
+/* Claimed calls wait for a slot, refused ones are done, deferred ones go back to ST_CLAIM. */
 static void ex_claim_apply(executor_t *x)
 {
     call_t *c, *next;
     int     deferred = 0;
 
-    for (c = x->lists[ST_CLAIM].head; c != NULL; c = next) {
+    for (c = x->lists[ST_CLAIMING].head; c != NULL; c = next) {
         next = c->next;
         if (c->mark == MK_CLAIMED) {
             atomic_fetch_add(&x->w->metrics->tasks_started, 1);
             ex_move(x, c, ST_BACKLOG);
         } else if (c->mark == MK_LOCKED_ELSEWHERE) {
+            ex_move(x, c, ST_CLAIM);
             deferred++;
         } else {
             wlog(LOG_DEBUG, EX_ROLE, c->traceparent, "task_skipped", "%s/%s attempt %d: %s",
@@ -745,20 +833,67 @@ static void ex_claim_apply(executor_t *x)
         x->claim_retry_ms = ex_now_ms() + EX_DEFER_MS;
 }
 
+/* The claim in flight, when its socket is ready (the event is taken from this loop's list). */
+static void ex_claim_progress(executor_t *x)
+{
+    char why[256];
+    int  ready = 0, want_write = 0, rc;
+
+    for (int i = 0; i < x->nevents; i++) {
+        if (x->events[i].data.fd == x->claim_fd) {
+            x->events[i].data.fd = -1;
+            ready = 1;
+        }
+    }
+    if (!ready) {
+        if (ex_now_ms() >= x->claim_due_ms)
+            ex_claim_fail(x, "PostgreSQL did not answer in time");
+        return;
+    }
+    rc = pg_pipe_collect(x->pg, &x->claim_pipe, &want_write);
+    if (rc < 0) {
+        ex_claim_fail(x, PQerrorMessage(x->pg));
+        return;
+    }
+    if (rc == 0) {
+        if (ex_claim_watch(x, want_write) != 0)
+            ex_claim_fail(x, "epoll_ctl failed");
+        return;
+    }
+    if (pg_pipe_error(&x->claim_pipe, why, sizeof(why)) != NULL) {
+        ex_claim_fail(x, why);
+        return;
+    }
+    if (x->claim_phase == CL_LOCKING) {
+        ex_claim_locked(x);
+        return;
+    }
+    ex_claim_marked(x);
+    pg_pipe_clear(&x->claim_pipe);
+    ex_claim_unwatch(x);
+    x->claim_phase = CL_IDLE;
+    ex_claim_apply(x);
+}
+
 static void ex_claim(executor_t *x)
 {
-    if (x->lists[ST_CLAIM].n == 0 || ex_now_ms() < x->claim_retry_ms)
-        return;
-    if (ex_ready(x) != 0 || ex_simple(x, "BEGIN") != 0) {
-        x->claim_retry_ms = ex_now_ms() + EX_RETRY_MS;
-        return;
+    if (x->claim_phase != CL_IDLE)
+        ex_claim_progress(x);
+    if (x->claim_phase == CL_IDLE)      /* the calls that came meanwhile, without another loop */
+        ex_claim_start(x);
+}
+
+/* Stopping: the claim in flight ends, one way or the other, within EX_CLAIM_TIMEOUT_MS (the
+ * calls' own events it waits through are of no more use). */
+static void ex_claim_finish(executor_t *x)
+{
+    while (x->claim_phase != CL_IDLE) {
+        int n = epoll_wait(x->epfd, x->events, EX_EPOLL_EVENTS, 100);
+
+        x->nevents = n > 0 ? n : 0;
+        ex_claim_progress(x);
     }
-    if (ex_claim_marks(x) != 0 || ex_simple(x, "COMMIT") != 0) {
-        ex_simple(x, "ROLLBACK");
-        x->claim_retry_ms = ex_now_ms() + EX_RETRY_MS;
-        return;
-    }
-    ex_claim_apply(x);
+    x->nevents = 0;
 }
 
 /* One UPDATE for every task this executor holds, so the sweeper leaves them alone. */
@@ -770,7 +905,8 @@ static void ex_heartbeat(executor_t *x)
     PGresult                 *res;
     int64_t                   now = ex_now_ms();
 
-    if (now < x->next_heartbeat_ms)
+    /* the connection is the claim's until its round trips are back */
+    if (now < x->next_heartbeat_ms || x->claim_phase != CL_IDLE)
         return;
     x->next_heartbeat_ms = now + (int64_t) x->w->cfg->heartbeat_s * 1000;
     if (x->lists[ST_BACKLOG].n + x->lists[ST_RUNNING].n + x->lists[ST_RETRY].n
@@ -1188,7 +1324,7 @@ static void ex_perform(executor_t *x)
         const struct epoll_event *ev = &x->events[i];
         int                       flags = 0;
 
-        if (ev->data.fd == x->wake[0])
+        if (ev->data.fd == x->wake[0] || ev->data.fd < 0)   /* < 0: taken by the claim */
             continue;
         flags |= ev->events & EPOLLIN ? CURL_CSELECT_IN : 0;
         flags |= ev->events & EPOLLOUT ? CURL_CSELECT_OUT : 0;
@@ -1348,7 +1484,9 @@ static void ex_wait(executor_t *x)
     int64_t until = now + EX_WAIT_MAX_MS;
     int     n;
 
-    if (x->lists[ST_CLAIM].n > 0)
+    if (x->claim_phase != CL_IDLE)
+        until = ex_min(until, x->claim_due_ms);
+    else if (x->lists[ST_CLAIM].n > 0)
         until = ex_min(until, x->claim_retry_ms);
     if ((x->lists[ST_BACKLOG].n > 0 && x->lists[ST_RUNNING].n < x->w->cfg->max_in_flight)
         || x->more_queued)
@@ -1479,6 +1617,7 @@ static void ex_cleanup(executor_t *x)
         }
         ex_sent_check(x);
         ex_store_offsets(x);
+        ex_claim_finish(x);
         ex_release(x);
     }
     for (int s = 0; s < ST_N; s++) {
@@ -1535,6 +1674,7 @@ void *executor_main(void *arg)
     }
     x->w = w;
     x->epfd = -1;
+    x->claim_fd = -1;
     if (ex_init(x) == 0) {
         wlog(LOG_INFO, EX_ROLE, NULL, "role_started", "group %s, max_in_flight %d", EX_GROUP,
              w->cfg->max_in_flight);

@@ -175,3 +175,82 @@ char *pg_text_array(const char *const *values, int n)
     snprintf(buf + len, cap - len, "}");
     return buf;
 }
+
+
+/* ---- pipelined round trips -------------------------------------------------------------------- */
+
+int pg_pipe_begin(PGconn *conn, pg_pipe_t *p)
+{
+    pg_pipe_clear(p);
+    if (PQstatus(conn) != CONNECTION_OK || PQsetnonblocking(conn, 1) != 0)
+        return -1;
+    return PQpipelineStatus(conn) == PQ_PIPELINE_ON || PQenterPipelineMode(conn) ? 0 : -1;
+}
+
+int pg_pipe_stmt(PGconn *conn, pg_pipe_t *p, const char *name, const char *sql, int nparams,
+                 const char *const *params)
+{
+    int ok = name != NULL ? PQsendQueryPrepared(conn, name, nparams, params, NULL, NULL, 0)
+                          : PQsendQueryParams(conn, sql, 0, NULL, NULL, NULL, NULL, 0);
+
+    if (!ok || p->queued >= PG_PIPE_MAX)
+        return -1;
+    p->queued++;
+    return 0;
+}
+
+int pg_pipe_sync(PGconn *conn)
+{
+    return PQpipelineSync(conn) ? PQflush(conn) : -1;
+}
+
+int pg_pipe_collect(PGconn *conn, pg_pipe_t *p, int *want_write)
+{
+    int flushed = PQflush(conn);
+
+    *want_write = flushed == 1;
+    if (flushed < 0 || !PQconsumeInput(conn))
+        return -1;
+    /* each statement's results end with a NULL; the sync's own result ends the round trip. The
+     * bound only guards against a libpq that never says busy: it is well above what comes. */
+    for (int i = 0; i < 4 * PG_PIPE_MAX + 4 && !PQisBusy(conn); i++) {
+        PGresult *r = PQgetResult(conn);
+
+        if (r == NULL)
+            continue;
+        if (PQresultStatus(r) == PGRES_PIPELINE_SYNC) {
+            PQclear(r);
+            return PQexitPipelineMode(conn) ? 1 : -1;
+        }
+        if (p->n < PG_PIPE_MAX)
+            p->res[p->n++] = r;
+        else
+            PQclear(r);
+    }
+    return PQstatus(conn) == CONNECTION_OK ? 0 : -1;
+}
+
+void pg_pipe_clear(pg_pipe_t *p)
+{
+    for (int i = 0; i < p->n; i++)
+        PQclear(p->res[i]);
+    p->n = p->queued = 0;
+}
+
+const char *pg_pipe_error(const pg_pipe_t *p, char *buf, size_t size)
+{
+    for (int i = 0; i < p->n; i++) {
+        ExecStatusType st = PQresultStatus(p->res[i]);
+
+        if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK)
+            continue;
+        one_line(st == PGRES_PIPELINE_ABORTED ? "aborted by an earlier error"
+                                              : PQresultErrorMessage(p->res[i]), buf, size);
+        return buf;
+    }
+    if (p->n < p->queued) {
+        snprintf(buf, size, "%d of %d results", p->n, p->queued);
+        return buf;
+    }
+    return NULL;
+}

@@ -52,6 +52,44 @@ static inline PGresult *pg_exec_prepared(PGconn *conn, const char *name, const c
 PGresult *pg_run_prepared(PGconn *conn, const char *role, const char *name, const char *sql,
                           int nparams, const char *const *params);
 
+/* ---- a transaction's statements in one round trip, without blocking (the executor) ----------
+ *
+ * libpq's pipeline mode: pg_pipe_begin enters it, pg_pipe_stmt queues statements, pg_pipe_sync
+ * ends the round trip and sends it; pg_pipe_collect, called whenever the socket is readable (or
+ * writable while pg_pipe_sync or pg_pipe_collect said 1), gathers the results in order until
+ * the sync comes back and leaves pipeline mode. The connection is non-blocking from
+ * pg_pipe_begin on; PQexec and friends still work on it between round trips (they block).
+ */
+#define PG_PIPE_MAX 4
+
+typedef struct {
+    PGresult *res[PG_PIPE_MAX];   /* in the order queued: one per statement */
+    int       n;
+    int       queued;
+} pg_pipe_t;
+
+/* 0, or -1 (the connection is not usable). */
+int pg_pipe_begin(PGconn *conn, pg_pipe_t *p);
+
+/* Queues a prepared statement, or with name == NULL the parameterless `sql` (BEGIN, COMMIT).
+ * 0, or -1. */
+int pg_pipe_stmt(PGconn *conn, pg_pipe_t *p, const char *name, const char *sql, int nparams,
+                 const char *const *params);
+
+/* Sends what was queued: 0 all written, 1 the socket must become writable first, -1 error. */
+int pg_pipe_sync(PGconn *conn);
+
+/* 1: every result is in p (check each one's status) and pipeline mode is left; 0: not yet
+ * (*want_write says whether to wait for the socket to be writable too); -1: the connection
+ * failed (finish it). */
+int pg_pipe_collect(PGconn *conn, pg_pipe_t *p, int *want_write);
+
+/* Clears the results; the pipe can be used again. */
+void pg_pipe_clear(pg_pipe_t *p);
+
+/* The first result that is not COMMAND_OK or TUPLES_OK, as one line in buf; NULL if none. */
+const char *pg_pipe_error(const pg_pipe_t *p, char *buf, size_t size);
+
 /* A PostgreSQL text[] literal "{a,b,...}" of values that need no quoting (UUIDs, insurer codes):
  * malloc'd, NULL when out of memory. */
 char *pg_text_array(const char *const *values, int n);
