@@ -40,8 +40,16 @@ typedef struct {
 const char *event_topic(event_type_t type);      /* "osago.application.created", ... */
 const char *event_type_name(event_type_t type);  /* "OsagoApplicationCreated", ... */
 
+/* Random bytes for ids, drawn from the kernel a block at a time by a thread that makes many
+ * (the executor: two ids per insurer call, the orchestrator: one per task); NULL where the
+ * functions below take one draws each id on its own. Zero-initialise; one per thread. */
+typedef struct {
+    unsigned char buf[512];
+    size_t        left;         /* unused bytes at the end of buf */
+} id_pool_t;
+
 /* Fills event_id (random UUID v4) and occurred_at_ms (now). */
-void event_stamp(osago_event_t *ev);
+void event_stamp(osago_event_t *ev, id_pool_t *pool);
 
 /* Returns malloc'd JSON (*len set), or NULL. */
 char *event_encode(const osago_event_t *ev, size_t *len);
@@ -61,9 +69,10 @@ int  event_uuid_valid(const char *s);          /* 8-4-4-4-12 hex digits (either 
 int  event_code_valid(const char *s);          /* insurer code: [a-z0-9_-]{1,32} */
 int  event_traceparent_valid(const char *s);   /* "00-<32 hex>-<16 hex>-<2 hex>", lower case,
                                                   ids not all zero */
-void event_traceparent_new(char out[56]);      /* a new trace (random ids, sampled) */
-void event_traceparent_child(const char *parent, char out[56]);  /* same trace id, new span id;
-                                                  a new trace when parent is not valid */
+void event_traceparent_new(char out[56], id_pool_t *pool);   /* a new trace (random ids, sampled) */
+void event_traceparent_child(const char *parent, char out[56], id_pool_t *pool);
+                                               /* same trace id, new span id; a new trace when
+                                                  parent is not valid */
 
 /* Replaces every byte that is not part of valid UTF-8 with '?', in place (the length stays):
  * text quoted from an insurer's answer must not make a JSON event or log line invalid. */

@@ -50,6 +50,7 @@ typedef struct {
     long long      last_kafka_warn_ms;
     orch_item_t    items[ORCH_BATCH];
     int            n;
+    id_pool_t      ids;             /* ten tasks an application, an id each */
 } orch_t;
 
 static int64_t orch_now_ms(void)
@@ -161,7 +162,7 @@ static const char orch_sql[] =
     " SELECT application_id::text, insurer_code, status FROM quotes"
     "  WHERE application_id IN (SELECT id FROM apps)";
 
-static void orch_add_task(orch_item_t *it, const char *code)
+static void orch_add_task(orch_item_t *it, const char *code, id_pool_t *ids)
 {
     osago_event_t *t = &it->tasks[it->n_tasks++];
 
@@ -172,7 +173,7 @@ static void orch_add_task(orch_item_t *it, const char *code)
     snprintf(t->insurer, sizeof(t->insurer), "%s", code);
     t->attempt = 1;
     t->payload = it->created.payload;
-    event_stamp(t);
+    event_stamp(t, ids);
 }
 
 static void orch_add_started(orch_item_t *it, const char *code)
@@ -184,7 +185,7 @@ static void orch_add_started(orch_item_t *it, const char *code)
 }
 
 /* Builds Started and the Tasks of one application from its rows (id, code, status). */
-static int orch_build_events(orch_item_t *it, PGresult *res)
+static int orch_build_events(orch_item_t *it, PGresult *res, id_pool_t *ids)
 {
     int rows = PQntuples(res), mine = 0;
 
@@ -205,7 +206,7 @@ static int orch_build_events(orch_item_t *it, PGresult *res)
              it->created.application_id);
     snprintf(it->started.traceparent, sizeof(it->started.traceparent), "%s",
              it->created.traceparent);
-    event_stamp(&it->started);
+    event_stamp(&it->started, ids);
     for (int i = 0; i < rows; i++) {
         const char *code = PQgetvalue(res, i, 1);
         const char *status = PQgetvalue(res, i, 2);
@@ -215,7 +216,7 @@ static int orch_build_events(orch_item_t *it, PGresult *res)
         orch_add_started(it, code);
         /* a quote already answered needs no task (a redelivered Created) */
         if (strcmp(status, "ok") != 0 && strcmp(status, "error") != 0)
-            orch_add_task(it, code);
+            orch_add_task(it, code, ids);
     }
     return 0;
 }
@@ -252,7 +253,7 @@ static int orch_store(orch_t *o)
 
         if (!it->valid || it->stored)
             continue;
-        rc = orch_build_events(it, res);
+        rc = orch_build_events(it, res, &o->ids);
         it->stored = rc == 0;
     }
     PQclear(res);

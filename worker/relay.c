@@ -233,7 +233,7 @@ static void relay_parse_entry(const redisReply *entry, relay_entry_t *e)
         snprintf(e->ev.traceparent, sizeof(e->ev.traceparent), "%s", trace->str);
     } else {
         /* a bad trace id is no reason to lose an application: start a new trace */
-        event_traceparent_new(e->ev.traceparent);
+        event_traceparent_new(e->ev.traceparent, NULL);
         wlog(LOG_WARN, RELAY_ROLE, e->ev.traceparent, "intake_trace_replaced",
              "entry %s (%s): trace %s, a new trace starts here", e->id, e->ev.application_id,
              trace == NULL ? "missing" : "malformed");
@@ -243,7 +243,7 @@ static void relay_parse_entry(const redisReply *entry, relay_entry_t *e)
         e->oom = 1;                   /* not the entry's fault: retried, never acknowledged */
         return;
     }
-    event_stamp(&e->ev);
+    event_stamp(&e->ev, NULL);
     /* what Kafka would refuse to carry is refused here, where it can be acknowledged */
     if (event_validate(&e->ev, e->reason, sizeof(e->reason)) != 0)
         return;

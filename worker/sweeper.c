@@ -99,8 +99,8 @@ static void sweep_fill_task(osago_event_t *t, PGresult *res, int row)
     snprintf(t->traceparent, sizeof(t->traceparent), "%s", PQgetvalue(res, row, 4));
     /* one event Kafka would refuse fails the whole batch, every sweep: never send one */
     if (!event_traceparent_valid(t->traceparent))
-        event_traceparent_new(t->traceparent);
-    event_stamp(t);
+        event_traceparent_new(t->traceparent, NULL);
+    event_stamp(t, NULL);
 }
 
 /* "{a,b,...}" of one column: uuids and insurer codes need no quoting. */

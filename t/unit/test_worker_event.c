@@ -713,9 +713,10 @@ static void test_encode_sanitizes_error(void **state)
 static void test_stamp(void **state)
 {
     static osago_event_t evs[256];
+    id_pool_t pool = { .left = 0 };
     (void)state;
     for (int i = 0; i < 256; i++) {
-        event_stamp(&evs[i]);
+        event_stamp(&evs[i], i % 2 ? &pool : NULL);   /* pooled and not */
         const char *id = evs[i].event_id;
         assert_true(event_uuid_valid(id));
         assert_int_equal(id[14], '4');                       /* version 4 */
@@ -735,27 +736,27 @@ static void test_traceparent(void **state)
 {
     char a[56], b[56], c[56];
     (void)state;
-    event_traceparent_new(a);
-    event_traceparent_new(b);
+    event_traceparent_new(a, NULL);
+    event_traceparent_new(b, NULL);
     assert_int_equal(strlen(a), 55);
     assert_true(event_traceparent_valid(a));
     assert_string_not_equal(a, b);
     assert_memory_equal(a, "00-", 3);
     assert_string_equal(a + 52, "-01");
 
-    event_traceparent_child(a, c);
+    event_traceparent_child(a, c, NULL);
     assert_true(event_traceparent_valid(c));
     assert_memory_equal(a, c, 35);                   /* same trace id */
     assert_memory_not_equal(a + 36, c + 36, 16);     /* new parent id */
     assert_string_equal(c + 52, "-01");
 
-    event_traceparent_child("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00", c);
+    event_traceparent_child("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00", c, NULL);
     assert_memory_equal(c, "00-4bf92f3577b34da6a3ce929d0e0e4736-", 36);
     assert_string_equal(c + 52, "-00");              /* flags kept */
 
-    event_traceparent_child("garbage", c);           /* a new trace instead */
+    event_traceparent_child("garbage", c, NULL);     /* a new trace instead */
     assert_true(event_traceparent_valid(c));
-    event_traceparent_child(NULL, c);
+    event_traceparent_child(NULL, c, NULL);
     assert_true(event_traceparent_valid(c));
 
     assert_true(event_uuid_valid("7C9E6679-7425-40DE-944B-E07FC1F90AE7"));
@@ -765,6 +766,24 @@ static void test_traceparent(void **state)
     assert_false(event_code_valid("abcdefghijabcdefghijabcdefghij_-x"));
     assert_false(event_code_valid(""));
     assert_false(event_code_valid("A"));
+}
+
+/* The id pool: ids differ across its refills, and what it served is not left in it. */
+static void test_id_pool(void **state)
+{
+    id_pool_t pool = { .left = 0 };
+    char seen[100][56];
+    (void)state;
+    for (int i = 0; i < 100; i++) {          /* 100 spans of 8 bytes: one refill of 512 and more */
+        event_traceparent_child("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                                seen[i], &pool);
+        assert_true(event_traceparent_valid(seen[i]));
+        for (int j = 0; j < i; j++)
+            assert_string_not_equal(seen[j] + 36, seen[i] + 36);
+    }
+    assert_true(pool.left < sizeof(pool.buf));
+    for (size_t k = pool.left; k < sizeof(pool.buf); k++)
+        assert_int_equal(pool.buf[k], 0);
 }
 
 int main(void)
@@ -790,6 +809,7 @@ int main(void)
         cmocka_unit_test(test_encode_sanitizes_error),
         cmocka_unit_test(test_stamp),
         cmocka_unit_test(test_traceparent),
+        cmocka_unit_test(test_id_pool),
     };
     return cmocka_run_group_tests_name("worker event codec", tests, NULL, NULL);
 }
