@@ -764,6 +764,10 @@ static void ex_claim_start(executor_t *x)
 
     if (x->lists[ST_CLAIM].n == 0 || ex_now_ms() < x->claim_retry_ms)
         return;
+    /* under a steady stream of tasks one claim follows another: the heartbeat, due, takes the
+     * connection first (ex_heartbeat, later in this loop), or running quotes would go stale */
+    if (ex_now_ms() >= x->next_heartbeat_ms)
+        return;
     if (ex_ready(x) != 0) {
         x->claim_retry_ms = ex_now_ms() + EX_RETRY_MS;
         return;
