@@ -190,10 +190,10 @@ int pg_pipe_begin(PGconn *conn, pg_pipe_t *p)
 int pg_pipe_stmt(PGconn *conn, pg_pipe_t *p, const char *name, const char *sql, int nparams,
                  const char *const *params)
 {
-    int ok = name != NULL ? PQsendQueryPrepared(conn, name, nparams, params, NULL, NULL, 0)
-                          : PQsendQueryParams(conn, sql, 0, NULL, NULL, NULL, NULL, 0);
-
-    if (!ok || p->queued >= PG_PIPE_MAX)
+    if (p->queued >= PG_PIPE_MAX)
+        return -1;
+    if (!(name != NULL ? PQsendQueryPrepared(conn, name, nparams, params, NULL, NULL, 0)
+                       : PQsendQueryParams(conn, sql, 0, NULL, NULL, NULL, NULL, 0)))
         return -1;
     p->queued++;
     return 0;
