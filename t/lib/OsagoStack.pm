@@ -473,16 +473,23 @@ sub new {
     my ($class, %opt) = @_;
     my $bin = OsagoStack::tool_bin('devbroker') or croak 'devbroker not built (make build/devbroker)';
     my $dir = OsagoTest::_tempdir('devbroker');
-    my $self = bless { dir => $dir, port => $opt{port} // OsagoTest::free_port(),
-                       control_port => OsagoTest::free_port(), owner => $$ }, $class;
+    my $self = bless { dir => $dir, owner => $$ }, $class;
     OsagoTest::_register($self);
-    my ($pid, $r) = OsagoStack::_spawn(
-        cmd => [ $bin, '--listen', "127.0.0.1:$self->{port}",
-                 '--control', "127.0.0.1:$self->{control_port}", @{ $opt{args} || [] } ],
-        stderr => "$dir/devbroker.log", ready => 1);
-    $self->{pid} = $pid;
-    $self->{rpipe} = $r;
-    my $out = OsagoStack::_read_ready($r, qr/\n/, 20);
+    my $out;
+    # a free port can be taken by a test running beside this one before devbroker binds it
+    for my $try (1 .. 5) {
+        $self->{port} = $opt{port} // OsagoTest::free_port();
+        $self->{control_port} = OsagoTest::free_port();
+        my ($pid, $r) = OsagoStack::_spawn(
+            cmd => [ $bin, '--listen', "127.0.0.1:$self->{port}",
+                     '--control', "127.0.0.1:$self->{control_port}", @{ $opt{args} || [] } ],
+            stderr => "$dir/devbroker.log", ready => 1);
+        $self->{pid} = $pid;
+        $self->{rpipe} = $r;
+        $out = OsagoStack::_read_ready($r, qr/\n/, 20);
+        last if $out =~ /^devbroker: ready/ || $opt{port} || $self->log !~ /Address already in use/;
+        $self->stop;
+    }
     croak "devbroker did not start: $out\n" . $self->log
         unless $out =~ /^devbroker: ready bootstrap=(\S+)/;
     $self->{bootstrap} = $1;
