@@ -203,12 +203,12 @@ awk -v ins="$INSURER_MS" -v since="$SINCE" '
         print b[$1] - a[$1], c[$1] - b[$1], d[$1] - c[$1] - ins, $2 - d[$1]
     }' "$WORK/injected" "$WORK/t_created" "$WORK/t_task" "$WORK/t_result" "$WORK/completed" \
     > "$WORK/stages"
-pcts() {  # column -> "p50 / p99"
-    cut -d' ' -f"$1" "$WORK/stages" | sort -n |
-        awk '{ v[NR] = $1 } END { if (NR == 0) { print "-"; exit }
-                                  k = int(NR * .99) + 1; if (k > NR) k = NR
-                                  print v[int(NR * .5) + 1] " / " v[k] " ms" }'
+pct() {  # numbers on stdin -> "p50 / p99", or "-"
+    sort -n | awk '{ v[NR] = $1 } END { if (NR == 0) { print "-"; exit }
+                                        k = int(NR * .99) + 1; if (k > NR) k = NR
+                                        print v[int(NR * .5) + 1] " / " v[k] }'
 }
+pcts() { echo "$(cut -d' ' -f"$1" "$WORK/stages" | pct) ms"; }   # column -> "p50 / p99 ms"
 STAGES="relay (intake → Created) $(pcts 1); orchestrator (Created → first Task) $(pcts 2); \
 executor (first Task → last result, minus the insurer) $(pcts 3); results (last result → \
 completed) $(pcts 4); p50 / p99 over $(wc -l < "$WORK/stages") applications"
@@ -229,8 +229,6 @@ read -r DONE APS P50 P99 A50 A99 <<<"$STATS"
 # "minus the slowest insurer's time" with the insurers' time as insurer-sim measured it
 # (request in to answer out): on a saturated machine the simulated insurers slow down too,
 # and the table's figures charge that to the worker
-pct() { sort -n | awk '{ v[NR] = $1 } END { if (NR == 0) { print "- / -"; exit }
-                        k = int(NR * .99) + 1; if (k > NR) k = NR; print v[int(NR * .5) + 1] " / " v[k] }'; }
 awk '{ d = $4 - $3; if (!($1 in t) || d > t[$1]) t[$1] = d } END { for (k in t) print k, t[k] }' \
     "$WORK/sim-timing" > "$WORK/slowest"
 SIM_OWN=$(awk '{ print $4 - $3 }' "$WORK/sim-timing" | pct)

@@ -171,7 +171,6 @@ typedef struct {
     int64_t           claim_due_ms;  /* its round trip's deadline */
     int               claim_fd;      /* PostgreSQL's socket in epfd during a claim; -1 */
     uint32_t          claim_events;  /* what claim_fd is watched for */
-    int               claim_queued;  /* CL_MARKING: 1 ex_claim, 2 ex_exists queued (bits) */
     pg_pipe_t         claim_pipe;
     id_pool_t         ids;           /* two ids an insurer call: its span, its result event */
     int64_t           produce_retry_ms;
@@ -703,7 +702,15 @@ static void ex_mark_rows(executor_t *x, PGresult *res, int from, int to, int wit
  * after EX_RETRY_MS on a new one.
  */
 enum { CL_IDLE = 0, CL_LOCKING, CL_MARKING };
-enum { CQ_CLAIM = 1, CQ_EXISTS = 2 };
+
+/* Whether a call in the claim is marked `mark`: what the second round trip queued for. */
+static int ex_claim_any(const executor_t *x, int mark)
+{
+    for (const call_t *c = x->lists[ST_CLAIMING].head; c != NULL; c = c->next)
+        if (c->mark == mark)
+            return 1;
+    return 0;
+}
 
 static int ex_claim_watch(executor_t *x, int want_write)
 {
@@ -785,18 +792,13 @@ static void ex_claim_start(executor_t *x)
 /* The locks are ours: mark what they cover, ask about the rest, commit. */
 static void ex_claim_locked(executor_t *x)
 {
-    int claim = 0, exists = 0;
-
     ex_mark_rows(x, x->claim_pipe.res[1], MK_LOCKED_ELSEWHERE, MK_LOCKED, 0);
     if (pg_pipe_begin(x->pg, &x->claim_pipe) != 0
-        || (claim = ex_claim_queue(x, "ex_claim", 3, MK_LOCKED)) < 0
-        || (exists = ex_claim_queue(x, "ex_exists", 2, MK_LOCKED_ELSEWHERE)) < 0
+        || ex_claim_queue(x, "ex_claim", 3, MK_LOCKED) < 0
+        || ex_claim_queue(x, "ex_exists", 2, MK_LOCKED_ELSEWHERE) < 0
         || pg_pipe_stmt(x->pg, &x->claim_pipe, NULL, "COMMIT", 0, NULL) != 0
-        || ex_claim_send(x, CL_MARKING) != 0) {
+        || ex_claim_send(x, CL_MARKING) != 0)
         ex_claim_fail(x, PQerrorMessage(x->pg));
-        return;
-    }
-    x->claim_queued = (claim ? CQ_CLAIM : 0) | (exists ? CQ_EXISTS : 0);
 }
 
 /* Committed: every call in ST_CLAIMING gets its mark. */
@@ -804,14 +806,15 @@ static void ex_claim_marked(executor_t *x)
 {
     PGresult *const *res = x->claim_pipe.res;
     int              i = 0;
+    int              asked_exists = ex_claim_any(x, MK_LOCKED_ELSEWHERE);
 
-    if (x->claim_queued & CQ_CLAIM)
+    if (ex_claim_any(x, MK_LOCKED))
         ex_mark_rows(x, res[i++], MK_LOCKED, MK_CLAIMED, 1);
     for (call_t *c = x->lists[ST_CLAIMING].head; c != NULL; c = c->next)
         if (c->mark == MK_LOCKED)
             c->mark = MK_REFUSED;
     /* what was not locked either exists (held by another transaction) or does not */
-    if (x->claim_queued & CQ_EXISTS) {
+    if (asked_exists) {
         for (call_t *c = x->lists[ST_CLAIMING].head; c != NULL; c = c->next)
             if (c->mark == MK_LOCKED_ELSEWHERE)
                 c->mark = MK_MISSING;

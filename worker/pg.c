@@ -176,7 +176,6 @@ char *pg_text_array(const char *const *values, int n)
     return buf;
 }
 
-
 /* ---- pipelined round trips -------------------------------------------------------------------- */
 
 int pg_pipe_begin(PGconn *conn, pg_pipe_t *p)
