@@ -51,6 +51,8 @@ static const struct opt config_opts[] = {
     { "--sweep-interval-s", "OSAGO_SWEEP_INTERVAL_S", OPT_INT, OFF(sweep_interval_s),
       1, 3600, "60" },
     { "--stale-after-s", "OSAGO_STALE_AFTER_S", OPT_INT, OFF(stale_after_s), 1, 86400, "120" },
+    { "--redrive-after-s", "OSAGO_REDRIVE_AFTER_S", OPT_INT, OFF(redrive_after_s),
+      1, 604800, "600" },
     { "--heartbeat-s", "OSAGO_HEARTBEAT_S", OPT_INT, OFF(heartbeat_s), 1, 3600, "15" },
     { "--claim-idle-ms", "OSAGO_CLAIM_IDLE_MS", OPT_INT, OFF(claim_idle_ms),
       100, 86400000, "30000" },
@@ -320,6 +322,7 @@ void config_usage(const char *prog)
            "  --max-in-flight N             OSAGO_MAX_IN_FLIGHT; 512\n"
            "  --sweep-interval-s N          OSAGO_SWEEP_INTERVAL_S; 60\n"
            "  --stale-after-s N             OSAGO_STALE_AFTER_S; 120\n"
+           "  --redrive-after-s N           OSAGO_REDRIVE_AFTER_S; 600\n"
            "  --heartbeat-s N               OSAGO_HEARTBEAT_S; 15\n"
            "  --claim-idle-ms N             OSAGO_CLAIM_IDLE_MS; 30000\n"
            "  --log-level LEVEL             OSAGO_LOG_LEVEL; info (debug, info, warn, error)\n"

@@ -75,6 +75,8 @@ typedef struct {
     int         max_in_flight;      /* insurer calls in flight per executor, default 512 */
     int         sweep_interval_s;   /* default 60 */
     int         stale_after_s;      /* default 120 */
+    int         redrive_after_s;    /* default 600: a pending quote or accepted application
+                                       untouched this long lost its event */
     int         heartbeat_s;        /* default 15: executor refreshes running tasks */
     int         claim_idle_ms;      /* default 30000: XAUTOCLAIM entries idle this long */
     const char *log_level;          /* debug|info|warn|error, default info */

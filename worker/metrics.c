@@ -121,6 +121,9 @@ size_t metrics_render(const metrics_t *cm, char *buf, size_t cap)
     C(results_duplicate, "Redelivered task results that changed nothing.");
     C(applications_completed, "Applications with every quote answered.");
     C(tasks_swept, "Stale quote tasks re-driven by the sweeper.");
+    C(tasks_redriven, "Pending quote tasks re-driven by the sweeper (their task was lost).");
+    C(applications_redriven,
+      "Accepted applications re-driven by the sweeper (their Created event was lost).");
 #undef C
     counter(&o, "publish", "Read-model updates published on osago:app-updates.",
             atomic_load(&m->publish_total));

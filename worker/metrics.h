@@ -23,6 +23,8 @@ typedef struct {
     atomic_ulong results_duplicate;       /* at-least-once redeliveries that changed nothing */
     atomic_ulong applications_completed;
     atomic_ulong tasks_swept;             /* re-driven by the sweeper */
+    atomic_ulong tasks_redriven;          /* pending too long: their Task was lost */
+    atomic_ulong applications_redriven;   /* accepted too long: their Created was lost */
     atomic_ulong publish_total;           /* PUBLISH osago:app-updates */
     atomic_long  calls_in_flight;
     atomic_ulong call_latency_bucket[METRICS_LAT_BUCKETS];   /* insurer call time */

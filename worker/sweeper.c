@@ -1,20 +1,33 @@
 /*
- * Sweeper: re-drives quotes left running by an executor that stopped refreshing their
- * heartbeat (it crashed, or lost its PostgreSQL connection for good).
+ * Sweeper: re-drives the work that lost its event.
+ *
+ * - Stale: quotes left running by an executor that stopped refreshing their heartbeat (it
+ *   crashed, or lost its PostgreSQL connection for good), after --stale-after-s. The task
+ *   keeps the attempt number of the call that was lost (it never produced a result), so a
+ *   crash does not use up one of the insurer's attempts.
+ * - Pending: quotes whose Task never reached an executor, and accepted applications whose
+ *   Created never reached an orchestrator, after --redrive-after-s. Every step writes its row
+ *   before its event is confirmed and acknowledges only after, so only a loss inside Kafka
+ *   itself strands them (retention ran out behind a stopped consumer group, or a broker
+ *   restored from a backup older than its last writes). A re-driven event that was not lost
+ *   after all is a duplicate, which its consumer already refuses (the claim takes a quote
+ *   once per attempt, the orchestrator keeps the quotes it made): the threshold only has to
+ *   be longer than any lag the consumers are expected to catch up on, and each sweep re-drives
+ *   a bounded number, so an outage's backlog is not doubled all at once.
  *
  * The rows are claimed with FOR UPDATE SKIP LOCKED, so sweepers of several workers share the
- * work without waiting for each other, and the new heartbeat is committed only after Kafka
- * confirmed the re-driven tasks: a failed produce rolls back and the next sweep tries again.
- * The task keeps the attempt number of the call that was lost (it never produced a result),
- * so a crash does not use up one of the insurer's attempts.
+ * work without waiting for each other, and the rows are touched in the same transaction, which
+ * commits only after Kafka confirmed the re-driven events: a failed produce rolls back and the
+ * next sweep tries again.
  *
- * Only running quotes are swept: a pending one always has its task on the way in Kafka. They
- * are found through their applications: a quote is running only while its application is
- * in_progress, and the partial index applications_in_progress (migration 002) holds just the
- * applications in flight, so the sweep reads those and their quotes by primary key however
- * large the tables grow. (No index of quotes may cover status or heartbeat_at: every quote
- * update would then write every index, not stay on its page.)
+ * Quotes are found through their applications: a quote is running or pending only while its
+ * application is in_progress, and the partial index applications_in_progress (migration 002)
+ * holds just the applications in flight, so the sweep reads those and their quotes by primary
+ * key however large the tables grow. (No index of quotes may cover status or heartbeat_at:
+ * every quote update would then write every index, not stay on its page.) Accepted
+ * applications have their own partial index (migration 003).
  */
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,11 +47,28 @@
 #define SWEEP_STR_(x) #x
 #define SWEEP_STR(x)  SWEEP_STR_(x)
 #define SWEEP_PRODUCE_TIMEOUT_MS 5000
+#define SWEEP_REDRIVE_PAGES 10     /* per kind and sweep: 5,000 events a minute by default */
 
 typedef struct {
     worker_t *w;
     PGconn   *pg;
 } sweeper_t;
+
+/* One kind of stranded work: how its rows are found, touched and turned into events. The
+ * select takes the age in seconds ($1); its first columns are the key the touch takes as
+ * arrays ($1, $2...). */
+typedef struct {
+    const char *name;
+    const char *select_sql;
+    const char *touch_sql;
+    int         key_cols;
+    size_t      age_s;         /* offsetof the threshold in worker_config_t */
+    int         max_pages;     /* per sweep; 0: until none is left */
+    void      (*fill)(osago_event_t *ev, PGresult *res, int row);
+    size_t      counter;       /* offsetof the atomic_ulong in metrics_t */
+    const char *log_event;
+    const char *log_what;
+} sweep_kind_t;
 
 static int64_t sweep_now_ms(void)
 {
@@ -64,28 +94,52 @@ static void sweep_nap(sweeper_t *s, int64_t ms)
 }
 
 /* The payload and trace come with the quote: the task must carry the application. */
-static const char sweep_select_sql[] =
-    "SELECT q.application_id, q.insurer_code, q.attempt, a.payload::text, a.trace"
-    " FROM applications a JOIN quotes q ON q.application_id = a.id"
-    " WHERE a.status = 'in_progress' AND q.status = 'running'"
-    "  AND q.heartbeat_at < now() - $1::int * interval '1 second'"
-    " ORDER BY q.heartbeat_at"
-    " LIMIT " SWEEP_STR(SWEEP_LIMIT)
-    " FOR UPDATE OF q SKIP LOCKED";
+#define SWEEP_QUOTES_SQL(cond)                                                              \
+    "SELECT q.application_id, q.insurer_code, q.attempt, a.payload::text, a.trace"          \
+    " FROM applications a JOIN quotes q ON q.application_id = a.id"                         \
+    " WHERE a.status = 'in_progress' AND " cond                                             \
+    " LIMIT " SWEEP_STR(SWEEP_LIMIT)                                                        \
+    " FOR UPDATE OF q SKIP LOCKED"
 
-/* QEV_STALE: pending at the same attempt, so the re-driven task is taken (an executor takes a
- * running quote only for a newer attempt); the new heartbeat gives it a whole stale period
- * before the next sweep could pick it again. */
-static const char sweep_touch_sql[] =
+static const char sweep_stale_sql[] = SWEEP_QUOTES_SQL(
+    "q.status = 'running' AND q.heartbeat_at < now() - $1::int * interval '1 second'"
+    " ORDER BY q.heartbeat_at");
+
+static const char sweep_pending_sql[] = SWEEP_QUOTES_SQL(
+    "q.status = 'pending' AND q.updated_at < now() - $1::int * interval '1 second'"
+    " ORDER BY q.updated_at");
+
+/* Pending at the same attempt, so the re-driven task is taken (an executor takes a running
+ * quote only for a newer attempt: QEV_STALE); the new heartbeat gives a stale quote a whole
+ * stale period, the new updated_at a pending one a whole re-drive period, before a sweep
+ * could pick it again. */
+static const char sweep_quotes_touch_sql[] =
     "UPDATE quotes SET status = 'pending', heartbeat_at = now(), updated_at = now()"
     " FROM unnest($1::uuid[], $2::text[]) AS t(app, ins)"
     " WHERE application_id = t.app AND insurer_code = t.ins";
 
-static void sweep_rollback(sweeper_t *s)
+/* Through applications_accepted (migration 003), which holds only the accepted ones. */
+static const char sweep_accepted_sql[] =
+    "SELECT id, partner, payload::text, trace FROM applications"
+    " WHERE status = 'accepted' AND updated_at < now() - $1::int * interval '1 second'"
+    " ORDER BY created_at"
+    " LIMIT " SWEEP_STR(SWEEP_LIMIT)
+    " FOR UPDATE SKIP LOCKED";
+
+/* updated_at moves forward by at least 1 ms per change: it versions the read model */
+static const char sweep_accepted_touch_sql[] =
+    "UPDATE applications SET updated_at = greatest(now(), updated_at + interval '1 millisecond')"
+    " WHERE id = ANY ($1::uuid[])";
+
+/* A trace Kafka would refuse fails the whole batch, every sweep: never send one. */
+static void sweep_fill_trace(osago_event_t *ev, const char *trace)
 {
-    PQclear(PQexec(s->pg, "ROLLBACK"));
+    snprintf(ev->traceparent, sizeof(ev->traceparent), "%s", trace);
+    if (!event_traceparent_valid(ev->traceparent))
+        event_traceparent_new(ev->traceparent, NULL);
 }
 
+/* (application_id, insurer_code, attempt, payload, trace) -> OsagoApplicationTask */
 static void sweep_fill_task(osago_event_t *t, PGresult *res, int row)
 {
     t->type = EV_TASK;
@@ -94,13 +148,42 @@ static void sweep_fill_task(osago_event_t *t, PGresult *res, int row)
     snprintf(t->insurer, sizeof(t->insurer), "%s", PQgetvalue(res, row, 1));
     t->attempt = atoi(PQgetvalue(res, row, 2));
     if (t->attempt < 1)
-        t->attempt = 1;
+        t->attempt = 1;             /* never claimed: the orchestrator's task was attempt 1 */
     t->payload = PQgetvalue(res, row, 3);        /* borrowed from res, not freed */
-    snprintf(t->traceparent, sizeof(t->traceparent), "%s", PQgetvalue(res, row, 4));
-    /* one event Kafka would refuse fails the whole batch, every sweep: never send one */
-    if (!event_traceparent_valid(t->traceparent))
-        event_traceparent_new(t->traceparent, NULL);
+    sweep_fill_trace(t, PQgetvalue(res, row, 4));
     event_stamp(t, NULL);
+}
+
+/* (id, partner, payload, trace) -> OsagoApplicationCreated */
+static void sweep_fill_created(osago_event_t *c, PGresult *res, int row)
+{
+    c->type = EV_CREATED;
+    c->version = 1;
+    snprintf(c->application_id, sizeof(c->application_id), "%s", PQgetvalue(res, row, 0));
+    snprintf(c->partner, sizeof(c->partner), "%s", PQgetvalue(res, row, 1));
+    c->payload = PQgetvalue(res, row, 2);        /* borrowed from res, not freed */
+    sweep_fill_trace(c, PQgetvalue(res, row, 3));
+    event_stamp(c, NULL);
+}
+
+#define CFG(f) offsetof(worker_config_t, f)
+#define MET(f) offsetof(metrics_t, f)
+static const sweep_kind_t sweep_kinds[] = {
+    { "stale", sweep_stale_sql, sweep_quotes_touch_sql, 2, CFG(stale_after_s), 0,
+      sweep_fill_task, MET(tasks_swept), "task_swept", "running with a stale heartbeat" },
+    { "pending", sweep_pending_sql, sweep_quotes_touch_sql, 2, CFG(redrive_after_s),
+      SWEEP_REDRIVE_PAGES, sweep_fill_task, MET(tasks_redriven), "task_redriven",
+      "pending and never claimed" },
+    { "accepted", sweep_accepted_sql, sweep_accepted_touch_sql, 1, CFG(redrive_after_s),
+      SWEEP_REDRIVE_PAGES, sweep_fill_created, MET(applications_redriven),
+      "application_redriven", "accepted and never started" },
+};
+#undef CFG
+#undef MET
+
+static void sweep_rollback(sweeper_t *s)
+{
+    PQclear(PQexec(s->pg, "ROLLBACK"));
 }
 
 /* "{a,b,...}" of one column: uuids and insurer codes need no quoting. */
@@ -122,65 +205,73 @@ static char *sweep_array(PGresult *res, int col)
     return buf;
 }
 
-static int sweep_touch(sweeper_t *s, PGresult *rows)
+static int sweep_touch(sweeper_t *s, const sweep_kind_t *k, PGresult *rows)
 {
-    char       *apps = sweep_array(rows, 0), *codes = sweep_array(rows, 1);
-    const char *params[2] = { apps, codes };
+    char       *keys[2] = { NULL, NULL };
     PGresult   *res = NULL;
+    int         ok = 1;
 
-    if (apps != NULL && codes != NULL)
-        res = pg_exec(s->pg, SWEEP_ROLE, sweep_touch_sql, 2, params);
-    free(apps);
-    free(codes);
+    for (int c = 0; c < k->key_cols; c++)
+        ok = ok && (keys[c] = sweep_array(rows, c)) != NULL;
+    if (ok)
+        res = pg_exec(s->pg, SWEEP_ROLE, k->touch_sql, k->key_cols, (const char **) keys);
+    free(keys[0]);
+    free(keys[1]);
     if (res == NULL)
         return -1;
     PQclear(res);
     return 0;
 }
 
-static int sweep_produce(sweeper_t *s, PGresult *rows)
+static int sweep_produce(sweeper_t *s, const sweep_kind_t *k, PGresult *rows)
 {
     int                   n = PQntuples(rows), rc = -1;
-    osago_event_t        *tasks = calloc((size_t) n, sizeof(*tasks));
-    const osago_event_t **evs = calloc((size_t) n, sizeof(*evs));
+    osago_event_t        *evs = calloc((size_t) n, sizeof(*evs));
+    const osago_event_t **ptrs = calloc((size_t) n, sizeof(*ptrs));
 
-    if (tasks != NULL && evs != NULL) {
+    if (evs != NULL && ptrs != NULL) {
         for (int i = 0; i < n; i++) {
-            sweep_fill_task(&tasks[i], rows, i);
-            evs[i] = &tasks[i];
+            k->fill(&evs[i], rows, i);
+            ptrs[i] = &evs[i];
         }
-        rc = kafka_produce_events(s->w->producer, evs, n, SWEEP_PRODUCE_TIMEOUT_MS);
+        rc = kafka_produce_events(s->w->producer, ptrs, n, SWEEP_PRODUCE_TIMEOUT_MS);
         if (rc != 0)
             wlog(LOG_WARN, SWEEP_ROLE, NULL, "kafka_error",
-                 "%d re-driven tasks not confirmed; rolled back, the next sweep retries", n);
+                 "%d re-driven events (%s) not confirmed; rolled back, the next sweep retries",
+                 n, k->name);
     }
-    for (int i = 0; rc == 0 && i < n; i++)
-        wlog(LOG_INFO, SWEEP_ROLE, tasks[i].traceparent, "task_swept",
-             "%s/%s attempt %d had a stale heartbeat: re-driven", tasks[i].application_id,
-             tasks[i].insurer, tasks[i].attempt);
+    for (int i = 0; rc == 0 && i < n; i++) {
+        if (evs[i].type == EV_TASK)
+            wlog(LOG_INFO, SWEEP_ROLE, evs[i].traceparent, k->log_event,
+                 "%s/%s attempt %d: %s, re-driven", evs[i].application_id, evs[i].insurer,
+                 evs[i].attempt, k->log_what);
+        else
+            wlog(LOG_INFO, SWEEP_ROLE, evs[i].traceparent, k->log_event, "%s: %s, re-driven",
+                 evs[i].application_id, k->log_what);
+    }
+    free(ptrs);
     free(evs);
-    free(tasks);
     return rc == 0 ? 0 : -1;
 }
 
-/* One page of stale quotes: the number re-driven, or -1. */
-static int sweep_page(sweeper_t *s)
+/* One page of one kind: the number re-driven, or -1. */
+static int sweep_page(sweeper_t *s, const sweep_kind_t *k)
 {
-    char        stale[16];
-    const char *params[1] = { stale };
+    char        age[16];
+    const char *params[1] = { age };
     PGresult   *res, *rows;
     int         n;
 
-    snprintf(stale, sizeof(stale), "%d", s->w->cfg->stale_after_s);
+    snprintf(age, sizeof(age), "%d", *(const int *) ((const char *) s->w->cfg + k->age_s));
     if ((res = pg_exec(s->pg, SWEEP_ROLE, "BEGIN", 0, NULL)) == NULL)
         return -1;
     PQclear(res);
-    if ((rows = pg_exec(s->pg, SWEEP_ROLE, sweep_select_sql, 1, params)) == NULL) {
+    if ((rows = pg_exec(s->pg, SWEEP_ROLE, k->select_sql, 1, params)) == NULL) {
         sweep_rollback(s);
         return -1;
     }
     n = PQntuples(rows);
-    if (n > 0 && (sweep_touch(s, rows) != 0 || sweep_produce(s, rows) != 0)) {
+    if (n > 0 && (sweep_touch(s, k, rows) != 0 || sweep_produce(s, k, rows) != 0)) {
         PQclear(rows);
         sweep_rollback(s);
         return -1;
@@ -189,22 +280,26 @@ static int sweep_page(sweeper_t *s)
     if ((res = pg_exec(s->pg, SWEEP_ROLE, "COMMIT", 0, NULL)) == NULL)
         return -1;
     PQclear(res);
-    atomic_fetch_add(&s->w->metrics->tasks_swept, (unsigned long) n);
+    atomic_fetch_add((atomic_ulong *) ((char *) s->w->metrics + k->counter), (unsigned long) n);
     return n;
 }
 
 static void sweep_once(sweeper_t *s)
 {
-    int total = 0, n;
+    for (size_t i = 0; i < sizeof(sweep_kinds) / sizeof(sweep_kinds[0]); i++) {
+        const sweep_kind_t *k = &sweep_kinds[i];
+        int                 total = 0, pages = 0, n;
 
-    /* a full page means there may be more: keep going, each page its own transaction */
-    do {
-        n = sweep_page(s);
-        if (n > 0)
-            total += n;
-    } while (n == SWEEP_LIMIT && !*s->w->stop);
-    if (total > 0)
-        wlog(LOG_WARN, SWEEP_ROLE, NULL, "sweep_done", "%d stale tasks re-driven", total);
+        /* a full page means there may be more: keep going, each page its own transaction */
+        do {
+            n = sweep_page(s, k);
+            if (n > 0)
+                total += n;
+        } while (n == SWEEP_LIMIT && ++pages != k->max_pages && !*s->w->stop);
+        if (total > 0)
+            wlog(LOG_WARN, SWEEP_ROLE, NULL, "sweep_done", "%d re-driven: %s", total,
+                 k->log_what);
+    }
 }
 
 void *sweeper_main(void *arg)
@@ -213,8 +308,9 @@ void *sweeper_main(void *arg)
     sweeper_t  s = { w, NULL };
     int64_t    next = sweep_now_ms() + (int64_t) w->cfg->sweep_interval_s * 1000;
 
-    wlog(LOG_INFO, SWEEP_ROLE, NULL, "role_started", "every %d s, stale after %d s",
-         w->cfg->sweep_interval_s, w->cfg->stale_after_s);
+    wlog(LOG_INFO, SWEEP_ROLE, NULL, "role_started",
+         "every %d s, running quotes stale after %d s, lost events re-driven after %d s",
+         w->cfg->sweep_interval_s, w->cfg->stale_after_s, w->cfg->redrive_after_s);
     while (!*w->stop) {
         int64_t now = sweep_now_ms();
 

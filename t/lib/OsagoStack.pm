@@ -108,6 +108,7 @@ our %WORKER_FLAG = (
     max_in_flight            => '--max-in-flight',
     sweep_interval_s         => '--sweep-interval-s',
     stale_after_s            => '--stale-after-s',
+    redrive_after_s          => '--redrive-after-s',
     heartbeat_s              => '--heartbeat-s',
     claim_idle_ms            => '--claim-idle-ms',
     log_level                => '--log-level',

@@ -22,7 +22,8 @@ static const char *const env_names[] = {
     "OSAGO_INSURERS", "OSAGO_MIGRATIONS",
     "OSAGO_HTTP", "OSAGO_NAME", "OSAGO_INSURER_TIMEOUT_MS", "OSAGO_MAX_ATTEMPTS",
     "OSAGO_RETRY_BASE_MS", "OSAGO_RETRY_MAX_MS", "OSAGO_MAX_IN_FLIGHT", "OSAGO_SWEEP_INTERVAL_S",
-    "OSAGO_STALE_AFTER_S", "OSAGO_HEARTBEAT_S", "OSAGO_CLAIM_IDLE_MS", "OSAGO_LOG_LEVEL",
+    "OSAGO_STALE_AFTER_S", "OSAGO_REDRIVE_AFTER_S", "OSAGO_HEARTBEAT_S", "OSAGO_CLAIM_IDLE_MS",
+    "OSAGO_LOG_LEVEL",
 };
 
 static int clean_env(void **state)
@@ -94,6 +95,7 @@ static void test_defaults(void **state)
     assert_int_equal(cfg.max_in_flight, 512);
     assert_int_equal(cfg.sweep_interval_s, 60);
     assert_int_equal(cfg.stale_after_s, 120);
+    assert_int_equal(cfg.redrive_after_s, 600);
     assert_int_equal(cfg.heartbeat_s, 15);
     assert_int_equal(cfg.claim_idle_ms, 30000);
     assert_string_equal(cfg.log_level, "info");
@@ -130,6 +132,7 @@ static void test_environment(void **state)
     setenv("OSAGO_MAX_IN_FLIGHT", "64", 1);
     setenv("OSAGO_SWEEP_INTERVAL_S", "1", 1);
     setenv("OSAGO_STALE_AFTER_S", "3", 1);
+    setenv("OSAGO_REDRIVE_AFTER_S", "30", 1);
     setenv("OSAGO_HEARTBEAT_S", "1", 1);
     setenv("OSAGO_CLAIM_IDLE_MS", "500", 1);
     setenv("OSAGO_LOG_LEVEL", "debug", 1);
@@ -157,6 +160,7 @@ static void test_environment(void **state)
     assert_int_equal(cfg.max_in_flight, 64);
     assert_int_equal(cfg.sweep_interval_s, 1);
     assert_int_equal(cfg.stale_after_s, 3);
+    assert_int_equal(cfg.redrive_after_s, 30);
     assert_int_equal(cfg.heartbeat_s, 1);
     assert_int_equal(cfg.claim_idle_ms, 500);
     assert_string_equal(cfg.log_level, "debug");
@@ -270,6 +274,7 @@ static void test_numbers(void **state)
         { "--max-in-flight", "OSAGO_MAX_IN_FLIGHT", 1, 10000 },
         { "--sweep-interval-s", "OSAGO_SWEEP_INTERVAL_S", 1, 3600 },
         { "--stale-after-s", "OSAGO_STALE_AFTER_S", 1, 86400 },
+        { "--redrive-after-s", "OSAGO_REDRIVE_AFTER_S", 1, 604800 },
         { "--heartbeat-s", "OSAGO_HEARTBEAT_S", 1, 3600 },
         { "--claim-idle-ms", "OSAGO_CLAIM_IDLE_MS", 100, 86400000 },
     };

@@ -1,0 +1,11 @@
+-- The sweeper's question about applications that stayed accepted (their OsagoApplicationCreated
+-- never reached an orchestrator, worker/sweeper.c). Accepted is a state of milliseconds, so the
+-- index holds a handful of live rows whatever the size of the table. It is keyed by created_at,
+-- which never changes, not updated_at: an index on updated_at would make every result's update
+-- of its application (a new updated_at each time) write every index of applications instead of
+-- staying on its page. Each application costs one index entry more, written by its insert.
+--
+-- On a large table, build it by hand first with CREATE INDEX CONCURRENTLY and the same
+-- definition (it holds intake's inserts for as long as it reads the table); this migration then
+-- finds it and skips it.
+CREATE INDEX IF NOT EXISTS applications_accepted ON applications (created_at) WHERE status = 'accepted';
