@@ -136,27 +136,33 @@ static void orch_poll(orch_t *o)
 /* ---- PostgreSQL ---------------------------------------------------------------------------- */
 
 /*
- * One statement, so one transaction, for the whole batch: the quote rows of every application
- * that has none yet (so a redelivery after the insurer file changed keeps the set it started
- * with) and the status. It returns each application's quotes, fresh or existing: a
- * data-modifying WITH is invisible to the outer query's snapshot, so exactly one side of the
- * UNION has an application's rows. An application without a row gets no quotes (and no rows
- * back); so does one whose rows another orchestrator is inserting at this moment (a rebalance):
- * that one announces it.
+ * One statement, so one transaction, for the whole batch: each application still accepted
+ * becomes in_progress and gets its quote rows (so a redelivery after the insurer file changed
+ * keeps the set it started with). The status update comes first and locks the row: an
+ * orchestrator taking the same application at the same moment (a rebalance) waits for this one,
+ * then finds it in_progress and inserts nothing, so the quotes need no existence checks of
+ * their own (ON CONFLICT only keeps a row inserted by hand from wedging the batch). It returns
+ * each application's quotes, fresh or existing: a data-modifying WITH is invisible to the outer
+ * query's snapshot, so exactly one side of the UNION has an application's rows. An application
+ * without a row gets no quotes (and no rows back); so does one that another orchestrator has
+ * just started: that one announces it.
+ *
+ * "Still accepted" is spelled as neither later status: the planner would answer status =
+ * 'accepted' from the sweeper's partial index applications_accepted (migration 003), a scan of
+ * every accepted application, which is a handful normally but the whole backlog after an outage.
  */
 static const char orch_sql[] =
     "WITH apps AS (SELECT DISTINCT unnest($1::uuid[]) AS id),"
-    " ins AS ("
-    "  INSERT INTO quotes (application_id, insurer_code)"
-    "  SELECT a.id, c FROM apps a CROSS JOIN unnest($2::text[]) AS c"
-    "  WHERE EXISTS (SELECT 1 FROM applications x WHERE x.id = a.id)"
-    "    AND NOT EXISTS (SELECT 1 FROM quotes q WHERE q.application_id = a.id)"
-    "  ON CONFLICT DO NOTHING"
-    "  RETURNING application_id, insurer_code, status),"
     " upd AS ("
     "  UPDATE applications SET status = 'in_progress',"
     "         updated_at = greatest(now(), updated_at + interval '1 millisecond')"
-    "  WHERE id IN (SELECT id FROM apps) AND status = 'accepted' RETURNING id)"
+    "  WHERE id IN (SELECT id FROM apps) AND status NOT IN ('in_progress', 'completed')"
+    "  RETURNING id),"
+    " ins AS ("
+    "  INSERT INTO quotes (application_id, insurer_code)"
+    "  SELECT u.id, c FROM upd u CROSS JOIN unnest($2::text[]) AS c"
+    "  ON CONFLICT DO NOTHING"
+    "  RETURNING application_id, insurer_code, status)"
     " SELECT application_id::text, insurer_code, status FROM ins"
     " UNION ALL"
     " SELECT application_id::text, insurer_code, status FROM quotes"
