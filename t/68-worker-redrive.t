@@ -22,7 +22,9 @@ my @SIM = qw(alfa ingos reso);
 my @CODES = (@SIM, 'rec');
 my $REDRIVE_S = 600;          # the default: the young rows below are 540 s old
 
-my $pg  = OsagoStack::Postgres->new;
+# every plan in the server log: which statements read the new partial index (below)
+my $pg  = OsagoStack::Postgres->new(settings => [ '-c shared_preload_libraries=auto_explain',
+                                                   '-c auto_explain.log_min_duration=0' ]);
 my $r   = OsagoTest::Redis->new;
 my $kb  = OsagoStack::Devbroker->new;
 my $sim = OsagoStack::InsurerSim->new(insurers => \@SIM, latency => '20-50');
@@ -187,5 +189,21 @@ ok($redriven == 2 || $redriven == 3, "applications_redriven $redriven: 2, or 3 w
 is(OsagoStack::metric_of($m_end, 'insurer_calls'), 5 * @CODES + 2,
    'insurer_calls: one per lost task (all of five applications, two of the sixth), none twice');
 $w->stop;    # asserts a clean exit and no sanitizer report
+
+# applications_accepted lists every accepted application: a statement that looks up a few of
+# them by id (the orchestrator's "still accepted") must not scan it instead of the primary key,
+# or it reads the whole backlog of an outage for each batch. Only the sweeper may use it.
+my (%readers, $orch_plan);
+for my $block (split /\n(?=\S[^\n]*LOG:\s+duration: [\d.]+ ms\s+plan:)/, $pg->log) {
+    my ($text) = $block =~ /Query Text: ([^\n]{1,60})/ or next;
+    $orch_plan = $block if $text =~ /^WITH apps AS/ && $block =~ /Update on applications/;
+    $readers{$text}++ if $block =~ /Index Scan (?:using|on) applications_accepted/;
+}
+ok($orch_plan, 'the orchestrator\'s statement is in the server log with its plan');
+like($orch_plan // '', qr/Index Scan using applications_pkey on applications/,
+     'it finds the applications to start by primary key');
+is_deeply([ grep { !/^SELECT id, partner, payload::text, trace FROM applications/ } keys %readers ],
+          [], 'no statement but the sweeper\'s reads applications_accepted')
+    or diag explain \%readers;
 
 done_testing;
