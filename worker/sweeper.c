@@ -27,7 +27,6 @@
  * every quote update would then write every index, not stay on its page.) Accepted
  * applications have their own partial index (migration 003).
  */
-#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -56,16 +55,14 @@ typedef struct {
 
 /* One kind of stranded work: how its rows are found, touched and turned into events. The
  * select takes the age in seconds ($1); its first columns are the key the touch takes as
- * arrays ($1, $2...). */
+ * arrays ($1, $2...). The age and the counter are the caller's (sweep_once). */
 typedef struct {
     const char *name;
     const char *select_sql;
     const char *touch_sql;
     int         key_cols;
-    size_t      age_s;         /* offsetof the threshold in worker_config_t */
     int         max_pages;     /* per sweep; 0: until none is left */
     void      (*fill)(osago_event_t *ev, PGresult *res, int row);
-    size_t      counter;       /* offsetof the atomic_ulong in metrics_t */
     const char *log_event;
     const char *log_what;
 } sweep_kind_t;
@@ -166,20 +163,18 @@ static void sweep_fill_created(osago_event_t *c, PGresult *res, int row)
     event_stamp(c, NULL);
 }
 
-#define CFG(f) offsetof(worker_config_t, f)
-#define MET(f) offsetof(metrics_t, f)
-static const sweep_kind_t sweep_kinds[] = {
-    { "stale", sweep_stale_sql, sweep_quotes_touch_sql, 2, CFG(stale_after_s), 0,
-      sweep_fill_task, MET(tasks_swept), "task_swept", "running with a stale heartbeat" },
-    { "pending", sweep_pending_sql, sweep_quotes_touch_sql, 2, CFG(redrive_after_s),
-      SWEEP_REDRIVE_PAGES, sweep_fill_task, MET(tasks_redriven), "task_redriven",
-      "pending and never claimed" },
-    { "accepted", sweep_accepted_sql, sweep_accepted_touch_sql, 1, CFG(redrive_after_s),
-      SWEEP_REDRIVE_PAGES, sweep_fill_created, MET(applications_redriven),
-      "application_redriven", "accepted and never started" },
+static const sweep_kind_t sweep_stale = {
+    "stale", sweep_stale_sql, sweep_quotes_touch_sql, 2, 0, sweep_fill_task,
+    "task_swept", "running with a stale heartbeat"
 };
-#undef CFG
-#undef MET
+static const sweep_kind_t sweep_pending = {
+    "pending", sweep_pending_sql, sweep_quotes_touch_sql, 2, SWEEP_REDRIVE_PAGES, sweep_fill_task,
+    "task_redriven", "pending and never claimed"
+};
+static const sweep_kind_t sweep_accepted = {
+    "accepted", sweep_accepted_sql, sweep_accepted_touch_sql, 1, SWEEP_REDRIVE_PAGES,
+    sweep_fill_created, "application_redriven", "accepted and never started"
+};
 
 static void sweep_rollback(sweeper_t *s)
 {
@@ -255,14 +250,14 @@ static int sweep_produce(sweeper_t *s, const sweep_kind_t *k, PGresult *rows)
 }
 
 /* One page of one kind: the number re-driven, or -1. */
-static int sweep_page(sweeper_t *s, const sweep_kind_t *k)
+static int sweep_page(sweeper_t *s, const sweep_kind_t *k, int age_s)
 {
     char        age[16];
     const char *params[1] = { age };
     PGresult   *res, *rows;
     int         n;
 
-    snprintf(age, sizeof(age), "%d", *(const int *) ((const char *) s->w->cfg + k->age_s));
+    snprintf(age, sizeof(age), "%d", age_s);
     if ((res = pg_exec(s->pg, SWEEP_ROLE, "BEGIN", 0, NULL)) == NULL)
         return -1;
     PQclear(res);
@@ -280,26 +275,33 @@ static int sweep_page(sweeper_t *s, const sweep_kind_t *k)
     if ((res = pg_exec(s->pg, SWEEP_ROLE, "COMMIT", 0, NULL)) == NULL)
         return -1;
     PQclear(res);
-    atomic_fetch_add((atomic_ulong *) ((char *) s->w->metrics + k->counter), (unsigned long) n);
     return n;
+}
+
+static void sweep_kind(sweeper_t *s, const sweep_kind_t *k, int age_s, atomic_ulong *counter)
+{
+    int total = 0, pages = 0, n;
+
+    /* a full page means there may be more: keep going, each page its own transaction */
+    do {
+        n = sweep_page(s, k, age_s);
+        if (n > 0)
+            total += n;
+    } while (n == SWEEP_LIMIT && ++pages != k->max_pages && !*s->w->stop);
+    if (total > 0) {
+        atomic_fetch_add(counter, (unsigned long) total);
+        wlog(LOG_WARN, SWEEP_ROLE, NULL, "sweep_done", "%d re-driven: %s", total, k->log_what);
+    }
 }
 
 static void sweep_once(sweeper_t *s)
 {
-    for (size_t i = 0; i < sizeof(sweep_kinds) / sizeof(sweep_kinds[0]); i++) {
-        const sweep_kind_t *k = &sweep_kinds[i];
-        int                 total = 0, pages = 0, n;
+    const worker_config_t *cfg = s->w->cfg;
+    metrics_t             *m = s->w->metrics;
 
-        /* a full page means there may be more: keep going, each page its own transaction */
-        do {
-            n = sweep_page(s, k);
-            if (n > 0)
-                total += n;
-        } while (n == SWEEP_LIMIT && ++pages != k->max_pages && !*s->w->stop);
-        if (total > 0)
-            wlog(LOG_WARN, SWEEP_ROLE, NULL, "sweep_done", "%d re-driven: %s", total,
-                 k->log_what);
-    }
+    sweep_kind(s, &sweep_stale, cfg->stale_after_s, &m->tasks_swept);
+    sweep_kind(s, &sweep_pending, cfg->redrive_after_s, &m->tasks_redriven);
+    sweep_kind(s, &sweep_accepted, cfg->redrive_after_s, &m->applications_redriven);
 }
 
 void *sweeper_main(void *arg)
