@@ -43,7 +43,7 @@ while True:
     finally: s.close()'; }
 WORK=$(mktemp -d /tmp/osago-bench-worker.XXXXXX)
 chmod 755 "$WORK"
-RP=$(free_port); PP=$(free_port); KP=$(free_port); SP=$(free_port); HP=$(free_port)
+RP=$(free_port); PP=$(free_port); KP=$(free_port); SP=$(free_port); HP=$(free_port); CP=$(free_port)
 PIDS=()
 PG_UP=
 
@@ -83,7 +83,7 @@ PG_UP=1
     "$PG_BIN/psql" -h 127.0.0.1 -p "$PP" -U postgres -d osago -qc "CREATE EXTENSION pg_stat_statements"
 PG="host=127.0.0.1 port=$PP dbname=osago user=osago"
 
-"$BUILD/devbroker" --listen "127.0.0.1:$KP" >"$WORK/devbroker.log" 2>&1 &
+"$BUILD/devbroker" --listen "127.0.0.1:$KP" --control "127.0.0.1:$CP" >"$WORK/devbroker.log" 2>&1 &
 PIDS+=($!)
 BROKER_PID=$!
 wait_for "$WORK/devbroker.log" 'devbroker: ready'
@@ -130,7 +130,14 @@ cpu_components() {
         done
     } | awk '{ t[$1] += $2 } END { for (k in t) print k, t[k] }'
 }
+# devbroker's counters ("requests=N produces=N fetches=N ..."): the Kafka round trips the
+# stack makes, the part of its CPU that batching decides
+broker_stats() { python3 -c '
+import socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+s.sendall(b"stats\n"); print(s.makefile().readline().strip())' "$CP"; }
 RSS0=$(rss)
+BROKER0=$(broker_stats)
 CPUW0=$(cpu_worker); CPUM0=$(cpu_machine)
 cpu_components > "$WORK/cpu0"
 SAMPLES="$RSS0"
@@ -156,6 +163,7 @@ CALL_MS=$(curl -s "http://127.0.0.1:$HP/metrics" | awk '/^osago_worker_insurer_c
     /^osago_worker_insurer_call_ms_count / { n = $2 } END { if (n > 0) printf "%.1f", s / n; else print "-" }')
 WAL1=$(psqlq "SELECT pg_current_wal_lsn()")
 cpu_components > "$WORK/cpu1"
+BROKER1=$(broker_stats)
 # insurer-sim writes its timing log out as it stops
 kill -TERM "$SIM_PID" && wait "$SIM_PID" || true
 # ms per application, largest first
@@ -269,6 +277,13 @@ echo "CPU per application: worker $(awk -v c="$CPUW" -v n="$N" 'BEGIN { printf "
 echo
 [ -n "$ERR_REASONS" ] && { echo "Quotes not ok:"; echo "$ERR_REASONS" | sed 's/^/- /'; echo; }
 echo "CPU per application by component (ms): $COMPONENTS."
+echo
+echo "Kafka requests per application (devbroker): $(awk -v n="$N" '
+    NR == FNR { for (i = 2; i <= NF; i++) { split($i, kv, "="); a[kv[1]] = kv[2] }; next }
+    { for (i = 2; i <= NF; i++) { split($i, kv, "="); d[kv[1]] = kv[2] - a[kv[1]] } }
+    END { printf "%.1f (produce %.1f, fetch %.1f, of them held empty %.1f)",
+                 d["requests"] / n, d["produces"] / n, d["fetches"] / n, d["held"] / n }' \
+    <(echo "$BROKER0") <(echo "$BROKER1"))."
 echo
 echo "The insurer calls: $INSURER_MS ms set; insurer-sim's own time (request in to answer out) p50 / p99 $SIM_OWN ms; as the executor timed them (curl) mean $CALL_MS ms."
 echo

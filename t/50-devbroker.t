@@ -196,6 +196,8 @@ kcat($d, \"elsewhere\n", '-P', '-t', 'osago.application.task-result', '-k', 'oth
 sleep 0.3;
 my $after = stats($d);
 is($after->{woken}, $before->{woken}, 'a produce to another topic wakes nothing');
+cmp_ok($after->{produces}, '>', $before->{produces}, 'stats count the produce');
+cmp_ok($after->{requests}, '>=', $after->{produces} + $after->{fetches}, 'and every request, fetches and produces among them');
 ok(!$csel->can_read(0), 'and the consumer got nothing');
 my (@delays, $cbuf);
 $cbuf = '';

@@ -121,7 +121,7 @@ void control_execute(struct control *c, char *line, char *out, size_t outsize)
     } else if (strcmp(argv[0], "ping") == 0 && argc == 1) {
         snprintf(out, outsize, "ok");
     } else if (strcmp(argv[0], "stats") == 0 && argc == 1) {
-        char stats[200];
+        char stats[256];
 
         relay_stats(c->relay, stats, sizeof(stats));
         snprintf(out, outsize, "ok %s", stats);

@@ -541,6 +541,9 @@ static void relay_from_client(struct relay_session *s)
             p.correlation_id = req.correlation_id;
             p.api_key = req.api_key;
             p.api_version = req.api_version;
+            s->relay->stats.requests++;
+            if (req.api_key == KP_PRODUCE)
+                s->relay->stats.produces++;
             buf_reset(&s->topics);
             if ((wait = kp_fetch_request_nowait(frame, (size_t)len, &req, add_topic, s)) >= 0) {
                 if (buf_append(&s->fetch_req, frame, (size_t)len) < 0) {
@@ -804,8 +807,9 @@ void relay_tick(struct relay *r)
 
 void relay_stats(const struct relay *r, char *buf, size_t size)
 {
-    snprintf(buf, size, "sessions=%zu fetches=%lu held=%lu woken=%lu raced=%lu expired=%lu",
-             r->nlive, r->stats.fetches, r->stats.held, r->stats.woken, r->stats.raced,
+    snprintf(buf, size, "sessions=%zu requests=%lu produces=%lu fetches=%lu held=%lu woken=%lu "
+             "raced=%lu expired=%lu", r->nlive, r->stats.requests, r->stats.produces,
+             r->stats.fetches, r->stats.held, r->stats.woken, r->stats.raced,
              r->stats.expired);
 }
 

@@ -48,6 +48,8 @@ struct relay {
     struct relay_topic *topics;
     size_t ntopics;
     struct {
+        unsigned long requests;     /* client requests passed on, fetches included */
+        unsigned long produces;
         unsigned long fetches;      /* fetches asked of the mock with no wait */
         unsigned long held;         /* empty answers kept */
         unsigned long woken;        /* held fetches asked again after a produce */
@@ -79,7 +81,7 @@ int relay_next_timeout(struct relay *r);
  * events. */
 void relay_tick(struct relay *r);
 
-/* "sessions=N fetches=N held=N woken=N raced=N expired=N" into buf. */
+/* "sessions=N requests=N produces=N fetches=N held=N woken=N raced=N expired=N" into buf. */
 void relay_stats(const struct relay *r, char *buf, size_t size);
 
 void relay_stop(struct relay *r);
