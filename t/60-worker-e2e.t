@@ -119,6 +119,20 @@ for my $i (1 .. $N) {
                      entry => OsagoStack::raw_entry($r, app_id => $bad_id, partner => 'acme',
                                                     payload => '{"vehicle":', trace => OsagoStack::traceparent()) };
     }
+    if ($i == 4) {
+        # JSON the edge would refuse, deeper than the event codec carries: refused at intake,
+        # where it can be acknowledged, not in a produce batch that would fail on every retry
+        my $deep_id = OsagoStack::uuid7();
+        push @bad, { what => 'payload nested 70 levels deep', app_id => $deep_id, reason => qr/deeper than 64/,
+                     entry => OsagoStack::raw_entry($r, app_id => $deep_id, partner => 'acme',
+                                                    payload => '{"a":' x 70 . '1' . '}' x 70,
+                                                    trace => OsagoStack::traceparent()) };
+        my $utf_id = OsagoStack::uuid7();
+        push @bad, { what => 'payload with invalid UTF-8', app_id => $utf_id, reason => qr/UTF-?8/i,
+                     entry => OsagoStack::raw_entry($r, app_id => $utf_id, partner => 'acme',
+                                                    payload => qq({"owner":{"name":"\xff\xfe"}}),
+                                                    trace => OsagoStack::traceparent()) };
+    }
     if ($i == 6) {
         push @bad, { what => 'entry without app_id and payload',
                      entry => OsagoStack::raw_entry($r, partner => 'acme', junk => 'x') };
@@ -263,6 +277,8 @@ for my $b (@bad) {
        "malformed entry ($b->{what}): logged at warn/error with a reason, naming entry $b->{entry}")
         or diag explain [ grep { ($_->{level} // '') ne 'debug' } @$logs[0 .. ($#$logs > 40 ? 40 : $#$logs)] ];
     diag "  logged: $hits[0]{msg}" if @hits;
+    like(join(' ', map { $_->{msg} // '' } @hits), $b->{reason}, '  and the reason names the fault')
+        if $b->{reason};
     is(scalar $pg->psql("SELECT count(*) FROM applications WHERE id = '$b->{app_id}'"), 0,
        'and no application row for it') if $b->{app_id};
     my @acks = grep { $_->{cmd} eq 'xack' && grep { $_ eq $b->{entry} } @{ $_->{args} } } @$cmds;

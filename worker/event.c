@@ -403,12 +403,26 @@ struct forward {
     int      depth;
     int      tokens;
     int      not_object;
+    int      too_deep;
 };
+
+
 
 static int fw_begin(struct forward *f, int is_map)
 {
     if (f->tokens++ == 0 && !is_map) {
         f->not_object = 1;
+        return 0;
+    }
+    return 1;
+}
+
+static int fw_open(struct forward *f, int is_map)
+{
+    if (!fw_begin(f, is_map))
+        return 0;
+    if (++f->depth > EVENT_MAX_DEPTH) {
+        f->too_deep = 1;
         return 0;
     }
     return 1;
@@ -441,8 +455,7 @@ static int fw_string(void *ctx, const unsigned char *s, size_t len)
 static int fw_start_map(void *ctx)
 {
     struct forward *f = ctx;
-    return fw_begin(f, 1) && ++f->depth <= EVENT_MAX_DEPTH &&
-           yajl_gen_map_open(f->g) == yajl_gen_status_ok;
+    return fw_open(f, 1) && yajl_gen_map_open(f->g) == yajl_gen_status_ok;
 }
 
 static int fw_map_key(void *ctx, const unsigned char *s, size_t len)
@@ -461,8 +474,7 @@ static int fw_end_map(void *ctx)
 static int fw_start_array(void *ctx)
 {
     struct forward *f = ctx;
-    return fw_begin(f, 0) && ++f->depth <= EVENT_MAX_DEPTH &&
-           yajl_gen_array_open(f->g) == yajl_gen_status_ok;
+    return fw_open(f, 0) && yajl_gen_array_open(f->g) == yajl_gen_status_ok;
 }
 
 static int fw_end_array(void *ctx)
@@ -477,17 +489,52 @@ static const yajl_callbacks forward_callbacks = {
     fw_start_map, fw_map_key, fw_end_map, fw_start_array, fw_end_array,
 };
 
-static int gen_payload(yajl_gen g, const char *payload)
+/* Copies payload into g; on failure err says why (when err is not NULL). */
+static int gen_payload(yajl_gen g, const char *payload, char *err, size_t errlen)
 {
     struct forward f = { .g = g };
-    yajl_handle h = yajl_alloc(&forward_callbacks, NULL, &f);
-    if (h == NULL)
+    yajl_handle    h = yajl_alloc(&forward_callbacks, NULL, &f);
+    size_t         len = strlen(payload);
+    int            ok;
+
+    if (h == NULL) {
+        if (err != NULL)
+            snprintf(err, errlen, "out of memory");
         return -1;
-    size_t len = strlen(payload);
-    int ok = yajl_parse(h, (const unsigned char *)payload, len) == yajl_status_ok &&
-             yajl_complete_parse(h) == yajl_status_ok && f.tokens > 0 && !f.not_object;
+    }
+    ok = yajl_parse(h, (const unsigned char *)payload, len) == yajl_status_ok &&
+         yajl_complete_parse(h) == yajl_status_ok && f.tokens > 0 && !f.not_object;
+    if (!ok && err != NULL) {
+        if (f.not_object || f.tokens == 0) {
+            snprintf(err, errlen, "not a JSON object");
+        } else if (f.too_deep) {
+            snprintf(err, errlen, "nested deeper than %d levels", EVENT_MAX_DEPTH);
+        } else {
+            unsigned char *msg = yajl_get_error(h, 0, (const unsigned char *)payload, len);
+
+            snprintf(err, errlen, "not JSON: %s", msg != NULL ? (const char *)msg : "?");
+            err[strcspn(err, "\n")] = '\0';
+            if (msg != NULL)
+                yajl_free_error(h, msg);
+        }
+    }
     yajl_free(h);
     return ok ? 0 : -1;
+}
+
+int event_payload_check(const char *payload, char *err, size_t errlen)
+{
+    yajl_gen g = yajl_gen_alloc(NULL);
+    int      rc;
+
+    if (g == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    yajl_gen_config(g, yajl_gen_validate_utf8, 1);     /* exactly what event_encode will ask */
+    rc = gen_payload(g, payload, err, errlen);
+    yajl_gen_free(g);
+    return rc;
 }
 
 static void gen_str(yajl_gen g, const char *s)
@@ -534,7 +581,7 @@ char *event_encode(const osago_event_t *ev, size_t *len)
     case EV_CREATED:
         gen_kv_str(g, "partner", ev->partner);
         gen_str(g, "payload");
-        if (gen_payload(g, ev->payload) < 0)
+        if (gen_payload(g, ev->payload, NULL, 0) < 0)
             goto out;
         break;
     case EV_STARTED:
@@ -548,7 +595,7 @@ char *event_encode(const osago_event_t *ev, size_t *len)
         gen_kv_str(g, "insurer", ev->insurer);
         gen_kv_int(g, "attempt", ev->attempt);
         gen_str(g, "payload");
-        if (gen_payload(g, ev->payload) < 0)
+        if (gen_payload(g, ev->payload, NULL, 0) < 0)
             goto out;
         break;
     case EV_TASK_RESULT:

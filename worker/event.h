@@ -65,6 +65,10 @@ void event_free(osago_event_t *ev);
  * refuses an event that would not decode (so nothing invalid reaches Kafka). 0, or -1 + err. */
 int  event_validate(const osago_event_t *ev, char *err, size_t errlen);
 
+/* Whether event_encode would carry payload (a JSON object, at most 64 levels deep, valid
+ * UTF-8): 0, or -1 with the reason in err ("nested deeper than 64 levels"). */
+int  event_payload_check(const char *payload, char *err, size_t errlen);
+
 int  event_uuid_valid(const char *s);          /* 8-4-4-4-12 hex digits (either case) */
 int  event_code_valid(const char *s);          /* insurer code: [a-z0-9_-]{1,32} */
 int  event_traceparent_valid(const char *s);   /* "00-<32 hex>-<16 hex>-<2 hex>", lower case,

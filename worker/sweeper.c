@@ -220,37 +220,49 @@ static int sweep_touch(sweeper_t *s, const sweep_kind_t *k, PGresult *rows)
 
 static int sweep_produce(sweeper_t *s, const sweep_kind_t *k, PGresult *rows)
 {
-    int                   n = PQntuples(rows), rc = -1;
+    int                   n = PQntuples(rows), rc = -1, sendable = 0;
     osago_event_t        *evs = calloc((size_t) n, sizeof(*evs));
     const osago_event_t **ptrs = calloc((size_t) n, sizeof(*ptrs));
+    char                  why[96];
 
     if (evs != NULL && ptrs != NULL) {
         for (int i = 0; i < n; i++) {
             k->fill(&evs[i], rows, i);
-            ptrs[i] = &evs[i];
+            /* one event the encoder refuses would fail the page on every sweep: it is left
+             * out and named, the rest of the page goes on */
+            if (evs[i].payload != NULL
+                && event_payload_check(evs[i].payload, why, sizeof(why)) != 0) {
+                wlog(LOG_ERROR, SWEEP_ROLE, evs[i].traceparent, "redrive_impossible",
+                     "%s (%s): payload is %s; it cannot be carried in an event",
+                     evs[i].application_id, k->name, why);
+                continue;
+            }
+            ptrs[sendable++] = &evs[i];
         }
-        rc = kafka_produce_events(s->w->producer, ptrs, n, SWEEP_PRODUCE_TIMEOUT_MS);
+        rc = kafka_produce_events(s->w->producer, ptrs, sendable, SWEEP_PRODUCE_TIMEOUT_MS);
         if (rc != 0)
             wlog(LOG_WARN, SWEEP_ROLE, NULL, "kafka_error",
                  "%d re-driven events (%s) not confirmed; rolled back, the next sweep retries",
-                 n, k->name);
+                 sendable, k->name);
     }
-    for (int i = 0; rc == 0 && i < n; i++) {
-        if (evs[i].type == EV_TASK)
-            wlog(LOG_INFO, SWEEP_ROLE, evs[i].traceparent, k->log_event,
-                 "%s/%s attempt %d: %s, re-driven", evs[i].application_id, evs[i].insurer,
-                 evs[i].attempt, k->log_what);
+    for (int i = 0; rc == 0 && i < sendable; i++) {
+        const osago_event_t *ev = ptrs[i];
+
+        if (ev->type == EV_TASK)
+            wlog(LOG_INFO, SWEEP_ROLE, ev->traceparent, k->log_event,
+                 "%s/%s attempt %d: %s, re-driven", ev->application_id, ev->insurer,
+                 ev->attempt, k->log_what);
         else
-            wlog(LOG_INFO, SWEEP_ROLE, evs[i].traceparent, k->log_event, "%s: %s, re-driven",
-                 evs[i].application_id, k->log_what);
+            wlog(LOG_INFO, SWEEP_ROLE, ev->traceparent, k->log_event, "%s: %s, re-driven",
+                 ev->application_id, k->log_what);
     }
     free(ptrs);
     free(evs);
-    return rc == 0 ? 0 : -1;
+    return rc == 0 ? sendable : -1;
 }
 
-/* One page of one kind: the number re-driven, or -1. */
-static int sweep_page(sweeper_t *s, const sweep_kind_t *k, int age_s)
+/* One page of one kind: the number of rows it held (*redriven: of them re-driven), or -1. */
+static int sweep_page(sweeper_t *s, const sweep_kind_t *k, int age_s, int *redriven)
 {
     char        age[16];
     const char *params[1] = { age };
@@ -266,7 +278,8 @@ static int sweep_page(sweeper_t *s, const sweep_kind_t *k, int age_s)
         return -1;
     }
     n = PQntuples(rows);
-    if (n > 0 && (sweep_touch(s, k, rows) != 0 || sweep_produce(s, k, rows) != 0)) {
+    *redriven = 0;
+    if (n > 0 && (sweep_touch(s, k, rows) != 0 || (*redriven = sweep_produce(s, k, rows)) < 0)) {
         PQclear(rows);
         sweep_rollback(s);
         return -1;
@@ -280,13 +293,13 @@ static int sweep_page(sweeper_t *s, const sweep_kind_t *k, int age_s)
 
 static void sweep_kind(sweeper_t *s, const sweep_kind_t *k, int age_s, atomic_ulong *counter)
 {
-    int total = 0, pages = 0, n;
+    int total = 0, pages = 0, n, redriven;
 
     /* a full page means there may be more: keep going, each page its own transaction */
     do {
-        n = sweep_page(s, k, age_s);
+        n = sweep_page(s, k, age_s, &redriven);
         if (n > 0)
-            total += n;
+            total += redriven;
     } while (n == SWEEP_LIMIT && ++pages != k->max_pages && !*s->w->stop);
     if (total > 0) {
         atomic_fetch_add(counter, (unsigned long) total);

@@ -635,6 +635,56 @@ static void test_decode_result_errors(void **state)
 
 /* ---- encoding refuses what would not decode ----------------------------------------------- */
 
+/* event_payload_check is the relay's promise that event_encode will carry a payload: the two
+ * must agree on every input, and the check must say why it refuses. */
+static void test_payload_check_agrees_with_encode(void **state)
+{
+    char          deep64[400] = "", deep65[400] = "", err[128];
+    osago_event_t ev;
+    size_t        len;
+    (void)state;
+
+    for (int i = 0; i < 64; i++)
+        strcat(deep64, "{\"a\":");
+    strcat(deep64, "1");
+    for (int i = 0; i < 64; i++)
+        strcat(deep64, "}");
+    snprintf(deep65, sizeof(deep65), "{\"b\":%s}", deep64);
+
+    const struct { const char *payload; const char *reason; } cases[] = {
+        { "{\"vehicle\":{\"power_hp\":150}}", NULL },
+        { deep64, NULL },
+        { "{\"name\":\"\xd0\x98\xd0\xb2\xd0\xb0\xd0\xbd\"}", NULL },
+        { deep65, "nested deeper than 64 levels" },
+        { "[1,2]", "not a JSON object" },
+        { "\"x\"", "not a JSON object" },
+        { "", "not a JSON object" },
+        { "{\"a\":", "not JSON: " },
+        { "{\"n\":\"\xff\xfe\"}", "not JSON: " },
+        { "{\"n\":\"\xc3\x28\"}", "not JSON: " },
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        int   rc = event_payload_check(cases[i].payload, err, sizeof(err));
+        char *json;
+
+        fill(&ev, EV_CREATED);
+        free(ev.payload);
+        ev.payload = strdup(cases[i].payload);
+        json = event_encode(&ev, &len);
+        if ((rc == 0) != (json != NULL))
+            fail_msg("case %zu: check says %d, encode says %s", i, rc, json ? "ok" : "no");
+        if (cases[i].reason == NULL) {
+            assert_int_equal(rc, 0);
+        } else {
+            assert_int_equal(rc, -1);
+            if (strncmp(err, cases[i].reason, strlen(cases[i].reason)) != 0)
+                fail_msg("case %zu: reason '%s', want '%s...'", i, err, cases[i].reason);
+        }
+        free(json);
+        event_free(&ev);
+    }
+}
+
 static void test_encode_refuses_invalid(void **state)
 {
     osago_event_t ev;
@@ -806,6 +856,7 @@ int main(void)
         cmocka_unit_test(test_decode_task_errors),
         cmocka_unit_test(test_decode_result_errors),
         cmocka_unit_test(test_encode_refuses_invalid),
+        cmocka_unit_test(test_payload_check_agrees_with_encode),
         cmocka_unit_test(test_encode_sanitizes_error),
         cmocka_unit_test(test_stamp),
         cmocka_unit_test(test_traceparent),
