@@ -167,7 +167,7 @@ typedef struct {
     int64_t           polled_ms;     /* the last consumer poll */
     int               more_queued;   /* the last ex_consume stopped at its batch, with room */
     int64_t           claim_retry_ms;
-    int               claim_phase;   /* CL_*: the claim transaction in flight (ST_CLAIMING) */
+    int               claim_phase;   /* CL_*: the claim (ST_CLAIMING) or heartbeat in flight */
     int64_t           claim_due_ms;  /* its round trip's deadline */
     int               claim_fd;      /* PostgreSQL's socket in epfd during a claim; -1 */
     uint32_t          claim_events;  /* what claim_fd is watched for */
@@ -700,8 +700,10 @@ static void ex_mark_rows(executor_t *x, PGresult *res, int from, int to, int wit
  * The second round trip's statements depend on what the first locked. A failure of any kind
  * drops the connection (PostgreSQL rolls the transaction back) and the calls are claimed again
  * after EX_RETRY_MS on a new one.
+ *   CL_HEARTBEAT: ex_heartbeat, between claims, the same way: a PostgreSQL that stalls costs
+ * the heartbeat (retried on a new connection), never the loop that serves Kafka and curl.
  */
-enum { CL_IDLE = 0, CL_LOCKING, CL_MARKING };
+enum { CL_IDLE = 0, CL_LOCKING, CL_MARKING, CL_HEARTBEAT };
 
 /* Whether a call in the claim is marked `mark`: what the second round trip queued for. */
 static int ex_claim_any(const executor_t *x, int mark)
@@ -751,9 +753,14 @@ static void ex_claim_fail(executor_t *x, const char *why)
 {
     call_t *c;
 
-    if (ex_warn_due(x))
+    if (x->claim_phase == CL_HEARTBEAT) {
+        if (ex_warn_due(x))
+            wlog(LOG_WARN, EX_ROLE, NULL, "pg_error", "heartbeat: %s; sent again shortly", why);
+        x->next_heartbeat_ms = ex_now_ms() + EX_RETRY_MS;
+    } else if (ex_warn_due(x)) {
         wlog(LOG_WARN, EX_ROLE, NULL, "pg_error", "claim of %d tasks: %s; claimed again shortly",
              x->lists[ST_CLAIMING].n, why);
+    }
     ex_claim_unwatch(x);
     pg_pipe_clear(&x->claim_pipe);
     if (x->pg != NULL)
@@ -884,7 +891,8 @@ static void ex_claim_progress(executor_t *x)
         ex_claim_locked(x);
         return;
     }
-    ex_claim_marked(x);
+    if (x->claim_phase == CL_MARKING)
+        ex_claim_marked(x);
     pg_pipe_clear(&x->claim_pipe);
     ex_claim_unwatch(x);
     x->claim_phase = CL_IDLE;
@@ -912,14 +920,15 @@ static void ex_claim_finish(executor_t *x)
     x->nevents = 0;
 }
 
-/* One UPDATE for every task this executor holds, so the sweeper leaves them alone. */
+/* One UPDATE for every task this executor holds, so the sweeper leaves them alone; sent like
+ * a claim round trip (CL_HEARTBEAT), answered in ex_claim_progress. */
 static void ex_heartbeat(executor_t *x)
 {
     static const call_state_t st[] = { ST_BACKLOG, ST_RUNNING, ST_RETRY, ST_OUTBOX, ST_SENT };
     ex_arrays_t               a = { NULL, NULL, NULL };
     const char               *params[2];
-    PGresult                 *res;
     int64_t                   now = ex_now_ms();
+    int                       rc;
 
     /* the connection is the claim's until its round trips are back */
     if (now < x->next_heartbeat_ms || x->claim_phase != CL_IDLE)
@@ -934,12 +943,14 @@ static void ex_heartbeat(executor_t *x)
     }
     params[0] = a.apps;
     params[1] = a.codes;
-    res = ex_exec(x, "ex_heartbeat", 2, params);
+    rc = pg_pipe_begin(x->pg, &x->claim_pipe) != 0
+         || pg_pipe_stmt(x->pg, &x->claim_pipe, "ex_heartbeat", NULL, 2, params) != 0
+         || ex_claim_send(x, CL_HEARTBEAT) != 0;
     ex_arrays_free(&a);
-    if (res == NULL)
-        x->next_heartbeat_ms = now + EX_RETRY_MS;
-    else
-        PQclear(res);
+    if (rc != 0) {
+        x->claim_phase = CL_HEARTBEAT;      /* so the failure is reported as the heartbeat's */
+        ex_claim_fail(x, PQerrorMessage(x->pg));
+    }
 }
 
 /* ---- outcomes ----------------------------------------------------------------------------- */
@@ -1564,7 +1575,9 @@ static void ex_wait(executor_t *x)
         until = ex_min(until, x->produce_retry_ms);
     for (call_t *c = x->lists[ST_RETRY].head; c != NULL; c = c->next)
         until = ex_min(until, c->due_ms);
-    until = ex_min(until, x->next_heartbeat_ms);
+    /* a heartbeat due waits for the round trip in flight, whose socket or deadline wakes us */
+    if (x->claim_phase == CL_IDLE)
+        until = ex_min(until, x->next_heartbeat_ms);
     if (x->curl_due_ms >= 0)
         until = ex_min(until, x->curl_due_ms);
     n = epoll_wait(x->epfd, x->events, EX_EPOLL_EVENTS, until > now ? (int) (until - now) : 0);
