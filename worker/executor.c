@@ -1030,14 +1030,17 @@ static int ex_premium(const char *answer, size_t len, char *premium, size_t cap,
         yajl_tree_free(root);
         return -1;
     }
+    /* judged as stored, in kopecks: numeric(12, 2) holds up to 9999999999.99, and a premium
+     * that rounds to 0.00 is no premium. Judging the raw number let 9999999999.999 through to
+     * fail in PostgreSQL on every redelivery, and stored 0.004 as a free policy. */
     d = strtod(YAJL_GET_NUMBER(v), NULL);
-    /* numeric(12, 2) holds less than 1e10: a larger premium is not a real one either */
-    if (!(d > 0 && d < 1e10)) {
+    if (!(d > 0 && d < 1e11)
+        || (size_t) snprintf(premium, cap, "%.2f", d) >= cap
+        || !((d = strtod(premium, NULL)) >= 0.01 && d < 1e10)) {
         snprintf(why, whylen, "premium_rub %.40s out of range", YAJL_GET_NUMBER(v));
         yajl_tree_free(root);
         return -1;
     }
-    snprintf(premium, cap, "%.2f", d);
     yajl_tree_free(root);
     return 0;
 }

@@ -978,7 +978,8 @@ use IO::Socket::IP;
 use Time::HiRes qw(time sleep);
 
 # new(code => 'rec', mode => 'status' (answers status => 500) | 'hang' (never answers) |
-#     'garbage' (200, not JSON) | 'ok' (200 with premium => 1234.56), delay_s => answer after):
+#     'garbage' (200, not JSON) | 'ok' (200 with premium => 1234.56, or premium_text => the
+#     number as written), delay_s => answer after):
 # a forked HTTP server; every request is recorded (time, path, traceparent, body) before the
 # answer. One process per connection, in the server's own process group, stopped by its id.
 sub new {
@@ -1053,9 +1054,9 @@ sub _serve {
     } elsif ($mode eq 'garbage') {
         ($out, $type) = ('<html><body>502 Bad Gateway</body></html>', 'text/html');
     } else {
-        $out = sprintf '{"insurer":"%s","application_id":"%s","premium_rub":%.2f}',
+        $out = sprintf '{"insurer":"%s","application_id":"%s","premium_rub":%s}',
                        $opt->{code} // 'rec', (ref $j eq 'HASH' ? $j->{application_id} // '' : ''),
-                       $opt->{premium} // 1234.56;
+                       $opt->{premium_text} // sprintf('%.2f', $opt->{premium} // 1234.56);
     }
     print {$c} "HTTP/1.1 $status X\r\nContent-Type: $type\r\nContent-Length: " . length($out)
              . "\r\nConnection: close\r\n\r\n$out";
