@@ -11,7 +11,9 @@
 #include <string.h>
 #include <unistd.h>
 
-enum opt_kind { OPT_STR, OPT_INT, OPT_ROLES, OPT_REDIS, OPT_HTTP, OPT_LEVEL, OPT_NAME };
+#include <libpq-fe.h>
+
+enum opt_kind { OPT_STR, OPT_INT, OPT_ROLES, OPT_REDIS, OPT_HTTP, OPT_LEVEL, OPT_NAME, OPT_PG };
 
 struct opt {
     const char   *flag;     /* NULL: environment only */
@@ -28,14 +30,14 @@ static const struct opt config_opts[] = {
     { "--roles", "OSAGO_ROLES", OPT_ROLES, OFF(roles), 0, 0, "all" },
     { "--kafka", "OSAGO_KAFKA", OPT_STR, OFF(kafka_bootstrap), 0, 0, "127.0.0.1:9092" },
     { "--kafka-session-timeout-ms", "OSAGO_KAFKA_SESSION_TIMEOUT_MS", OPT_INT,
-      OFF(kafka_session_timeout_ms), 1000, 1800000, "10000" },
+      OFF(kafka_session_timeout_ms), 6000, 1800000, "10000" },
     { "--kafka-fetch-wait-ms", "OSAGO_KAFKA_FETCH_WAIT_MS", OPT_INT,
       OFF(kafka_fetch_wait_ms), 1, 1000, "100" },
     { "--kafka-linger-ms", "OSAGO_KAFKA_LINGER_MS", OPT_INT, OFF(kafka_linger_ms), 0, 1000, "2" },
     { "--redis", "OSAGO_REDIS", OPT_REDIS, 0, 0, 0, "127.0.0.1:6380" },
     { NULL, "OSAGO_REDIS_PASSWORD", OPT_STR, OFF(redis_password), 0, 0, NULL },
     { "--redis-db", "OSAGO_REDIS_DB", OPT_INT, OFF(redis_db), 0, 255, "0" },
-    { "--pg", "OSAGO_PG", OPT_STR, OFF(pg_conninfo), 0, 0,
+    { "--pg", "OSAGO_PG", OPT_PG, OFF(pg_conninfo), 0, 0,
       "host=127.0.0.1 port=5433 dbname=osago user=osago" },
     { "--insurers", "OSAGO_INSURERS", OPT_STR, OFF(insurers_file), 0, 0, "conf/insurers.json" },
     { "--migrations", "OSAGO_MIGRATIONS", OPT_STR, OFF(migrations_dir), 0, 0,
@@ -137,6 +139,26 @@ static int apply(worker_config_t *cfg, const struct opt *o, const char *src, con
         }
         *(const char **)member = v;
         return 0;
+    case OPT_PG: {
+        /* libpq's own parser: a typo fails here, not as a reconnect loop in every role */
+        char             *why = NULL;
+        PQconninfoOption *parsed;
+
+        if (*v == '\0') {
+            snprintf(err, errlen, "%s must not be empty", src);
+            return -1;
+        }
+        if ((parsed = PQconninfoParse(v, &why)) == NULL) {
+            snprintf(err, errlen, "%s is not a PostgreSQL connection string: %.*s", src,
+                     why != NULL ? (int) strcspn(why, "\n") : 13,
+                     why != NULL ? why : "out of memory");
+            PQfreemem(why);
+            return -1;
+        }
+        PQconninfoFree(parsed);
+        *(const char **)member = v;
+        return 0;
+    }
     case OPT_INT:
         errno = 0;
         n = strtol(v, &end, 10);
@@ -284,10 +306,13 @@ int config_parse(worker_config_t *cfg, int argc, char **argv, char *err, size_t 
                  cfg->retry_max_ms, cfg->retry_base_ms);
         return -1;
     }
-    if (cfg->stale_after_s <= cfg->heartbeat_s) {
+    /* a heartbeat waits behind a claim or a slow statement: one late beat must not make a
+     * running task stale, or its insurer is called twice */
+    if (cfg->stale_after_s < 2 * cfg->heartbeat_s) {
         snprintf(err, errlen,
-                 "--stale-after-s (%d) must be greater than --heartbeat-s (%d), or running "
-                 "tasks would be swept", cfg->stale_after_s, cfg->heartbeat_s);
+                 "--stale-after-s (%d) must be at least twice --heartbeat-s (%d), or a late "
+                 "heartbeat would have running tasks swept", cfg->stale_after_s,
+                 cfg->heartbeat_s);
         return -1;
     }
     return 0;

@@ -263,7 +263,7 @@ static void test_numbers(void **state)
         const char *flag, *env;
         int min, max;
     } nums[] = {
-        { "--kafka-session-timeout-ms", "OSAGO_KAFKA_SESSION_TIMEOUT_MS", 1000, 1800000 },
+        { "--kafka-session-timeout-ms", "OSAGO_KAFKA_SESSION_TIMEOUT_MS", 6000, 1800000 },
         { "--kafka-fetch-wait-ms", "OSAGO_KAFKA_FETCH_WAIT_MS", 1, 1000 },
         { "--kafka-linger-ms", "OSAGO_KAFKA_LINGER_MS", 0, 1000 },
         { "--redis-db", "OSAGO_REDIS_DB", 0, 255 },
@@ -341,6 +341,18 @@ static void test_addresses_and_strings(void **state)
 
     PARSE_ERR("--kafka must not be empty", "--kafka", "");
     PARSE_ERR("--pg must not be empty", "--pg=");
+    /* libpq's own reasons, so a typo is caught at start rather than in a reconnect loop */
+    PARSE_ERR("--pg is not a PostgreSQL connection string: missing \"=\" after \"port\" in "
+              "connection info string", "--pg", "host=127.0.0.1 port");
+    PARSE_ERR("--pg is not a PostgreSQL connection string: invalid connection option \"hots\"",
+              "--pg", "hots=127.0.0.1 dbname=osago");
+    PARSE_ERR("--pg is not a PostgreSQL connection string: unterminated quoted string in "
+              "connection info string", "--pg", "password='abc");
+    {
+        worker_config_t cfg;
+        PARSE_OK(&cfg, "--pg", "postgresql://osago@127.0.0.1:5433/osago");
+        assert_string_equal(cfg.pg_conninfo, "postgresql://osago@127.0.0.1:5433/osago");
+    }
     PARSE_ERR("--insurers must not be empty", "--insurers", "");
     PARSE_ERR("--migrations must not be empty", "--migrations", "");
     PARSE_ERR("--log-level must be debug, info, warn or error, got 'verbose'", "--log-level",
@@ -364,11 +376,14 @@ static void test_cross_checks(void **state)
     PARSE_ERR("--retry-max-ms (500) must be at least --retry-base-ms (1000)", "--retry-max-ms",
               "500");
     PARSE_OK(&cfg, "--retry-max-ms", "1000");
-    PARSE_ERR("--stale-after-s (15) must be greater than --heartbeat-s (15), or running tasks "
-              "would be swept", "--stale-after-s", "15");
-    PARSE_ERR("--stale-after-s (120) must be greater than --heartbeat-s (200), or running tasks "
-              "would be swept", "--heartbeat-s", "200");
-    PARSE_OK(&cfg, "--stale-after-s", "16");
+    PARSE_ERR("--stale-after-s (15) must be at least twice --heartbeat-s (15), or a late "
+              "heartbeat would have running tasks swept", "--stale-after-s", "15");
+    PARSE_ERR("--stale-after-s (29) must be at least twice --heartbeat-s (15), or a late "
+              "heartbeat would have running tasks swept", "--stale-after-s", "29");
+    PARSE_ERR("--stale-after-s (120) must be at least twice --heartbeat-s (61), or a late "
+              "heartbeat would have running tasks swept", "--heartbeat-s", "61");
+    PARSE_OK(&cfg, "--stale-after-s", "30");
+    PARSE_OK(&cfg, "--heartbeat-s", "60");
 }
 
 int main(void)
