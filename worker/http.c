@@ -137,7 +137,8 @@ static struct probe probe_all(worker_t *w)
 {
     struct probe p;
     p.redis = probe_redis(w->cfg);
-    p.kafka = w->producer != NULL && kafka_reachable(w->producer, PROBE_TIMEOUT_MS);
+    p.kafka = w->producer != NULL && !kafka_producer_failed(w->producer)
+              && kafka_reachable(w->producer, PROBE_TIMEOUT_MS);
     p.pg = probe_pg(w->cfg->pg_conninfo);
     atomic_store(&w->metrics->redis_up, p.redis);
     atomic_store(&w->metrics->kafka_up, p.kafka);

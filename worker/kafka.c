@@ -14,11 +14,13 @@
 #include "kafka.h"
 
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "log.h"
 
@@ -29,6 +31,7 @@ struct kafka_producer {
     pthread_t     poller;
     int           poller_started;
     atomic_int    closing;
+    atomic_int    fatal;      /* librdkafka raised a fatal error: this producer is done */
 };
 
 struct kafka_batch {
@@ -102,14 +105,26 @@ static void log_cb(const rd_kafka_t *rk, int level, const char *fac, const char 
     wlog(l, "kafka", NULL, "rdkafka", "%s %s: %s", rd_kafka_name(rk), fac, buf);
 }
 
+/*
+ * A fatal error leaves the idempotent producer unable to produce anything again (a refused
+ * producer id, a fenced epoch): every role would fail its batches for ever while /healthz said
+ * fine. The process stops instead and exits 1 (main.c), so its supervisor starts a new one with
+ * a new producer; what was not confirmed is not acknowledged and is done again. Only the
+ * producer has the opaque: consumers raise fatal errors only with static group membership
+ * (group.instance.id), which the worker does not use.
+ */
 static void error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
 {
-    (void)opaque;
+    kafka_producer_t *p = opaque;
+
     if (err == RD_KAFKA_RESP_ERR__FATAL) {
         char why[512];
         rd_kafka_resp_err_t orig = rd_kafka_fatal_error(rk, why, sizeof(why));
-        wlog(LOG_ERROR, "kafka", NULL, "kafka_fatal", "%s: fatal error %s: %s",
-             rd_kafka_name(rk), rd_kafka_err2name(orig), why);
+        wlog(LOG_ERROR, "kafka", NULL, "kafka_fatal", "%s: fatal error %s: %s%s",
+             rd_kafka_name(rk), rd_kafka_err2name(orig), why,
+             p != NULL ? "; stopping, to be restarted with a new producer" : "");
+        if (p != NULL && atomic_exchange(&p->fatal, 1) == 0)
+            kill(getpid(), SIGTERM);     /* blocked in every thread: the main thread takes it */
         return;
     }
     /* transport errors repeat while a broker is down; librdkafka retries by itself */
@@ -172,6 +187,7 @@ kafka_producer_t *kafka_producer_new(const worker_config_t *cfg, char *err, size
         snprintf(err, errlen, "kafka: out of memory");
         return NULL;
     }
+    rd_kafka_conf_set_opaque(conf, p);
     p->rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, why, sizeof(why));
     if (p->rk == NULL) {   /* conf is still ours on failure */
         rd_kafka_conf_destroy(conf);
@@ -419,6 +435,11 @@ void kafka_done(rd_kafka_t *consumer, const rd_kafka_message_t *msg)
              rd_kafka_topic_name(msg->rkt), (int)msg->partition, (long long)msg->offset,
              rd_kafka_err2str(e));
     rd_kafka_topic_partition_list_destroy(list);
+}
+
+int kafka_producer_failed(kafka_producer_t *p)
+{
+    return p != NULL && atomic_load(&p->fatal);
 }
 
 int kafka_reachable(kafka_producer_t *p, int timeout_ms)

@@ -55,4 +55,7 @@ void kafka_log_poll_error(const char *role, const rd_kafka_message_t *m, long lo
 /* 1 when the broker answered metadata within timeout_ms (for /readyz). */
 int kafka_reachable(kafka_producer_t *p, int timeout_ms);
 
+/* 1 once librdkafka raised a fatal error on the producer (it then asked the process to stop). */
+int kafka_producer_failed(kafka_producer_t *p);
+
 #endif

@@ -3,7 +3,8 @@
  * waits for SIGINT/SIGTERM; `migrate` applies the SQL migrations and exits.
  *
  * Exit status: 0 after a clean stop or migration, 1 on a runtime failure (a role thread that
- * returned on its own, HTTP port in use, a failed migration), 2 on invalid configuration.
+ * returned on its own, a fatal error of the Kafka producer, HTTP port in use, a failed
+ * migration), 2 on invalid configuration.
  */
 #include <errno.h>
 #include <malloc.h>
@@ -228,6 +229,8 @@ static int run(const worker_config_t *cfg)
     for (int i = 0; i < nroles; i++)
         if ((cfg->roles & roles[i].bit) && !roles[i].started)
             rc = 1;
+    if (kafka_producer_failed(producer))
+        rc = 1;
     http_stop(http);
 out_producer:
     kafka_producer_free(producer);

@@ -136,9 +136,22 @@ void control_execute(struct control *c, char *line, char *out, size_t outsize)
             fprintf(stderr, "devbroker: topic %s error %s\n", argv[2], argv[3]);
             snprintf(out, outsize, "ok");
         }
+    } else if (strcmp(argv[0], "request") == 0) {
+        int count = 1;
+
+        if ((argc != 4 && argc != 5) || strcmp(argv[1], "error") != 0
+            || (argc == 5 && ((count = atoi(argv[4])) < 1 || count > 1000))) {
+            snprintf(out, outsize, "error: usage: request error API ERRNAME [COUNT 1..1000]");
+        } else if (mock_request_error(c->mock, argv[2], argv[3], count, err, sizeof(err)) < 0) {
+            snprintf(out, outsize, "error: %s", err);
+        } else {
+            fprintf(stderr, "devbroker: next %d %s request(s) fail with %s\n", count, argv[2],
+                    argv[3]);
+            snprintf(out, outsize, "ok");
+        }
     } else {
         snprintf(out, outsize, "error: unknown command (ping, stats, broker down|up|rtt, "
-                 "topic error, quit)");
+                 "topic error, request error, quit)");
     }
 }
 

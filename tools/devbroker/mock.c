@@ -180,6 +180,37 @@ int mock_topic_set_error(struct mock *m, const char *topic, const char *errname,
     return 0;
 }
 
+int mock_request_error(struct mock *m, const char *api, const char *errname, int count,
+                       char *errbuf, size_t errsize)
+{
+    /* the requests a client's failure handling turns on; the protocol's ApiKey numbers */
+    static const struct { const char *name; int16_t key; } apis[] = {
+        { "Produce", 0 }, { "Fetch", 1 }, { "ListOffsets", 2 }, { "Metadata", 3 },
+        { "OffsetCommit", 8 }, { "OffsetFetch", 9 }, { "FindCoordinator", 10 },
+        { "JoinGroup", 11 }, { "Heartbeat", 12 }, { "SyncGroup", 14 }, { "InitProducerId", 22 },
+    };
+    rd_kafka_resp_err_t code;
+    size_t              i;
+
+    for (i = 0; i < sizeof(apis) / sizeof(apis[0]); i++)
+        if (strcasecmp(apis[i].name, api) == 0)
+            break;
+    if (i == sizeof(apis) / sizeof(apis[0])) {
+        snprintf(errbuf, errsize, "unknown request %s (Produce, Fetch, ListOffsets, Metadata, "
+                 "OffsetCommit, OffsetFetch, FindCoordinator, JoinGroup, Heartbeat, SyncGroup, "
+                 "InitProducerId)", api);
+        return -1;
+    }
+    if (mock_err_lookup(errname, &code) < 0) {
+        snprintf(errbuf, errsize, "unknown error name %s (use librdkafka's names, e.g. "
+                 "CLUSTER_AUTHORIZATION_FAILED, NOT_LEADER_FOR_PARTITION)", errname);
+        return -1;
+    }
+    for (int n = 0; n < count; n++)
+        rd_kafka_mock_push_request_errors(m->cluster, apis[i].key, 1, code);
+    return 0;
+}
+
 int mock_first_up(const struct mock *m, struct sockaddr_in *addr)
 {
     for (int i = 0; i < m->nbrokers; i++) {

@@ -33,6 +33,10 @@ int mock_broker_set_up(struct mock *m, int broker, bool up, char *errbuf, size_t
 int mock_broker_set_rtt(struct mock *m, int broker, int rtt_ms, char *errbuf, size_t errsize);
 int mock_topic_set_error(struct mock *m, const char *topic, const char *errname, char *errbuf,
                          size_t errsize);
+/* The next `count` requests of one kind (by name: Produce, InitProducerId, ...) fail with
+ * errname, whichever broker they reach (rd_kafka_mock_push_request_errors). */
+int mock_request_error(struct mock *m, const char *api, const char *errname, int count,
+                       char *errbuf, size_t errsize);
 
 /* The first broker that is up (its address in *addr, id returned), or 0 when all are down. */
 int mock_first_up(const struct mock *m, struct sockaddr_in *addr);
