@@ -139,6 +139,14 @@ ngx_http_osago_metrics_poll(ngx_http_osago_main_conf_t *omcf,
         (void) ngx_atomic_fetch_add(&sh->poll_timed_out, 1);
         break;
 
+    case NGX_HTTP_OSAGO_POLL_ID_HELD:
+        (void) ngx_atomic_fetch_add(&sh->poll_ids, 1);
+        break;
+
+    case NGX_HTTP_OSAGO_POLL_ID_FREED:
+        (void) ngx_atomic_fetch_add(&sh->poll_ids, (ngx_atomic_int_t) -1);
+        break;
+
     case NGX_HTTP_OSAGO_POLL_WOKEN:
         for (i = 0; i < NGX_HTTP_OSAGO_WAKE_BUCKETS - 1; i++) {
             if (usec <= ngx_http_osago_wake_bounds[i]) {
@@ -383,6 +391,10 @@ ngx_http_osago_metrics_handler(ngx_http_request_t *r)
             "for a change.\n"
             "# TYPE osago_poll_parked gauge\n"
             "osago_poll_parked %uA\n"
+            "# HELP osago_poll_ids Application ids held in memory for "
+            "parked or reading requests (once per worker per id).\n"
+            "# TYPE osago_poll_ids gauge\n"
+            "osago_poll_ids %uA\n"
             "# HELP osago_poll_answered_total Status requests answered, by "
             "how.\n"
             "# TYPE osago_poll_answered_total counter\n"
@@ -393,7 +405,7 @@ ngx_http_osago_metrics_handler(ngx_http_request_t *r)
             "status requests (one per wake-up, however many wait).\n"
             "# TYPE osago_poll_reads_total counter\n"
             "osago_poll_reads_total %uA\n",
-            sh->poll_parked, sh->poll_at_once, sh->poll_woken,
+            sh->poll_parked, sh->poll_ids, sh->poll_at_once, sh->poll_woken,
             sh->poll_timed_out, sh->poll_reads);
 
     p = ngx_http_osago_metrics_histogram(p, "osago_poll_wake_seconds",

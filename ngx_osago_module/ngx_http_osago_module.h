@@ -219,7 +219,9 @@ typedef enum {
     NGX_HTTP_OSAGO_POLL_PARKED,
     NGX_HTTP_OSAGO_POLL_UNPARKED,       /* for whatever reason */
     NGX_HTTP_OSAGO_POLL_WOKEN,          /* answered by a change; usec */
-    NGX_HTTP_OSAGO_POLL_TIMED_OUT
+    NGX_HTTP_OSAGO_POLL_TIMED_OUT,
+    NGX_HTTP_OSAGO_POLL_ID_HELD,        /* a worker began to hold an id's node */
+    NGX_HTTP_OSAGO_POLL_ID_FREED
 } ngx_http_osago_poll_event_e;
 
 void ngx_http_osago_metrics_poll(ngx_http_osago_main_conf_t *omcf,

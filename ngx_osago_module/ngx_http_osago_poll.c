@@ -224,6 +224,7 @@ ngx_http_osago_poll_node_get(ngx_http_osago_main_conf_t *omcf, u_char *id)
     ngx_queue_init(&node->parked);
 
     ngx_rbtree_insert(&omcf->poll_tree, &node->sn.node);
+    ngx_http_osago_metrics_poll(omcf, NGX_HTTP_OSAGO_POLL_ID_HELD, 0);
 
     return node;
 }
@@ -244,6 +245,7 @@ ngx_http_osago_poll_node_release(ngx_http_osago_main_conf_t *omcf,
 
     ngx_rbtree_delete(&omcf->poll_tree, &node->sn.node);
     ngx_free(node);
+    ngx_http_osago_metrics_poll(omcf, NGX_HTTP_OSAGO_POLL_ID_FREED, 0);
 }
 
 
@@ -442,6 +444,10 @@ ngx_http_osago_poll_timeout_handler(ngx_event_t *ev)
 
     ngx_http_osago_poll_unpark(ctx);
     ngx_http_osago_metrics_poll(ctx->omcf, NGX_HTTP_OSAGO_POLL_TIMED_OUT, 0);
+
+    /* unparked, the request's cleanup has nothing left to do: the node goes
+     * here when this was the last request on it */
+    ngx_http_osago_poll_node_release(ctx->omcf, ctx->node);
 
     ngx_http_osago_poll_finish(ctx,
         ngx_http_osago_poll_send_not_modified(ctx->request));

@@ -58,6 +58,7 @@ struct ngx_http_osago_shctx_s {
     ngx_atomic_t                    poll_parked;       /* now, all workers */
     ngx_atomic_t                    poll_woken;
     ngx_atomic_t                    poll_timed_out;
+    ngx_atomic_t                    poll_ids;          /* nodes held now, all workers */
     ngx_atomic_t                    wake_bucket[NGX_HTTP_OSAGO_WAKE_BUCKETS];
     ngx_atomic_t                    wake_sum_us;
     ngx_atomic_t                    poll_subscribed[NGX_HTTP_OSAGO_MAX_WORKERS];

@@ -138,6 +138,36 @@ put_app($r, $_, owner => 'acme', updated_at => 1000) for @ids;
 
 lap('disconnects');
 
+# --- timeouts ------------------------------------------------------------------------------------
+# Parked requests that time out (304) take their ids' nodes with them: osago_poll_ids, the ids held
+# in memory, counts each id once per worker while requests wait on it and drops to 0 once the last
+# one is answered.
+{
+    my $t = nginx(timeout => '1s');
+    my @tids = map { uuid4() } 1 .. 10;
+    put_app($r, $_, owner => 'acme', updated_at => 1000) for @tids;
+    my @reqs = map { { path => poll_path($tids[ $_ % @tids ], latest => 1000), key => $KEY } } 1 .. 30;
+    my ($parked, $held);
+    many(port => $t->port, requests => \@reqs, timeout => 10, actions => [ when_parked($t, 30, sub {
+        $parked = $_[2];
+        $held = OsagoTest::prom_sum(poll_metrics($t), 'osago_poll_ids');
+        return;
+    }) ]);
+    is($parked, 30, '30 requests parked on 10 ids (1 s timeout)');
+    ok(defined $held && $held >= 10 && $held <= 20,
+       "osago_poll_ids while they wait: $held (each id once per worker that holds it, 2 workers)");
+    is(scalar(grep { $_->{status} == 304 } @reqs), 30, 'every one timed out: 304');
+    ok(OsagoTest::wait_for(sub { OsagoTest::prom_sum(poll_metrics($t), 'osago_poll_ids') == 0 }, 2),
+       'osago_poll_ids 0 afterwards: the ids\' nodes went with their last request')
+        or diag 'osago_poll_ids ' . OsagoTest::prom_sum(poll_metrics($t), 'osago_poll_ids');
+    is(parked($t), 0, 'osago_poll_parked 0');
+    is(OsagoTest::prom_sum(poll_metrics($n), 'osago_poll_ids'), 0,
+       'and on the first nginx, after its disconnects: osago_poll_ids 0');
+    $t->stop;
+}
+
+lap('timeouts');
+
 # --- graceful reload ($n->reload) ------------------------------------------------------------------
 {
     my @reqs = map { { path => poll_path($ids[ $_ % @ids ], latest => 1000), key => $KEY } } 1 .. 60;
