@@ -162,12 +162,18 @@ ngx_http_osago_metrics_poll(ngx_http_osago_main_conf_t *omcf,
 }
 
 
+/*
+ * The per-worker gauges are slots by worker number, which a reload's new
+ * worker shares with the old one still finishing its requests: an exiting
+ * worker leaves the slot to its successor, or its "down" on the way out would
+ * read as the new worker's Redis being away.
+ */
 void
 ngx_http_osago_metrics_poll_subscriber(void *data, ngx_uint_t up)
 {
     ngx_http_osago_shctx_t  *sh = ngx_http_osago_zone_ctx(data);
 
-    if (ngx_worker < NGX_HTTP_OSAGO_MAX_WORKERS) {
+    if (ngx_worker < NGX_HTTP_OSAGO_MAX_WORKERS && !ngx_exiting) {
         sh->poll_subscribed[ngx_worker] = up;
     }
 }
@@ -197,7 +203,7 @@ ngx_http_osago_metrics_redis_state(void *data, ngx_uint_t up)
 {
     ngx_http_osago_shctx_t  *sh = ngx_http_osago_zone_ctx(data);
 
-    if (ngx_worker < NGX_HTTP_OSAGO_MAX_WORKERS) {
+    if (ngx_worker < NGX_HTTP_OSAGO_MAX_WORKERS && !ngx_exiting) {
         sh->redis_up[ngx_worker] = up;
     }
 }

@@ -201,6 +201,10 @@ lap('timeouts');
     is(scalar @new, 2, 'two new workers');
     ok(OsagoTest::wait_for(sub { OsagoTest::prom_sum(poll_metrics($n), 'osago_poll_subscribed') == 2 }, 3),
        'the new workers are subscribed');
+    # the old workers, exiting after the new ones connected, left the shared slots alone
+    is(OsagoTest::prom_sum(poll_metrics($n), 'osago_redis_up'), 2,
+       'osago_redis_up: both new workers up (the old ones\' exit did not mark the slots down)');
+    is(OsagoTest::prom_sum(poll_metrics($n), 'osago_poll_subscribed'), 2, '  and still subscribed');
     is(parked($n), 0, 'osago_poll_parked 0 after the reload');
     # and the new workers park and wake as before
     my $id = uuid4();
