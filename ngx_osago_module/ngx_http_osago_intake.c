@@ -39,6 +39,14 @@ typedef struct {
     ngx_uint_t                      replayed;
     ngx_uint_t                      retry_after;
     ngx_http_osago_problem_t       *problem;
+
+    /*
+     * A body valid but for a start_date behind today's window may be the
+     * retry of an application accepted on an earlier day: the key is looked
+     * up, and replayed if it holds this very payload, else this 400 goes.
+     */
+    ngx_http_osago_problem_t       *replay_or;
+    ngx_uint_t                      replay_missed;
 } ngx_http_osago_intake_ctx_t;
 
 
@@ -460,6 +468,12 @@ ngx_http_osago_intake_finish(ngx_http_request_t *r,
         return;
     }
 
+    if (ctx->replay_missed) {
+        ngx_http_finalize_request(r,
+            ngx_http_osago_problem_send(r, ctx->replay_or));
+        return;
+    }
+
     if (ngx_http_osago_add_header(r, "Location", &ctx->location)
         != NGX_OK)
     {
@@ -646,6 +660,13 @@ ngx_http_osago_intake_reply(void *data, ngx_http_osago_redis_status_e status,
                                         NGX_HTTP_OSAGO_INTAKE_KEY_REUSED];
         break;
 
+    case 4:
+        /* replay only, and nothing to replay: the body's own 400 */
+        ngx_http_osago_metrics_intake(omcf, NGX_HTTP_OSAGO_INTAKE_REJECTED,
+                                      NGX_HTTP_OSAGO_INTAKE_REASON_INVALID);
+        ctx->replay_missed = 1;
+        break;
+
     default: /* 3: the user's limit */
         ctx->problem = &ngx_http_osago_intake_problems[
                                         NGX_HTTP_OSAGO_INTAKE_USER_LIMITED];
@@ -723,12 +744,12 @@ ngx_http_osago_intake_accept(ngx_http_request_t *r,
     u_char                       digest[SHA256_DIGEST_LENGTH];
     u_char                       idem_ttl[NGX_INT_T_LEN], app_ttl[NGX_INT_T_LEN];
     u_char                       user_max[NGX_INT_T_LEN], user_ms[NGX_INT_T_LEN];
-    size_t                       argvlen[16], doc_len, body_len;
+    size_t                       argvlen[17], doc_len, body_len;
     uint64_t                     ms;
     ngx_tm_t                     tm;
     ngx_str_t                    user;
     ngx_time_t                  *tp;
-    const char                  *argv[16];
+    const char                  *argv[17];
     ngx_http_osago_loc_conf_t   *olcf;
     ngx_http_osago_main_conf_t  *omcf;
 
@@ -843,15 +864,57 @@ ngx_http_osago_intake_accept(ngx_http_request_t *r,
     argv[15] = (const char *) user_ms;
     argvlen[15] = ngx_sprintf(user_ms, "%M", olcf->user_limit_period)
                   - user_ms;
+    argv[16] = ctx->replay_or ? "1" : "0";
+    argvlen[16] = 1;
 
     ctx->cmd = ngx_http_osago_redis_eval(omcf->redis_conn, omcf->intake, 4,
-                                         16, argv, argvlen,
+                                         17, argv, argvlen,
                                          ngx_http_osago_intake_reply, ctx);
     if (ctx->cmd == NULL) {
         return NGX_DECLINED;
     }
 
     return NGX_OK;
+}
+
+
+/* The 400 of an invalid body, in the request's pool (err is the caller's). */
+static ngx_http_osago_problem_t *
+ngx_http_osago_intake_invalid(ngx_http_request_t *r, osago_app_error_t *err)
+{
+    size_t                     type_len;
+    ngx_http_osago_problem_t  *problem;
+
+    problem = ngx_pcalloc(r->pool, sizeof(ngx_http_osago_problem_t));
+    if (problem == NULL) {
+        return NULL;
+    }
+
+    type_len = ngx_strlen(err->type);
+
+    problem->status = NGX_HTTP_BAD_REQUEST;
+    problem->type.data = ngx_pnalloc(r->pool,
+                                     sizeof("urn:osago:problem:") - 1 + type_len);
+    problem->detail.len = ngx_strlen(err->detail);
+    problem->detail.data = ngx_pnalloc(r->pool, problem->detail.len + 1);
+    problem->pointer.len = ngx_strlen(err->pointer);
+    problem->pointer.data = ngx_pnalloc(r->pool, problem->pointer.len + 1);
+
+    if (problem->type.data == NULL || problem->detail.data == NULL
+        || problem->pointer.data == NULL)
+    {
+        return NULL;
+    }
+
+    ngx_memcpy(problem->detail.data, err->detail, problem->detail.len);
+
+    problem->type.len = ngx_sprintf(problem->type.data, "urn:osago:problem:%s",
+                                    err->type)
+                        - problem->type.data;
+    ngx_memcpy(problem->pointer.data, err->pointer, problem->pointer.len);
+    ngx_str_set(&problem->title, "Invalid application");
+
+    return problem;
 }
 
 
@@ -868,7 +931,7 @@ ngx_http_osago_intake_body_handler(ngx_http_request_t *r)
     struct timespec               ts;
     osago_app_error_t             err;
     osago_app_limits_t            limits;
-    ngx_http_osago_problem_t      problem;
+    ngx_http_osago_problem_t     *problem;
     ngx_http_osago_loc_conf_t    *olcf;
     ngx_http_osago_main_conf_t   *omcf;
     ngx_http_osago_limit_ctx_t   *lctx;
@@ -899,6 +962,7 @@ ngx_http_osago_intake_body_handler(ngx_http_request_t *r)
 
     limits.max_depth = olcf->intake_max_depth;
     limits.today_days = (int) (ngx_time() / 86400);
+    limits.any_start_date = 0;
 
     clock_gettime(CLOCK_MONOTONIC, &ts);
     started = (uint64_t) ts.tv_sec * 1000000000 + ts.tv_nsec;
@@ -918,28 +982,28 @@ ngx_http_osago_intake_body_handler(ngx_http_request_t *r)
     }
 
     if (n < 0) {
-        ngx_http_osago_metrics_intake(omcf, NGX_HTTP_OSAGO_INTAKE_REJECTED,
-                                      NGX_HTTP_OSAGO_INTAKE_REASON_INVALID);
-
-        problem.status = NGX_HTTP_BAD_REQUEST;
-        problem.type.data = ngx_pnalloc(r->pool, sizeof("urn:osago:problem:")
-                                                 + ngx_strlen(err.type));
-        if (problem.type.data == NULL) {
+        problem = ngx_http_osago_intake_invalid(r, &err);
+        if (problem == NULL) {
             ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
             return;
         }
 
-        problem.type.len = ngx_sprintf(problem.type.data,
-                                       "urn:osago:problem:%s", err.type)
-                           - problem.type.data;
-        ngx_str_set(&problem.title, "Invalid application");
-        problem.detail.data = (u_char *) err.detail;
-        problem.detail.len = ngx_strlen(err.detail);
-        problem.pointer.data = (u_char *) err.pointer;
-        problem.pointer.len = ngx_strlen(err.pointer);
+        if (err.start_window) {
+            /* perhaps accepted on an earlier day: the key decides (see ctx) */
+            limits.any_start_date = 1;
+            n = osago_app_canonicalize(body.data, body.len, &limits,
+                                       canonical, cap, &err);
+        }
 
-        ngx_http_finalize_request(r, ngx_http_osago_problem_send(r, &problem));
-        return;
+        if (n < 0) {
+            ngx_http_osago_metrics_intake(omcf, NGX_HTTP_OSAGO_INTAKE_REJECTED,
+                                          NGX_HTTP_OSAGO_INTAKE_REASON_INVALID);
+            ngx_http_finalize_request(r, ngx_http_osago_problem_send(r,
+                                                                     problem));
+            return;
+        }
+
+        ctx->replay_or = problem;
     }
 
     lctx = ngx_http_osago_limit_get_ctx(r);

@@ -105,9 +105,11 @@
  * ARGV[8]  response body           ARGV[9]  idempotency TTL (s)
  * ARGV[10] read model TTL (s)      ARGV[11] user limit: applications
  * ARGV[12] user limit: period (ms)
+ * ARGV[13] "1": replay only (the body is valid only as an earlier day's)
  *
  * Returns {0} accepted; {1, status, body, app_id} a replay; {2} the key was
- * used with another payload; {3, ms} the user is over the limit for ms more.
+ * used with another payload; {3, ms} the user is over the limit for ms more;
+ * {4} replay only, and the key is unknown.
  */
 #define NGX_HTTP_OSAGO_SCRIPT_INTAKE                                          \
 "local seen = redis.call('HMGET', KEYS[1], 'fingerprint', 'status', 'body',\n"\
@@ -116,6 +118,7 @@
 "  if seen[1] == ARGV[1] then return {1, seen[2], seen[3], seen[4]} end\n"    \
 "  return {2}\n"                                                              \
 "end\n"                                                                       \
+"if ARGV[13] == '1' then return {4} end\n"                                    \
 "if KEYS[3] ~= '' then\n"                                                     \
 "  local used = tonumber(redis.call('GET', KEYS[3]) or 0)\n"                  \
 "  if used >= tonumber(ARGV[11]) then\n"                                      \

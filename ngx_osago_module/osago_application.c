@@ -146,6 +146,7 @@ typedef struct {
     app_frame_t                frames[APP_FRAMES];
     app_date_t                 today;
     long                       today_days;
+    int                        start_window;   /* the first error is start_date's window */
 
     /* the application as read */
     size_t                     n_drivers;
@@ -927,7 +928,10 @@ app_on_string(void *ctx, const unsigned char *s, size_t len)
         days = app_days(&dt);
 
         if (field == F_START) {
-            if (days < c->today_days || days > c->today_days + APP_START_AHEAD) {
+            if (!c->lim->any_start_date
+                && (days < c->today_days || days > c->today_days + APP_START_AHEAD))
+            {
+                c->start_window = !c->failed;
                 break;
             }
             c->start = dt;
@@ -1460,6 +1464,7 @@ osago_app_canonicalize(const unsigned char *body, size_t len, const osago_app_li
     err->type = NULL;
     err->pointer[0] = '\0';
     err->detail[0] = '\0';
+    err->start_window = 0;
 
     if ((body == NULL && len > 0) || lim == NULL || (out == NULL && out_cap > 0)) {
         app_error(&c, 1, "internal", "osago_app_canonicalize called with a NULL argument");
@@ -1504,6 +1509,8 @@ osago_app_canonicalize(const unsigned char *body, size_t len, const osago_app_li
     yajl_free(h);
 
     if (c.failed) {
+        /* a later fatal error (the body is not JSON) replaces the window's */
+        err->start_window = c.start_window && !c.fatal;
         return -1;
     }
 

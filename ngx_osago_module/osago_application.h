@@ -27,12 +27,16 @@
 typedef struct {
     size_t max_depth;          /* e.g. 8 */
     int    today_days;         /* days since 1970-01-01 (UTC) of "today", passed by the caller for testability */
+    int    any_start_date;     /* 1: start_date may be any real date (checking a replay of an application
+                                * accepted on an earlier day, whose window has moved on since) */
 } osago_app_limits_t;
 
 typedef struct {
     const char *type;          /* problem type suffix: "malformed-json", "invalid-utf8", "too-deep", "unknown-field", "duplicate-field", "missing-field", "invalid-field", "empty-body" */
     char pointer[192];         /* RFC 6901 JSON pointer to the offending value ("" for the whole document), '~' and '/' escaped */
     char detail[256];          /* one human sentence, e.g. "power_hp must be an integer from 1 to 1500" */
+    int  start_window;         /* 1: the error is a real start_date outside today's window (and nothing
+                                * else failed before it): with any_start_date the body may still be valid */
 } osago_app_error_t;
 
 /* The canonical form of any valid application fits in this many bytes (5 drivers, every optional

@@ -98,6 +98,7 @@ limits(size_t depth, int y, int m, int d)
 
     lim.max_depth = depth;
     lim.today_days = days_of(y, m, d);
+    lim.any_start_date = 0;
     return lim;
 }
 
@@ -970,6 +971,40 @@ test_dates(void **state)
         OK_LIM(leap, subst(WITH("\"year\":2015", "\"year\":2028"), "2025-06-20", "2028-01-01"));
         ERR_LIM(leap, subst(WITH("\"year\":2015", "\"year\":2029"), "2025-06-20", "2028-01-01"),
                 "invalid-field", "/vehicle/year");
+    }
+    {
+        /* the edge's replay of an application accepted on an earlier day: the window error
+         * says so, and with any_start_date the same body is valid, canonicalised the same */
+        osago_app_limits_t  later = limits(8, 2025, 6, 25);
+        osago_app_limits_t  replay = later;
+        osago_app_error_t   err;
+        unsigned char       out[OSAGO_APP_CANONICAL_MAX], again[OSAGO_APP_CANONICAL_MAX];
+        long                n, m;
+
+        replay.any_start_date = 1;
+        assert_int_equal(run(BASE, strlen(BASE), &later, out, sizeof(out), &err), -1);
+        assert_string_equal(err.pointer, "/start_date");
+        assert_int_equal(err.start_window, 1);
+        n = run(BASE, strlen(BASE), &replay, out, sizeof(out), &err);
+        m = run(BASE, strlen(BASE), &LIM, again, sizeof(again), &err);
+        assert_true(n > 0 && n == m);
+        assert_memory_equal(out, again, (size_t) n);
+        /* not a window error: a date that does not exist, an earlier error, a later fatal one */
+        assert_int_equal(run(WITH("2025-06-20", "2025-06-31"), strlen(BASE), &later, out,
+                             sizeof(out), &err), -1);
+        assert_int_equal(err.start_window, 0);
+        ERR_LIM(replay, WITH("2025-06-20", "2025-06-31"), "invalid-field", "/start_date");
+        {
+            const char *both = subst(WITH("\"power_hp\":150", "\"power_hp\":0"),
+                                     "2025-06-20", "2025-06-10");
+
+            assert_int_equal(run(both, strlen(both), &LIM, out, sizeof(out), &err), -1);
+            assert_string_equal(err.pointer, "/vehicle/power_hp");
+            assert_int_equal(err.start_window, 0);
+        }
+        assert_int_equal(run(BASE, strlen(BASE) - 1, &later, out, sizeof(out), &err), -1);
+        assert_string_equal(err.type, "malformed-json");
+        assert_int_equal(err.start_window, 0);
     }
 }
 
