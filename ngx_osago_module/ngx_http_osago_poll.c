@@ -28,6 +28,7 @@
 
 #define NGX_HTTP_OSAGO_POLL_ID_LEN      36      /* a UUID, 8-4-4-4-12 */
 #define NGX_HTTP_OSAGO_POLL_EXIT_WATCH  250     /* ms */
+#define NGX_HTTP_OSAGO_POLL_WAKE_RETRY  1000    /* ms */
 
 
 struct ngx_http_osago_poll_node_s {
@@ -38,6 +39,7 @@ struct ngx_http_osago_poll_node_s {
     uint64_t                         announced; /* newest updated_at heard */
     uint64_t                         announced_us;
     ngx_http_osago_redis_cmd_t      *wake;      /* the read for everyone */
+    ngx_event_t                      retry;     /* that read failed: again */
     unsigned                         wake_again:1;
     u_char                           id[NGX_HTTP_OSAGO_POLL_ID_LEN];
 };
@@ -115,6 +117,7 @@ static void ngx_http_osago_poll_wake(ngx_http_osago_main_conf_t *omcf,
     ngx_http_osago_poll_node_t *node);
 static void ngx_http_osago_poll_node_release(
     ngx_http_osago_main_conf_t *omcf, ngx_http_osago_poll_node_t *node);
+static void ngx_http_osago_poll_wake_retry(ngx_event_t *ev);
 
 
 static uint64_t
@@ -218,6 +221,10 @@ ngx_http_osago_poll_node_get(ngx_http_osago_main_conf_t *omcf, u_char *id)
     }
 
     ngx_memcpy(node->id, id, NGX_HTTP_OSAGO_POLL_ID_LEN);
+    node->retry.handler = ngx_http_osago_poll_wake_retry;
+    node->retry.data = node;
+    node->retry.log = ngx_cycle->log;
+    node->retry.cancelable = 1;
     node->sn.str.data = node->id;
     node->sn.str.len = NGX_HTTP_OSAGO_POLL_ID_LEN;
     node->sn.node.key = ngx_crc32_short(node->id, NGX_HTTP_OSAGO_POLL_ID_LEN);
@@ -241,6 +248,10 @@ ngx_http_osago_poll_node_release(ngx_http_osago_main_conf_t *omcf,
 
     if (node->wake) {
         ngx_http_osago_redis_cancel(node->wake);
+    }
+
+    if (node->retry.timer_set) {
+        ngx_del_timer(&node->retry);
     }
 
     ngx_rbtree_delete(&omcf->poll_tree, &node->sn.node);
@@ -622,14 +633,25 @@ ngx_http_osago_poll_wake_read(void *data, ngx_http_osago_redis_status_e status,
         || ngx_http_osago_poll_doc(reply, &doc) != NGX_OK)
     {
         /*
-         * They stay parked: when the command connection is ready again,
-         * every parked id is read again.
+         * They stay parked. A lost connection re-reads every parked id
+         * once it is back; a read that timed out on a live connection, or
+         * a read model that cannot be used, would not be heard of again
+         * until the next change: read again shortly.
          */
         ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
-                      "osago poll: cannot read %*s for %ui parked request(s)",
+                      "osago poll: cannot read %*s for %ui parked request(s)%s",
                       (size_t) NGX_HTTP_OSAGO_POLL_ID_LEN, node->id,
-                      node->nparked);
+                      node->nparked,
+                      status == NGX_HTTP_OSAGO_REDIS_DOWN
+                      ? "" : "; read again in a second");
         node->wake_again = 0;
+
+        if (status != NGX_HTTP_OSAGO_REDIS_DOWN && node->nparked
+            && !node->retry.timer_set)
+        {
+            ngx_add_timer(&node->retry, NGX_HTTP_OSAGO_POLL_WAKE_RETRY);
+        }
+
         ngx_http_osago_poll_node_release(omcf, node);
         return;
     }
@@ -696,6 +718,21 @@ ngx_http_osago_poll_wake(ngx_http_osago_main_conf_t *omcf,
                       "osago poll: %*s changed while Redis is unreachable; "
                       "read again when it is back",
                       (size_t) NGX_HTTP_OSAGO_POLL_ID_LEN, node->id);
+    }
+}
+
+
+static void
+ngx_http_osago_poll_wake_retry(ngx_event_t *ev)
+{
+    ngx_http_osago_poll_node_t  *node = ev->data;
+    ngx_http_osago_main_conf_t  *omcf;
+
+    omcf = ngx_http_cycle_get_module_main_conf(ngx_cycle,
+                                               ngx_http_osago_module);
+
+    if (node->nparked) {
+        ngx_http_osago_poll_wake(omcf, node);
     }
 }
 

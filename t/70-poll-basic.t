@@ -275,6 +275,35 @@ is(OsagoTest::prom_sum($m5, 'osago_poll_parked'), 0, 'nothing parked any more');
     cmp_ok($w[0]{done_abs} - $w[0]{sent_abs}, '<', 4, 'long before the timeout');
 }
 
+# A wake read that fails on a live connection (here: the read model is unusable when the PUBLISH
+# comes) is read again a second later, not left until the next change or the timeout: the
+# document is mended meanwhile without a PUBLISH, and the parked request gets it.
+{
+    my $BID = uuid4();
+    put_app($r, $BID, owner => 'acme', updated_at => 1000);
+    my $mended = app_doc($BID, status => 'in_progress', updated_at => 1002);
+    my ($t_broken, $t_mended);
+    my @b = ({ path => poll_path($BID, latest => 1000), key => $ACME });
+    many(port => $P5, requests => \@b, timeout => 8, actions => [ when_parked($n, 1, sub {
+        my ($now) = @_;
+        $r->cli('HSET', "osago:app:$BID", 'updated_at', 'soon');
+        $r->cli('PUBLISH', 'osago:app-updates', "$BID 1001");
+        $t_broken = time;
+        return [ $now + 0.3, sub {
+            put_app($r, $BID, owner => 'acme', updated_at => 1002, doc => $mended);
+            $t_mended = time;
+            return;
+        } ];
+    }, timeout => 3) ]);
+    is($b[0]{status}, 200, 'a wake read that failed is read again: 200') or diag explain $b[0];
+    is($b[0]{content}, $mended, '  with the mended document (no second PUBLISH)');
+    my $after = defined $b[0]{done_abs} && $t_broken ? $b[0]{done_abs} - $t_broken : 99;
+    ok($after > 0.5 && $after < 2.5,
+       sprintf '  %.2f s after the failed read (a retry a second later, poll timeout 5 s)', $after);
+    like($n->error_log, qr/osago poll: cannot read \Q$BID\E for 1 parked request\(s\); read again/,
+         '  error.log names the id and the retry');
+}
+
 # Several parked at once (2 s timeout), one run:
 #   A  latest = updated_at, nothing published          -> 304 after ~2 s
 #   B  its document changes silently; a PUBLISH for C  -> not woken, 304 (and no read of B)
