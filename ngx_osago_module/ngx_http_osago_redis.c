@@ -94,6 +94,8 @@ static ngx_uint_t ngx_http_osago_redis_accepts(ngx_http_osago_redis_t *redis);
 static ngx_http_osago_redis_cmd_t *ngx_http_osago_redis_send(
     ngx_http_osago_redis_t *redis, ngx_http_osago_redis_cmd_t *cmd,
     int argc, const char **argv, const size_t *argvlen);
+static void ngx_http_osago_redis_track(ngx_http_osago_redis_t *redis,
+    ngx_http_osago_redis_cmd_t *cmd);
 
 
 static uint64_t
@@ -930,7 +932,9 @@ ngx_http_osago_redis_reply(redisAsyncContext *ac, void *r, void *privdata)
                                   3 + cmd->argc, argv, argvlen)
             == REDIS_OK)
         {
-            cmd->sent_us = ngx_http_osago_redis_now_us();
+            /* timed like any command: a Redis that goes quiet now must
+             * still answer the request within the timeout */
+            ngx_http_osago_redis_track(redis, cmd);
             return;
         }
 
@@ -971,6 +975,17 @@ ngx_http_osago_redis_send(ngx_http_osago_redis_t *redis,
     }
 
     cmd->redis = redis;
+    ngx_http_osago_redis_track(redis, cmd);
+
+    return cmd;
+}
+
+
+/* A command just written joins the in-flight queue, with its deadline. */
+static void
+ngx_http_osago_redis_track(ngx_http_osago_redis_t *redis,
+    ngx_http_osago_redis_cmd_t *cmd)
+{
     cmd->sent_us = ngx_http_osago_redis_now_us();
     cmd->deadline = ngx_current_msec + redis->conf->command_timeout;
     cmd->in_flight = 1;
@@ -980,8 +995,6 @@ ngx_http_osago_redis_send(ngx_http_osago_redis_t *redis,
     if (!redis->command_timer.timer_set) {
         ngx_add_timer(&redis->command_timer, redis->conf->command_timeout);
     }
-
-    return cmd;
 }
 
 

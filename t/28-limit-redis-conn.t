@@ -35,6 +35,18 @@ my $res = get($n, $key);
 is($res->{status}, 200, 'AUTH + SELECT 3: partner found') or diag explain $res;
 is($res->{headers}{'x-partner'}, 'authed', 'its name');
 is($r->cli(qw(GET osago:rl:partner:authed)) =~ /^\d+$/ ? 1 : 0, 1, 'GCRA state written in db 3');
+
+# --- scripts flushed (SCRIPT FLUSH, or a failover to a replica that never loaded them) ---
+# EVALSHA answers NOSCRIPT: the module sends the script itself (EVAL) once, and the answer is the
+# same as ever; later requests use EVALSHA again.
+$res = get($n, $key);
+is($res->{status}, 200, 'before the flush: 200');
+is($r->cli('SCRIPT', 'FLUSH'), 'OK', 'SCRIPT FLUSH');
+my @after = map { get($n, $key) } 1 .. 3;
+is(join(' ', map { $_->{status} } @after), '200 200 200', 'after it, the limit still answers: 200 200 200');
+is($after[0]{headers}{'x-partner'}, 'authed', '  for the partner');
+my @loads = $n->error_log =~ /osago redis: script "[^"]+" not loaded, sending it/g;
+is(scalar @loads, 1, 'the script was sent once (then EVALSHA again)') or diag $n->error_log;
 undef $n;
 
 $n = OsagoTest::Nginx->new(redis => $r, workers => 1, http => <<'HTTP' . limited_server());
