@@ -305,11 +305,13 @@ ngx_http_osago_limit_learn(ngx_http_osago_limit_batch_t *batch,
 
     if (code == -1) {
         partner->state = NGX_HTTP_OSAGO_PARTNER_UNKNOWN;
+        ngx_http_osago_partner_settle(omcf->partners, partner);
         return;
     }
 
     partner->state = (code == -2) ? NGX_HTTP_OSAGO_PARTNER_DISABLED
                                   : NGX_HTTP_OSAGO_PARTNER_KNOWN;
+    ngx_http_osago_partner_settle(omcf->partners, partner);
 
     if (partner->shared == NULL
         || ngx_memn2cmp(partner->contract.name, c->name,

@@ -195,6 +195,8 @@ ngx_http_osago_partner_t *ngx_http_osago_partner_lookup(
     ngx_http_osago_partner_cache_t *cache, u_char *digest);
 ngx_http_osago_partner_t *ngx_http_osago_partner_store(
     ngx_http_osago_partner_cache_t *cache, u_char *digest);
+void ngx_http_osago_partner_settle(ngx_http_osago_partner_cache_t *cache,
+    ngx_http_osago_partner_t *partner);
 
 /* shared zone: counters and per-partner state of all workers */
 ngx_int_t ngx_http_osago_zone_add(ngx_conf_t *cf,

@@ -1,7 +1,10 @@
 /*
  * Per-worker cache of partner contracts, keyed by the SHA-256 of the API
  * key.  Bounded (least recently used entries go first), so a flood of
- * random keys costs a fixed amount of memory.
+ * random keys costs a fixed amount of memory; and a key that names no
+ * contract (unknown, or not answered yet) only ever pushes out another such
+ * key while there is one, so a flood cannot evict the real partners'
+ * contracts either.
  *
  * Entries outlive their TTL on purpose: an expired contract is re-read from
  * Redis, but while Redis is down it is the "last known contract" the local
@@ -22,7 +25,8 @@ typedef struct {
 struct ngx_http_osago_partner_cache_s {
     ngx_rbtree_t                    rbtree;
     ngx_rbtree_node_t               sentinel;
-    ngx_queue_t                     lru;
+    ngx_queue_t                     lru;        /* contracts: known, disabled */
+    ngx_queue_t                     lru_other;  /* new and unknown keys */
     ngx_uint_t                      count;
     ngx_uint_t                      max;
     ngx_log_t                      *log;
@@ -93,6 +97,7 @@ ngx_http_osago_partner_cache_create(ngx_uint_t size, ngx_log_t *log)
     ngx_rbtree_init(&cache->rbtree, &cache->sentinel,
                     ngx_http_osago_partner_rbtree_insert);
     ngx_queue_init(&cache->lru);
+    ngx_queue_init(&cache->lru_other);
 
     cache->max = size;
     cache->log = log;
@@ -104,14 +109,20 @@ ngx_http_osago_partner_cache_create(ngx_uint_t size, ngx_log_t *log)
 void
 ngx_http_osago_partner_cache_destroy(ngx_http_osago_partner_cache_t *cache)
 {
-    ngx_queue_t                    *q;
+    ngx_uint_t                      i;
+    ngx_queue_t                    *q, *lists[2];
     ngx_http_osago_partner_node_t  *pn;
 
-    while (!ngx_queue_empty(&cache->lru)) {
-        q = ngx_queue_head(&cache->lru);
-        ngx_queue_remove(q);
-        pn = ngx_queue_data(q, ngx_http_osago_partner_node_t, lru);
-        ngx_free(pn);
+    lists[0] = &cache->lru;
+    lists[1] = &cache->lru_other;
+
+    for (i = 0; i < 2; i++) {
+        while (!ngx_queue_empty(lists[i])) {
+            q = ngx_queue_head(lists[i]);
+            ngx_queue_remove(q);
+            pn = ngx_queue_data(q, ngx_http_osago_partner_node_t, lru);
+            ngx_free(pn);
+        }
     }
 
     ngx_free(cache);
@@ -159,6 +170,22 @@ ngx_http_osago_partner_find(ngx_http_osago_partner_cache_t *cache,
 }
 
 
+/* Most recently used, in the list of its kind. */
+static void
+ngx_http_osago_partner_touch(ngx_http_osago_partner_cache_t *cache,
+    ngx_http_osago_partner_node_t *pn)
+{
+    ngx_uint_t  contract;
+
+    contract = pn->partner.state == NGX_HTTP_OSAGO_PARTNER_KNOWN
+               || pn->partner.state == NGX_HTTP_OSAGO_PARTNER_DISABLED;
+
+    ngx_queue_remove(&pn->lru);
+    ngx_queue_insert_head(contract ? &cache->lru : &cache->lru_other,
+                          &pn->lru);
+}
+
+
 ngx_http_osago_partner_t *
 ngx_http_osago_partner_lookup(ngx_http_osago_partner_cache_t *cache,
     u_char *digest)
@@ -170,10 +197,20 @@ ngx_http_osago_partner_lookup(ngx_http_osago_partner_cache_t *cache,
         return NULL;
     }
 
-    ngx_queue_remove(&pn->lru);
-    ngx_queue_insert_head(&cache->lru, &pn->lru);
+    ngx_http_osago_partner_touch(cache, pn);
 
     return &pn->partner;
+}
+
+
+/* After its state changed: the entry joins the list of its kind. */
+void
+ngx_http_osago_partner_settle(ngx_http_osago_partner_cache_t *cache,
+    ngx_http_osago_partner_t *partner)
+{
+    ngx_http_osago_partner_touch(cache, (ngx_http_osago_partner_node_t *)
+        ((u_char *) partner - offsetof(ngx_http_osago_partner_node_t,
+                                       partner)));
 }
 
 
@@ -188,13 +225,13 @@ ngx_http_osago_partner_store(ngx_http_osago_partner_cache_t *cache,
     pn = ngx_http_osago_partner_find(cache, digest);
 
     if (pn) {
-        ngx_queue_remove(&pn->lru);
-        ngx_queue_insert_head(&cache->lru, &pn->lru);
+        ngx_http_osago_partner_touch(cache, pn);
         return &pn->partner;
     }
 
     if (cache->count >= cache->max) {
-        q = ngx_queue_last(&cache->lru);
+        q = ngx_queue_empty(&cache->lru_other)
+            ? ngx_queue_last(&cache->lru) : ngx_queue_last(&cache->lru_other);
         ngx_queue_remove(q);
         pn = ngx_queue_data(q, ngx_http_osago_partner_node_t, lru);
         ngx_rbtree_delete(&cache->rbtree, &pn->node);
@@ -212,7 +249,7 @@ ngx_http_osago_partner_store(ngx_http_osago_partner_cache_t *cache,
     pn->node.key = ngx_http_osago_partner_hash(digest);
 
     ngx_rbtree_insert(&cache->rbtree, &pn->node);
-    ngx_queue_insert_head(&cache->lru, &pn->lru);
+    ngx_queue_insert_head(&cache->lru_other, &pn->lru);    /* state: new */
     cache->count++;
 
     return &pn->partner;
