@@ -64,6 +64,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     lim.max_depth = 8;
     lim.today_days = TODAY_2025_06_15;
+    lim.any_start_date = 0;
 
     /* the documented capacity, capped by the documented maximum */
     cap = 2 * size + 512 < sizeof(out) ? 2 * size + 512 : sizeof(out);
@@ -90,6 +91,14 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     memcpy(copy, out, (size_t) r);
     r2 = osago_app_canonicalize(copy, (size_t) r, &lim, again, sizeof(again), &err);
     free(copy);
+
+    if (r2 != r || memcmp(again, out, (size_t) r) != 0) {
+        abort();
+    }
+
+    /* a replay's check (any start_date) accepts whatever today's accepts, unchanged */
+    lim.any_start_date = 1;
+    r2 = osago_app_canonicalize(data, size, &lim, again, cap, &err);
 
     if (r2 != r || memcmp(again, out, (size_t) r) != 0) {
         abort();
