@@ -906,13 +906,12 @@ ngx_http_osago_intake_invalid(ngx_http_request_t *r, osago_app_error_t *err)
         return NULL;
     }
 
-    ngx_memcpy(problem->detail.data, err->detail, problem->detail.len);
-
     problem->type.len = ngx_sprintf(problem->type.data, "urn:osago:problem:%s",
                                     err->type)
                         - problem->type.data;
-    ngx_memcpy(problem->pointer.data, err->pointer, problem->pointer.len);
     ngx_str_set(&problem->title, "Invalid application");
+    ngx_memcpy(problem->detail.data, err->detail, problem->detail.len);
+    ngx_memcpy(problem->pointer.data, err->pointer, problem->pointer.len);
 
     return problem;
 }
