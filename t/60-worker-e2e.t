@@ -348,6 +348,23 @@ for my $k (qw(redis_up kafka_up pg_up)) {
     is($v, 1, "gauge $k 1") if defined $v;
 }
 
+# every produce is a confirmed batch: the relay's Created, the orchestrator's Started and Tasks,
+# the executor's results; at least one batch per application for the relay and the orchestrator
+for my $h (qw(kafka_confirm_ms insurer_call_ms)) {
+    my $count = (OsagoStack::metric_of($m1, "${h}_count") // 0) - (OsagoStack::metric_of($m0, "${h}_count") // 0);
+    my $inf = OsagoTest::prom_sum($m1, "osago_worker_${h}_bucket", le => '+Inf') // -1;
+    my @le = sort { $a <=> $b } grep { $_ ne '+Inf' }
+             map { /le="([^"]+)"/ ? $1 : () } grep { /^osago_worker_${h}_bucket\{/ } keys %$m1;
+    my @cum = map { OsagoTest::prom_sum($m1, "osago_worker_${h}_bucket", le => $_) } @le;
+    my @down = grep { $cum[$_] < $cum[$_ - 1] } 1 .. $#cum;
+    ok($count >= ($h eq 'insurer_call_ms' ? $n_tasks : 2), "histogram $h counted ($count)");
+    ok(@le >= 10 && !@down && $inf == OsagoStack::metric_of($m1, "${h}_count"),
+       "histogram $h: buckets cumulative, +Inf equals the count");
+}
+ok(OsagoTest::prom_sum($m1, 'osago_worker_kafka_confirm_ms_bucket', le => '5000')
+       == OsagoStack::metric_of($m1, 'kafka_confirm_ms_count'),
+   'every batch confirmed within 5 s on an idle broker');
+
 my $rss = OsagoTest::prom_sum($m1, 'process_resident_memory_bytes') // 0;
 my $heap = OsagoStack::metric_of($m1, 'heap_in_use_bytes') // 0;
 ok($heap > 1 << 20 && $heap < $rss, 'heap in use is over 1 MiB and below the resident size')

@@ -32,6 +32,7 @@ struct kafka_producer {
     int           poller_started;
     atomic_int    closing;
     atomic_int    fatal;      /* librdkafka raised a fatal error: this producer is done */
+    metrics_t    *metrics;
 };
 
 struct kafka_batch {
@@ -43,6 +44,8 @@ struct kafka_batch {
     pthread_cond_t  done;
     void          (*on_done)(void *arg);
     void           *arg;
+    metrics_t      *metrics;    /* the producer's, for the time to the last report */
+    struct timespec started;
 };
 
 static void batch_unref(kafka_batch_t *b)
@@ -59,6 +62,13 @@ static void batch_unref(kafka_batch_t *b)
 static void batch_reported(kafka_batch_t *b)
 {
     if (atomic_fetch_sub(&b->pending, 1) == 1) {
+        if (b->metrics != NULL) {
+            struct timespec now;
+            clock_gettime(CLOCK_MONOTONIC, &now);
+            metrics_observe_kafka_confirm_ms(b->metrics,
+                                             (now.tv_sec - b->started.tv_sec) * 1000L +
+                                             (now.tv_nsec - b->started.tv_nsec) / 1000000L);
+        }
         pthread_mutex_lock(&b->lock);
         pthread_cond_broadcast(&b->done);
         if (b->on_done != NULL)
@@ -162,7 +172,8 @@ static rd_kafka_conf_t *common_conf(const worker_config_t *cfg, const char *clie
     return conf;
 }
 
-kafka_producer_t *kafka_producer_new(const worker_config_t *cfg, char *err, size_t errlen)
+kafka_producer_t *kafka_producer_new(const worker_config_t *cfg, metrics_t *metrics, char *err,
+                                     size_t errlen)
 {
     char why[512], linger[16];
     rd_kafka_conf_t *conf = common_conf(cfg, "osago-worker", err, errlen);
@@ -187,6 +198,7 @@ kafka_producer_t *kafka_producer_new(const worker_config_t *cfg, char *err, size
         snprintf(err, errlen, "kafka: out of memory");
         return NULL;
     }
+    p->metrics = metrics;
     rd_kafka_conf_set_opaque(conf, p);
     p->rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, why, sizeof(why));
     if (p->rk == NULL) {   /* conf is still ours on failure */
@@ -263,6 +275,8 @@ kafka_batch_t *kafka_produce_start(kafka_producer_t *p, const osago_event_t *con
     atomic_store(&b->pending, 1);
     b->on_done = on_done;
     b->arg = arg;
+    b->metrics = p->metrics;
+    clock_gettime(CLOCK_MONOTONIC, &b->started);
     for (i = 0; i < n; i++) {
         const osago_event_t *ev = evs[i];
         rd_kafka_headers_t  *h = rd_kafka_headers_new(1);

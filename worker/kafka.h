@@ -8,10 +8,13 @@
 
 #include "config.h"
 #include "event.h"
+#include "metrics.h"
 
 typedef struct kafka_producer kafka_producer_t;
 
-kafka_producer_t *kafka_producer_new(const worker_config_t *cfg, char *err, size_t errlen);
+/* metrics, when given, gets the time each batch took to be confirmed (kafka_confirm_ms). */
+kafka_producer_t *kafka_producer_new(const worker_config_t *cfg, metrics_t *metrics, char *err,
+                                     size_t errlen);
 void              kafka_producer_free(kafka_producer_t *p);
 
 /*

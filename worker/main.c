@@ -168,7 +168,7 @@ static int run(const worker_config_t *cfg)
         fprintf(stderr, "osago-worker: curl_global_init failed\n");
         goto out;
     }
-    producer = kafka_producer_new(cfg, err, sizeof(err));
+    producer = kafka_producer_new(cfg, metrics, err, sizeof(err));
     if (producer == NULL) {
         fprintf(stderr, "osago-worker: %s\n", err);
         rc = 2;

@@ -17,23 +17,35 @@ size_t __sanitizer_get_current_allocated_bytes(void);
 size_t __sanitizer_get_free_bytes(void);
 #endif
 
-/* Upper bounds in ms; slot i counts calls in (bound[i-1], bound[i]]; slot 10 is > 60000 ms.
- * metrics.h reserves 12 slots; the 12th is unused. */
-static const long lat_bounds[] = { 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000, 60000 };
-#define NBOUNDS ((int)(sizeof(lat_bounds) / sizeof(lat_bounds[0])))
+/* Upper bounds in ms. An insurer answers in tens of milliseconds to a minute (the timeout); Kafka
+ * confirms in a few milliseconds, and in seconds only while a broker is away. */
+static const long call_bounds[] = { 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000, 60000 };
+static const long confirm_bounds[] = { 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000 };
+#define NBOUNDS(a) ((int)(sizeof(a) / sizeof((a)[0])))
 
-_Static_assert(NBOUNDS + 1 <= METRICS_LAT_BUCKETS, "metrics_t has too few latency buckets");
+_Static_assert(NBOUNDS(call_bounds) < METRICS_HIST_SLOTS, "too many insurer call bounds");
+_Static_assert(NBOUNDS(confirm_bounds) < METRICS_HIST_SLOTS, "too many Kafka confirm bounds");
 
-void metrics_observe_call_ms(metrics_t *m, long ms)
+static void observe(metrics_hist_t *h, const long *bounds, int nbounds, long ms)
 {
     int i = 0;
     if (ms < 0)
         ms = 0;
-    while (i < NBOUNDS && ms > lat_bounds[i])
+    while (i < nbounds && ms > bounds[i])
         i++;
-    atomic_fetch_add(&m->call_latency_bucket[i], 1);
-    atomic_fetch_add(&m->call_latency_count, 1);
-    atomic_fetch_add(&m->call_latency_sum_ms, (unsigned long)ms);
+    atomic_fetch_add(&h->slot[i], 1);
+    atomic_fetch_add(&h->count, 1);
+    atomic_fetch_add(&h->sum_ms, (unsigned long)ms);
+}
+
+void metrics_observe_call_ms(metrics_t *m, long ms)
+{
+    observe(&m->insurer_call_ms, call_bounds, NBOUNDS(call_bounds), ms);
+}
+
+void metrics_observe_kafka_confirm_ms(metrics_t *m, long ms)
+{
+    observe(&m->kafka_confirm_ms, confirm_bounds, NBOUNDS(confirm_bounds), ms);
 }
 
 struct out {
@@ -63,6 +75,25 @@ static void gauge(struct out *o, const char *name, const char *help, long v)
 {
     put(o, "# HELP osago_worker_%s %s\n# TYPE osago_worker_%s gauge\nosago_worker_%s %ld\n",
         name, help, name, name, v);
+}
+
+/* The buckets, count and +Inf come from the same reads of the slots, so a scrape is always
+ * self-consistent; the sum is read apart and may be a call ahead. */
+static void histogram(struct out *o, const char *name, const char *help, metrics_hist_t *h,
+                      const long *bounds, int nbounds)
+{
+    unsigned long cumulative = 0;
+
+    put(o, "# HELP osago_worker_%s %s\n# TYPE osago_worker_%s histogram\n", name, help, name);
+    for (int i = 0; i <= nbounds; i++) {
+        cumulative += atomic_load(&h->slot[i]);
+        if (i < nbounds)
+            put(o, "osago_worker_%s_bucket{le=\"%ld\"} %lu\n", name, bounds[i], cumulative);
+        else
+            put(o, "osago_worker_%s_bucket{le=\"+Inf\"} %lu\n", name, cumulative);
+    }
+    put(o, "osago_worker_%s_sum %lu\nosago_worker_%s_count %lu\n", name,
+        atomic_load(&h->sum_ms), name, cumulative);
 }
 
 /*
@@ -134,19 +165,11 @@ size_t metrics_render(const metrics_t *cm, char *buf, size_t cap)
 
     process_memory(&o);
 
-    put(&o, "# HELP osago_worker_insurer_call_ms Insurer call time in milliseconds.\n"
-            "# TYPE osago_worker_insurer_call_ms histogram\n");
-    unsigned long cumulative = 0;
-    for (int i = 0; i <= NBOUNDS; i++) {
-        cumulative += atomic_load(&m->call_latency_bucket[i]);
-        if (i < NBOUNDS)
-            put(&o, "osago_worker_insurer_call_ms_bucket{le=\"%ld\"} %lu\n", lat_bounds[i],
-                cumulative);
-        else
-            put(&o, "osago_worker_insurer_call_ms_bucket{le=\"+Inf\"} %lu\n", cumulative);
-    }
-    put(&o, "osago_worker_insurer_call_ms_sum %lu\nosago_worker_insurer_call_ms_count %lu\n",
-        atomic_load(&m->call_latency_sum_ms), cumulative);
+    histogram(&o, "insurer_call_ms", "Insurer call time in milliseconds.", &m->insurer_call_ms,
+              call_bounds, NBOUNDS(call_bounds));
+    histogram(&o, "kafka_confirm_ms",
+              "Time from producing a batch of events to Kafka confirming all of them, in "
+              "milliseconds.", &m->kafka_confirm_ms, confirm_bounds, NBOUNDS(confirm_bounds));
 
     if (cap > 0 && o.len >= cap)
         buf[cap - 1] = '\0';

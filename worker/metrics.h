@@ -5,7 +5,15 @@
 #include <stdatomic.h>
 #include <stddef.h>
 
-#define METRICS_LAT_BUCKETS 12
+/* A histogram of milliseconds: slot i counts observations in (bound[i-1], bound[i]] of its
+ * bounds (metrics.c), the slot after the last bound those above it. */
+#define METRICS_HIST_SLOTS 12
+
+typedef struct {
+    atomic_ulong slot[METRICS_HIST_SLOTS];
+    atomic_ulong count;
+    atomic_ulong sum_ms;
+} metrics_hist_t;
 
 typedef struct {
     atomic_ulong intake_relayed;          /* stream entries stored and announced */
@@ -27,22 +35,21 @@ typedef struct {
     atomic_ulong applications_redriven;   /* accepted too long: their Created was lost */
     atomic_ulong publish_total;           /* PUBLISH osago:app-updates */
     atomic_long  calls_in_flight;
-    atomic_ulong call_latency_bucket[METRICS_LAT_BUCKETS];   /* insurer call time */
-    atomic_ulong call_latency_count;
-    atomic_ulong call_latency_sum_ms;
+    metrics_hist_t insurer_call_ms;       /* an insurer call, request to answer */
+    metrics_hist_t kafka_confirm_ms;      /* a produced batch, produce to Kafka's last report */
     atomic_int   redis_up, kafka_up, pg_up;
 } metrics_t;
 
 /*
  * Counters render as osago_worker_<field>_total (publish_total as osago_worker_publish_total),
- * gauges as osago_worker_<field>, the call latency as the histogram osago_worker_insurer_call_ms
- * with le = 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000, 60000, +Inf (slots 0..10 of
- * call_latency_bucket hold the non-cumulative counts; slot 11 is unused). redis_up, kafka_up and
+ * gauges as osago_worker_<field>, the histograms as osago_worker_<field> with le bounds of their
+ * own: insurer_call_ms 50 ms to 60 s, kafka_confirm_ms 1 ms to 5 s. redis_up, kafka_up and
  * pg_up are set by http.c's probe (every 5 s and on each /readyz): roles need not touch them.
  * metrics_render also shows the process's memory (resident, and malloc's bytes in use and free)
  * and returns the full length like snprintf: >= cap means the text was cut.
  */
 void   metrics_observe_call_ms(metrics_t *m, long ms);
+void   metrics_observe_kafka_confirm_ms(metrics_t *m, long ms);
 size_t metrics_render(const metrics_t *m, char *buf, size_t cap);   /* Prometheus text */
 
 #endif
