@@ -14,7 +14,7 @@
 # Knobs: BENCH_RATE, BENCH_SECONDS, SOAK_SECONDS, INSURER_MS, INSURERS, BENCH_WARMUP,
 # BENCH_FETCH_WAIT_MS (the worker's default unless set), BENCH_MAX_IN_FLIGHT (1024: 500/s x 10 calls x 100 ms need 500),
 # BENCH_SIM_OPTS (default --threads 1: one MHD thread costs the least CPU per call on 2 cores),
-# BENCH_WORKER_OPTS, BENCH_PG_OPTS, BENCH_PG_STATEMENTS=1 (pg_stat_statements per application, WAL included),
+# BENCH_WORKER_OPTS, BENCH_BROKER_OPTS (devbroker's, e.g. --partitions 1), BENCH_PG_OPTS, BENCH_PG_STATEMENTS=1 (pg_stat_statements per application, WAL included),
 # BENCH_KEEP_LOGS=DIR.
 set -euo pipefail
 
@@ -83,7 +83,7 @@ PG_UP=1
     "$PG_BIN/psql" -h 127.0.0.1 -p "$PP" -U postgres -d osago -qc "CREATE EXTENSION pg_stat_statements"
 PG="host=127.0.0.1 port=$PP dbname=osago user=osago"
 
-"$BUILD/devbroker" --listen "127.0.0.1:$KP" --control "127.0.0.1:$CP" >"$WORK/devbroker.log" 2>&1 &
+"$BUILD/devbroker" --listen "127.0.0.1:$KP" --control "127.0.0.1:$CP" ${BENCH_BROKER_OPTS:-} >"$WORK/devbroker.log" 2>&1 &
 PIDS+=($!)
 BROKER_PID=$!
 wait_for "$WORK/devbroker.log" 'devbroker: ready'
@@ -161,6 +161,15 @@ RSS1=$(rss); HEAP1=$(heap)
 # what a saturated machine adds to the simulated insurer
 CALL_MS=$(curl -s "http://127.0.0.1:$HP/metrics" | awk '/^osago_worker_insurer_call_ms_sum / { s = $2 }
     /^osago_worker_insurer_call_ms_count / { n = $2 } END { if (n > 0) printf "%.1f", s / n; else print "-" }')
+# how long the worker's produces waited for Kafka's confirmation: what a role that waits for it
+# (relay, orchestrator) adds per batch
+CONFIRM=$(curl -s "http://127.0.0.1:$HP/metrics" | awk '
+    /^osago_worker_kafka_confirm_ms_bucket/ { match($0, /le="[^"]+"/); le = substr($0, RSTART + 4, RLENGTH - 5)
+                                              if (le == "5" || le == "10" || le == "20" || le == "50") b[le] = $2 }
+    /^osago_worker_kafka_confirm_ms_sum / { s = $2 } /^osago_worker_kafka_confirm_ms_count / { n = $2 }
+    END { if (n > 0) printf "%d batches, mean %.1f ms; within 5 ms %.0f %%, 10 ms %.0f %%, 20 ms %.0f %%, 50 ms %.0f %%",
+                            n, s / n, b["5"] * 100 / n, b["10"] * 100 / n, b["20"] * 100 / n, b["50"] * 100 / n
+          else print "-" }')
 WAL1=$(psqlq "SELECT pg_current_wal_lsn()")
 cpu_components > "$WORK/cpu1"
 BROKER1=$(broker_stats)
@@ -286,6 +295,8 @@ echo "Kafka requests per application (devbroker): $(awk -v n="$N" '
     <(echo "$BROKER0") <(echo "$BROKER1"))."
 echo
 echo "The insurer calls: $INSURER_MS ms set; insurer-sim's own time (request in to answer out) p50 / p99 $SIM_OWN ms; as the executor timed them (curl) mean $CALL_MS ms."
+echo
+echo "Kafka's confirmation of the worker's produces (whole run): $CONFIRM."
 echo
 echo "Worker's added latency with each application's slowest insurer as insurer-sim timed it (not the $INSURER_MS ms set): p50 / p99 $ADDED_OWN ms."
 echo
