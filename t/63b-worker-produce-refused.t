@@ -1,0 +1,65 @@
+#!/usr/bin/perl
+# The orchestrator keeps several batches in flight while Kafka confirms them. When the broker
+# refuses some of its produce requests (TOPIC_AUTHORIZATION_FAILED, a permanent error for those
+# events), the batch that failed is produced again, and no Created offset is stored past it
+# meanwhile: every application still gets its Started and its tasks, and in PostgreSQL nothing
+# is lost and nothing duplicated. The worker keeps running (not a fatal error).
+use strict;
+use warnings;
+use FindBin;
+use lib "$FindBin::Bin/lib";
+use Test::More;
+use Time::HiRes qw(time sleep);
+use OsagoTest;
+use OsagoStack;
+
+OsagoStack::need_bins(qw(devbroker insurer-sim osago-worker));
+
+my $T0 = time;
+my @CODES = qw(alfa ingos reso);
+my $N = 40;
+my $pg  = OsagoStack::Postgres->new;
+my $r   = OsagoTest::Redis->new;
+my $kb  = OsagoStack::Devbroker->new;
+my $sim = OsagoStack::InsurerSim->new(insurers => \@CODES, latency => '10-30');
+my ($mc, $mo, $me) = OsagoStack::Worker->migrate($pg);
+is($mc, 0, 'migrate') or diag "$mo$me";
+
+# The relay alone first: every Created is in Kafka before the orchestrator starts, so the
+# refused produce requests below are the orchestrator's (Started and tasks).
+my $relay = OsagoStack::Worker->new(pg => $pg, redis => $r, kafka => $kb, insurers => $sim,
+                                    name => 'refused-relay', roles => 'relay');
+my @ids = map { scalar OsagoStack::intake_entry($r) } 1 .. $N;
+ok(OsagoStack::wait_until(sub { ($pg->psql("SELECT count(*) FROM applications WHERE status = 'accepted'"))[0] == $N }, 30, 0.1),
+   "the relay stored all $N applications");
+ok(OsagoStack::wait_until(sub { ($r->cli('XLEN', 'osago:intake') // -1) == 0 }, 30, 0.1),
+   '  and acknowledged them (their Created events are confirmed)');
+
+is($kb->control('request error Produce TOPIC_AUTHORIZATION_FAILED 3'), 'ok',
+   'devbroker: the next 3 produce requests are refused');
+my $w = OsagoStack::Worker->new(pg => $pg, redis => $r, kafka => $kb, insurers => $sim,
+                                name => 'refused-main', roles => 'orchestrator,executor,results');
+ok(OsagoStack::wait_completed($pg, \@ids, 60), "all $N applications completed")
+    or diag substr($w->log_text, -3000);
+
+my @lines = @{ $w->log_lines };
+my @refused = grep { ($_->{role} // '') eq 'orchestrator' && ($_->{event} // '') eq 'kafka_error'
+                     && ($_->{msg} // '') =~ /not confirmed/ } @lines;
+ok(@refused, 'the orchestrator saw a batch refused, and logged it') or diag explain [
+    grep { ($_->{level} // '') =~ /warn|error/ } @lines ];
+like($refused[0]{msg} // '', qr/TOPIC_AUTHORIZATION_FAILED|[Aa]uthoriz/, '  with Kafka\'s reason') if @refused;
+ok(!(grep { ($_->{event} // '') eq 'kafka_fatal' } @lines), 'no fatal error: the worker runs on');
+ok($w->running, '  and is still running');
+
+OsagoStack::check_all_done($pg, $r, \@ids, \@CODES);
+my ($retried) = $pg->psql('SELECT count(*) FROM quotes WHERE attempt > 1');
+is($retried, 0, 'no insurer call retried: a task produced twice is taken once');
+my $started = $w->metrics;
+is(OsagoStack::metric_of($started, 'applications_started'), $N,
+   "applications_started counts each of the $N applications once");
+
+$w->stop;
+$relay->stop;
+is($w->sanitizer_report, undef, 'no sanitizer report');
+diag sprintf 'took %.1f s', time - $T0;
+done_testing;
