@@ -368,8 +368,8 @@ static int orch_retire(orch_t *o, int wait)
                 return 0;
             if (state != 0) {
                 wlog(LOG_WARN, ORCH_ROLE, NULL, "kafka_error",
-                     "%d events not confirmed within %d ms (%s); the Created events will be "
-                     "handled again", kafka_batch_unconfirmed(b->sent), ORCH_PRODUCE_TIMEOUT_MS,
+                     "%d events failed or not confirmed in %d ms (%s); the Created events "
+                     "will be handled again", kafka_batch_unconfirmed(b->sent), ORCH_PRODUCE_TIMEOUT_MS,
                      kafka_batch_error(b->sent));
                 kafka_batch_release(b->sent);
                 b->sent = NULL;
