@@ -340,7 +340,8 @@ void kafka_batch_release(kafka_batch_t *b)
     batch_unref(b);
 }
 
-int kafka_batch_wait(kafka_batch_t *b, int timeout_ms)
+/* Waits until every event of b was reported or timeout_ms passed; then b's state. */
+static int batch_wait(kafka_batch_t *b, int timeout_ms)
 {
     struct timespec until;
 
@@ -361,7 +362,7 @@ int kafka_batch_wait(kafka_batch_t *b, int timeout_ms)
     return kafka_batch_state(b);
 }
 
-int kafka_batch_unconfirmed(kafka_batch_t *b)
+static int batch_unconfirmed(kafka_batch_t *b)
 {
     return atomic_load(&b->pending) + atomic_load(&b->failed);
 }
@@ -376,11 +377,11 @@ int kafka_produce_events(kafka_producer_t *p, const osago_event_t *const *evs, i
         return 0;
     if ((b = kafka_produce_start(p, evs, n, NULL, NULL)) == NULL)
         return -1;
-    state = kafka_batch_wait(b, timeout_ms);
+    state = batch_wait(b, timeout_ms);
     if (state != 0)
         wlog(LOG_WARN, "kafka", evs[0]->traceparent, "kafka_not_confirmed",
              "%d of %d event(s) for application %s not confirmed within %d ms: %s",
-             kafka_batch_unconfirmed(b), n, evs[0]->application_id, timeout_ms,
+             batch_unconfirmed(b), n, evs[0]->application_id, timeout_ms,
              kafka_batch_error(b));
     kafka_batch_release(b);
     return state == 0 ? 0 : -1;

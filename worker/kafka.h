@@ -29,8 +29,6 @@ typedef struct kafka_batch kafka_batch_t;
 kafka_batch_t *kafka_produce_start(kafka_producer_t *p, const osago_event_t *const *evs, int n,
                                    void (*on_done)(void *arg), void *arg);
 int            kafka_batch_state(kafka_batch_t *b);
-int            kafka_batch_wait(kafka_batch_t *b, int timeout_ms);  /* then its state */
-int            kafka_batch_unconfirmed(kafka_batch_t *b);           /* not (yet) confirmed */
 const char    *kafka_batch_error(kafka_batch_t *b);     /* the first failure, for logs */
 void           kafka_batch_release(kafka_batch_t *b);
 

@@ -32,8 +32,6 @@
 #define ORCH_BACKOFF_MAX_MS 30000
 #define ORCH_POLL_MS  500
 #define ORCH_PRODUCE_TIMEOUT_MS 5000   /* also bounds how long a stop waits on a Kafka outage */
-#define ORCH_PIPELINE 4                 /* batches produced and not yet confirmed */
-#define ORCH_PIPELINE_POLL_MS 5         /* how long a poll waits while batches are in flight */
 
 typedef struct {
     rd_kafka_message_t *msg;
@@ -46,21 +44,12 @@ typedef struct {
 } orch_item_t;
 
 typedef struct {
-    orch_item_t    items[ORCH_BATCH];
-    int            n;
-    kafka_batch_t *sent;            /* its events, produced and not yet confirmed */
-    int64_t        sent_ms;
-    int            due;             /* its events failed or timed out: to be sent again */
-} orch_batch_t;
-
-typedef struct {
     worker_t      *w;
     rd_kafka_t    *consumer;
     PGconn        *pg;
     long long      last_kafka_warn_ms;
-    orch_batch_t   ring[ORCH_PIPELINE];   /* oldest at head */
-    int            head, count;
-    int64_t        backoff_ms;      /* since the last batch that went through */
+    orch_item_t    items[ORCH_BATCH];
+    int            n;
     id_pool_t      ids;             /* ten tasks an application, an id each */
 } orch_t;
 
@@ -96,14 +85,11 @@ static void orch_item_free(orch_item_t *it)
     memset(it, 0, sizeof(*it));
 }
 
-static void orch_batch_free(orch_batch_t *b)
+static void orch_batch_free(orch_t *o)
 {
-    for (int i = 0; i < b->n; i++)
-        orch_item_free(&b->items[i]);
-    b->n = 0;
-    kafka_batch_release(b->sent);
-    b->sent = NULL;
-    b->due = 0;
+    for (int i = 0; i < o->n; i++)
+        orch_item_free(&o->items[i]);
+    o->n = 0;
 }
 
 /* ---- consuming --------------------------------------------------------------------------- */
@@ -126,9 +112,11 @@ static void orch_decode(orch_item_t *it)
     it->valid = 1;
 }
 
-static void orch_poll(orch_t *o, orch_batch_t *b, int timeout)
+static void orch_poll(orch_t *o)
 {
-    while (b->n < ORCH_BATCH && !*o->w->stop) {
+    int timeout = ORCH_POLL_MS;
+
+    while (o->n < ORCH_BATCH && !*o->w->stop) {
         rd_kafka_message_t *m = rd_kafka_consumer_poll(o->consumer, timeout);
 
         if (m == NULL)
@@ -139,9 +127,9 @@ static void orch_poll(orch_t *o, orch_batch_t *b, int timeout)
             rd_kafka_message_destroy(m);
             continue;
         }
-        b->items[b->n].msg = m;
-        orch_decode(&b->items[b->n]);
-        b->n++;
+        o->items[o->n].msg = m;
+        orch_decode(&o->items[o->n]);
+        o->n++;
     }
 }
 
@@ -240,7 +228,7 @@ static int orch_build_events(orch_item_t *it, PGresult *res, id_pool_t *ids)
 }
 
 /* 0 every valid item stored (its events built), -1 try again later. */
-static int orch_store(orch_t *o, orch_batch_t *b)
+static int orch_store(orch_t *o)
 {
     const insurer_list_t *ins = o->w->insurers;
     const char           *ids[ORCH_BATCH], *codes[INSURERS_MAX];
@@ -248,9 +236,9 @@ static int orch_store(orch_t *o, orch_batch_t *b)
     PGresult             *res;
     int                   n = 0, rc = -1;
 
-    for (int i = 0; i < b->n; i++)
-        if (b->items[i].valid && !b->items[i].stored)
-            ids[n++] = b->items[i].created.application_id;
+    for (int i = 0; i < o->n; i++)
+        if (o->items[i].valid && !o->items[i].stored)
+            ids[n++] = o->items[i].created.application_id;
     if (n == 0)
         return 0;
     for (int i = 0; i < ins->n; i++)
@@ -266,8 +254,8 @@ static int orch_store(orch_t *o, orch_batch_t *b)
     if (res == NULL)
         return -1;
     rc = 0;
-    for (int i = 0; i < b->n && rc == 0; i++) {
-        orch_item_t *it = &b->items[i];
+    for (int i = 0; i < o->n && rc == 0; i++) {
+        orch_item_t *it = &o->items[i];
 
         if (!it->valid || it->stored)
             continue;
@@ -280,27 +268,21 @@ static int orch_store(orch_t *o, orch_batch_t *b)
 
 /* ---- Kafka and the read model ---------------------------------------------------------- */
 
-/* Starts producing the batch's events; 0 when they are on their way (or there are none). */
-static int orch_produce(orch_t *o, orch_batch_t *b)
+static int orch_produce(orch_t *o)
 {
     const osago_event_t **evs;
-    int                   n = 0, cap = 0;
+    int                   n = 0, cap = 0, rc;
 
-    for (int i = 0; i < b->n; i++)
-        if (b->items[i].valid)
-            cap += 1 + b->items[i].n_tasks;
-    b->due = 1;
-    kafka_batch_release(b->sent);
-    b->sent = NULL;
-    if (cap == 0) {
-        b->due = 0;
+    for (int i = 0; i < o->n; i++)
+        if (o->items[i].valid)
+            cap += 1 + o->items[i].n_tasks;
+    if (cap == 0)
         return 0;
-    }
     evs = malloc(sizeof(*evs) * (size_t) cap);
     if (evs == NULL)
         return -1;
-    for (int i = 0; i < b->n; i++) {
-        orch_item_t *it = &b->items[i];
+    for (int i = 0; i < o->n; i++) {
+        orch_item_t *it = &o->items[i];
 
         if (!it->valid)
             continue;
@@ -308,34 +290,24 @@ static int orch_produce(orch_t *o, orch_batch_t *b)
         for (int t = 0; t < it->n_tasks; t++)
             evs[n++] = &it->tasks[t];
     }
-    b->sent = kafka_produce_start(o->w->producer, evs, n, NULL, NULL);
-    b->sent_ms = orch_now_ms();
+    rc = kafka_produce_events(o->w->producer, evs, n, ORCH_PRODUCE_TIMEOUT_MS);
+    if (rc != 0)
+        wlog(LOG_WARN, ORCH_ROLE, NULL, "kafka_error",
+             "%d events not confirmed; the Created events will be handled again", n);
     free(evs);
-    if (b->sent != NULL && kafka_batch_state(b->sent) >= 0) {
-        b->due = 0;
-        return 0;
-    }
-    wlog(LOG_WARN, ORCH_ROLE, NULL, "kafka_error",
-         "%d events not produced; the Created events will be handled again", n);
-    kafka_batch_release(b->sent);
-    b->sent = NULL;
-    return -1;
+    return rc == 0 ? 0 : -1;
 }
 
-static int orch_send(orch_t *o, orch_batch_t *b)
+static int orch_process(orch_t *o)
 {
     if (pg_ensure(&o->pg, o->w->cfg->pg_conninfo, ORCH_ROLE, o->w->stop) != 0)
         return -1;
-    if (orch_store(o, b) != 0)
+    if (orch_store(o) != 0)
         return -1;
-    return orch_produce(o, b);
-}
-
-/* The batch's events are confirmed: its Created events are done. */
-static void orch_acknowledge(orch_t *o, orch_batch_t *b)
-{
-    for (int i = 0; i < b->n; i++) {
-        orch_item_t *it = &b->items[i];
+    if (orch_produce(o) != 0)
+        return -1;
+    for (int i = 0; i < o->n; i++) {
+        orch_item_t *it = &o->items[i];
 
         if (it->valid) {
             atomic_fetch_add(&o->w->metrics->applications_started, 1);
@@ -345,85 +317,7 @@ static void orch_acknowledge(orch_t *o, orch_batch_t *b)
         }
         kafka_done(o->consumer, it->msg);
     }
-}
-
-/*
- * Acknowledges the confirmed batches, oldest first (an offset stored for a later batch would
- * cover an earlier one too), waiting up to the oldest's deadline when wait is set. 0 when
- * nothing failed; -1 when the oldest batch failed or timed out: it is to be sent again.
- */
-static int orch_retire(orch_t *o, int wait)
-{
-    while (o->count > 0) {
-        orch_batch_t *b = &o->ring[o->head];
-        int           state = 0;
-
-        if (b->due)
-            return -1;
-        if (b->sent != NULL) {
-            int64_t left = b->sent_ms + ORCH_PRODUCE_TIMEOUT_MS - orch_now_ms();
-
-            state = kafka_batch_wait(b->sent, wait && left > 0 ? (int) left : 0);
-            if (state > 0 && left > 0)
-                return 0;
-            if (state != 0) {
-                wlog(LOG_WARN, ORCH_ROLE, NULL, "kafka_error",
-                     "%d events failed or not confirmed in %d ms (%s); the Created events "
-                     "will be handled again", kafka_batch_unconfirmed(b->sent), ORCH_PRODUCE_TIMEOUT_MS,
-                     kafka_batch_error(b->sent));
-                kafka_batch_release(b->sent);
-                b->sent = NULL;
-                b->due = 1;
-                return -1;
-            }
-        }
-        orch_acknowledge(o, b);
-        orch_batch_free(b);
-        o->head = (o->head + 1) % ORCH_PIPELINE;
-        o->count--;
-        o->backoff_ms = 0;
-        wait = 0;
-    }
     return 0;
-}
-
-/* Sends b (the oldest batch after a failure, or a new one) until it is on its way. The wait
- * doubles: each try queues the unconfirmed events in librdkafka once more. */
-static int orch_send_until_sent(orch_t *o, orch_batch_t *b, int after_failure)
-{
-    if (!after_failure && orch_send(o, b) == 0)
-        return 0;
-    while (!*o->w->stop) {
-        o->backoff_ms = o->backoff_ms == 0 ? ORCH_RETRY_MS
-                        : o->backoff_ms * 2 > ORCH_BACKOFF_MAX_MS ? ORCH_BACKOFF_MAX_MS
-                        : o->backoff_ms * 2;
-        orch_nap(o, o->backoff_ms);
-        if (!*o->w->stop && orch_send(o, b) == 0)
-            return 0;
-    }
-    return -1;
-}
-
-/* One turn: acknowledge what Kafka confirmed, then take and send the next batch. */
-static void orch_turn(orch_t *o)
-{
-    orch_batch_t *b;
-
-    if (orch_retire(o, o->count == ORCH_PIPELINE) != 0) {
-        orch_send_until_sent(o, &o->ring[o->head], 1);
-        return;
-    }
-    if (o->count == ORCH_PIPELINE)
-        return;
-    b = &o->ring[(o->head + o->count) % ORCH_PIPELINE];
-    orch_poll(o, b, o->count > 0 ? ORCH_PIPELINE_POLL_MS : ORCH_POLL_MS);
-    if (b->n == 0)
-        return;
-    if (orch_send_until_sent(o, b, 0) != 0) {
-        orch_batch_free(b);          /* stopping: its offsets stay unstored */
-        return;
-    }
-    o->count++;
 }
 
 /* ---- the thread -------------------------------------------------------------------------- */
@@ -446,11 +340,7 @@ static rd_kafka_t *orch_consumer(orch_t *o)
 
 static void orch_cleanup(orch_t *o)
 {
-    /* what Kafka confirms within the produce timeout is acknowledged; the rest is redelivered */
-    while (o->count > 0 && orch_retire(o, 1) == 0 && o->count > 0)
-        ;
-    for (int i = 0; i < ORCH_PIPELINE; i++)
-        orch_batch_free(&o->ring[i]);
+    orch_batch_free(o);
     if (o->consumer != NULL) {
         rd_kafka_consumer_close(o->consumer);
         rd_kafka_destroy(o->consumer);
@@ -473,8 +363,18 @@ void *orchestrator_main(void *arg)
     o->consumer = orch_consumer(o);
     wlog(LOG_INFO, ORCH_ROLE, NULL, "role_started", "group %s", ORCH_GROUP);
 
-    while (!*w->stop)
-        orch_turn(o);
+    while (!*w->stop) {
+        int64_t backoff = ORCH_RETRY_MS;
+
+        orch_poll(o);
+        /* the same batch until it went through: its offsets stay unstored meanwhile. The wait
+         * doubles: each try queues the unconfirmed events in librdkafka once more */
+        while (o->n > 0 && !*w->stop && orch_process(o) != 0) {
+            orch_nap(o, backoff);
+            backoff = backoff * 2 > ORCH_BACKOFF_MAX_MS ? ORCH_BACKOFF_MAX_MS : backoff * 2;
+        }
+        orch_batch_free(o);
+    }
 
     orch_cleanup(o);
     wlog(LOG_INFO, ORCH_ROLE, NULL, "role_stopped", "orchestrator stopped");

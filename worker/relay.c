@@ -35,8 +35,6 @@
  * arrives meanwhile; an event confirmed later than this is produced again (idempotent). */
 #define RELAY_PRODUCE_TIMEOUT_MS 5000
 #define RELAY_MAX_PAYLOAD (256 * 1024) /* the edge accepts 64k bodies; Kafka takes 1 MB */
-#define RELAY_PIPELINE    4           /* batches produced and not yet confirmed */
-#define RELAY_PIPELINE_BLOCK_MS 5     /* how long a read blocks while batches are in flight */
 
 typedef struct {
     char          id[48];             /* stream entry id, "ms-seq" */
@@ -46,15 +44,6 @@ typedef struct {
     int64_t       created_ms;
     osago_event_t ev;                 /* the Created event; ev.payload is owned */
 } relay_entry_t;
-
-/* One read's entries, from parsing to their acknowledgement. */
-typedef struct {
-    relay_entry_t  entries[RELAY_BATCH];
-    int            n;
-    int            claimed;           /* taken over with XAUTOCLAIM (for the log) */
-    kafka_batch_t *sent;              /* the Created events, produced, not yet confirmed */
-    int64_t        sent_ms;
-} relay_batch_t;
 
 typedef struct {
     worker_t      *w;
@@ -66,8 +55,8 @@ typedef struct {
     int64_t        backoff_ms;        /* since the last batch that went through */
     int64_t        next_claim_ms;
     int64_t        retry_at_ms;       /* Redis trouble: pause until then */
-    relay_batch_t  ring[RELAY_PIPELINE];   /* oldest at head; the next read goes to the tail */
-    int            head, count;
+    relay_entry_t  entries[RELAY_BATCH];
+    int            n;
 } relay_t;
 
 static int64_t relay_now_ms(void)
@@ -97,15 +86,12 @@ static void relay_nap(relay_t *r, int64_t ms)
     }
 }
 
-static void relay_reset_batch(relay_batch_t *b)
+static void relay_reset_batch(relay_t *r)
 {
-    for (int i = 0; i < b->n; i++)
-        event_free(&b->entries[i].ev);
-    memset(b->entries, 0, sizeof(b->entries[0]) * (size_t) b->n);
-    b->n = 0;
-    b->claimed = 0;
-    kafka_batch_release(b->sent);
-    b->sent = NULL;
+    for (int i = 0; i < r->n; i++)
+        event_free(&r->entries[i].ev);
+    memset(r->entries, 0, sizeof(r->entries[0]) * (size_t) r->n);
+    r->n = 0;
 }
 
 /* ---- validation ---------------------------------------------------------------------- */
@@ -288,7 +274,7 @@ static int gen_entry(yajl_gen g, const relay_entry_t *e)
 
 /* 0 stored; 1 PostgreSQL refused the data itself (a retry cannot help); -1 try again later.
  * only >= 0 selects one entry; -1 means every valid one. */
-static int relay_insert(relay_t *r, const relay_batch_t *b, int only, char *why, size_t whylen)
+static int relay_insert(relay_t *r, int only, char *why, size_t whylen)
 {
     yajl_gen             g = yajl_gen_alloc(NULL);
     const unsigned char *buf;
@@ -299,10 +285,10 @@ static int relay_insert(relay_t *r, const relay_batch_t *b, int only, char *why,
 
     if (g == NULL || yajl_gen_array_open(g) != yajl_gen_status_ok)
         goto out;
-    for (int i = 0; i < b->n; i++) {
-        if (!b->entries[i].valid || (only >= 0 && i != only))
+    for (int i = 0; i < r->n; i++) {
+        if (!r->entries[i].valid || (only >= 0 && i != only))
             continue;
-        if (gen_entry(g, &b->entries[i]) < 0)
+        if (gen_entry(g, &r->entries[i]) < 0)
             goto out;
         any = 1;
     }
@@ -334,10 +320,10 @@ out:
 }
 
 /* Stores every valid entry; an entry PostgreSQL refuses on its own is made invalid. */
-static int relay_store(relay_t *r, relay_batch_t *b)
+static int relay_store(relay_t *r)
 {
     char why[200] = "";
-    int  rc = relay_insert(r, b, -1, why, sizeof(why));
+    int  rc = relay_insert(r, -1, why, sizeof(why));
 
     if (rc <= 0) {
         if (rc < 0)
@@ -345,16 +331,16 @@ static int relay_store(relay_t *r, relay_batch_t *b)
         return rc;
     }
     /* one bad entry must not hold back the others: find it by storing them one by one */
-    for (int i = 0; i < b->n; i++) {
-        if (!b->entries[i].valid)
+    for (int i = 0; i < r->n; i++) {
+        if (!r->entries[i].valid)
             continue;
-        rc = relay_insert(r, b, i, why, sizeof(why));
+        rc = relay_insert(r, i, why, sizeof(why));
         if (rc < 0) {
             wlog(LOG_WARN, RELAY_ROLE, NULL, "pg_error", "applications not stored: %s", why);
             return -1;
         }
         if (rc == 1) {
-            relay_entry_t *e = &b->entries[i];
+            relay_entry_t *e = &r->entries[i];
 
             snprintf(e->reason, sizeof(e->reason), "refused by PostgreSQL: %s", why);
             e->valid = 0;
@@ -365,27 +351,25 @@ static int relay_store(relay_t *r, relay_batch_t *b)
 
 /* ---- Kafka and the acknowledgement ---------------------------------------------------- */
 
-/* Starts producing the batch's Created events; 0 when they are on their way (or none). */
-static int relay_produce(relay_t *r, relay_batch_t *b)
+static int relay_produce(relay_t *r)
 {
     const osago_event_t *evs[RELAY_BATCH];
     int                  n = 0;
 
-    for (int i = 0; i < b->n; i++)
-        if (b->entries[i].valid)
-            evs[n++] = &b->entries[i].ev;
+    for (int i = 0; i < r->n; i++)
+        if (r->entries[i].valid)
+            evs[n++] = &r->entries[i].ev;
     if (n == 0)
         return 0;
-    b->sent = kafka_produce_start(r->w->producer, evs, n, NULL, NULL);
-    b->sent_ms = relay_now_ms();
-    if (b->sent != NULL && kafka_batch_state(b->sent) >= 0)
-        return 0;
-    wlog(LOG_WARN, RELAY_ROLE, NULL, "kafka_error",
-         "%d OsagoApplicationCreated not produced; the entries stay pending", n);
-    return -1;
+    if (kafka_produce_events(r->w->producer, evs, n, RELAY_PRODUCE_TIMEOUT_MS) != 0) {
+        wlog(LOG_WARN, RELAY_ROLE, NULL, "kafka_error",
+             "%d OsagoApplicationCreated not confirmed; the entries stay pending", n);
+        return -1;
+    }
+    return 0;
 }
 
-static int relay_append_ids(relay_t *r, const relay_batch_t *b, const char *cmd, int with_group)
+static int relay_append_ids(relay_t *r, const char *cmd, int with_group)
 {
     const char *argv[3 + RELAY_BATCH];
     int         argc = 0;
@@ -394,9 +378,9 @@ static int relay_append_ids(relay_t *r, const relay_batch_t *b, const char *cmd,
     argv[argc++] = RELAY_STREAM;
     if (with_group)
         argv[argc++] = RELAY_GROUP;
-    for (int i = 0; i < b->n; i++)
-        if (b->entries[i].id[0] != '\0')
-            argv[argc++] = b->entries[i].id;
+    for (int i = 0; i < r->n; i++)
+        if (r->entries[i].id[0] != '\0')
+            argv[argc++] = r->entries[i].id;
     return redisAppendCommandArgv(r->redis, argc, argv, NULL) == REDIS_OK ? 0 : -1;
 }
 
@@ -404,15 +388,15 @@ static int relay_append_ids(relay_t *r, const relay_batch_t *b, const char *cmd,
  * XACK, then XDEL: an acknowledged entry is in PostgreSQL and Kafka and nobody reads it again
  * (this group is the stream's only reader), so deleting it keeps the stream's memory flat.
  */
-static int relay_ack(relay_t *r, const relay_batch_t *b)
+static int relay_ack(relay_t *r)
 {
     int rc = 0, ids = 0;
 
-    for (int i = 0; i < b->n; i++)
-        ids += b->entries[i].id[0] != '\0';
+    for (int i = 0; i < r->n; i++)
+        ids += r->entries[i].id[0] != '\0';
     if (ids == 0)
         return 0;
-    if (relay_append_ids(r, b, "XACK", 1) < 0 || relay_append_ids(r, b, "XDEL", 0) < 0)
+    if (relay_append_ids(r, "XACK", 1) < 0 || relay_append_ids(r, "XDEL", 0) < 0)
         return -1;
     for (int i = 0; i < 2; i++) {
         redisReply *reply = NULL;
@@ -430,12 +414,12 @@ static int relay_ack(relay_t *r, const relay_batch_t *b)
     return rc;
 }
 
-static void relay_account(relay_t *r, const relay_batch_t *b)
+static void relay_account(relay_t *r, int claimed)
 {
     metrics_t *m = r->w->metrics;
 
-    for (int i = 0; i < b->n; i++) {
-        const relay_entry_t *e = &b->entries[i];
+    for (int i = 0; i < r->n; i++) {
+        relay_entry_t *e = &r->entries[i];
 
         if (e->id[0] == '\0')
             continue;
@@ -443,7 +427,7 @@ static void relay_account(relay_t *r, const relay_batch_t *b)
             atomic_fetch_add(&m->intake_relayed, 1);
             wlog(LOG_DEBUG, RELAY_ROLE, e->ev.traceparent, "intake_relayed",
                  "entry %s: application %s stored and announced%s", e->id,
-                 e->ev.application_id, b->claimed ? " (claimed)" : "");
+                 e->ev.application_id, claimed ? " (claimed)" : "");
         } else {
             atomic_fetch_add(&m->intake_invalid, 1);
             wlog(LOG_WARN, RELAY_ROLE, e->ev.traceparent[0] ? e->ev.traceparent : NULL,
@@ -453,81 +437,33 @@ static void relay_account(relay_t *r, const relay_batch_t *b)
     }
 }
 
-static void relay_failed(relay_t *r);
-static void relay_retire(relay_t *r, int wait);
-
-/*
- * Stores the entries of one read and starts producing their events; the batch joins the ring
- * and is acknowledged once Kafka confirms it (relay_retire). 0 on the way; -1 the entries stay
- * pending, to be read again.
- */
+/* Relays the entries of one read; 0 when all were acknowledged. */
 static int relay_process(relay_t *r, const redisReply *entries, int claimed)
 {
-    relay_batch_t *b;
+    int rc = -1;
 
-    if (r->count == RELAY_PIPELINE)   /* claims come a page at a time */
-        relay_retire(r, 1);
-    if (r->count == RELAY_PIPELINE)
-        return -1;
-    b = &r->ring[(r->head + r->count) % RELAY_PIPELINE];
-    relay_reset_batch(b);
-    b->claimed = claimed;
-    for (size_t i = 0; i < entries->elements && b->n < RELAY_BATCH; i++) {
+    relay_reset_batch(r);
+    for (size_t i = 0; i < entries->elements && r->n < RELAY_BATCH; i++) {
         const redisReply *entry = entries->element[i];
 
         if (entry->type == REDIS_REPLY_NIL)
             continue;                 /* Redis 6.2 XAUTOCLAIM: deleted meanwhile */
-        relay_parse_entry(entry, &b->entries[b->n++]);
+        relay_parse_entry(entry, &r->entries[r->n++]);
     }
-    for (int i = 0; i < b->n; i++)
-        if (b->entries[i].oom) {
-            relay_reset_batch(b);
+    for (int i = 0; i < r->n; i++)
+        if (r->entries[i].oom) {
+            relay_reset_batch(r);
             return -1;
         }
-    if (b->n == 0)
-        return 0;
-    if (relay_store(r, b) != 0 || relay_produce(r, b) != 0) {
-        relay_reset_batch(b);
-        return -1;
+    if (r->n > 0 && relay_store(r) == 0 && relay_produce(r) == 0 && relay_ack(r) == 0) {
+        relay_account(r, claimed);
+        r->backoff_ms = 0;
+        rc = 0;
+    } else if (r->n == 0) {
+        rc = 0;
     }
-    r->count++;
-    return 0;
-}
-
-/*
- * Acknowledges the batches Kafka confirmed, oldest first, waiting up to the oldest's deadline
- * when wait is set. A batch that failed or timed out is dropped from the ring unacknowledged:
- * its entries stay pending and are read again from our history.
- */
-static void relay_retire(relay_t *r, int wait)
-{
-    while (r->count > 0) {
-        relay_batch_t *b = &r->ring[r->head];
-        int            state = 0;
-
-        if (b->sent != NULL) {
-            int64_t left = b->sent_ms + RELAY_PRODUCE_TIMEOUT_MS - relay_now_ms();
-
-            state = kafka_batch_wait(b->sent, wait && left > 0 ? (int) left : 0);
-            if (state > 0 && left > 0)
-                return;
-            if (state != 0)
-                wlog(LOG_WARN, RELAY_ROLE, NULL, "kafka_error",
-                     "%d OsagoApplicationCreated failed or not confirmed in %d ms (%s); the "
-                     "entries stay pending", kafka_batch_unconfirmed(b->sent), RELAY_PRODUCE_TIMEOUT_MS,
-                     kafka_batch_error(b->sent));
-        }
-        if (state == 0 && relay_ack(r, b) == 0) {
-            relay_account(r, b);
-            r->backoff_ms = 0;
-        } else {
-            relay_failed(r);
-        }
-        relay_reset_batch(b);
-        r->head = (r->head + 1) % RELAY_PIPELINE;
-        r->count--;
-        wait = 0;
-    }
+    relay_reset_batch(r);
+    return rc;
 }
 
 /* ---- Redis reads ----------------------------------------------------------------------- */
@@ -587,9 +523,6 @@ static redisReply *relay_xread(relay_t *r, int history)
     if (history)
         return redisCommand(r->redis, "XREADGROUP GROUP %s %s COUNT %d STREAMS %s 0",
                             RELAY_GROUP, me, RELAY_BATCH, RELAY_STREAM);
-    /* back soon to acknowledge what Kafka confirms meanwhile */
-    if (r->count > 0)
-        block = RELAY_PIPELINE_BLOCK_MS;
     /* wake up in time for a due history read; BLOCK 0 would mean forever */
     if (r->own_pending && r->history_due_ms - relay_now_ms() < block)
         block = r->history_due_ms - relay_now_ms();
@@ -673,39 +606,21 @@ static int relay_connected(relay_t *r)
     return r->group_ready || relay_create_group(r) == 0;
 }
 
-/*
- * A history read or a claim would take entries of batches still in flight (they are pending
- * too): both wait until the ring is empty.
- */
 static void relay_tick(relay_t *r)
 {
     int64_t now = relay_now_ms();
-    int     history;
 
-    relay_retire(r, r->count == RELAY_PIPELINE);
-    if (r->count == RELAY_PIPELINE)
-        return;
     if (now < r->retry_at_ms) {
-        relay_retire(r, 1);
-        relay_nap(r, r->retry_at_ms - relay_now_ms());
+        relay_nap(r, r->retry_at_ms - now);
         return;
     }
     if (now >= r->next_claim_ms) {
-        if (r->count > 0) {
-            relay_retire(r, 1);
-            return;
-        }
         r->next_claim_ms = now + r->w->cfg->claim_idle_ms / 2;
         relay_claim(r);
         if (r->retry_at_ms > now)
             return;
     }
-    history = r->own_pending && relay_now_ms() >= r->history_due_ms;
-    if (history && r->count > 0) {
-        relay_retire(r, 1);
-        return;
-    }
-    relay_read(r, history);
+    relay_read(r, r->own_pending && relay_now_ms() >= r->history_due_ms);
 }
 
 void *relay_main(void *arg)
@@ -731,9 +646,7 @@ void *relay_main(void *arg)
         relay_tick(r);
     }
 
-    /* what Kafka confirms within the produce timeout is acknowledged; the rest stays pending */
-    while (r->count > 0)
-        relay_retire(r, 1);
+    relay_reset_batch(r);
     if (r->redis != NULL)
         redisFree(r->redis);
     if (r->pg != NULL)
