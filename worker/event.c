@@ -992,6 +992,17 @@ static int decode_check(struct decoder *d, char *err, size_t errlen)
             FAIL("data.error must be a non-empty string");
         break;
     }
+    /* A member that this type, or this result's status, does not carry is dropped: kept, it
+     * would ride along unchecked (an error's premium_rub, a Created's error) and differ from what
+     * event_encode writes. The fuzzer found both. */
+    if (ev->type != EV_CREATED)
+        ev->partner[0] = '\0';
+    if (ev->type != EV_TASK && ev->type != EV_TASK_RESULT)
+        ev->insurer[0] = '\0';
+    if (ev->type != EV_TASK_RESULT || !ev->ok)
+        ev->premium_rub[0] = '\0';
+    if (ev->type != EV_TASK_RESULT || ev->ok)
+        ev->error[0] = '\0';
 
     if (ev->type == EV_CREATED || ev->type == EV_TASK) {
         const unsigned char *buf;

@@ -359,6 +359,66 @@ static void test_decode_lenient_parts(void **state)
     free(json);
 }
 
+/* An event carries the members of its type (and a result those of its status) only: the others
+ * are dropped on decode, as the encoder never writes them; kept, they rode along unchecked and
+ * broke the fuzzer's round trip. */
+static void test_decode_result_other_status_field(void **state)
+{
+    osago_event_t ev, again;
+    char          err[256] = "";
+    size_t        len;
+    (void)state;
+
+    struct env e = TASK;
+    e.type = Q("OsagoApplicationTaskResult");
+    e.data = "{\"insurer\":\"vsk\",\"attempt\":3,\"status\":\"error\",\"error\":\"HTTP 500\","
+             "\"premium_rub\":\"00-4\xd0\xb0\"}";
+    char *json = text(&e);
+    assert_int_equal(decode(json, &ev, err, sizeof(err)), 0);
+    assert_false(ev.ok);
+    assert_string_equal(ev.error, "HTTP 500");
+    assert_string_equal(ev.premium_rub, "");
+    char *out = event_encode(&ev, &len);
+    assert_non_null(out);
+    assert_int_equal(decode(out, &again, err, sizeof(err)), 0);
+    assert_same(&ev, &again);
+    free(out);
+    free(json);
+    event_free(&ev);
+    event_free(&again);
+
+    e.data = "{\"insurer\":\"vsk\",\"attempt\":1,\"status\":\"ok\",\"premium_rub\":\"8734.12\","
+             "\"error\":\"left over\"}";
+    json = text(&e);
+    assert_int_equal(decode(json, &ev, err, sizeof(err)), 0);
+    assert_true(ev.ok);
+    assert_string_equal(ev.premium_rub, "8734.12");
+    assert_string_equal(ev.error, "");
+    free(json);
+    event_free(&ev);
+
+    /* members of other types: a Created's error and insurer, a Task's partner and premium */
+    e.type = Q("OsagoApplicationCreated");
+    e.data = "{\"partner\":\"acme\",\"payload\":{},\"error\":\"HTTP 250\",\"insurer\":\"vsk\"}";
+    json = text(&e);
+    assert_int_equal(decode(json, &ev, err, sizeof(err)), 0);
+    assert_string_equal(ev.partner, "acme");
+    assert_string_equal(ev.error, "");
+    assert_string_equal(ev.insurer, "");
+    free(json);
+    event_free(&ev);
+    e.type = Q("OsagoApplicationTask");
+    e.data = "{\"insurer\":\"vsk\",\"attempt\":1,\"payload\":{},\"partner\":\"acme\","
+             "\"premium_rub\":\"1.00\"}";
+    json = text(&e);
+    assert_int_equal(decode(json, &ev, err, sizeof(err)), 0);
+    assert_string_equal(ev.insurer, "vsk");
+    assert_string_equal(ev.partner, "");
+    assert_string_equal(ev.premium_rub, "");
+    free(json);
+    event_free(&ev);
+}
+
 static void test_decode_whitespace(void **state)
 {
     osago_event_t ev;
@@ -847,6 +907,7 @@ int main(void)
         cmocka_unit_test(test_encode_text),
         cmocka_unit_test(test_topics_and_names),
         cmocka_unit_test(test_decode_lenient_parts),
+        cmocka_unit_test(test_decode_result_other_status_field),
         cmocka_unit_test(test_decode_whitespace),
         cmocka_unit_test(test_decode_member_order_and_repeats),
         cmocka_unit_test(test_decode_malformed),
