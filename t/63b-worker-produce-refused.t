@@ -36,8 +36,8 @@ ok(OsagoStack::wait_until(sub { ($pg->psql("SELECT count(*) FROM applications WH
 ok(OsagoStack::wait_until(sub { ($r->cli('XLEN', 'osago:intake') // -1) == 0 }, 30, 0.1),
    '  and acknowledged them (their Created events are confirmed)');
 
-is($kb->control('request error Produce MSG_SIZE_TOO_LARGE 3'), 'ok',
-   'devbroker: the next 3 produce requests are refused');
+is($kb->control('request error Produce MSG_SIZE_TOO_LARGE 8'), 'ok',
+   'devbroker: the next 8 produce requests are refused (Started and tasks, 4 partitions each)');
 my $w = OsagoStack::Worker->new(pg => $pg, redis => $r, kafka => $kb, insurers => $sim,
                                 name => 'refused-main', roles => 'orchestrator,executor,results');
 ok(OsagoStack::wait_completed($pg, \@ids, 60), "all $N applications completed")
