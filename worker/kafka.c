@@ -340,49 +340,36 @@ void kafka_batch_release(kafka_batch_t *b)
     batch_unref(b);
 }
 
-/* Waits until every event of b was reported or timeout_ms passed; then b's state. */
-static int batch_wait(kafka_batch_t *b, int timeout_ms)
-{
-    struct timespec until;
-
-    if (timeout_ms > 0 && atomic_load(&b->pending) > 0) {
-        clock_gettime(CLOCK_REALTIME, &until);      /* the condition variable's clock */
-        until.tv_sec += timeout_ms / 1000;
-        until.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-        if (until.tv_nsec >= 1000000000L) {
-            until.tv_sec++;
-            until.tv_nsec -= 1000000000L;
-        }
-        pthread_mutex_lock(&b->lock);
-        while (atomic_load(&b->pending) > 0
-               && pthread_cond_timedwait(&b->done, &b->lock, &until) == 0)
-            ;
-        pthread_mutex_unlock(&b->lock);
-    }
-    return kafka_batch_state(b);
-}
-
-static int batch_unconfirmed(kafka_batch_t *b)
-{
-    return atomic_load(&b->pending) + atomic_load(&b->failed);
-}
-
 int kafka_produce_events(kafka_producer_t *p, const osago_event_t *const *evs, int n,
                          int timeout_ms)
 {
-    kafka_batch_t *b;
-    int            state;
+    struct timespec until;
+    kafka_batch_t  *b;
+    int             state;
 
     if (n <= 0)
         return 0;
     if ((b = kafka_produce_start(p, evs, n, NULL, NULL)) == NULL)
         return -1;
-    state = batch_wait(b, timeout_ms);
+    clock_gettime(CLOCK_REALTIME, &until);      /* the condition variable's clock */
+    until.tv_sec += timeout_ms / 1000;
+    until.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&b->lock);
+    while (atomic_load(&b->pending) > 0
+           && pthread_cond_timedwait(&b->done, &b->lock, &until) == 0)
+        ;
+    pthread_mutex_unlock(&b->lock);
+    state = kafka_batch_state(b);
     if (state != 0)
         wlog(LOG_WARN, "kafka", evs[0]->traceparent, "kafka_not_confirmed",
              "%d of %d event(s) for application %s not confirmed within %d ms: %s",
-             batch_unconfirmed(b), n, evs[0]->application_id, timeout_ms,
-             kafka_batch_error(b));
+             state > 0 ? atomic_load(&b->pending) + atomic_load(&b->failed)
+                       : atomic_load(&b->failed),
+             n, evs[0]->application_id, timeout_ms, kafka_batch_error(b));
     kafka_batch_release(b);
     return state == 0 ? 0 : -1;
 }

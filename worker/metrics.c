@@ -1,8 +1,7 @@
 /*
  * Prometheus text exposition of metrics_t. Counters are read one by one without a lock: a
- * scrape may see one counter a little ahead of another, which Prometheus tolerates; the
- * histogram's buckets, count and +Inf are derived from the same reads, so it is always
- * self-consistent.
+ * scrape may see one counter a little ahead of another, which Prometheus tolerates; each
+ * histogram is self-consistent (histogram()).
  */
 #include "metrics.h"
 
