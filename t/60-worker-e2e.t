@@ -17,7 +17,7 @@ OsagoStack::need_bins(qw(devbroker insurer-sim osago-worker));
 
 my $T0 = time;
 my $J  = JSON::PP->new->utf8->canonical;
-my @CODES = qw(alfa ingos reso vsk rosgosstrakh);
+my @CODES = qw(alfa ingos reso vsk rosgosstrakh null);   # "null": a code, not SQL NULL
 my $N = 8;    # applications in the main batch
 
 my $pg  = OsagoStack::Postgres->new;
@@ -212,7 +212,7 @@ for my $id (@ids) {
                 && exists $i->{error} && !defined $i->{error};
     }
 }
-ok(!@rm_bad, 'read model: completed, 5 insurers in file order with names, premiums as in'
+ok(!@rm_bad, 'read model: completed, every insurer in file order with names, premiums as in'
              . ' PostgreSQL, updated_at in ms, TTL 7 days') or diag join "\n", @rm_bad;
 
 # --- one PUBLISH per change ---------------------------------------------------------------------

@@ -611,8 +611,9 @@ static void ex_arrays_free(ex_arrays_t *a)
     a->apps = a->codes = a->attempts = NULL;
 }
 
-/* Array literals of the calls in the given lists whose mark is `mark` (-1: all); uuids, codes
- * and numbers need no quotes. Returns how many, or -1. */
+/* Array literals of the calls in the given lists whose mark is `mark` (-1: all). Uuids and
+ * codes are quoted (an insurer coded null is not NULL) but need no escapes: the decoder let
+ * only [a-z0-9_-] through. Returns how many, or -1. */
 static int ex_arrays(executor_t *x, const call_state_t *states, int nstates, int mark,
                      ex_arrays_t *a)
 {
@@ -621,8 +622,8 @@ static int ex_arrays(executor_t *x, const call_state_t *states, int nstates, int
 
     for (int s = 0; s < nstates; s++)
         n += (size_t) x->lists[states[s]].n;
-    a->apps = malloc(n * 37 + 3);
-    a->codes = malloc(n * 33 + 3);
+    a->apps = malloc(n * 39 + 3);
+    a->codes = malloc(n * 35 + 3);
     a->attempts = malloc(n * 12 + 3);
     if (a->apps == NULL || a->codes == NULL || a->attempts == NULL) {
         ex_arrays_free(a);
@@ -635,8 +636,8 @@ static int ex_arrays(executor_t *x, const call_state_t *states, int nstates, int
 
             if (mark >= 0 && c->mark != mark)
                 continue;
-            la += (size_t) sprintf(a->apps + la, "%s%s", sep, c->app_id);
-            lc += (size_t) sprintf(a->codes + lc, "%s%s", sep, c->insurer);
+            la += (size_t) sprintf(a->apps + la, "%s\"%s\"", sep, c->app_id);
+            lc += (size_t) sprintf(a->codes + lc, "%s\"%s\"", sep, c->insurer);
             ln += (size_t) sprintf(a->attempts + ln, "%s%d", sep, c->attempt);
             count++;
         }

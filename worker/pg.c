@@ -166,13 +166,23 @@ char *pg_text_array(const char *const *values, int n)
     char  *buf;
 
     for (int i = 0; i < n; i++)
-        cap += strlen(values[i]) + 1;
+        cap += 2 * strlen(values[i]) + 3;
     if ((buf = malloc(cap)) == NULL)
         return NULL;
     buf[len++] = '{';
-    for (int i = 0; i < n; i++)
-        len += (size_t) snprintf(buf + len, cap - len, "%s%s", i ? "," : "", values[i]);
-    snprintf(buf + len, cap - len, "}");
+    for (int i = 0; i < n; i++) {
+        if (i > 0)
+            buf[len++] = ',';
+        buf[len++] = '"';
+        for (const char *c = values[i]; *c != '\0'; c++) {
+            if (*c == '"' || *c == '\\')
+                buf[len++] = '\\';
+            buf[len++] = *c;
+        }
+        buf[len++] = '"';
+    }
+    buf[len++] = '}';
+    buf[len] = '\0';
     return buf;
 }
 

@@ -90,8 +90,9 @@ void pg_pipe_clear(pg_pipe_t *p);
 /* The first result that is not COMMAND_OK or TUPLES_OK, as one line in buf; NULL if none. */
 const char *pg_pipe_error(const pg_pipe_t *p, char *buf, size_t size);
 
-/* A PostgreSQL text[] literal "{a,b,...}" of values that need no quoting (UUIDs, insurer codes):
- * malloc'd, NULL when out of memory. */
+/* A PostgreSQL array literal {"a","b",...} (for text[], uuid[], int[] parameters): every element
+ * quoted, since unquoted an insurer coded null would be SQL NULL. malloc'd, NULL when out of
+ * memory. */
 char *pg_text_array(const char *const *values, int n);
 
 #endif

@@ -197,28 +197,11 @@ static int res_simple(results_t *r, const char *sql)
     return ok ? 0 : -1;
 }
 
-/* "{a,b,...}" of strings that need no quoting (UUIDs, insurer codes, status names). */
-static char *res_array(const char *const *v, int n)
-{
-    size_t cap = 3, len = 0;
-    char  *buf;
-
-    for (int i = 0; i < n; i++)
-        cap += strlen(v[i]) + 1;
-    if ((buf = malloc(cap)) == NULL)
-        return NULL;
-    buf[len++] = '{';
-    for (int i = 0; i < n; i++)
-        len += (size_t) snprintf(buf + len, cap - len, "%s%s", i ? "," : "", v[i]);
-    snprintf(buf + len, cap - len, "}");
-    return buf;
-}
-
 /* Runs a statement with one or two array parameters built from a and b. */
 static PGresult *res_exec2(results_t *r, const char *name, const char *const *a,
                            const char *const *b, int n, int *bad_data)
 {
-    char       *pa = res_array(a, n), *pb = b != NULL ? res_array(b, n) : NULL;
+    char       *pa = pg_text_array(a, n), *pb = b != NULL ? pg_text_array(b, n) : NULL;
     const char *params[2] = { pa, pb };
     PGresult   *res = NULL;
 

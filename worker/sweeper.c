@@ -181,23 +181,20 @@ static void sweep_rollback(sweeper_t *s)
     PQclear(PQexec(s->pg, "ROLLBACK"));
 }
 
-/* "{a,b,...}" of one column: uuids and insurer codes need no quoting. */
+/* One column of rows as an array literal (pg_text_array). */
 static char *sweep_array(PGresult *res, int col)
 {
-    int    rows = PQntuples(res);
-    size_t cap = 3, len = 0;
-    char  *buf;
+    int          rows = PQntuples(res);
+    const char **values = malloc(((size_t) rows + 1) * sizeof(*values));
+    char        *array;
 
-    for (int i = 0; i < rows; i++)
-        cap += (size_t) PQgetlength(res, i, col) + 1;
-    if ((buf = malloc(cap)) == NULL)
+    if (values == NULL)
         return NULL;
-    buf[len++] = '{';
     for (int i = 0; i < rows; i++)
-        len += (size_t) snprintf(buf + len, cap - len, "%s%s", i ? "," : "",
-                                 PQgetvalue(res, i, col));
-    snprintf(buf + len, cap - len, "}");
-    return buf;
+        values[i] = PQgetvalue(res, i, col);
+    array = pg_text_array(values, rows);
+    free(values);
+    return array;
 }
 
 static int sweep_touch(sweeper_t *s, const sweep_kind_t *k, PGresult *rows)
