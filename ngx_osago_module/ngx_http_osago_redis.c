@@ -13,6 +13,8 @@
 #include <ngx_http.h>
 
 #include <time.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <openssl/sha.h>
 #include <hiredis/async.h>
 
@@ -22,6 +24,15 @@
 #define NGX_HTTP_OSAGO_REDIS_BACKOFF_MIN  50
 #define NGX_HTTP_OSAGO_REDIS_BACKOFF_MAX  1000
 #define NGX_HTTP_OSAGO_REDIS_MAX_ARGS     32
+
+/*
+ * TCP keepalive: a Redis host that vanished (crash, a moved address, a NAT
+ * that forgot the flow) is found within idle + interval * count seconds.
+ * The subscriber only ever reads, so nothing else would tell it.
+ */
+#define NGX_HTTP_OSAGO_REDIS_KEEPIDLE     10
+#define NGX_HTTP_OSAGO_REDIS_KEEPINTVL    5
+#define NGX_HTTP_OSAGO_REDIS_KEEPCNT      3
 
 
 typedef enum {
@@ -88,6 +99,8 @@ static void ngx_http_osago_redis_schedule_reconnect(
     ngx_http_osago_redis_t *redis);
 static void ngx_http_osago_redis_release_conn(ngx_http_osago_redis_t *redis);
 static void ngx_http_osago_redis_set_ready(ngx_http_osago_redis_t *redis);
+static void ngx_http_osago_redis_keepalive(ngx_http_osago_redis_t *redis,
+    ngx_socket_t fd);
 static void ngx_http_osago_redis_subscribe_channel(
     ngx_http_osago_redis_t *redis);
 static ngx_uint_t ngx_http_osago_redis_accepts(ngx_http_osago_redis_t *redis);
@@ -465,7 +478,15 @@ static void
 ngx_http_osago_redis_set_ready(ngx_http_osago_redis_t *redis)
 {
     redis->state = NGX_HTTP_OSAGO_REDIS_READY;
-    redis->backoff = NGX_HTTP_OSAGO_REDIS_BACKOFF_MIN;
+
+    /*
+     * The subscriber has no handshake: a Redis that accepts and then refuses
+     * (maxclients, a password we lack) would otherwise have it reconnect
+     * every 50 ms; its backoff ends with the subscription's confirmation.
+     */
+    if (redis->sub == NULL) {
+        redis->backoff = NGX_HTTP_OSAGO_REDIS_BACKOFF_MIN;
+    }
 
     if (redis->connect_timer.timer_set) {
         ngx_del_timer(&redis->connect_timer);
@@ -523,6 +544,7 @@ ngx_http_osago_redis_on_message(redisAsyncContext *ac, void *r,
     {
         ngx_log_error(NGX_LOG_INFO, redis->log, 0,
                       "osago redis: subscribed to \"%V\"", &sub->channel);
+        redis->backoff = NGX_HTTP_OSAGO_REDIS_BACKOFF_MIN;
         sub->subscribed(sub->data);
     }
 }
@@ -652,6 +674,28 @@ ngx_http_osago_redis_handshake(ngx_http_osago_redis_t *redis)
 
 
 static void
+ngx_http_osago_redis_keepalive(ngx_http_osago_redis_t *redis, ngx_socket_t fd)
+{
+    int  on = 1, idle = NGX_HTTP_OSAGO_REDIS_KEEPIDLE,
+         intvl = NGX_HTTP_OSAGO_REDIS_KEEPINTVL,
+         cnt = NGX_HTTP_OSAGO_REDIS_KEEPCNT;
+
+    /* without it the connection still works: said, not fatal */
+    if (setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof(on)) == -1
+        || setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle))
+           == -1
+        || setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof(intvl))
+           == -1
+        || setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt)) == -1)
+    {
+        ngx_log_error(NGX_LOG_WARN, redis->log, ngx_socket_errno,
+                      "osago redis: cannot enable TCP keepalive to %V",
+                      &redis->conf->server);
+    }
+}
+
+
+static void
 ngx_http_osago_redis_connect(ngx_http_osago_redis_t *redis)
 {
     ngx_int_t                     rc;
@@ -680,6 +724,10 @@ ngx_http_osago_redis_connect(ngx_http_osago_redis_t *redis)
         redisAsyncFree(ac);
         ngx_http_osago_redis_schedule_reconnect(redis);
         return;
+    }
+
+    if (rcf->port) {
+        ngx_http_osago_redis_keepalive(redis, ac->c.fd);
     }
 
     c = ngx_get_connection(ac->c.fd, redis->log);
