@@ -438,11 +438,21 @@ static void ex_accept(executor_t *x, const rd_kafka_message_t *m)
     event_free(&ev);
 }
 
-/* Tasks held: each needs a slot, or holds memory while it waits for its retry. */
+/*
+ * Tasks held: each needs a slot, or holds memory while it waits for its retry. Outcomes waiting
+ * for Kafka's confirmation have as many slots again of their own, so that the few milliseconds
+ * of a confirmation do not cost a small limit its calls; beyond those they count as well: while
+ * Kafka takes tasks but refuses outcomes, finished calls would otherwise let the whole backlog
+ * into memory, and into one ever larger batch of outcomes.
+ */
 static int ex_load(const executor_t *x)
 {
+    int unconfirmed = x->lists[ST_OUTBOX].n + x->lists[ST_SENT].n;
+    int own_slots = x->w->cfg->max_in_flight;
+
     return x->lists[ST_CLAIM].n + x->lists[ST_CLAIMING].n + x->lists[ST_BACKLOG].n
-           + x->lists[ST_RUNNING].n + x->lists[ST_RETRY].n;
+           + x->lists[ST_RUNNING].n + x->lists[ST_RETRY].n
+           + (unconfirmed > own_slots ? unconfirmed - own_slots : 0);
 }
 
 /*
