@@ -7,7 +7,8 @@
  * quote_next against the quote as locked (and as changed by the results before it in the same
  * batch), and each application's status follows from all its quotes, so every result is
  * applied atomically with its application's status; a batch only saves round trips. The
- * offsets are stored once the transaction committed and the read model was written.
+ * offsets are stored once the transaction committed and the read model was written; while Redis
+ * is away, batches go on into PostgreSQL and owe their read models (res_batch).
  *
  * Duplicates (at-least-once delivery) change nothing: quote_next refuses them. Their
  * applications still go through read_model_publish_many, which writes and publishes only when
@@ -41,6 +42,7 @@
 #define RES_RETRY_MS  1000
 #define RES_POLL_MS   500
 #define RES_APP_TTL_S (7 * 24 * 3600)
+#define RES_OWED_MAX  20000   /* results kept for Redis before results stops taking more */
 
 typedef struct {
     rd_kafka_message_t *msg;
@@ -75,6 +77,11 @@ typedef struct {
     long long     last_kafka_warn_ms;
     res_item_t    items[RES_BATCH];
     int           n;
+    /* Results applied to PostgreSQL whose read models Redis has not taken yet (it is away), in
+     * the order consumed: their offsets are stored once the read models are written. */
+    res_item_t   *owed;
+    int           n_owed, cap_owed;
+    int64_t       owed_try_ms;
 } results_t;
 
 static int64_t res_now_ms(void)
@@ -493,34 +500,40 @@ static void res_account(results_t *r)
     }
 }
 
-/* The read model of every application of the batch, once each. */
-static int res_publish_all(results_t *r)
+/* The read models of the applications of items[0..n), once each (per RES_BATCH), in as many
+ * round trips as it takes. stop: NULL for a single attempt at reconnecting to Redis (while
+ * results owes read models it goes on taking results rather than wait for Redis). */
+static int res_publish(results_t *r, const res_item_t *items, int n, volatile int *stop)
 {
-    const char *ids[RES_BATCH], *traces[RES_BATCH];
-    int         n = 0, rc;
+    for (int from = 0; from < n;) {
+        const char *ids[RES_BATCH], *traces[RES_BATCH];
+        int         k = 0, rc;
 
-    for (int i = 0; i < r->n; i++) {
-        const res_item_t *it = &r->items[i];
-        int               seen = 0;
+        for (; from < n && k < RES_BATCH; from++) {
+            const res_item_t *it = &items[from];
+            int               seen = 0;
 
-        if (!it->valid || it->skip)
-            continue;
-        for (int k = 0; k < n && !seen; k++)
-            seen = strcasecmp(ids[k], it->ev.application_id) == 0;
-        if (!seen) {
-            ids[n] = it->ev.application_id;
-            traces[n++] = it->ev.traceparent;
+            if (!it->valid || it->skip)
+                continue;
+            for (int j = 0; j < k && !seen; j++)
+                seen = strcasecmp(ids[j], it->ev.application_id) == 0;
+            if (!seen) {
+                ids[k] = it->ev.application_id;
+                traces[k++] = it->ev.traceparent;
+            }
         }
-    }
-    if (n == 0)
-        return 0;
-    if (pg_ensure(&r->pg, r->w->cfg->pg_conninfo, RES_ROLE, r->w->stop) != 0
-        || redis_ensure(&r->redis, r->w->cfg, RES_ROLE, r->w->stop) != 0)
-        return -1;
-    rc = read_model_publish_many(r->pg, r->redis, r->w->insurers, ids, traces, n, RES_APP_TTL_S);
-    if (rc > 0)
+        if (k == 0)
+            continue;
+        if (pg_ensure(&r->pg, r->w->cfg->pg_conninfo, RES_ROLE, r->w->stop) != 0
+            || redis_ensure(&r->redis, r->w->cfg, RES_ROLE, stop) != 0)
+            return -1;
+        rc = read_model_publish_many(r->pg, r->redis, r->w->insurers, ids, traces, k,
+                                     RES_APP_TTL_S);
+        if (rc < 0)
+            return -1;
         atomic_fetch_add(&r->w->metrics->publish_total, (unsigned long) rc);
-    return rc < 0 ? -1 : 0;
+    }
+    return 0;
 }
 
 static void res_decode(res_item_t *it)
@@ -571,18 +584,79 @@ static void res_batch_free(results_t *r)
     r->n = 0;
 }
 
-/* PostgreSQL first (once), then the read model, then the offsets; each step retried until it
- * went through or the worker stops (then nothing is marked done: redelivery finishes it). */
+/* The batch, applied to PostgreSQL, waits with the results before it for Redis; 0, or -1 when
+ * out of memory (the batch then stays). */
+static int res_owe(results_t *r)
+{
+    if (r->n_owed + r->n > r->cap_owed) {
+        int         cap = r->cap_owed ? r->cap_owed * 2 : 1024;
+        res_item_t *grown;
+
+        while (cap < r->n_owed + r->n)
+            cap *= 2;
+        if ((grown = realloc(r->owed, (size_t) cap * sizeof(*grown))) == NULL)
+            return -1;
+        r->owed = grown;
+        r->cap_owed = cap;
+    }
+    if (r->n_owed == 0) {
+        wlog(LOG_WARN, RES_ROLE, NULL, "read_model_owed", "Redis is away: results go on into "
+             "PostgreSQL, their read models are written when it is back");
+        r->owed_try_ms = res_now_ms();
+    }
+    memcpy(&r->owed[r->n_owed], r->items, (size_t) r->n * sizeof(r->items[0]));
+    r->n_owed += r->n;
+    r->n = 0;
+    return 0;
+}
+
+static void res_owed_free(results_t *r)
+{
+    for (int i = 0; i < r->n_owed; i++) {
+        event_free(&r->owed[i].ev);
+        rd_kafka_message_destroy(r->owed[i].msg);
+    }
+    r->n_owed = 0;
+}
+
+/* Once a second while results owes read models: writes them all, then stores their offsets. */
+static void res_settle(results_t *r)
+{
+    int64_t now = res_now_ms();
+
+    if (r->n_owed == 0 || now - r->owed_try_ms < RES_RETRY_MS)
+        return;
+    r->owed_try_ms = now;
+    if (res_publish(r, r->owed, r->n_owed, NULL) != 0)
+        return;
+    wlog(LOG_INFO, RES_ROLE, NULL, "read_model_settled", "Redis is back: read models of %d "
+         "results written", r->n_owed);
+    for (int i = 0; i < r->n_owed; i++)
+        kafka_done(r->consumer, r->owed[i].msg);
+    res_owed_free(r);
+}
+
+/*
+ * PostgreSQL first (once), then the read model, then the offsets; PostgreSQL is retried until it
+ * went through or the worker stops (then nothing is marked done: redelivery finishes it). When
+ * Redis does not take the read models, the batch is owed (res_settle) and results goes on: a
+ * quote stays running until its result is applied, so results waiting on Redis for longer than
+ * the stale age would have the sweeper call the insurers again. Up to RES_OWED_MAX results are
+ * owed; beyond that results waits for Redis as it did.
+ */
 static void res_batch(results_t *r)
 {
     while (!*r->w->stop) {
         if (res_apply_all(r) == 0) {
             res_account(r);
-            if (res_publish_all(r) == 0) {
+            if (r->n_owed == 0 && res_publish(r, r->items, r->n, NULL) == 0) {
                 for (int i = 0; i < r->n; i++)
                     kafka_done(r->consumer, r->items[i].msg);
                 return;
             }
+            if (r->n_owed < RES_OWED_MAX && res_owe(r) == 0)
+                return;
+            res_settle(r);      /* owed too much: wait for Redis here */
         }
         res_nap(r, RES_RETRY_MS);
     }
@@ -621,6 +695,7 @@ void *results_main(void *arg)
     wlog(LOG_INFO, RES_ROLE, NULL, "role_started", "group %s", RES_GROUP);
 
     while (!*w->stop) {
+        res_settle(r);
         res_poll(r);
         if (r->n > 0)
             res_batch(r);
@@ -628,6 +703,8 @@ void *results_main(void *arg)
     }
 
     res_batch_free(r);
+    res_owed_free(r);       /* not done: redelivered, applied as duplicates, published */
+    free(r->owed);
     if (r->consumer != NULL) {
         rd_kafka_consumer_close(r->consumer);
         rd_kafka_destroy(r->consumer);
