@@ -89,8 +89,10 @@ static ngx_http_osago_problem_t
         "the time in the Retry-After header"),
     ngx_http_osago_problem_entry(NGX_HTTP_SERVICE_UNAVAILABLE,
         "intake-unavailable", "Service temporarily unavailable",
-        "the application could not be stored and was not accepted; retry "
-        "with the same Idempotency-Key"),
+        "the application could not be confirmed as stored (Redis did not "
+        "answer in time or is unreachable); retry with the same "
+        "Idempotency-Key: if it was stored after all, the retry returns "
+        "the original answer"),
     ngx_http_osago_problem_entry(NGX_HTTP_NOT_ALLOWED,
         "method-not-allowed", "Method not allowed",
         "applications are submitted with POST")
