@@ -1005,6 +1005,19 @@ ngx_http_osago_redis_reply(redisAsyncContext *ac, void *r, void *privdata)
                      reply);
     }
 
+    /*
+     * The node was demoted to a replica: after a failover behind a moved
+     * address (virtual IP, proxy) only a new connection reaches the primary.
+     */
+    if (reply
+        && reply->type == REDIS_REPLY_ERROR
+        && reply->len >= 8
+        && ngx_strncmp(reply->str, "READONLY", 8) == 0
+        && redis->ac == ac)
+    {
+        ngx_http_osago_redis_drop(redis, "the server is a read-only replica");
+    }
+
     ngx_free(cmd);
 }
 
