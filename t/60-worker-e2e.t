@@ -381,6 +381,11 @@ ok((grep { ($_->{trace_id} // '') eq $tid } @$logs), 'an application\'s trace id
 
 $sub->stop;
 $mon->stop;
+my @consumers = $r->cli('XINFO', 'CONSUMERS', 'osago:intake', 'osago-worker');
+ok((grep { $_ eq $w->{name} } @consumers), "the relay is a consumer of the intake group ($w->{name})");
 $w->stop;
+@consumers = $r->cli('XINFO', 'CONSUMERS', 'osago:intake', 'osago-worker');
+ok(!(grep { $_ eq $w->{name} } @consumers), '  and left it on a clean stop (it held no pending entry)')
+    or diag "@consumers";
 diag sprintf 'took %.1f s', time - $T0;
 done_testing;

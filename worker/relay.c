@@ -623,6 +623,27 @@ static void relay_tick(relay_t *r)
     relay_read(r, r->own_pending && relay_now_ms() >= r->history_due_ms);
 }
 
+/*
+ * A clean stop leaves the group when this consumer holds no pending entry (a restart has a new
+ * name, so the group would list one idle consumer per restart). One with pending entries stays:
+ * deleting it would drop them from the group's pending list, and XAUTOCLAIM hands them over.
+ */
+static void relay_leave_group(relay_t *r)
+{
+    const char *me = r->w->cfg->consumer_name;
+    redisReply *pending, *del;
+
+    if (r->redis == NULL || r->redis->err != 0)
+        return;
+    pending = redisCommand(r->redis, "XPENDING %s %s - + 1 %s", RELAY_STREAM, RELAY_GROUP, me);
+    if (pending != NULL && pending->type == REDIS_REPLY_ARRAY && pending->elements == 0) {
+        del = redisCommand(r->redis, "XGROUP DELCONSUMER %s %s %s", RELAY_STREAM, RELAY_GROUP,
+                           me);
+        freeReplyObject(del);
+    }
+    freeReplyObject(pending);
+}
+
 void *relay_main(void *arg)
 {
     worker_t *w = arg;
@@ -647,6 +668,7 @@ void *relay_main(void *arg)
     }
 
     relay_reset_batch(r);
+    relay_leave_group(r);
     if (r->redis != NULL)
         redisFree(r->redis);
     if (r->pg != NULL)
