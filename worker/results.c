@@ -575,13 +575,18 @@ static void res_poll(results_t *r)
     }
 }
 
+static void res_items_free(res_item_t *items, int *n)
+{
+    for (int i = 0; i < *n; i++) {
+        event_free(&items[i].ev);
+        rd_kafka_message_destroy(items[i].msg);
+    }
+    *n = 0;
+}
+
 static void res_batch_free(results_t *r)
 {
-    for (int i = 0; i < r->n; i++) {
-        event_free(&r->items[i].ev);
-        rd_kafka_message_destroy(r->items[i].msg);
-    }
-    r->n = 0;
+    res_items_free(r->items, &r->n);
 }
 
 /* The batch, applied to PostgreSQL, waits with the results before it for Redis; 0, or -1 when
@@ -610,15 +615,6 @@ static int res_owe(results_t *r)
     return 0;
 }
 
-static void res_owed_free(results_t *r)
-{
-    for (int i = 0; i < r->n_owed; i++) {
-        event_free(&r->owed[i].ev);
-        rd_kafka_message_destroy(r->owed[i].msg);
-    }
-    r->n_owed = 0;
-}
-
 /* Once a second while results owes read models: writes them all, then stores their offsets. */
 static void res_settle(results_t *r)
 {
@@ -633,7 +629,7 @@ static void res_settle(results_t *r)
          "results written", r->n_owed);
     for (int i = 0; i < r->n_owed; i++)
         kafka_done(r->consumer, r->owed[i].msg);
-    res_owed_free(r);
+    res_items_free(r->owed, &r->n_owed);
 }
 
 /*
@@ -703,7 +699,7 @@ void *results_main(void *arg)
     }
 
     res_batch_free(r);
-    res_owed_free(r);       /* not done: redelivered, applied as duplicates, published */
+    res_items_free(r->owed, &r->n_owed);   /* not done: redelivered, applied as duplicates */
     free(r->owed);
     if (r->consumer != NULL) {
         rd_kafka_consumer_close(r->consumer);
