@@ -501,9 +501,9 @@ static void res_account(results_t *r)
 }
 
 /* The read models of the applications of items[0..n), once each (per RES_BATCH), in as many
- * round trips as it takes. stop: NULL for a single attempt at reconnecting to Redis (while
- * results owes read models it goes on taking results rather than wait for Redis). */
-static int res_publish(results_t *r, const res_item_t *items, int n, volatile int *stop)
+ * round trips as it takes. A single attempt at reconnecting to Redis: results goes on taking
+ * results rather than wait for Redis (res_batch). */
+static int res_publish(results_t *r, const res_item_t *items, int n)
 {
     for (int from = 0; from < n;) {
         const char *ids[RES_BATCH], *traces[RES_BATCH];
@@ -525,7 +525,7 @@ static int res_publish(results_t *r, const res_item_t *items, int n, volatile in
         if (k == 0)
             continue;
         if (pg_ensure(&r->pg, r->w->cfg->pg_conninfo, RES_ROLE, r->w->stop) != 0
-            || redis_ensure(&r->redis, r->w->cfg, RES_ROLE, stop) != 0)
+            || redis_ensure(&r->redis, r->w->cfg, RES_ROLE, NULL) != 0)
             return -1;
         rc = read_model_publish_many(r->pg, r->redis, r->w->insurers, ids, traces, k,
                                      RES_APP_TTL_S);
@@ -605,8 +605,8 @@ static int res_owe(results_t *r)
         r->cap_owed = cap;
     }
     if (r->n_owed == 0) {
-        wlog(LOG_WARN, RES_ROLE, NULL, "read_model_owed", "Redis is away: results go on into "
-             "PostgreSQL, their read models are written when it is back");
+        wlog(LOG_WARN, RES_ROLE, NULL, "read_model_owed", "read models not written (Redis "
+             "away?): results go on into PostgreSQL and owe them until they can be");
         r->owed_try_ms = res_now_ms();
     }
     memcpy(&r->owed[r->n_owed], r->items, (size_t) r->n * sizeof(r->items[0]));
@@ -623,10 +623,10 @@ static void res_settle(results_t *r)
     if (r->n_owed == 0 || now - r->owed_try_ms < RES_RETRY_MS)
         return;
     r->owed_try_ms = now;
-    if (res_publish(r, r->owed, r->n_owed, NULL) != 0)
+    if (res_publish(r, r->owed, r->n_owed) != 0)
         return;
-    wlog(LOG_INFO, RES_ROLE, NULL, "read_model_settled", "Redis is back: read models of %d "
-         "results written", r->n_owed);
+    wlog(LOG_INFO, RES_ROLE, NULL, "read_model_settled", "owed read models of %d results "
+         "written", r->n_owed);
     for (int i = 0; i < r->n_owed; i++)
         kafka_done(r->consumer, r->owed[i].msg);
     res_items_free(r->owed, &r->n_owed);
@@ -645,7 +645,7 @@ static void res_batch(results_t *r)
     while (!*r->w->stop) {
         if (res_apply_all(r) == 0) {
             res_account(r);
-            if (r->n_owed == 0 && res_publish(r, r->items, r->n, NULL) == 0) {
+            if (r->n_owed == 0 && res_publish(r, r->items, r->n) == 0) {
                 for (int i = 0; i < r->n; i++)
                     kafka_done(r->consumer, r->items[i].msg);
                 return;
