@@ -621,40 +621,47 @@ static void ex_arrays_free(ex_arrays_t *a)
     a->apps = a->codes = a->attempts = NULL;
 }
 
-/* Array literals of the calls in the given lists whose mark is `mark` (-1: all). Uuids and
- * codes are quoted (an insurer coded null is not NULL) but need no escapes: the decoder let
- * only [a-z0-9_-] through. Returns how many, or -1. */
+/* Array literals (pg_text_array) of the calls in the given lists whose mark is `mark` (-1: all):
+ * their application ids, insurer codes and attempts. Returns how many, or -1. */
 static int ex_arrays(executor_t *x, const call_state_t *states, int nstates, int mark,
                      ex_arrays_t *a)
 {
-    size_t n = 0, la = 0, lc = 0, ln = 0;
-    int    count = 0;
+    enum { NUM = 12 };                       /* an int in decimal, its sign and NUL */
+    size_t       n = 0;
+    int          count = 0;
+    const char **apps, **codes, **attempts;
+    char        *numbers;
 
     for (int s = 0; s < nstates; s++)
         n += (size_t) x->lists[states[s]].n;
-    a->apps = malloc(n * 39 + 3);
-    a->codes = malloc(n * 35 + 3);
-    a->attempts = malloc(n * 12 + 3);
+    apps = malloc((n + 1) * sizeof(*apps));
+    codes = malloc((n + 1) * sizeof(*codes));
+    attempts = malloc((n + 1) * sizeof(*attempts));
+    numbers = malloc(n * NUM + 1);
+    if (apps != NULL && codes != NULL && attempts != NULL && numbers != NULL) {
+        for (int s = 0; s < nstates; s++) {
+            for (call_t *c = x->lists[states[s]].head; c != NULL; c = c->next) {
+                if (mark >= 0 && c->mark != mark)
+                    continue;
+                apps[count] = c->app_id;
+                codes[count] = c->insurer;
+                attempts[count] = numbers + (size_t) count * NUM;
+                snprintf(numbers + (size_t) count * NUM, NUM, "%d", c->attempt);
+                count++;
+            }
+        }
+        a->apps = pg_text_array(apps, count);
+        a->codes = pg_text_array(codes, count);
+        a->attempts = pg_text_array(attempts, count);
+    }
     if (a->apps == NULL || a->codes == NULL || a->attempts == NULL) {
         ex_arrays_free(a);
-        return -1;
+        count = -1;
     }
-    a->apps[la++] = a->codes[lc++] = a->attempts[ln++] = '{';
-    for (int s = 0; s < nstates; s++) {
-        for (call_t *c = x->lists[states[s]].head; c != NULL; c = c->next) {
-            const char *sep = la > 1 ? "," : "";
-
-            if (mark >= 0 && c->mark != mark)
-                continue;
-            la += (size_t) sprintf(a->apps + la, "%s\"%s\"", sep, c->app_id);
-            lc += (size_t) sprintf(a->codes + lc, "%s\"%s\"", sep, c->insurer);
-            ln += (size_t) sprintf(a->attempts + ln, "%s%d", sep, c->attempt);
-            count++;
-        }
-    }
-    strcpy(a->apps + la, "}");
-    strcpy(a->codes + lc, "}");
-    strcpy(a->attempts + ln, "}");
+    free(apps);
+    free(codes);
+    free(attempts);
+    free(numbers);
     return count;
 }
 
