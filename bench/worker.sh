@@ -303,5 +303,5 @@ echo
 echo "Completed per second from the first injection: $TIMELINE."
 echo
 echo "Stages: $STAGES"
-[ -s "$WORK/pg_statements" ] && { echo; echo '```'; cat "$WORK/pg_statements"; echo '```'; }
+if [ -s "$WORK/pg_statements" ]; then echo; echo '```'; cat "$WORK/pg_statements"; echo '```'; fi
 } | tee "$OUT"
