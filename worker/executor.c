@@ -526,18 +526,40 @@ static const char ex_exists_sql[] =
     "SELECT application_id::text, insurer_code FROM quotes"
     " WHERE (application_id, insurer_code) IN (SELECT * FROM unnest($1::uuid[], $2::text[]))";
 
-/* A stopping executor hands its calls back (QEV_STALE, the same attempt): the redelivered
- * tasks are then taken at once by whoever gets the partitions, not after the sweeper's wait. */
+/*
+ * The two statements below touch many quotes at once, while results locks the quotes of its
+ * batch (with their applications) in key order. A plain multi-row UPDATE locks in whatever
+ * order its plan meets the rows, and two such lockers deadlock: PostgreSQL breaks the cycle
+ * only after deadlock_timeout (1 s), and results retries a second later, which stalled every
+ * application for two seconds once per heartbeat under load (docs/BENCHMARKS.md).
+ *
+ * A stopping executor hands its calls back (QEV_STALE, the same attempt): the redelivered
+ * tasks are then taken at once by whoever gets the partitions, not after the sweeper's wait.
+ * It locks in results' order (rows are locked after the sort), so it may wait, never deadlock.
+ */
 static const char ex_release_sql[] =
+    "WITH l AS MATERIALIZED ("
+    "  SELECT application_id, insurer_code FROM quotes"
+    "  WHERE (application_id, insurer_code) IN (SELECT * FROM unnest($1::uuid[], $2::text[]))"
+    "  ORDER BY application_id, insurer_code FOR UPDATE)"
     "UPDATE quotes q SET status = 'pending', updated_at = now()"
-    " FROM unnest($1::uuid[], $2::text[], $3::int[]) AS t(app, ins, attempt)"
-    " WHERE q.application_id = t.app AND q.insurer_code = t.ins"
+    " FROM l, unnest($1::uuid[], $2::text[], $3::int[]) AS t(app, ins, attempt)"
+    " WHERE q.application_id = l.application_id AND q.insurer_code = l.insurer_code"
+    "  AND q.application_id = t.app AND q.insurer_code = t.ins"
     "  AND q.status = 'running' AND q.attempt = t.attempt";
 
+/* The heartbeat never waits: a quote another transaction holds is being decided by it (a
+ * result, the sweeper, a newer attempt's claim), so its beat would be overwritten anyway, and
+ * the claims queued behind the heartbeat on this connection must not wait for that
+ * transaction. A quote skipped by a duplicate's brief lock gets the next beat. */
 static const char ex_heartbeat_sql[] =
-    "UPDATE quotes SET heartbeat_at = now()"
-    " FROM unnest($1::uuid[], $2::text[]) AS t(app, ins)"
-    " WHERE application_id = t.app AND insurer_code = t.ins AND status = 'running'";
+    "UPDATE quotes q SET heartbeat_at = now()"
+    " FROM (SELECT application_id, insurer_code FROM quotes"
+    "       WHERE (application_id, insurer_code) IN"
+    "             (SELECT * FROM unnest($1::uuid[], $2::text[]))"
+    "         AND status = 'running'"
+    "       FOR UPDATE SKIP LOCKED) l"
+    " WHERE q.application_id = l.application_id AND q.insurer_code = l.insurer_code";
 
 static const struct {
     const char *name, *sql;
