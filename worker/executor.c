@@ -542,7 +542,7 @@ static const char ex_release_sql[] =
     "  SELECT application_id, insurer_code FROM quotes"
     "  WHERE (application_id, insurer_code) IN (SELECT * FROM unnest($1::uuid[], $2::text[]))"
     "  ORDER BY application_id, insurer_code FOR UPDATE)"
-    "UPDATE quotes q SET status = 'pending', updated_at = now()"
+    " UPDATE quotes q SET status = 'pending', updated_at = now()"
     " FROM l, unnest($1::uuid[], $2::text[], $3::int[]) AS t(app, ins, attempt)"
     " WHERE q.application_id = l.application_id AND q.insurer_code = l.insurer_code"
     "  AND q.application_id = t.app AND q.insurer_code = t.ins"
