@@ -254,6 +254,17 @@ ADDED_OWN=$(awk -v since="$SINCE" '
     FILENAME ~ /injected$/ { if ($2 >= since) a[$1] = $2; next }
     ($1 in a) && ($1 in s) { print $2 - a[$1] - s[$1] }' \
     "$WORK/slowest" "$WORK/injected" "$WORK/completed" | pct)
+# the added latency by when the application was injected, 10 s at a time: a tail that grows
+# through a run (the Kafka stand-in's log filling up, docs/BENCHMARKS.md) shows here
+BY_WINDOW=$(awk -v t0="$T0" -v since="$SINCE" -v ins="$INSURER_MS" \
+        '$2 >= since { print int(($2 - t0) / 10000), $1 - ins }' "$WORK/latencies" |
+    sort -k1,1n -k2,2n | awk '
+    function flush(  k) { k = int(n * .99) + 1; if (k > n) k = n
+                          printf "%s%d–%d s %d / %d ms", (out++ ? ", " : ""), w * 10, w * 10 + 10,
+                                 v[int(n * .5) + 1], v[k] }
+    NR > 1 && $1 != w { flush(); n = 0 }
+    { w = $1; v[++n] = $2 }
+    END { if (n) flush() }')
 # applications completed in each second after the first injection: a stall shows as a gap
 TIMELINE=$(awk -v t0="$T0" '{ s = int(($3 - t0) / 1000); c[s]++; if (s > m) m = s }
     END { for (i = 0; i <= m; i++) printf "%s%d", (i ? " " : ""), c[i] + 0 }' "$WORK/latencies")
@@ -301,6 +312,8 @@ echo
 echo "Worker's added latency with each application's slowest insurer as insurer-sim timed it (not the $INSURER_MS ms set): p50 / p99 $ADDED_OWN ms."
 echo
 echo "Completed per second from the first injection: $TIMELINE."
+echo
+echo "Worker's added latency p50 / p99 by when the application was injected (10-s windows from the first injection, the warm-up left out): ${BY_WINDOW:--}."
 echo
 echo "Stages: $STAGES"
 if [ -s "$WORK/pg_statements" ]; then echo; echo '```'; cat "$WORK/pg_statements"; echo '```'; fi
