@@ -36,9 +36,16 @@ sub burst_of_requests {
         push @conns, { fh => $c, key => $keys[$i], buf => '' };
         $by_fh{ fileno $c } = $conns[-1];
     }
+    # "Together" must not depend on how fast this script writes on a busy machine: the workers,
+    # done accepting, are stopped while every request is written and continued after, so each
+    # finds its requests waiting at once, as a loaded server does.
+    sleep 0.5;
+    my @workers = $n->worker_pids;
+    kill 'STOP', @workers;
     my $t0 = time;
     syswrite($_->{fh}, "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-API-Key: $_->{key}\r\n\r\n")
         for @conns;
+    kill 'CONT', @workers;
     my $sel = IO::Select->new(map { $_->{fh} } @conns);
     my $deadline = time + 10;
     while ($sel->count && time < $deadline) {
@@ -78,7 +85,8 @@ for my $round (1 .. 2) {
     my $mon = $r->monitor(sub { ($took, @res) = burst_of_requests(@keys) });
     my $calls = grep { $_->[0] ne 'lua' && $_->[1] =~ /^eval/ } @$mon;
     diag("round $round: $calls script calls for 250 requests of known partners");
-    cmp_ok($calls, '<', 250, "round $round: requests arriving together share script calls");
+    cmp_ok($calls, '<', 125, "round $round: requests arriving together share script calls"
+                              . " (at least two a call on average)");
     diag(sprintf 'round %d: %d requests in flight, all answered in %.2f s', $round, scalar @res, $took);
 
     my @lost = grep { $_->{status} == 599 } @res;
