@@ -4,6 +4,8 @@
  */
 #include "pg.h"
 
+#include <errno.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -237,6 +239,22 @@ int pg_pipe_collect(PGconn *conn, pg_pipe_t *p, int *want_write)
             PQclear(r);
     }
     return PQstatus(conn) == CONNECTION_OK ? 0 : -1;
+}
+
+int pg_pipe_wait(PGconn *conn, pg_pipe_t *p)
+{
+    int rc = pg_pipe_sync(conn), want_write = rc == 1;
+
+    while (rc >= 0) {
+        struct pollfd pfd = { PQsocket(conn), (short) (POLLIN | (want_write ? POLLOUT : 0)), 0 };
+
+        if (poll(&pfd, 1, -1) < 0 && errno != EINTR)
+            return -1;
+        rc = pg_pipe_collect(conn, p, &want_write);
+        if (rc == 1)
+            return 0;
+    }
+    return -1;
 }
 
 void pg_pipe_clear(pg_pipe_t *p)

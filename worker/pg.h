@@ -52,7 +52,7 @@ static inline PGresult *pg_exec_prepared(PGconn *conn, const char *name, const c
 PGresult *pg_run_prepared(PGconn *conn, const char *role, const char *name, const char *sql,
                           int nparams, const char *const *params);
 
-/* ---- a transaction's statements in one round trip, without blocking (the executor) ----------
+/* ---- a transaction's statements in one round trip (the executor without blocking, results) ---
  *
  * libpq's pipeline mode: pg_pipe_begin enters it, pg_pipe_stmt queues statements, pg_pipe_sync
  * ends the round trip and sends it; pg_pipe_collect, called whenever the socket is readable (or
@@ -83,6 +83,10 @@ int pg_pipe_sync(PGconn *conn);
  * (*want_write says whether to wait for the socket to be writable too); -1: the connection
  * failed (finish it). */
 int pg_pipe_collect(PGconn *conn, pg_pipe_t *p, int *want_write);
+
+/* For a thread that may block (results): pg_pipe_sync, then pg_pipe_collect whenever the socket
+ * is ready, until every result is in p. 0, or -1 (the connection failed). */
+int pg_pipe_wait(PGconn *conn, pg_pipe_t *p);
 
 /* Clears the results; the pipe can be used again. */
 void pg_pipe_clear(pg_pipe_t *p);

@@ -173,26 +173,26 @@ static int res_prepare(results_t *r)
     return 0;
 }
 
-/* Runs a prepared statement in the open transaction. NULL on error, *bad_data set when the
- * batch's own data was refused (class 22: a retry of the same batch cannot help). */
-static PGresult *res_exec(results_t *r, const char *name, int n, const char *const *params,
-                          int *bad_data)
+/* Whether a statement's result is an error; if so it is logged (a statement that an earlier
+ * error in the same round trip aborted is not: that error says it) and *bad_data tells whether
+ * the batch's own data was refused (class 22: a retry of the same batch cannot help). */
+static int res_failed(PGresult *res, int *bad_data)
 {
-    PGresult      *res = PQexecPrepared(r->pg, name, n, params, NULL, NULL, 0);
     ExecStatusType st = PQresultStatus(res);
     const char    *state;
     char           msg[256];
 
     if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK)
-        return res;
+        return 0;
+    if (st == PGRES_PIPELINE_ABORTED)
+        return 1;
     state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
     *bad_data = state != NULL && strncmp(state, "22", 2) == 0;
     snprintf(msg, sizeof(msg), "%s", PQresultErrorMessage(res));
     msg[strcspn(msg, "\n")] = '\0';
     wlog(*bad_data ? LOG_ERROR : LOG_WARN, RES_ROLE, NULL, "pg_error", "SQLSTATE %s: %s",
          state != NULL ? state : "none", msg);
-    PQclear(res);
-    return NULL;
+    return 1;
 }
 
 static int res_simple(results_t *r, const char *sql)
@@ -204,19 +204,37 @@ static int res_simple(results_t *r, const char *sql)
     return ok ? 0 : -1;
 }
 
-/* Runs a statement with one or two array parameters built from a and b. */
-static PGresult *res_exec2(results_t *r, const char *name, const char *const *a,
-                           const char *const *b, int n, int *bad_data)
-{
-    char       *pa = pg_text_array(a, n), *pb = b != NULL ? pg_text_array(b, n) : NULL;
-    const char *params[2] = { pa, pb };
-    PGresult   *res = NULL;
+typedef struct {
+    const char        *name;      /* a statement of res_stmts, or NULL for sql */
+    const char        *sql;       /* BEGIN, COMMIT */
+    int                nparams;
+    const char *const *params;
+} res_stmt_t;
 
-    if (pa != NULL && (b == NULL || pb != NULL))
-        res = res_exec(r, name, b != NULL ? 2 : 1, params, bad_data);
-    free(pa);
-    free(pb);
-    return res;
+/*
+ * The statements s[0..n) in one round trip (libpq's pipeline mode): a transaction is three
+ * round trips rather than six. p holds their results, in order. 0, or -1 when the round trip
+ * itself failed: the connection is then closed, since it may be left mid-pipeline (pg_ensure
+ * opens a new one, and PostgreSQL rolls the transaction back).
+ */
+static int res_round(results_t *r, pg_pipe_t *p, const res_stmt_t *s, int n)
+{
+    char why[256];
+    int  ok = pg_pipe_begin(r->pg, p) == 0;
+
+    for (int i = 0; ok && i < n; i++)
+        ok = pg_pipe_stmt(r->pg, p, s[i].name, s[i].sql, s[i].nparams, s[i].params) == 0;
+    if (ok && pg_pipe_wait(r->pg, p) == 0) {
+        PQsetnonblocking(r->pg, 0);   /* for the plain calls in between (they block anyway) */
+        return 0;
+    }
+    snprintf(why, sizeof(why), "%s", PQerrorMessage(r->pg));
+    why[strcspn(why, "\n")] = '\0';
+    wlog(LOG_WARN, RES_ROLE, NULL, "pg_error", "round trip failed: %s; reconnecting", why);
+    pg_pipe_clear(p);
+    PQfinish(r->pg);
+    r->pg = NULL;
+    return -1;
 }
 
 /* ---- deciding ---------------------------------------------------------------------------------- */
@@ -303,12 +321,9 @@ typedef struct {
     int          n;
 } res_apps_t;
 
-/* The applications whose quotes changed, with their new status from all their quotes. */
-static int res_app_status(results_t *r, const res_quote_t *q, int nq, res_apps_t *a,
-                          int *bad_data)
+/* The distinct applications whose quotes changed, with their status before. */
+static void res_changed_apps(const res_quote_t *q, int nq, res_apps_t *a)
 {
-    PGresult *res;
-
     for (int i = 0; i < nq; i++) {
         int seen = 0;
 
@@ -319,19 +334,18 @@ static int res_app_status(results_t *r, const res_quote_t *q, int nq, res_apps_t
             a->apps[a->n++] = q[i].app;
         }
     }
-    if (a->n == 0)
-        return 0;
-    if ((res = res_exec2(r, "res_count", a->apps, NULL, a->n, bad_data)) == NULL)
-        return -1;
+}
+
+/* Each application's new status, from the count of all its quotes (res_count's rows). */
+static void res_app_status(PGresult *counts, res_apps_t *a)
+{
     for (int k = 0; k < a->n; k++) {
         a->status[k] = app_status_name(APP_IN_PROGRESS);
-        for (int i = 0; i < PQntuples(res); i++)
-            if (strcmp(PQgetvalue(res, i, 0), a->apps[k]) == 0)
-                a->status[k] = app_status_name(app_status_from(atoi(PQgetvalue(res, i, 1)),
-                                                               atoi(PQgetvalue(res, i, 2))));
+        for (int i = 0; i < PQntuples(counts); i++)
+            if (strcmp(PQgetvalue(counts, i, 0), a->apps[k]) == 0)
+                a->status[k] = app_status_name(app_status_from(atoi(PQgetvalue(counts, i, 1)),
+                                                               atoi(PQgetvalue(counts, i, 2))));
     }
-    PQclear(res);
-    return 0;
 }
 
 /* Marks, per application that became completed, the last item that changed it. */
@@ -348,30 +362,55 @@ static void res_mark_completed(res_item_t **its, int m, const res_apps_t *a)
     }
 }
 
-/* Writes the decisions: the quotes, then the applications. 0, or -1 (rolled back by caller). */
-static int res_write(results_t *r, res_item_t **its, int m, const res_quote_t *q, int nq,
-                     int *bad_data)
+/*
+ * Writes the decisions and commits: the quotes with the count of every quote of their
+ * applications in one round trip, then the applications' status with the COMMIT in another.
+ * 0, or -1 (the caller rolls back, or the connection was closed).
+ */
+static int res_write_commit(results_t *r, res_item_t **its, int m, const res_quote_t *q, int nq,
+                            int *bad_data)
 {
     const char *mem[3 * RES_BATCH];
     res_apps_t  a = { mem, mem + RES_BATCH, mem + 2 * RES_BATCH, 0 };
-    char       *changes = res_changes_json(q, nq);
-    const char *params[1] = { changes };
-    PGresult   *res;
+    char       *changes = res_changes_json(q, nq), *ids = NULL, *status = NULL;
+    pg_pipe_t   p = { { NULL }, 0, 0 };
+    int         rc = -1;
 
-    if (changes == NULL)
-        return -1;
-    res = res_exec(r, "res_quotes", 1, params, bad_data);
-    free(changes);
-    if (res == NULL)
-        return -1;
-    PQclear(res);
-    if (res_app_status(r, q, nq, &a, bad_data) != 0)
-        return -1;
-    if ((res = res_exec2(r, "res_apps", a.apps, a.status, a.n, bad_data)) == NULL)
-        return -1;
-    PQclear(res);
+    res_changed_apps(q, nq, &a);
+    if (changes == NULL || (ids = pg_text_array(a.apps, a.n)) == NULL)
+        goto out;
+    {
+        const char      *quotes_params[1] = { changes }, *count_params[1] = { ids };
+        const res_stmt_t write[2] = { { "res_quotes", NULL, 1, quotes_params },
+                                      { "res_count", NULL, 1, count_params } };
+
+        if (res_round(r, &p, write, 2) != 0)
+            goto out;
+        if (res_failed(p.res[0], bad_data) || res_failed(p.res[1], bad_data))
+            goto out;
+        res_app_status(p.res[1], &a);
+        pg_pipe_clear(&p);
+    }
+    if ((status = pg_text_array(a.status, a.n)) == NULL)
+        goto out;
+    {
+        const char      *apps_params[2] = { ids, status };
+        const res_stmt_t commit[2] = { { "res_apps", NULL, 2, apps_params },
+                                       { NULL, "COMMIT", 0, NULL } };
+
+        if (res_round(r, &p, commit, 2) != 0)
+            goto out;
+        if (res_failed(p.res[0], bad_data) || res_failed(p.res[1], bad_data))
+            goto out;
+    }
     res_mark_completed(its, m, &a);
-    return 0;
+    rc = 0;
+out:
+    pg_pipe_clear(&p);
+    free(changes);
+    free(ids);
+    free(status);
+    return rc;
 }
 
 /* Locks, decides and writes the results its[0..m); 0 committed, -1 rolled back. */
@@ -379,7 +418,9 @@ static int res_txn(results_t *r, res_item_t **its, int m, int *bad_data)
 {
     const char  *apps[RES_BATCH], *codes[RES_BATCH];
     res_quote_t  q[RES_BATCH];
+    pg_pipe_t    p = { { NULL }, 0, 0 };
     PGresult    *locked;
+    char        *lock_params[2];
     int          nq, any = 0;
 
     for (int i = 0; i < m; i++) {
@@ -387,10 +428,28 @@ static int res_txn(results_t *r, res_item_t **its, int m, int *bad_data)
         codes[i] = its[i]->ev.insurer;
         its[i]->applied = its[i]->completed = 0;
     }
-    if (res_prepare(r) != 0 || res_simple(r, "BEGIN") != 0)
+    if (res_prepare(r) != 0)
         return -1;
-    if ((locked = res_exec2(r, "res_lock", apps, codes, m, bad_data)) == NULL)
+    lock_params[0] = pg_text_array(apps, m);
+    lock_params[1] = pg_text_array(codes, m);
+    if (lock_params[0] == NULL || lock_params[1] == NULL) {
+        free(lock_params[0]);
+        free(lock_params[1]);
+        return -1;
+    }
+    {
+        const res_stmt_t lock[2] = { { NULL, "BEGIN", 0, NULL },
+                                     { "res_lock", NULL, 2, (const char *const *) lock_params } };
+        int              sent = res_round(r, &p, lock, 2);
+
+        free(lock_params[0]);
+        free(lock_params[1]);
+        if (sent != 0)
+            goto undo;             /* the connection is closed: nothing to roll back */
+    }
+    if (res_failed(p.res[0], bad_data) || res_failed(p.res[1], bad_data))
         goto fail;
+    locked = p.res[1];
     nq = PQntuples(locked) < RES_BATCH ? PQntuples(locked) : RES_BATCH;
     for (int i = 0; i < nq; i++) {
         q[i].app = PQgetvalue(locked, i, 0);
@@ -414,19 +473,18 @@ static int res_txn(results_t *r, res_item_t **its, int m, int *bad_data)
         res_decide(r->w, its[i], found);
         any |= its[i]->applied;
     }
-    if (any && res_write(r, its, m, q, nq, bad_data) != 0) {
-        PQclear(locked);
+    if (any ? res_write_commit(r, its, m, q, nq, bad_data) != 0 : res_simple(r, "COMMIT") != 0)
         goto fail;
-    }
-    PQclear(locked);
-    if (res_simple(r, "COMMIT") != 0)
-        goto fail;
+    pg_pipe_clear(&p);
     for (int i = 0; i < m; i++)
         its[i]->committed = 1;
     return 0;
 
 fail:
-    res_simple(r, "ROLLBACK");
+    if (r->pg != NULL)
+        res_simple(r, "ROLLBACK");
+undo:
+    pg_pipe_clear(&p);
     for (int i = 0; i < m; i++)
         its[i]->applied = its[i]->completed = its[i]->skip = 0;
     return -1;
