@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # bench/worker.sh: applications per second from the intake stream to `completed`, and the worker's
-# own added latency, with 10 simulated insurers that all answer in exactly INSURER_MS.
+# own added latency, with 10 simulated insurers that all answer in exactly INSURER_MS, or, with
+# INSURER_MS=LO-HI (issue #4 names 50-200), each call in a time drawn from that range.
 #
 # Starts its own Redis, PostgreSQL (initdb in a temp dir), devbroker, insurer-sim and one
 # osago-worker (non-sanitizer build) on free loopback ports; bench/inject.pl appends RATE
 # applications/s for SECONDS to osago:intake the way the edge does. An application's latency is
 # applications.updated_at (completed) minus the time it was appended; the worker's added latency is
-# that minus INSURER_MS (every insurer answers in exactly that). With SOAK_SECONDS the injection
+# that minus INSURER_MS (every insurer answers in exactly that), or with a range minus the slowest
+# of its insurer calls as insurer-sim timed it. With SOAK_SECONDS the injection
 # runs that long and the worker's RSS and malloc's bytes in use are sampled every 30 s (memory must
 # stay flat).
 # Writes build/bench/worker.md. Kills only what it started.
@@ -22,7 +24,13 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BUILD=${OSAGO_BUILD:-$ROOT/build}
 RATE=${BENCH_RATE:-500}
 SECS=${SOAK_SECONDS:-${BENCH_SECONDS:-20}}
-INSURER_MS=${INSURER_MS:-100}
+INSURER_MS=${INSURER_MS:-50-200}
+case $INSURER_MS in
+    *-*) SIM_LATENCY=$INSURER_MS
+         INSURER_WORDS="$INSURER_MS ms (each call drawn from the range; the added latency subtracts each application's slowest call as insurer-sim timed it)" ;;
+    *)   SIM_LATENCY=$INSURER_MS-$INSURER_MS
+         INSURER_WORDS="exactly $INSURER_MS ms" ;;
+esac
 INSURERS=${INSURERS:-alfa,ingos,reso,vsk,rgs,sogaz,zetta,sber,tinkoff,renins}
 WARMUP=${BENCH_WARMUP:-3}   # seconds of injection left out of the latency figures (cold start)
 OUT=$BUILD/bench/worker.md
@@ -88,7 +96,7 @@ PIDS+=($!)
 BROKER_PID=$!
 wait_for "$WORK/devbroker.log" 'devbroker: ready'
 "$BUILD/insurer-sim" --listen "127.0.0.1:$SP" --insurers "$INSURERS" \
-    --latency-ms "$INSURER_MS-$INSURER_MS" --write-insurers "$WORK/insurers.json" \
+    --latency-ms "$SIM_LATENCY" --write-insurers "$WORK/insurers.json" \
     --timing-log "$WORK/sim-timing" ${BENCH_SIM_OPTS:---threads 1} >"$WORK/sim.log" 2>&1 &
 PIDS+=($!)
 SIM_PID=$!
@@ -209,16 +217,27 @@ stage_times() {  # topic, earliest|latest -> "id ms" per application
 stage_times osago.application.created earliest > "$WORK/t_created"
 stage_times osago.application.task earliest > "$WORK/t_task"
 stage_times osago.application.task-result latest > "$WORK/t_result"
+# each application's slowest insurer call, request in to answer out, as insurer-sim timed it
+awk '{ d = $4 - $3; if (!($1 in t) || d > t[$1]) t[$1] = d } END { for (k in t) print k, t[k] }' \
+    "$WORK/sim-timing" > "$WORK/slowest"
+# what "added" subtracts per application: the set time, or with a range its slowest call
+if [ "$SIM_LATENCY" = "$INSURER_MS-$INSURER_MS" ]; then
+    awk -v ms="$INSURER_MS" '{ print $1, ms }' "$WORK/injected" > "$WORK/insurer_time"
+else
+    cp "$WORK/slowest" "$WORK/insurer_time"
+fi
 T0=$(awk 'NR == 1 || $2 < t { t = $2 } END { print t }' "$WORK/injected")
 SINCE=$((T0 + WARMUP * 1000))
-awk -v ins="$INSURER_MS" -v since="$SINCE" '
+awk -v since="$SINCE" '
+    FILENAME ~ /insurer_time$/ { ins[$1] = $2; next }
     FILENAME ~ /injected$/ { if ($2 >= since) a[$1] = $2; next }
     FILENAME ~ /t_created$/ { b[$1] = $2; next }
     FILENAME ~ /t_task$/ { c[$1] = $2; next }
     FILENAME ~ /t_result$/ { d[$1] = $2; next }
-    ($1 in a) && ($1 in b) && ($1 in c) && ($1 in d) {
-        print b[$1] - a[$1], c[$1] - b[$1], d[$1] - c[$1] - ins, $2 - d[$1]
-    }' "$WORK/injected" "$WORK/t_created" "$WORK/t_task" "$WORK/t_result" "$WORK/completed" \
+    ($1 in a) && ($1 in b) && ($1 in c) && ($1 in d) && ($1 in ins) {
+        print b[$1] - a[$1], c[$1] - b[$1], d[$1] - c[$1] - ins[$1], $2 - d[$1]
+    }' "$WORK/insurer_time" "$WORK/injected" "$WORK/t_created" "$WORK/t_task" "$WORK/t_result" \
+    "$WORK/completed" \
     > "$WORK/stages"
 pct() {  # numbers on stdin -> "p50 / p99", or "-"
     sort -n | awk '{ v[NR] = $1 } END { if (NR == 0) { print "-"; exit }
@@ -230,24 +249,27 @@ STAGES="relay (intake → Created) $(pcts 1); orchestrator (Created → first Ta
 executor (first Task → last result, minus the insurer) $(pcts 3); results (last result → \
 completed) $(pcts 4); p50 / p99 over $(wc -l < "$WORK/stages") applications"
 
-awk 'NR == FNR { t[$1] = $2; next } ($1 in t) { print $2 - t[$1], t[$1], $2 }' \
-    "$WORK/injected" "$WORK/completed" | sort -n > "$WORK/latencies"
+# latency, injected, completed, added (the latency minus the application's insurer time), id
+awk 'FILENAME ~ /insurer_time$/ { ins[$1] = $2; next }
+     FILENAME ~ /injected$/ { t[$1] = $2; next }
+     ($1 in t) && ($1 in ins) { print $2 - t[$1], t[$1], $2, $2 - t[$1] - ins[$1], $1 }' \
+    "$WORK/insurer_time" "$WORK/injected" "$WORK/completed" | sort -n > "$WORK/latencies"
 # throughput over every application; latency over those injected after the warm-up
-STATS=$(awk -v ins="$INSURER_MS" -v since="$SINCE" '
+STATS=$(awk -v since="$SINCE" '
     { if (first == "" || $2 < first) first = $2; if ($3 > last) last = $3; all++
       if ($2 >= since) lat[++n] = $1 }
     END {
-        if (all == 0 || n == 0) { print "0 0 0 0 0 0"; exit }
+        if (all == 0 || n == 0) { print "0 0 0 0"; exit }
         p50 = lat[int(n * 0.50) + 1]; p99 = lat[int(n * 0.99) + 1]; if (p99 == "") p99 = lat[n]
         span = (last - first) / 1000; if (span <= 0) span = 1
-        printf "%d %.1f %d %d %d %d\n", all, all / span, p50, p99, p50 - ins, p99 - ins
+        printf "%d %.1f %d %d\n", all, all / span, p50, p99
     }' "$WORK/latencies")
-read -r DONE APS P50 P99 A50 A99 <<<"$STATS"
+read -r DONE APS P50 P99 <<<"$STATS"
+ADDED=$(awk -v since="$SINCE" '$2 >= since { print $4 }' "$WORK/latencies" | pct)
+[ "$ADDED" = "-" ] && ADDED="0 / 0"
 # "minus the slowest insurer's time" with the insurers' time as insurer-sim measured it
 # (request in to answer out): on a saturated machine the simulated insurers slow down too,
-# and the table's figures charge that to the worker
-awk '{ d = $4 - $3; if (!($1 in t) || d > t[$1]) t[$1] = d } END { for (k in t) print k, t[k] }' \
-    "$WORK/sim-timing" > "$WORK/slowest"
+# and with a set time the table's figures charge that to the worker
 SIM_OWN=$(awk '{ print $4 - $3 }' "$WORK/sim-timing" | pct)
 ADDED_OWN=$(awk -v since="$SINCE" '
     FILENAME ~ /slowest$/ { s[$1] = $2; next }
@@ -256,8 +278,8 @@ ADDED_OWN=$(awk -v since="$SINCE" '
     "$WORK/slowest" "$WORK/injected" "$WORK/completed" | pct)
 # the added latency by when the application was injected, 10 s at a time: a tail that grows
 # through a run (the Kafka stand-in's log filling up, docs/BENCHMARKS.md) shows here
-BY_WINDOW=$(awk -v t0="$T0" -v since="$SINCE" -v ins="$INSURER_MS" \
-        '$2 >= since { print int(($2 - t0) / 10000), $1 - ins }' "$WORK/latencies" |
+BY_WINDOW=$(awk -v t0="$T0" -v since="$SINCE" \
+        '$2 >= since { print int(($2 - t0) / 10000), $4 }' "$WORK/latencies" |
     sort -k1,1n -k2,2n | awk '
     function flush(  k) { k = int(n * .99) + 1; if (k > n) k = n
                           printf "%s%d–%d s %d / %d ms", (out++ ? ", " : ""), w * 10, w * 10 + 10,
@@ -273,13 +295,13 @@ mkdir -p "$(dirname "$OUT")"
 {
 echo "# Worker benchmark (bench/worker.sh)"
 echo
-echo "$(date -u '+%F %H:%M') UTC, $(nproc) cores; 1 osago-worker (all roles), devbroker, Redis, PostgreSQL (fsync off), insurer-sim with $(tr ',' '\n' <<<"$INSURERS" | wc -l) insurers answering in exactly $INSURER_MS ms, all on loopback."
+echo "$(date -u '+%F %H:%M') UTC, $(nproc) cores; 1 osago-worker (all roles), devbroker, Redis, PostgreSQL (fsync off), insurer-sim with $(tr ',' '\n' <<<"$INSURERS" | wc -l) insurers answering in $INSURER_WORDS, all on loopback."
 echo
 echo "Latencies are of the applications injected after the first ${WARMUP} s (the cold start: new connections to the insurers, first plans); throughput counts all."
 echo
 echo "| offered | applications completed | completed/s | insurer calls/s | p50 intake→completed | p99 | worker's added latency p50 / p99 | quotes not ok | retried |"
 echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
-echo "| $RATE/s × ${SECS}s ($N) | $DONE | $APS | $(awk -v a="$APS" -v n="$(tr ',' '\n' <<<"$INSURERS" | wc -l)" 'BEGIN{printf "%.0f", a*n}') | ${P50} ms | ${P99} ms | ${A50} / ${A99} ms | $ERRS | $RETRIES |"
+echo "| $RATE/s × ${SECS}s ($N) | $DONE | $APS | $(awk -v a="$APS" -v n="$(tr ',' '\n' <<<"$INSURERS" | wc -l)" 'BEGIN{printf "%.0f", a*n}') | ${P50} ms | ${P99} ms | ${ADDED} ms | $ERRS | $RETRIES |"
 echo
 echo "Worker RSS (KiB): start $RSS0, samples every 30 s: $SAMPLES, end $RSS1."
 echo
@@ -309,8 +331,8 @@ echo "The insurer calls: $INSURER_MS ms set; insurer-sim's own time (request in 
 echo
 echo "Kafka's confirmation of the worker's produces (whole run): $CONFIRM."
 echo
-echo "Worker's added latency with each application's slowest insurer as insurer-sim timed it (not the $INSURER_MS ms set): p50 / p99 $ADDED_OWN ms."
-echo
+[ "$SIM_LATENCY" = "$INSURER_MS-$INSURER_MS" ] &&
+    { echo "Worker's added latency with each application's slowest insurer as insurer-sim timed it (not the $INSURER_MS ms set): p50 / p99 $ADDED_OWN ms."; echo; }
 echo "Completed per second from the first injection: $TIMELINE."
 echo
 echo "Worker's added latency p50 / p99 by when the application was injected (10-s windows from the first injection, the warm-up left out): ${BY_WINDOW:--}."
