@@ -27,9 +27,9 @@ RATE=${BENCH_RATE:-500}
 SECS=${SOAK_SECONDS:-${BENCH_SECONDS:-20}}
 INSURER_MS=${INSURER_MS:-50-200}
 case $INSURER_MS in
-    *-*) SIM_LATENCY=$INSURER_MS
+    *-*) FIXED_MS= SIM_LATENCY=$INSURER_MS
          INSURER_WORDS="$INSURER_MS ms (each call drawn from the range; the added latency subtracts each application's slowest call as insurer-sim timed it)" ;;
-    *)   SIM_LATENCY=$INSURER_MS-$INSURER_MS
+    *)   FIXED_MS=$INSURER_MS SIM_LATENCY=$INSURER_MS-$INSURER_MS
          INSURER_WORDS="exactly $INSURER_MS ms" ;;
 esac
 INSURERS=${INSURERS:-alfa,ingos,reso,vsk,rgs,sogaz,zetta,sber,tinkoff,renins}
@@ -222,8 +222,8 @@ stage_times osago.application.task-result latest > "$WORK/t_result"
 awk '{ d = $4 - $3; if (!($1 in t) || d > t[$1]) t[$1] = d } END { for (k in t) print k, t[k] }' \
     "$WORK/sim-timing" > "$WORK/slowest"
 # what "added" subtracts per application: the set time, or with a range its slowest call
-if [ "$SIM_LATENCY" = "$INSURER_MS-$INSURER_MS" ]; then
-    awk -v ms="$INSURER_MS" '{ print $1, ms }' "$WORK/injected" > "$WORK/insurer_time"
+if [ -n "$FIXED_MS" ]; then
+    awk -v ms="$FIXED_MS" '{ print $1, ms }' "$WORK/injected" > "$WORK/insurer_time"
 else
     cp "$WORK/slowest" "$WORK/insurer_time"
 fi
@@ -270,9 +270,10 @@ ADDED=$(awk -v since="$SINCE" '$2 >= since { print $4 }' "$WORK/latencies" | pct
 [ "$ADDED" = "-" ] && ADDED="0 / 0"
 # "minus the slowest insurer's time" with the insurers' time as insurer-sim measured it
 # (request in to answer out): on a saturated machine the simulated insurers slow down too,
-# and with a set time the table's figures charge that to the worker
+# and with a set time the table's figures charge that to the worker (with a range, the table
+# already subtracts that)
 SIM_OWN=$(awk '{ print $4 - $3 }' "$WORK/sim-timing" | pct)
-ADDED_OWN=$(awk -v since="$SINCE" '
+[ -n "$FIXED_MS" ] && ADDED_OWN=$(awk -v since="$SINCE" '
     FILENAME ~ /slowest$/ { s[$1] = $2; next }
     FILENAME ~ /injected$/ { if ($2 >= since) a[$1] = $2; next }
     ($1 in a) && ($1 in s) { print $2 - a[$1] - s[$1] }' \
@@ -332,7 +333,7 @@ echo "The insurer calls: $INSURER_MS ms set; insurer-sim's own time (request in 
 echo
 echo "Kafka's confirmation of the worker's produces (whole run): $CONFIRM."
 echo
-[ "$SIM_LATENCY" = "$INSURER_MS-$INSURER_MS" ] &&
+[ -n "$FIXED_MS" ] &&
     { echo "Worker's added latency with each application's slowest insurer as insurer-sim timed it (not the $INSURER_MS ms set): p50 / p99 $ADDED_OWN ms."; echo; }
 echo "Completed per second from the first injection: $TIMELINE."
 echo

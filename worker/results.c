@@ -195,6 +195,15 @@ static int res_failed(PGresult *res, int *bad_data)
     return 1;
 }
 
+/* Whether any statement of a round trip failed (res_failed on each, in order). */
+static int res_round_failed(const pg_pipe_t *p, int *bad_data)
+{
+    for (int i = 0; i < p->queued; i++)
+        if (i >= p->n || res_failed(p->res[i], bad_data))
+            return 1;
+    return 0;
+}
+
 static int res_simple(results_t *r, const char *sql)
 {
     PGresult *res = PQexec(r->pg, sql);
@@ -386,7 +395,7 @@ static int res_write_commit(results_t *r, res_item_t **its, int m, const res_quo
 
         if (res_round(r, &p, write, 2) != 0)
             goto out;
-        if (res_failed(p.res[0], bad_data) || res_failed(p.res[1], bad_data))
+        if (res_round_failed(&p, bad_data))
             goto out;
         res_app_status(p.res[1], &a);
         pg_pipe_clear(&p);
@@ -400,7 +409,7 @@ static int res_write_commit(results_t *r, res_item_t **its, int m, const res_quo
 
         if (res_round(r, &p, commit, 2) != 0)
             goto out;
-        if (res_failed(p.res[0], bad_data) || res_failed(p.res[1], bad_data))
+        if (res_round_failed(&p, bad_data))
             goto out;
     }
     res_mark_completed(its, m, &a);
@@ -447,7 +456,7 @@ static int res_txn(results_t *r, res_item_t **its, int m, int *bad_data)
         if (sent != 0)
             goto undo;             /* the connection is closed: nothing to roll back */
     }
-    if (res_failed(p.res[0], bad_data) || res_failed(p.res[1], bad_data))
+    if (res_round_failed(&p, bad_data))
         goto fail;
     locked = p.res[1];
     nq = PQntuples(locked) < RES_BATCH ? PQntuples(locked) : RES_BATCH;
