@@ -9,6 +9,7 @@ use FindBin;
 use lib "$FindBin::Bin/lib";
 use Test::More;
 use JSON::PP ();
+use File::Temp ();
 use Time::HiRes qw(time sleep);
 use OsagoTest;
 use OsagoStack;
@@ -370,6 +371,31 @@ my $heap = OsagoStack::metric_of($m1, 'heap_in_use_bytes') // 0;
 ok($heap > 1 << 20 && $heap < $rss, 'heap in use is over 1 MiB and below the resident size')
     or diag "heap in use $heap, resident $rss";
 ok(defined OsagoStack::metric_of($m1, 'heap_free_bytes'), 'heap free bytes shown');
+
+# --- a lost read model is rebuilt by a redelivered result, and reads as results built it ---------
+# Results builds a changed application's document from its own transaction's rows; a duplicate
+# reads the application from PostgreSQL instead. The two must write the same document.
+{
+    my $id = $ids[0];
+    my $built = $r->cli('HGET', "osago:app:$id", 'doc') // '';
+    my ($dup) = grep { ($_->{event}{application_id} // '') eq $id } @{ $topics{'task-result'} };
+    my $in = File::Temp->new;
+    print {$in} "$dup->{payload}\n";
+    close $in;
+    $r->cli('DEL', "osago:app:$id");
+    my ($code, undef, $err) = OsagoTest::run_cmd('sh', '-c', 'exec timeout 30 kcat "$@" < "$0"',
+        $in->filename, '-b', $kb->bootstrap, '-P', '-t', 'osago.application.task-result', '-k', $id);
+    is($code, 0, 'a task result produced again (kcat)') or diag $err;
+    my $back = OsagoStack::wait_until(sub { defined $r->cli('HGET', "osago:app:$id", 'doc') }, 15, 0.1);
+    ok($back, '  the deleted read model is written again');
+    is($r->cli('HGET', "osago:app:$id", 'doc') // '', $built,
+       '  byte for byte the document results built in its transaction') if $back;
+    my $m2 = $w->metrics;
+    is(OsagoStack::metric_of($m2, 'results_duplicate') - (OsagoStack::metric_of($m1, 'results_duplicate') // 0), 1,
+       '  counted as a duplicate');
+    is(OsagoStack::metric_of($m2, 'results_applied'), OsagoStack::metric_of($m1, 'results_applied'),
+       '  and applied nothing');
+}
 
 # --- logs -----------------------------------------------------------------------------------------
 my @raw = grep { exists $_->{_raw} && $_->{_raw} !~ /^\s*$/ } @$logs;

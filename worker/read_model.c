@@ -18,14 +18,9 @@
 
 #define RM_ROLE "read_model"
 
-/* One row per quote (or one row of NULLs for an application without quotes). The document's
- * updated_at is the application's, which every change of the document moves forward by at
- * least a millisecond (see the writers), so it is a version number for the document. */
+/* One row per quote (or one row of NULLs for an application without quotes). */
 static const char rm_select[] =
-    "SELECT a.status, a.partner,"
-    " to_char(a.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),"
-    " floor(extract(epoch FROM a.updated_at) * 1000)::bigint,"
-    " q.insurer_code, q.status, q.premium_rub::text, q.error, a.id::text"
+    "SELECT " READ_MODEL_APP_COLUMNS ", " READ_MODEL_QUOTE_COLUMNS
     " FROM applications a LEFT JOIN quotes q ON q.application_id = a.id"
     " WHERE a.id = ANY ($1::uuid[]) ORDER BY a.id";
 
@@ -109,40 +104,40 @@ static int gen_quote(yajl_gen g, const rm_quote_t *q)
 }
 
 /* Fills quotes from rows [first, last) (one application); returns how many. */
-static int rm_collect(PGresult *res, int first, int last, const insurer_list_t *insurers,
-                      rm_quote_t *quotes)
+static int rm_collect(const PGresult *res, int first, int last, int qcol,
+                      const insurer_list_t *insurers, rm_quote_t *quotes)
 {
     int n = 0;
 
     for (int i = first; i < last && n < INSURERS_MAX * 2; i++) {
-        if (PQgetisnull(res, i, 4))
+        if (PQgetisnull(res, i, qcol))
             continue;                    /* the LEFT JOIN's row of an application without quotes */
         rm_quote_t      *q = &quotes[n++];
         const insurer_t *ins;
 
-        q->code = PQgetvalue(res, i, 4);
+        q->code = PQgetvalue(res, i, qcol);
         ins = insurers_find(insurers, q->code);
         q->order = ins != NULL ? (int) (ins - insurers->items) : INSURERS_MAX;
         q->name = ins != NULL ? ins->name : q->code;
-        q->status = rm_api_status(PQgetvalue(res, i, 5));
-        q->premium = PQgetisnull(res, i, 6) ? NULL : PQgetvalue(res, i, 6);
-        q->error = PQgetisnull(res, i, 7) ? NULL : PQgetvalue(res, i, 7);
+        q->status = rm_api_status(PQgetvalue(res, i, qcol + 1));
+        q->premium = PQgetisnull(res, i, qcol + 2) ? NULL : PQgetvalue(res, i, qcol + 2);
+        q->error = PQgetisnull(res, i, qcol + 3) ? NULL : PQgetvalue(res, i, qcol + 3);
     }
     qsort(quotes, (size_t) n, sizeof(quotes[0]), rm_quote_cmp);
     return n;
 }
 
-static int rm_build(yajl_gen g, PGresult *res, int first, int last,
-                    const insurer_list_t *insurers)
+/* Columns of READ_MODEL_APP_COLUMNS */
+enum { RM_ID, RM_STATUS, RM_OWNER, RM_CREATED, RM_UPDATED };
+
+static int rm_build(yajl_gen g, const PGresult *apps, int row, const rm_quote_t *quotes, int n)
 {
-    rm_quote_t  quotes[INSURERS_MAX * 2];
-    int         n = rm_collect(res, first, last, insurers, quotes);
-    const char *updated = PQgetvalue(res, first, 3);
+    const char *updated = PQgetvalue(apps, row, RM_UPDATED);
 
     if (yajl_gen_map_open(g) != yajl_gen_status_ok
-        || gen_kv(g, "id", PQgetvalue(res, first, 8)) < 0
-        || gen_kv(g, "status", PQgetvalue(res, first, 0)) < 0
-        || gen_kv(g, "created_at", PQgetvalue(res, first, 2)) < 0
+        || gen_kv(g, "id", PQgetvalue(apps, row, RM_ID)) < 0
+        || gen_kv(g, "status", PQgetvalue(apps, row, RM_STATUS)) < 0
+        || gen_kv(g, "created_at", PQgetvalue(apps, row, RM_CREATED)) < 0
         || gen_str(g, "updated_at") < 0
         || yajl_gen_number(g, updated, strlen(updated)) != yajl_gen_status_ok
         || gen_str(g, "insurers") < 0
@@ -156,16 +151,47 @@ static int rm_build(yajl_gen g, PGresult *res, int first, int last,
     return 0;
 }
 
-/* One document ready for Redis. */
-typedef struct {
-    const char *id;
-    const char *owner;
-    const char *updated;
-    const char *trace;
-    char       *doc;
-    size_t      doc_len;
-    int         done;        /* written, or found current: nothing more to send */
-} rm_doc_t;
+int read_model_doc_build(const PGresult *apps, int app_row, const PGresult *quotes, int first,
+                         int last, int qcol, const insurer_list_t *insurers, const char *trace,
+                         read_model_doc_t *doc)
+{
+    rm_quote_t           q[INSURERS_MAX * 2];
+    int                  nq = rm_collect(quotes, first, last, qcol, insurers, q);
+    const char          *id = PQgetvalue(apps, app_row, RM_ID);
+    const char          *updated = PQgetvalue(apps, app_row, RM_UPDATED);
+    yajl_gen             g = yajl_gen_alloc(NULL);
+    const unsigned char *buf;
+    size_t               len;
+
+    memset(doc, 0, sizeof(*doc));
+    if (g != NULL && strlen(id) < sizeof(doc->id) && strlen(updated) < sizeof(doc->updated)) {
+        yajl_gen_config(g, yajl_gen_validate_utf8, 1);
+        if (rm_build(g, apps, app_row, q, nq) == 0
+            && yajl_gen_get_buf(g, &buf, &len) == yajl_gen_status_ok
+            && (doc->doc = malloc(len)) != NULL
+            && (doc->owner = strdup(PQgetvalue(apps, app_row, RM_OWNER))) != NULL) {
+            memcpy(doc->doc, buf, len);
+            doc->doc_len = len;
+            memcpy(doc->id, id, strlen(id) + 1);
+            memcpy(doc->updated, updated, strlen(updated) + 1);
+            doc->trace = trace;
+            yajl_gen_free(g);
+            return 0;
+        }
+    }
+    wlog(LOG_ERROR, RM_ROLE, trace, "read_model_build", "document of %s not built", id);
+    if (g != NULL)
+        yajl_gen_free(g);
+    read_model_doc_free(doc);
+    return -1;
+}
+
+void read_model_doc_free(read_model_doc_t *doc)
+{
+    free(doc->doc);
+    free(doc->owner);
+    doc->doc = doc->owner = NULL;
+}
 
 static const char *rm_trace_of(const char *id, const char *const *ids, const char *const *traces,
                                int n)
@@ -176,48 +202,31 @@ static const char *rm_trace_of(const char *id, const char *const *ids, const cha
     return NULL;
 }
 
-/* Builds one document per application found; returns how many, or -1. */
-static int rm_docs(PGresult *res, const insurer_list_t *insurers, const char *const *ids,
-                   const char *const *traces, int n, rm_doc_t *docs)
+/* Builds one document per application found (rows grouped by id); returns how many, or -1. */
+static int rm_docs(const PGresult *res, const insurer_list_t *insurers, const char *const *ids,
+                   const char *const *traces, int n, read_model_doc_t *docs)
 {
     int rows = PQntuples(res), nd = 0;
 
     for (int first = 0, last; first < rows; first = last) {
-        const char          *id = PQgetvalue(res, first, 8);
-        yajl_gen             g = yajl_gen_alloc(NULL);
-        const unsigned char *buf;
-        size_t               len;
+        const char *id = PQgetvalue(res, first, RM_ID);
 
-        for (last = first + 1; last < rows && strcmp(PQgetvalue(res, last, 8), id) == 0; last++)
+        for (last = first + 1; last < rows && strcmp(PQgetvalue(res, last, RM_ID), id) == 0;
+             last++)
             ;
-        if (g == NULL)
-            return -1;
-        yajl_gen_config(g, yajl_gen_validate_utf8, 1);
-        if (rm_build(g, res, first, last, insurers) != 0
-            || yajl_gen_get_buf(g, &buf, &len) != yajl_gen_status_ok
-            || (docs[nd].doc = malloc(len)) == NULL) {
-            wlog(LOG_ERROR, RM_ROLE, rm_trace_of(id, ids, traces, n), "read_model_build",
-                 "document of %s not built", id);
-            yajl_gen_free(g);
+        if (read_model_doc_build(res, first, res, first, last, READ_MODEL_APP_NCOLS, insurers,
+                                 rm_trace_of(id, ids, traces, n), &docs[nd]) != 0) {
             while (nd > 0)
-                free(docs[--nd].doc);
+                read_model_doc_free(&docs[--nd]);
             return -1;
         }
-        memcpy(docs[nd].doc, buf, len);
-        docs[nd].doc_len = len;
-        docs[nd].id = id;
-        docs[nd].owner = PQgetvalue(res, first, 1);
-        docs[nd].updated = PQgetvalue(res, first, 3);
-        docs[nd].trace = rm_trace_of(id, ids, traces, n);
-        docs[nd].done = 0;
         nd++;
-        yajl_gen_free(g);
     }
     return nd;
 }
 
 static int rm_append(redisContext *redis, const char *cmd, const char *script_or_sha,
-                     const rm_doc_t *d, int ttl_s)
+                     const read_model_doc_t *d, int ttl_s)
 {
     char        key[64], ttl[16], msg[80];
     const char *argv[9] = { cmd, script_or_sha, "1", key, d->doc, d->owner, d->updated, ttl, msg };
@@ -235,7 +244,7 @@ static int rm_append(redisContext *redis, const char *cmd, const char *script_or
  * One pipelined round of the script for every document not done yet. Returns how many were
  * written, or -1; *noscript counts the replies that asked for the script's text.
  */
-static int rm_round(redisContext *redis, rm_doc_t *docs, int n, int ttl_s, int use_eval,
+static int rm_round(redisContext *redis, read_model_doc_t *docs, int n, int ttl_s, int use_eval,
                     int *noscript)
 {
     int sent = 0, written = 0, rc = 0;
@@ -279,14 +288,27 @@ static int rm_round(redisContext *redis, rm_doc_t *docs, int n, int ttl_s, int u
     return rc < 0 ? -1 : written;
 }
 
+int read_model_write(redisContext *redis, read_model_doc_t *docs, int n, int ttl_s)
+{
+    int written, again, noscript;
+
+    written = rm_round(redis, docs, n, ttl_s, 0, &noscript);
+    /* a Redis that restarted or was flushed lost the script: EVAL loads it again */
+    if (written >= 0 && noscript > 0) {
+        again = rm_round(redis, docs, n, ttl_s, 1, &noscript);
+        written = again < 0 ? -1 : written + again;
+    }
+    return written;
+}
+
 int read_model_publish_many(PGconn *pg, redisContext *redis, const insurer_list_t *insurers,
                             const char *const *ids, const char *const *traces, int n, int ttl_s)
 {
-    char       *array;
-    const char *params[1];
-    PGresult   *res;
-    rm_doc_t   *docs;
-    int         nd, written = -1, again, noscript;
+    char             *array;
+    const char       *params[1];
+    PGresult         *res;
+    read_model_doc_t *docs;
+    int               nd, written = -1;
 
     if (n <= 0)
         return 0;
@@ -303,26 +325,11 @@ int read_model_publish_many(PGconn *pg, redisContext *redis, const insurer_list_
         /* nothing to show for the others, and retrying would not change that */
         wlog(LOG_WARN, RM_ROLE, traces != NULL ? traces[0] : NULL, "read_model_unknown",
              "%d of %d applications not in PostgreSQL", n - nd, n);
-    if (nd >= 0) {
-        written = rm_round(redis, docs, nd, ttl_s, 0, &noscript);
-        /* a Redis that restarted or was flushed lost the script: EVAL loads it again */
-        if (written >= 0 && noscript > 0) {
-            again = rm_round(redis, docs, nd, ttl_s, 1, &noscript);
-            written = again < 0 ? -1 : written + again;
-        }
-    }
+    if (nd >= 0)
+        written = read_model_write(redis, docs, nd, ttl_s);
     for (int i = 0; docs != NULL && i < nd; i++)
-        free(docs[i].doc);
+        read_model_doc_free(&docs[i]);
     free(docs);
     PQclear(res);
     return written;
-}
-
-int read_model_publish(PGconn *pg, redisContext *redis, const insurer_list_t *insurers,
-                       const char *application_id, const char *trace, int ttl_s)
-{
-    const char *ids[1] = { application_id };
-    const char *traces[1] = { trace };
-
-    return read_model_publish_many(pg, redis, insurers, ids, traces, 1, ttl_s);
 }

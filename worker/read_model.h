@@ -11,29 +11,55 @@
 
 #include "insurers.h"
 
-/*
- * Reads the application and its quotes, builds the document
- * {id, status, created_at, updated_at (ms), insurers:[{code, name, status, premium_rub, error}]}
- * and writes and publishes it. Returns 0, or -1 (logged): the caller retries (the Kafka message
- * is not marked done).
- */
-int read_model_publish(PGconn *pg, redisContext *redis, const insurer_list_t *insurers,
-                       const char *application_id, const char *trace, int ttl_s);
+/* The columns a document is built from, for the statements that feed read_model_doc_build:
+ * the application's (alias a) and each quote's (alias q). The document's updated_at is the
+ * application's, which every change of the document moves forward by at least 1 ms (see the
+ * writers), so it is a version number for the document. */
+#define READ_MODEL_APP_COLUMNS                                                                   \
+    "a.id::text, a.status, a.partner,"                                                           \
+    " to_char(a.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),"          \
+    " floor(extract(epoch FROM a.updated_at) * 1000)::bigint"
+#define READ_MODEL_APP_NCOLS 5
+#define READ_MODEL_QUOTE_COLUMNS "q.insurer_code, q.status, q.premium_rub::text, q.error"
 
-/* ---- added with the role threads (orchestrator, results) ----------------------------------
- *
- * Both functions write a document only when Redis holds an older version of it (the hash's
- * updated_at, which the writers move forward by at least 1 ms per change) or none, atomically
- * with its EXPIRE and PUBLISH (one Lua script): a duplicate or late call publishes nothing, and
- * an older document never replaces a newer one. read_model_publish therefore returns 1 when it
- * wrote and published, 0 when Redis was already current (or the application is unknown), -1 on
- * an error.
- *
- * read_model_publish_many: the same for n applications with one SELECT and one pipelined round
- * trip to Redis; traces[i] (or traces NULL) is logged with ids[i]. Returns how many documents
- * were written and published, or -1 on an error (the caller retries them all: what is current
- * already is skipped). Both run outside a transaction block (they prepare their statement on
- * first use, see pg_exec_prepared).
+/* One document ready for Redis: {id, status, created_at, updated_at (ms),
+ * insurers:[{code, name, status, premium_rub, error}]}, with what the write needs. */
+typedef struct {
+    char        id[40];
+    char        updated[24];
+    char       *owner;
+    char       *doc;
+    size_t      doc_len;
+    const char *trace;       /* borrowed: logged with the document */
+    int         done;        /* written, or found current: nothing more to send */
+} read_model_doc_t;
+
+/*
+ * Builds the document of the application in row app_row of apps (READ_MODEL_APP_COLUMNS from
+ * column 0) with the quotes in rows [first, last) of quotes (READ_MODEL_QUOTE_COLUMNS from column
+ * qcol; a row whose code is NULL is skipped: a LEFT JOIN's application without quotes). 0, or -1
+ * (logged). read_model_doc_free frees it.
+ */
+int read_model_doc_build(const PGresult *apps, int app_row, const PGresult *quotes, int first,
+                         int last, int qcol, const insurer_list_t *insurers, const char *trace,
+                         read_model_doc_t *doc);
+
+void read_model_doc_free(read_model_doc_t *doc);
+
+/*
+ * Writes each document not done yet only when Redis holds an older version of it (the hash's
+ * updated_at) or none, atomically with its EXPIRE and PUBLISH (one Lua script), in one pipelined
+ * round trip (two when Redis lost the script): a duplicate or late write publishes nothing, and
+ * an older document never replaces a newer one. Returns how many were written and published, or
+ * -1 on an error (the caller retries: documents done are marked so and skipped).
+ */
+int read_model_write(redisContext *redis, read_model_doc_t *docs, int n, int ttl_s);
+
+/*
+ * The documents of n applications read from PostgreSQL (one SELECT, outside a transaction
+ * block: it prepares its statement on first use, see pg_exec_prepared) and written as
+ * read_model_write does; traces[i] (or traces NULL) is logged with ids[i]. Returns how many were
+ * written and published (0 when Redis was current or the applications are unknown), or -1.
  */
 int read_model_publish_many(PGconn *pg, redisContext *redis, const insurer_list_t *insurers,
                             const char *const *ids, const char *const *traces, int n, int ttl_s);

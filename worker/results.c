@@ -82,6 +82,9 @@ typedef struct {
     res_item_t   *owed;
     int           n_owed, cap_owed;
     int64_t       owed_try_ms;
+    /* The read models of the applications the batch changed, built from its transactions */
+    read_model_doc_t docs[RES_BATCH];
+    int              n_docs;
 } results_t;
 
 static int64_t res_now_ms(void)
@@ -127,15 +130,20 @@ static const char res_quotes_sql[] =
     "      AS t(app uuid, ins text, status text, attempt int, premium numeric, error text)"
     " WHERE q.application_id = t.app AND q.insurer_code = t.ins";
 
-static const char res_count_sql[] =
-    "SELECT application_id::text, count(*), count(*) FILTER (WHERE status IN ('ok', 'error'))"
-    " FROM quotes WHERE application_id = ANY ($1::uuid[]) GROUP BY 1";
+/* Every quote of the changed applications as the transaction left them: their status, and
+ * their read models (built from these rows and res_apps' without reading them again). Grouped by
+ * application (RES_STATE_APP: its id). */
+static const char res_state_sql[] =
+    "SELECT q.application_id::text, " READ_MODEL_QUOTE_COLUMNS
+    " FROM quotes q WHERE q.application_id = ANY ($1::uuid[]) ORDER BY 1";
+enum { RES_STATE_APP, RES_STATE_QUOTE };
 
 /* updated_at moves forward by at least 1 ms per change: it versions the read model */
 static const char res_apps_sql[] =
     "UPDATE applications a SET status = t.status,"
     " updated_at = greatest(now(), a.updated_at + interval '1 millisecond')"
-    " FROM unnest($1::uuid[], $2::text[]) AS t(id, status) WHERE a.id = t.id";
+    " FROM unnest($1::uuid[], $2::text[]) AS t(id, status) WHERE a.id = t.id"
+    " RETURNING " READ_MODEL_APP_COLUMNS;
 
 /* Prepared once per connection, before the transaction (a statement that does not exist would
  * abort it): the parse and plan are most of a small statement's cost. */
@@ -145,7 +153,7 @@ static const struct {
 } res_stmts[] = {
     { "res_lock", res_lock_sql, 2 },
     { "res_quotes", res_quotes_sql, 1 },
-    { "res_count", res_count_sql, 1 },
+    { "res_state", res_state_sql, 1 },
     { "res_apps", res_apps_sql, 2 },
 };
 
@@ -345,15 +353,67 @@ static void res_changed_apps(const res_quote_t *q, int nq, res_apps_t *a)
     }
 }
 
-/* Each application's new status, from the count of all its quotes (res_count's rows). */
-static void res_app_status(PGresult *counts, res_apps_t *a)
+/* The rows [first, *last) of state (res_state's, grouped by application) that are app's. */
+static int res_state_rows(const PGresult *state, const char *app, int *last)
+{
+    int rows = PQntuples(state), first = 0;
+
+    while (first < rows && strcasecmp(PQgetvalue(state, first, RES_STATE_APP), app) != 0)
+        first++;
+    for (*last = first; *last < rows
+                        && strcasecmp(PQgetvalue(state, *last, RES_STATE_APP), app) == 0;)
+        (*last)++;
+    return first;
+}
+
+/* Each application's new status, from all its quotes (res_state's rows). */
+static void res_app_status(const PGresult *state, res_apps_t *a)
 {
     for (int k = 0; k < a->n; k++) {
-        a->status[k] = app_status_name(APP_IN_PROGRESS);
-        for (int i = 0; i < PQntuples(counts); i++)
-            if (strcmp(PQgetvalue(counts, i, 0), a->apps[k]) == 0)
-                a->status[k] = app_status_name(app_status_from(atoi(PQgetvalue(counts, i, 1)),
-                                                               atoi(PQgetvalue(counts, i, 2))));
+        int last, first = res_state_rows(state, a->apps[k], &last), done = 0;
+
+        for (int i = first; i < last; i++) {
+            const char *st = PQgetvalue(state, i, RES_STATE_QUOTE + 1);
+
+            done += strcmp(st, "ok") == 0 || strcmp(st, "error") == 0;
+        }
+        a->status[k] = app_status_name(app_status_from(last - first, done));
+    }
+}
+
+static const char *res_trace_of(res_item_t **its, int m, const char *app)
+{
+    for (int i = 0; i < m; i++)
+        if (strcasecmp(its[i]->ev.application_id, app) == 0)
+            return its[i]->ev.traceparent;
+    return NULL;
+}
+
+/* Keeps the read models of the applications a transaction changed, from its own rows: apps
+ * (res_apps' RETURNING) and state. A later transaction of the batch (res_apply's one by one)
+ * replaces an application's document; one not built is read again by res_publish. */
+static void res_keep_docs(results_t *r, res_item_t **its, int m, const PGresult *apps,
+                          const PGresult *state)
+{
+    for (int row = 0; row < PQntuples(apps); row++) {
+        const char      *app = PQgetvalue(apps, row, 0);
+        read_model_doc_t doc;
+        int              last, first = res_state_rows(state, app, &last), k = 0;
+
+        if (read_model_doc_build(apps, row, state, first, last, RES_STATE_QUOTE, r->w->insurers,
+                                 res_trace_of(its, m, app), &doc) != 0)
+            continue;
+        while (k < r->n_docs && strcasecmp(r->docs[k].id, app) != 0)
+            k++;
+        if (k < r->n_docs)
+            read_model_doc_free(&r->docs[k]);
+        else if (r->n_docs < RES_BATCH)
+            r->n_docs++;
+        else {
+            read_model_doc_free(&doc);
+            continue;
+        }
+        r->docs[k] = doc;
     }
 }
 
@@ -372,9 +432,9 @@ static void res_mark_completed(res_item_t **its, int m, const res_apps_t *a)
 }
 
 /*
- * Writes the decisions and commits: the quotes with the count of every quote of their
- * applications in one round trip, then the applications' status with the COMMIT in another.
- * 0, or -1 (the caller rolls back, or the connection was closed).
+ * Writes the decisions and commits: the quotes with every quote of their applications read back
+ * in one round trip, then the applications' status with the COMMIT in another; keeps their read
+ * models. 0, or -1 (the caller rolls back, or the connection was closed).
  */
 static int res_write_commit(results_t *r, res_item_t **its, int m, const res_quote_t *q, int nq,
                             int *bad_data)
@@ -382,23 +442,22 @@ static int res_write_commit(results_t *r, res_item_t **its, int m, const res_quo
     const char *mem[3 * RES_BATCH];
     res_apps_t  a = { mem, mem + RES_BATCH, mem + 2 * RES_BATCH, 0 };
     char       *changes = res_changes_json(q, nq), *ids = NULL, *status = NULL;
-    pg_pipe_t   p = { { NULL }, 0, 0 };
+    pg_pipe_t   p = { { NULL }, 0, 0 }, c = { { NULL }, 0, 0 };
     int         rc = -1;
 
     res_changed_apps(q, nq, &a);
     if (changes == NULL || (ids = pg_text_array(a.apps, a.n)) == NULL)
         goto out;
     {
-        const char      *quotes_params[1] = { changes }, *count_params[1] = { ids };
+        const char      *quotes_params[1] = { changes }, *state_params[1] = { ids };
         const res_stmt_t write[2] = { { "res_quotes", NULL, 1, quotes_params },
-                                      { "res_count", NULL, 1, count_params } };
+                                      { "res_state", NULL, 1, state_params } };
 
         if (res_round(r, &p, write, 2) != 0)
             goto out;
         if (res_round_failed(&p, bad_data))
             goto out;
         res_app_status(p.res[1], &a);
-        pg_pipe_clear(&p);
     }
     if ((status = pg_text_array(a.status, a.n)) == NULL)
         goto out;
@@ -407,15 +466,17 @@ static int res_write_commit(results_t *r, res_item_t **its, int m, const res_quo
         const res_stmt_t commit[2] = { { "res_apps", NULL, 2, apps_params },
                                        { NULL, "COMMIT", 0, NULL } };
 
-        if (res_round(r, &p, commit, 2) != 0)
+        if (res_round(r, &c, commit, 2) != 0)
             goto out;
-        if (res_round_failed(&p, bad_data))
+        if (res_round_failed(&c, bad_data))
             goto out;
     }
     res_mark_completed(its, m, &a);
+    res_keep_docs(r, its, m, c.res[0], p.res[1]);
     rc = 0;
 out:
     pg_pipe_clear(&p);
+    pg_pipe_clear(&c);
     free(changes);
     free(ids);
     free(status);
@@ -567,11 +628,29 @@ static void res_account(results_t *r)
     }
 }
 
-/* The read models of the applications of items[0..n), once each (per RES_BATCH), in as many
- * round trips as it takes. A single attempt at reconnecting to Redis: results goes on taking
- * results rather than wait for Redis (res_batch). */
-static int res_publish(results_t *r, const res_item_t *items, int n)
+static int res_has_doc(const read_model_doc_t *docs, int n_docs, const char *app)
 {
+    for (int i = 0; i < n_docs; i++)
+        if (strcasecmp(docs[i].id, app) == 0)
+            return 1;
+    return 0;
+}
+
+/* The read models of the applications of items[0..n): those in docs as built, the others read
+ * from PostgreSQL, once each (per RES_BATCH), in as many round trips as it takes. A single
+ * attempt at reconnecting to Redis: results goes on taking results rather than wait for Redis
+ * (res_batch). */
+static int res_publish(results_t *r, const res_item_t *items, int n, read_model_doc_t *docs,
+                       int n_docs)
+{
+    if (n_docs > 0) {
+        int rc;
+
+        if (redis_ensure(&r->redis, r->w->cfg, RES_ROLE, NULL) != 0
+            || (rc = read_model_write(r->redis, docs, n_docs, RES_APP_TTL_S)) < 0)
+            return -1;
+        atomic_fetch_add(&r->w->metrics->publish_total, (unsigned long) rc);
+    }
     for (int from = 0; from < n;) {
         const char *ids[RES_BATCH], *traces[RES_BATCH];
         int         k = 0, rc;
@@ -580,7 +659,7 @@ static int res_publish(results_t *r, const res_item_t *items, int n)
             const res_item_t *it = &items[from];
             int               seen = 0;
 
-            if (!it->valid || it->skip)
+            if (!it->valid || it->skip || res_has_doc(docs, n_docs, it->ev.application_id))
                 continue;
             for (int j = 0; j < k && !seen; j++)
                 seen = strcasecmp(ids[j], it->ev.application_id) == 0;
@@ -654,6 +733,8 @@ static void res_items_free(res_item_t *items, int *n)
 static void res_batch_free(results_t *r)
 {
     res_items_free(r->items, &r->n);
+    while (r->n_docs > 0)
+        read_model_doc_free(&r->docs[--r->n_docs]);
 }
 
 /* The batch, applied to PostgreSQL, waits with the results before it for Redis; 0, or -1 when
@@ -690,7 +771,7 @@ static void res_settle(results_t *r)
     if (r->n_owed == 0 || now - r->owed_try_ms < RES_RETRY_MS)
         return;
     r->owed_try_ms = now;
-    if (res_publish(r, r->owed, r->n_owed) != 0)
+    if (res_publish(r, r->owed, r->n_owed, NULL, 0) != 0)
         return;
     wlog(LOG_INFO, RES_ROLE, NULL, "read_model_settled", "owed read models of %d results "
          "written", r->n_owed);
@@ -712,7 +793,7 @@ static void res_batch(results_t *r)
     while (!*r->w->stop) {
         if (res_apply_all(r) == 0) {
             res_account(r);
-            if (r->n_owed == 0 && res_publish(r, r->items, r->n) == 0) {
+            if (r->n_owed == 0 && res_publish(r, r->items, r->n, r->docs, r->n_docs) == 0) {
                 for (int i = 0; i < r->n; i++)
                     kafka_done(r->consumer, r->items[i].msg);
                 return;
