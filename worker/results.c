@@ -10,10 +10,12 @@
  * offsets are stored once the transaction committed and the read model was written; while Redis
  * is away, batches go on into PostgreSQL and owe their read models (res_batch).
  *
- * Duplicates (at-least-once delivery) change nothing: quote_next refuses them. Their
- * applications still go through read_model_publish_many, which writes and publishes only when
- * Redis is behind PostgreSQL: that is how a publish lost to a crash or a Redis outage after the
- * COMMIT is repaired by the redelivery, while an ordinary duplicate publishes nothing.
+ * The read models of the applications a transaction changed are built from its own rows
+ * (res_keep_docs), not read again after the COMMIT. Duplicates (at-least-once delivery) change
+ * nothing: quote_next refuses them. Their applications still go through read_model_publish_many,
+ * which writes and publishes only when Redis is behind PostgreSQL: that is how a publish lost to
+ * a crash or a Redis outage after the COMMIT is repaired by the redelivery, while an ordinary
+ * duplicate publishes nothing.
  */
 #include <stdint.h>
 #include <stdio.h>
