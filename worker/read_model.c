@@ -127,17 +127,14 @@ static int rm_collect(const PGresult *res, int first, int last, int qcol,
     return n;
 }
 
-/* Columns of READ_MODEL_APP_COLUMNS */
-enum { RM_ID, RM_STATUS, RM_OWNER, RM_CREATED, RM_UPDATED };
-
 static int rm_build(yajl_gen g, const PGresult *apps, int row, const rm_quote_t *quotes, int n)
 {
-    const char *updated = PQgetvalue(apps, row, RM_UPDATED);
+    const char *updated = PQgetvalue(apps, row, READ_MODEL_APP_UPDATED);
 
     if (yajl_gen_map_open(g) != yajl_gen_status_ok
-        || gen_kv(g, "id", PQgetvalue(apps, row, RM_ID)) < 0
-        || gen_kv(g, "status", PQgetvalue(apps, row, RM_STATUS)) < 0
-        || gen_kv(g, "created_at", PQgetvalue(apps, row, RM_CREATED)) < 0
+        || gen_kv(g, "id", PQgetvalue(apps, row, READ_MODEL_APP_ID)) < 0
+        || gen_kv(g, "status", PQgetvalue(apps, row, READ_MODEL_APP_STATUS)) < 0
+        || gen_kv(g, "created_at", PQgetvalue(apps, row, READ_MODEL_APP_CREATED)) < 0
         || gen_str(g, "updated_at") < 0
         || yajl_gen_number(g, updated, strlen(updated)) != yajl_gen_status_ok
         || gen_str(g, "insurers") < 0
@@ -157,8 +154,8 @@ int read_model_doc_build(const PGresult *apps, int app_row, const PGresult *quot
 {
     rm_quote_t           q[INSURERS_MAX * 2];
     int                  nq = rm_collect(quotes, first, last, qcol, insurers, q);
-    const char          *id = PQgetvalue(apps, app_row, RM_ID);
-    const char          *updated = PQgetvalue(apps, app_row, RM_UPDATED);
+    const char          *id = PQgetvalue(apps, app_row, READ_MODEL_APP_ID);
+    const char          *updated = PQgetvalue(apps, app_row, READ_MODEL_APP_UPDATED);
     yajl_gen             g = yajl_gen_alloc(NULL);
     const unsigned char *buf;
     size_t               len;
@@ -169,7 +166,7 @@ int read_model_doc_build(const PGresult *apps, int app_row, const PGresult *quot
         if (rm_build(g, apps, app_row, q, nq) == 0
             && yajl_gen_get_buf(g, &buf, &len) == yajl_gen_status_ok
             && (doc->doc = malloc(len)) != NULL
-            && (doc->owner = strdup(PQgetvalue(apps, app_row, RM_OWNER))) != NULL) {
+            && (doc->owner = strdup(PQgetvalue(apps, app_row, READ_MODEL_APP_OWNER))) != NULL) {
             memcpy(doc->doc, buf, len);
             doc->doc_len = len;
             memcpy(doc->id, id, strlen(id) + 1);
@@ -209,10 +206,10 @@ static int rm_docs(const PGresult *res, const insurer_list_t *insurers, const ch
     int rows = PQntuples(res), nd = 0;
 
     for (int first = 0, last; first < rows; first = last) {
-        const char *id = PQgetvalue(res, first, RM_ID);
+        const char *id = PQgetvalue(res, first, READ_MODEL_APP_ID);
 
-        for (last = first + 1; last < rows && strcmp(PQgetvalue(res, last, RM_ID), id) == 0;
-             last++)
+        for (last = first + 1;
+             last < rows && strcmp(PQgetvalue(res, last, READ_MODEL_APP_ID), id) == 0; last++)
             ;
         if (read_model_doc_build(res, first, res, first, last, READ_MODEL_APP_NCOLS, insurers,
                                  rm_trace_of(id, ids, traces, n), &docs[nd]) != 0) {

@@ -19,7 +19,15 @@
     "a.id::text, a.status, a.partner,"                                                           \
     " to_char(a.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),"          \
     " floor(extract(epoch FROM a.updated_at) * 1000)::bigint"
-#define READ_MODEL_APP_NCOLS 5
+/* Their positions, in READ_MODEL_APP_COLUMNS' order */
+enum {
+    READ_MODEL_APP_ID,
+    READ_MODEL_APP_STATUS,
+    READ_MODEL_APP_OWNER,
+    READ_MODEL_APP_CREATED,
+    READ_MODEL_APP_UPDATED,
+    READ_MODEL_APP_NCOLS
+};
 #define READ_MODEL_QUOTE_COLUMNS "q.insurer_code, q.status, q.premium_rub::text, q.error"
 
 /* One document ready for Redis: {id, status, created_at, updated_at (ms),

@@ -11,7 +11,8 @@
  * is away, batches go on into PostgreSQL and owe their read models (res_batch).
  *
  * The read models of the applications a transaction changed are built from its own rows
- * (res_keep_docs), not read again after the COMMIT. Duplicates (at-least-once delivery) change
+ * (res_keep_docs) rather than read again after the COMMIT; results owed to Redis (res_owe) drop
+ * them and have their applications read again once Redis is back. Duplicates (at-least-once delivery) change
  * nothing: quote_next refuses them. Their applications still go through read_model_publish_many,
  * which writes and publishes only when Redis is behind PostgreSQL: that is how a publish lost to
  * a crash or a Redis outage after the COMMIT is repaired by the redelivery, while an ordinary
@@ -137,7 +138,7 @@ static const char res_quotes_sql[] =
  * application (RES_STATE_APP: its id). */
 static const char res_state_sql[] =
     "SELECT q.application_id::text, " READ_MODEL_QUOTE_COLUMNS
-    " FROM quotes q WHERE q.application_id = ANY ($1::uuid[]) ORDER BY 1";
+    " FROM quotes q WHERE q.application_id = ANY ($1::uuid[]) ORDER BY q.application_id";
 enum { RES_STATE_APP, RES_STATE_QUOTE };
 
 /* updated_at moves forward by at least 1 ms per change: it versions the read model */
@@ -338,6 +339,7 @@ typedef struct {
     const char **status;   /* their new status */
     const char **prev;     /* their status before */
     int          n;
+    int          first[RES_BATCH], last[RES_BATCH];   /* their rows of res_state's result */
 } res_apps_t;
 
 /* The distinct applications whose quotes changed, with their status before. */
@@ -355,31 +357,44 @@ static void res_changed_apps(const res_quote_t *q, int nq, res_apps_t *a)
     }
 }
 
-/* The rows [first, *last) of state (res_state's, grouped by application) that are app's. */
-static int res_state_rows(const PGresult *state, const char *app, int *last)
+/* Each changed application's rows [first, last) of state (res_state's, grouped by
+ * application), in one pass over them. */
+static void res_group_rows(const PGresult *state, res_apps_t *a)
 {
-    int rows = PQntuples(state), first = 0;
+    int rows = PQntuples(state);
 
-    while (first < rows && strcasecmp(PQgetvalue(state, first, RES_STATE_APP), app) != 0)
-        first++;
-    for (*last = first; *last < rows
-                        && strcasecmp(PQgetvalue(state, *last, RES_STATE_APP), app) == 0;)
-        (*last)++;
-    return first;
+    for (int k = 0; k < a->n; k++)
+        a->first[k] = a->last[k] = 0;
+    for (int first = 0, last; first < rows; first = last) {
+        const char *app = PQgetvalue(state, first, RES_STATE_APP);
+
+        for (last = first + 1;
+             last < rows && strcmp(PQgetvalue(state, last, RES_STATE_APP), app) == 0; last++)
+            ;
+        for (int k = 0; k < a->n; k++)
+            if (strcasecmp(a->apps[k], app) == 0) {
+                a->first[k] = first;
+                a->last[k] = last;
+                break;
+            }
+    }
 }
 
 /* Each application's new status, from all its quotes (res_state's rows). */
 static void res_app_status(const PGresult *state, res_apps_t *a)
 {
     for (int k = 0; k < a->n; k++) {
-        int last, first = res_state_rows(state, a->apps[k], &last), done = 0;
+        int done = 0;
 
-        for (int i = first; i < last; i++) {
+        for (int i = a->first[k]; i < a->last[k]; i++) {
             const char *st = PQgetvalue(state, i, RES_STATE_QUOTE + 1);
 
             done += strcmp(st, "ok") == 0 || strcmp(st, "error") == 0;
         }
-        a->status[k] = app_status_name(app_status_from(last - first, done));
+        /* no rows cannot happen (its own quote changed); if it did, it stays in progress */
+        a->status[k] = app_status_name(a->last[k] > a->first[k]
+                                       ? app_status_from(a->last[k] - a->first[k], done)
+                                       : APP_IN_PROGRESS);
     }
 }
 
@@ -393,29 +408,37 @@ static const char *res_trace_of(res_item_t **its, int m, const char *app)
 
 /* Keeps the read models of the applications a transaction changed, from its own rows: apps
  * (res_apps' RETURNING) and state. A later transaction of the batch (res_apply's one by one)
- * replaces an application's document; one not built is read again by res_publish. */
-static void res_keep_docs(results_t *r, res_item_t **its, int m, const PGresult *apps,
-                          const PGresult *state)
+ * replaces an application's document; one that could not be built drops the older one too, so
+ * that res_publish reads the application again rather than write a stale document. */
+static void res_keep_docs(results_t *r, res_item_t **its, int m, const res_apps_t *a,
+                          const PGresult *apps, const PGresult *state)
 {
     for (int row = 0; row < PQntuples(apps); row++) {
-        const char      *app = PQgetvalue(apps, row, 0);
+        const char      *app = PQgetvalue(apps, row, READ_MODEL_APP_ID);
         read_model_doc_t doc;
-        int              last, first = res_state_rows(state, app, &last), k = 0;
+        int              k = 0, j = 0, built;
 
-        if (read_model_doc_build(apps, row, state, first, last, RES_STATE_QUOTE, r->w->insurers,
-                                 res_trace_of(its, m, app), &doc) != 0)
-            continue;
-        while (k < r->n_docs && strcasecmp(r->docs[k].id, app) != 0)
+        while (k < a->n && strcasecmp(a->apps[k], app) != 0)
             k++;
-        if (k < r->n_docs)
-            read_model_doc_free(&r->docs[k]);
-        else if (r->n_docs < RES_BATCH)
+        built = k < a->n
+                && read_model_doc_build(apps, row, state, a->first[k], a->last[k],
+                                        RES_STATE_QUOTE, r->w->insurers,
+                                        res_trace_of(its, m, app), &doc) == 0;
+        while (j < r->n_docs && strcasecmp(r->docs[j].id, app) != 0)
+            j++;
+        if (j < r->n_docs) {
+            read_model_doc_free(&r->docs[j]);
+            if (!built)
+                r->docs[j] = r->docs[--r->n_docs];
+        } else if (built && r->n_docs < RES_BATCH) {
             r->n_docs++;
-        else {
-            read_model_doc_free(&doc);
+        } else {
+            if (built)
+                read_model_doc_free(&doc);
             continue;
         }
-        r->docs[k] = doc;
+        if (built)
+            r->docs[j] = doc;
     }
 }
 
@@ -442,7 +465,7 @@ static int res_write_commit(results_t *r, res_item_t **its, int m, const res_quo
                             int *bad_data)
 {
     const char *mem[3 * RES_BATCH];
-    res_apps_t  a = { mem, mem + RES_BATCH, mem + 2 * RES_BATCH, 0 };
+    res_apps_t  a = { mem, mem + RES_BATCH, mem + 2 * RES_BATCH, 0, { 0 }, { 0 } };
     char       *changes = res_changes_json(q, nq), *ids = NULL, *status = NULL;
     pg_pipe_t   p = { { NULL }, 0, 0 }, c = { { NULL }, 0, 0 };
     int         rc = -1;
@@ -459,6 +482,7 @@ static int res_write_commit(results_t *r, res_item_t **its, int m, const res_quo
             goto out;
         if (res_round_failed(&p, bad_data))
             goto out;
+        res_group_rows(p.res[1], &a);
         res_app_status(p.res[1], &a);
     }
     if ((status = pg_text_array(a.status, a.n)) == NULL)
@@ -474,7 +498,7 @@ static int res_write_commit(results_t *r, res_item_t **its, int m, const res_quo
             goto out;
     }
     res_mark_completed(its, m, &a);
-    res_keep_docs(r, its, m, c.res[0], p.res[1]);
+    res_keep_docs(r, its, m, &a, c.res[0], p.res[1]);
     rc = 0;
 out:
     pg_pipe_clear(&p);
