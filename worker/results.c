@@ -12,11 +12,11 @@
  *
  * The read models of the applications a transaction changed are built from its own rows
  * (res_keep_docs) rather than read again after the COMMIT; results owed to Redis (res_owe) drop
- * them and have their applications read again once Redis is back. Duplicates (at-least-once delivery) change
- * nothing: quote_next refuses them. Their applications still go through read_model_publish_many,
- * which writes and publishes only when Redis is behind PostgreSQL: that is how a publish lost to
- * a crash or a Redis outage after the COMMIT is repaired by the redelivery, while an ordinary
- * duplicate publishes nothing.
+ * them and have their applications read again once Redis is back. Duplicates (at-least-once
+ * delivery) change nothing: quote_next refuses them. Their applications still go through
+ * read_model_publish_many, which writes and publishes only when Redis is behind PostgreSQL: that
+ * is how a publish lost to a crash or a Redis outage after the COMMIT is repaired by the
+ * redelivery, while an ordinary duplicate publishes nothing.
  */
 #include <stdint.h>
 #include <stdio.h>
