@@ -95,17 +95,8 @@ sub control {
 
 sub kcat {
     my ($d, @args) = @_;
-    my $input = '';
-    if (ref $args[0] eq 'SCALAR') {
-        $input = ${ shift @args };
-    }
-    my $in = "$DIR/kcat.in";
-    open my $fh, '>', $in or die $!;
-    print {$fh} $input;
-    close $fh;
-    # timeout: a hung client must fail the test, not hang it.
-    return OsagoTest::run_cmd('sh', '-c', 'exec timeout 60 kcat "$@" < "$0"', $in,
-                              '-b', "127.0.0.1:$d->{port}", @args);
+    my $input = ref $args[0] eq 'SCALAR' ? shift @args : undef;
+    return OsagoTest::kcat("127.0.0.1:$d->{port}", $input, @args);
 }
 
 sub metadata {

@@ -9,7 +9,6 @@ use FindBin;
 use lib "$FindBin::Bin/lib";
 use Test::More;
 use JSON::PP ();
-use File::Temp ();
 use Time::HiRes qw(time sleep);
 use OsagoTest;
 use OsagoStack;
@@ -379,12 +378,9 @@ ok(defined OsagoStack::metric_of($m1, 'heap_free_bytes'), 'heap free bytes shown
     my $id = $ids[0];
     my $built = $r->cli('HGET', "osago:app:$id", 'doc') // '';
     my ($dup) = grep { ($_->{event}{application_id} // '') eq $id } @{ $topics{'task-result'} };
-    my $in = File::Temp->new;
-    print {$in} "$dup->{payload}\n";
-    close $in;
     $r->cli('DEL', "osago:app:$id");
-    my ($code, undef, $err) = OsagoTest::run_cmd('sh', '-c', 'exec timeout 30 kcat "$@" < "$0"',
-        $in->filename, '-b', $kb->bootstrap, '-P', '-t', 'osago.application.task-result', '-k', $id);
+    my ($code, undef, $err) = OsagoTest::kcat($kb->bootstrap, \"$dup->{payload}\n", '-P', '-t',
+                                              'osago.application.task-result', '-k', $id);
     is($code, 0, 'a task result produced again (kcat)') or diag $err;
     my $back = OsagoStack::wait_until(sub { defined $r->cli('HGET', "osago:app:$id", 'doc') }, 15, 0.1);
     ok($back, '  the deleted read model is written again');

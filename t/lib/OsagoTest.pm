@@ -159,6 +159,17 @@ sub run_cmd {
     return ($code, $out, $err);
 }
 
+# kcat against bootstrap with args, stdin from $input (a scalar ref; empty when undef), under a
+# timeout (a hung client must fail the test, not hang it); returns run_cmd's ($code, $out, $err).
+sub kcat {
+    my ($bootstrap, $input, @args) = @_;
+    my $in = File::Temp->new;
+    print {$in} $input ? $$input : '';
+    close $in;
+    return run_cmd('sh', '-c', 'exec timeout 60 kcat "$@" < "$0"', $in->filename,
+                   '-b', $bootstrap, @args);
+}
+
 # Runs a cmocka test binary (built with ASan/UBSan) and reports each of its tests as one Test::More
 # test named "$label: ...", plus three more: every planned test ran, exit code 0, and no sanitizer
 # report on stderr. BAILs out when the binary is not built.
