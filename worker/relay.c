@@ -244,9 +244,15 @@ static void relay_parse_entry(const redisReply *entry, relay_entry_t *e)
 
 /* ---- PostgreSQL ---------------------------------------------------------------------- */
 
+/* created_at is when the edge accepted the application; updated_at is when it got here. The
+ * sweeper re-drives accepted rows by updated_at: stamped with the edge's time, a backlog
+ * relayed after an outage longer than --redrive-after-s would all look stranded on arrival and
+ * be started twice. greatest(): updated_at versions the read model, which the edge wrote with
+ * its own time. */
 static const char relay_insert_sql[] =
     "INSERT INTO applications (id, partner, payload, trace, created_at, updated_at)"
-    " SELECT (e->>'id')::uuid, e->>'partner', (e->>'payload')::jsonb, e->>'trace', c.t, c.t"
+    " SELECT (e->>'id')::uuid, e->>'partner', (e->>'payload')::jsonb, e->>'trace', c.t,"
+    "        greatest(now(), c.t)"
     " FROM jsonb_array_elements($1::jsonb) AS e,"
     "  LATERAL (SELECT timestamptz 'epoch'"
     "           + (e->>'created_ms')::bigint * interval '1 millisecond') AS c(t)"

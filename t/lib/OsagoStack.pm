@@ -34,7 +34,7 @@ package OsagoStack;
 #   intake_entry($redis, %fields) -> app id (list: app id, stream entry id, payload, trace)
 #   intake_entries($redis, $n, %fields) -> app ids (one MULTI/EXEC: read in one batch)
 #   raw_entry($redis, field => value, ...) -> stream entry id (no read model)
-#   uuid7() traceparent() canonical_payload(%overrides) wait_until($cond, $timeout, $step)
+#   uuid7([$ms]) traceparent() canonical_payload(%overrides) wait_until($cond, $timeout, $step)
 #   kafka_messages($devbroker, $topic) pending_count($redis) pending_by_consumer($redis)
 #   need_bins(@names) (dies when a binary is missing)
 #   worker_flags(stale_after_s => 3, ...) -> the worker's flags (worker/config.h field names)
@@ -120,7 +120,8 @@ sub worker_flags {
 }
 
 sub uuid7 {
-    my $ms = int(time * 1000);
+    my ($ms) = @_;    # the time it carries: now unless given
+    $ms //= int(time * 1000);
     my @r = map { int rand 256 } 1 .. 10;
     my $hex = sprintf '%012x', $ms;
     my $rand = join '', map { sprintf '%02x', $_ } @r;
