@@ -82,7 +82,7 @@ redis-server --port "$RP" --bind 127.0.0.1 --save '' --appendonly no --dir "$WOR
 PIDS+=($!)
 REDIS_PID=$!
 mkdir -p "$WORK/pg" && chown postgres: "$WORK/pg"
-runuser -u postgres -- "$PG_BIN/initdb" -D "$WORK/pg/data" -A trust -U postgres --no-sync >/dev/null
+runuser -u postgres -- "$PG_BIN/initdb" -D "$WORK/pg/data" -A trust -U postgres --no-sync -E UTF8 --locale C >/dev/null
 runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$WORK/pg/data" -w -l "$WORK/pg/log" \
     -o "-c listen_addresses=127.0.0.1 -p $PP -k $WORK/pg -c fsync=off -c max_connections=50 ${BENCH_PG_OPTS:-} \
         ${BENCH_PG_STATEMENTS:+-c shared_preload_libraries=pg_stat_statements}" start >/dev/null

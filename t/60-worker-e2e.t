@@ -51,6 +51,17 @@ is($code, 0, 'migrate again: exit 0') or diag "$out$err";
 is_deeply([ $pg->psql("SELECT * FROM $mtable ORDER BY 1") ], \@applied1,
           'the second run applied nothing (the recorded versions are unchanged)');
 is($schema->(), $schema1, 'and the schema is unchanged');
+# A database that cannot hold Cyrillic would refuse such payloads one by one, each taken for a
+# bad entry: migrate refuses the database instead.
+$pg->psql("CREATE DATABASE osago_ascii OWNER osago ENCODING 'SQL_ASCII' TEMPLATE template0",
+          user => 'postgres', db => 'postgres');
+(my $ascii = $pg->conninfo) =~ s/dbname=osago\b/dbname=osago_ascii/;
+($code, $out, $err) = OsagoStack::Worker->migrate($ascii);
+isnt($code, 0, 'migrate into a SQL_ASCII database: refused');
+like("$out$err", qr/"event":"migrate_encoding".*encoding is SQL_ASCII; osago needs UTF8/,
+     '  with the reason logged');
+is(scalar $pg->psql("SELECT to_regclass('public.applications') IS NULL", db => 'osago_ascii'),
+   't', '  and no table created there');
 
 # --- the worker -----------------------------------------------------------------------------------
 my $sub = OsagoStack::RedisWatch->new($r, 'SUBSCRIBE', 'osago:app-updates');

@@ -162,6 +162,21 @@ static int apply_one(PGconn *c, const char *dir, const struct migration *m)
     return 0;
 }
 
+/* Payloads are UTF-8 text (a plate is Cyrillic). In a database of another encoding each one
+ * that the encoding cannot hold fails with a data error, which the relay must take for a bad
+ * entry and drop: refused once, here, before any table exists. */
+static int check_encoding(PGconn *c)
+{
+    const char *enc = PQparameterStatus(c, "server_encoding");
+
+    if (enc != NULL && strcmp(enc, "UTF8") == 0)
+        return 0;
+    wlog(LOG_ERROR, "migrate", NULL, "migrate_encoding",
+         "the database's encoding is %s; osago needs UTF8 (CREATE DATABASE ... ENCODING 'UTF8'"
+         " TEMPLATE template0, or initdb -E UTF8)", enc != NULL ? enc : "unknown");
+    return -1;
+}
+
 static int is_applied(PGresult *applied, int version)
 {
     for (int i = 0; i < PQntuples(applied); i++)
@@ -183,7 +198,7 @@ int migrate_run(const char *conninfo, const char *dir)
         free(m);
         return -1;
     }
-    if (simple(c, "SELECT pg_advisory_lock(" MIGRATE_LOCK_KEY ")") < 0)
+    if (check_encoding(c) < 0 || simple(c, "SELECT pg_advisory_lock(" MIGRATE_LOCK_KEY ")") < 0)
         goto out;
     if (simple(c, "CREATE TABLE IF NOT EXISTS schema_migrations ("
                   " version    integer     PRIMARY KEY,"
