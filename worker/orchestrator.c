@@ -144,8 +144,9 @@ static void orch_poll(orch_t *o)
  * their own (ON CONFLICT only keeps a row inserted by hand from wedging the batch). It returns
  * each application's quotes, fresh or existing: a data-modifying WITH is invisible to the outer
  * query's snapshot, so exactly one side of the UNION has an application's rows. An application
- * without a row gets no quotes (and no rows back); so does one that another orchestrator has
- * just started: that one announces it.
+ * without a row gets no quotes (and no rows back); so does one that another orchestrator
+ * started while this statement waited for its lock, since the rows it committed are newer
+ * than the snapshot: orch_recheck reads them in a statement of their own.
  *
  * "Still accepted" is spelled as neither later status: the planner would answer status =
  * 'accepted' from the sweeper's partial index applications_accepted (migration 003), a scan of
@@ -190,20 +191,25 @@ static void orch_add_started(orch_item_t *it, const char *code)
         snprintf(s->insurers[s->n_insurers++], sizeof(s->insurers[0]), "%s", code);
 }
 
-/* Builds Started and the Tasks of one application from its rows (id, code, status). */
+/* A new statement, so a new snapshot: it sees the quotes of the applications another
+ * orchestrator started while orch_sql waited for their rows (a rebalance hands the same Created
+ * to two consumers). Both announce such an application; the executor's claim takes each task
+ * once. Announcing from the other one's commit alone would lose its tasks if it stopped before
+ * Kafka confirmed them, since this side has stored the offset by then. */
+static const char orch_recheck_sql[] =
+    "SELECT application_id::text, insurer_code, status FROM quotes"
+    " WHERE application_id = ANY ($1::uuid[])";
+
+/* Builds Started and the Tasks of one application from its rows (id, code, status).
+ * 1: no rows for it. */
 static int orch_build_events(orch_item_t *it, PGresult *res, id_pool_t *ids)
 {
     int rows = PQntuples(res), mine = 0;
 
     for (int i = 0; i < rows; i++)
         mine += strcasecmp(PQgetvalue(res, i, 0), it->created.application_id) == 0;
-    if (mine == 0) {
-        wlog(LOG_WARN, ORCH_ROLE, it->created.traceparent, "application_skipped",
-             "Created for %s: no quotes (no such application, or another orchestrator is "
-             "creating them now)", it->created.application_id);
-        it->valid = 0;
-        return 0;
-    }
+    if (mine == 0)
+        return 1;
     if ((it->tasks = calloc((size_t) mine, sizeof(*it->tasks))) == NULL)
         return -1;
     it->started.type = EV_STARTED;
@@ -225,6 +231,48 @@ static int orch_build_events(orch_item_t *it, PGresult *res, id_pool_t *ids)
             orch_add_task(it, code, ids);
     }
     return 0;
+}
+
+/* The valid items orch_sql found no quotes for, read again (orch_recheck_sql); those still
+ * without are dropped with a logged reason. 0, or -1 try again later. */
+static int orch_recheck(orch_t *o)
+{
+    const char *ids[ORCH_BATCH];
+    char       *param;
+    PGresult   *res;
+    int         n = 0, rc = 0;
+
+    for (int i = 0; i < o->n; i++)
+        if (o->items[i].valid && !o->items[i].stored)
+            ids[n++] = o->items[i].created.application_id;
+    if (n == 0)
+        return 0;
+    param = pg_text_array(ids, n);
+    res = param != NULL ? pg_run_prepared(o->pg, ORCH_ROLE, "orch_recheck", orch_recheck_sql, 1,
+                                          (const char *const *) &param)
+                        : NULL;
+    free(param);
+    if (res == NULL)
+        return -1;
+    for (int i = 0; i < o->n && rc >= 0; i++) {
+        orch_item_t *it = &o->items[i];
+
+        if (!it->valid || it->stored)
+            continue;
+        rc = orch_build_events(it, res, &o->ids);
+        if (rc == 1) {
+            wlog(LOG_WARN, ORCH_ROLE, it->created.traceparent, "application_skipped",
+                 "Created for %s: no such application", it->created.application_id);
+            it->valid = 0;
+        } else if (rc == 0) {
+            wlog(LOG_INFO, ORCH_ROLE, it->created.traceparent, "application_raced",
+                 "%s: started by another orchestrator meanwhile; announced from its quotes too",
+                 it->created.application_id);
+        }
+        it->stored = rc >= 0;
+    }
+    PQclear(res);
+    return rc < 0 ? -1 : 0;
 }
 
 /* 0 every valid item stored (its events built), -1 try again later. */
@@ -254,7 +302,7 @@ static int orch_store(orch_t *o)
     if (res == NULL)
         return -1;
     rc = 0;
-    for (int i = 0; i < o->n && rc == 0; i++) {
+    for (int i = 0; i < o->n && rc >= 0; i++) {
         orch_item_t *it = &o->items[i];
 
         if (!it->valid || it->stored)
@@ -263,7 +311,7 @@ static int orch_store(orch_t *o)
         it->stored = rc == 0;
     }
     PQclear(res);
-    return rc;
+    return rc < 0 ? -1 : orch_recheck(o);
 }
 
 /* ---- Kafka and the read model ---------------------------------------------------------- */
