@@ -9,7 +9,8 @@
 # statements must never wait on a lock, the other running quotes must keep getting heartbeats,
 # and a new application's fast quote must be claimed and answered; once the lock is gone,
 # everything completes, each insurer called once per task. Last, the executor's other many-row
-# statement, which hands the running calls back on a clean stop, now locks in results' order.
+# statement, which hands the running calls back on a clean stop, now locks in results' order;
+# and a call waiting for its retry is handed back at the next attempt.
 use strict;
 use warnings;
 use FindBin;
@@ -115,5 +116,32 @@ is(scalar $pg->psql("SELECT status || ' ' || attempt FROM quotes WHERE applicati
 unlike($pg->log, qr/deadlock detected/, 'PostgreSQL logged no deadlock');
 OsagoStack::check_all_done($pg, $r, [ $first, $second, $third ], \@CODES);
 $w2->stop;
+
+# --- a call whose attempt failed, its retry not yet due, is handed back at the next attempt -------
+# At its own attempt, the redelivered task of the failed attempt would run it again, and the
+# retry as well: four calls in all where three are allowed.
+my $bad = OsagoStack::FakeInsurer->new(code => 'bad', mode => 'status');
+my $ins_file = $sim->write_insurers("$sim->{dir}/insurers.retry.json", add => [ $bad->entry ]);
+my $w3 = OsagoStack::Worker->new(pg => $pg, redis => $r, kafka => $kb, insurers => $ins_file,
+    name => 'hb-locks-3',
+    args => [ OsagoStack::worker_flags(retry_base_ms => 30000, retry_max_ms => 30000) ]);
+my $fourth = OsagoStack::intake_entry($r);
+my $bad_calls = sub { scalar grep { ($_->{application_id} // '') eq $fourth } @{ $bad->calls } };
+ok(OsagoStack::wait_until(sub { $bad_calls->() == 1 }, 20, 0.05),
+   'a fourth application: its call to an insurer answering 500 failed, the retry 30 s away');
+$w3->stop;
+is(scalar $pg->psql("SELECT status || ' ' || attempt FROM quotes WHERE application_id = '$fourth'"
+                    . " AND insurer_code = 'bad'"), 'pending 2',
+   'the stop handed it back at the next attempt');
+my $w4 = OsagoStack::Worker->new(pg => $pg, redis => $r, kafka => $kb, insurers => $ins_file,
+    name => 'hb-locks-4',
+    args => [ OsagoStack::worker_flags(retry_base_ms => 100, retry_max_ms => 200,
+                                       sweep_interval_s => 1) ]);
+ok(OsagoStack::wait_completed($pg, [$fourth], 40), 'the next worker completes the application');
+is(scalar $pg->psql("SELECT status || ' ' || attempt FROM quotes WHERE application_id = '$fourth'"
+                    . " AND insurer_code = 'bad'"), 'error 3', '  the quote an error at attempt 3');
+is($bad_calls->(), 3, '  after three calls in all, not four')
+    or diag explain $bad->calls;
+$w4->stop;
 
 done_testing;

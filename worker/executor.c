@@ -533,16 +533,24 @@ static const char ex_exists_sql[] =
  * only after deadlock_timeout (1 s), and results retries a second later, which stalled every
  * application for two seconds once per heartbeat under load (docs/BENCHMARKS.md).
  *
- * A stopping executor hands its calls back (QEV_STALE, the same attempt): the redelivered
- * tasks are then taken at once by whoever gets the partitions, not after the sweeper's wait.
- * It locks in results' order (rows are locked after the sort), so it may wait, never deadlock.
+ * A stopping executor hands its calls back as pending: the redelivered tasks are then taken
+ * at once by whoever gets the partitions, not after the stale sweep's wait. A task is not
+ * always redelivered, though: after a rebalance its new owner (or this executor, reading the
+ * partition again) refuses it while this executor runs the call, and stores the offset past
+ * it. So the row is also dated $5 seconds back (--redrive-after-s), which puts it in the
+ * sweeper's next pending pass; a sweep that finds it claimed meanwhile passes it by. $4 is 1
+ * for a call whose attempt failed and was to be retried: it is handed back at the next
+ * attempt, so the redelivered task of the failed one is refused as older and the retry is not
+ * run twice (3 attempts in all). It locks in results' order (rows are locked after the sort),
+ * so it may wait, never deadlock.
  */
 static const char ex_release_sql[] =
     "WITH l AS MATERIALIZED ("
     "  SELECT application_id, insurer_code FROM quotes"
     "  WHERE (application_id, insurer_code) IN (SELECT * FROM unnest($1::uuid[], $2::text[]))"
     "  ORDER BY application_id, insurer_code FOR UPDATE)"
-    " UPDATE quotes q SET status = 'pending', updated_at = now()"
+    " UPDATE quotes q SET status = 'pending', attempt = q.attempt + $4::int,"
+    "        updated_at = now() - $5::int * interval '1 second'"
     " FROM l, unnest($1::uuid[], $2::text[], $3::int[]) AS t(app, ins, attempt)"
     " WHERE q.application_id = l.application_id AND q.insurer_code = l.insurer_code"
     "  AND q.application_id = t.app AND q.insurer_code = t.ins"
@@ -568,7 +576,7 @@ static const struct {
     { "ex_lock", ex_lock_sql, 2 },
     { "ex_claim", ex_claim_sql, 3 },
     { "ex_exists", ex_exists_sql, 2 },
-    { "ex_release", ex_release_sql, 3 },
+    { "ex_release", ex_release_sql, 5 },
     { "ex_heartbeat", ex_heartbeat_sql, 2 },
 };
 
@@ -1700,29 +1708,48 @@ static int ex_init(executor_t *x)
     return 0;
 }
 
-/* The claimed calls that never produced anything go back to pending (see ex_release_sql). */
+/* The claimed calls that never produced anything go back to pending (see ex_release_sql):
+ * those whose attempt failed (a retry due or not yet confirmed) at the next attempt, the rest
+ * at theirs. Marked 1 and 0 (call_t.mark; no claim is in flight any more). */
 static void ex_release(executor_t *x)
 {
     static const call_state_t st[] = { ST_BACKLOG, ST_RUNNING, ST_RETRY, ST_OUTBOX, ST_SENT };
-    ex_arrays_t               a = { NULL, NULL, NULL };
-    const char               *params[3];
-    PGresult                 *res;
-    int                       n = 0;
+    char                      back_s[16];
+    int                       n = 0, released = 0;
 
-    for (int s = 0; s < 5; s++)
-        n += x->lists[st[s]].n;
-    if (n == 0 || x->pg == NULL || PQstatus(x->pg) != CONNECTION_OK || ex_prepare(x) != 0
-        || ex_arrays(x, st, 5, -1, &a) < 0)
-        return;
-    params[0] = a.apps;
-    params[1] = a.codes;
-    params[2] = a.attempts;
-    if ((res = ex_exec(x, "ex_release", 3, params)) != NULL) {
-        wlog(LOG_INFO, EX_ROLE, NULL, "tasks_released", "%s of %d unfinished tasks handed back",
-             PQcmdTuples(res), n);
-        PQclear(res);
+    for (int s = 0; s < 5; s++) {
+        for (call_t *c = x->lists[st[s]].head; c != NULL; c = c->next) {
+            c->mark = st[s] == ST_RETRY || ((st[s] == ST_OUTBOX || st[s] == ST_SENT)
+                                            && c->out_kind == OUT_RETRY);
+            n++;
+        }
     }
-    ex_arrays_free(&a);
+    if (n == 0 || x->pg == NULL || PQstatus(x->pg) != CONNECTION_OK || ex_prepare(x) != 0)
+        return;
+    snprintf(back_s, sizeof(back_s), "%d", x->w->cfg->redrive_after_s + 1);
+    for (int next = 0; next <= 1; next++) {
+        ex_arrays_t a = { NULL, NULL, NULL };
+        const char *params[5];
+        PGresult   *res;
+
+        if (ex_arrays(x, st, 5, next, &a) <= 0) {
+            ex_arrays_free(&a);
+            continue;
+        }
+        params[0] = a.apps;
+        params[1] = a.codes;
+        params[2] = a.attempts;
+        params[3] = next ? "1" : "0";
+        params[4] = back_s;
+        if ((res = ex_exec(x, "ex_release", 5, params)) != NULL) {
+            released += atoi(PQcmdTuples(res));
+            PQclear(res);
+        }
+        ex_arrays_free(&a);
+    }
+    wlog(LOG_INFO, EX_ROLE, NULL, "tasks_released",
+         "%d of %d unfinished tasks handed back (the sweeper's next pass re-drives those not "
+         "delivered again)", released, n);
 }
 
 /* Stopping: results already in hand are worth one more produce; everything unfinished is handed
