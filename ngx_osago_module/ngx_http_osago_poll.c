@@ -600,7 +600,12 @@ ngx_http_osago_poll_first_read(void *data, ngx_http_osago_redis_status_e status,
      * re-made meanwhile (its re-check ran before this request was parked,
      * and what was published before it was lost): read again now.
      */
-    if (node->announced > ctx->latest || ctx->epoch != ctx->omcf->poll_epoch) {
+    if (node->announced > ctx->latest) {
+        ngx_http_osago_poll_wake(ctx->omcf, node);
+
+    } else if (ctx->epoch != ctx->omcf->poll_epoch) {
+        /* no message to time the answer from: timed from now, as the re-check is */
+        node->announced_us = ngx_http_osago_poll_now_us();
         ngx_http_osago_poll_wake(ctx->omcf, node);
     }
 

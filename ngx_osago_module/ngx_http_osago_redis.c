@@ -1070,6 +1070,11 @@ ngx_http_osago_redis_track(ngx_http_osago_redis_t *redis,
 static ngx_uint_t
 ngx_http_osago_redis_accepts(ngx_http_osago_redis_t *redis)
 {
+    if (redis->ac == NULL || redis->exiting) {
+        /* being destroyed: its context is gone while it answers the rest */
+        return 0;
+    }
+
     switch (redis->state) {
 
     case NGX_HTTP_OSAGO_REDIS_READY:
@@ -1284,6 +1289,7 @@ ngx_http_osago_redis_destroy(ngx_http_osago_redis_t *redis)
 
     if (ac) {
         redis->ac = NULL;
+        redis->state = NGX_HTTP_OSAGO_REDIS_DISCONNECTED;
         ngx_http_osago_redis_release_conn(redis);
         redisAsyncFree(ac);
     }

@@ -307,6 +307,13 @@ sub update_cmds {
     is(wait_parked($n, 0, 3), 0, 'osago_poll_parked back to 0');
 }
 
+# A request woken by a re-made subscription has no message to be timed from: it must not be
+# timed from zero (the host's uptime in one sample)
+my $wm = poll_metrics($n);
+my ($wsum, $wcount) = map { OsagoTest::prom_sum($wm, "osago_poll_wake_seconds_$_") // 0 } qw(sum count);
+cmp_ok($wcount, '>', 0, "osago_poll_wake_seconds: $wcount wake-ups");
+cmp_ok($wsum, '<=', $wcount * $TIMEOUT, '  each timed within the poll timeout (sum '
+       . sprintf('%.3f s)', $wsum));
 unlike($n->error_log, qr/\[(alert|emerg|crit)\]/, 'error.log: no alert');
 diag sprintf 'took %.1f s', time - $T0;
 done_testing;
