@@ -50,6 +50,8 @@ static const struct opt config_opts[] = {
     { "--retry-base-ms", "OSAGO_RETRY_BASE_MS", OPT_INT, OFF(retry_base_ms), 1, 600000, "1000" },
     { "--retry-max-ms", "OSAGO_RETRY_MAX_MS", OPT_INT, OFF(retry_max_ms), 1, 3600000, "30000" },
     { "--max-in-flight", "OSAGO_MAX_IN_FLIGHT", OPT_INT, OFF(max_in_flight), 1, 10000, "512" },
+    { "--insurer-share-pct", "OSAGO_INSURER_SHARE_PCT", OPT_INT, OFF(insurer_share_pct),
+      1, 100, "50" },
     { "--sweep-interval-s", "OSAGO_SWEEP_INTERVAL_S", OPT_INT, OFF(sweep_interval_s),
       1, 3600, "60" },
     { "--stale-after-s", "OSAGO_STALE_AFTER_S", OPT_INT, OFF(stale_after_s), 1, 86400, "120" },
@@ -345,6 +347,8 @@ void config_usage(const char *prog)
            "  --retry-base-ms N             OSAGO_RETRY_BASE_MS; 1000\n"
            "  --retry-max-ms N              OSAGO_RETRY_MAX_MS; 30000\n"
            "  --max-in-flight N             OSAGO_MAX_IN_FLIGHT; 512\n"
+           "  --insurer-share-pct N         OSAGO_INSURER_SHARE_PCT; 50 (of --max-in-flight, "
+           "per insurer)\n"
            "  --sweep-interval-s N          OSAGO_SWEEP_INTERVAL_S; 60\n"
            "  --stale-after-s N             OSAGO_STALE_AFTER_S; 120\n"
            "  --redrive-after-s N           OSAGO_REDRIVE_AFTER_S; 600\n"

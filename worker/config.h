@@ -25,6 +25,7 @@
  *   --retry-base-ms N           OSAGO_RETRY_BASE_MS              1000      (1..600000)
  *   --retry-max-ms N            OSAGO_RETRY_MAX_MS               30000     (1..3600000, >= base)
  *   --max-in-flight N           OSAGO_MAX_IN_FLIGHT              512       (1..10000)
+ *   --insurer-share-pct N       OSAGO_INSURER_SHARE_PCT          50        (1..100)
  *   --sweep-interval-s N        OSAGO_SWEEP_INTERVAL_S           60        (1..3600)
  *   --stale-after-s N           OSAGO_STALE_AFTER_S              120       (1..86400, > heartbeat)
  *   --heartbeat-s N             OSAGO_HEARTBEAT_S                15        (1..3600)
@@ -73,6 +74,7 @@ typedef struct {
     int         retry_base_ms;      /* default 1000: first retry delay, doubled each time */
     int         retry_max_ms;       /* default 30000 */
     int         max_in_flight;      /* insurer calls in flight per executor, default 512 */
+    int         insurer_share_pct;  /* default 50: the most of max_in_flight one insurer holds */
     int         sweep_interval_s;   /* default 60 */
     int         stale_after_s;      /* default 120 */
     int         redrive_after_s;    /* default 600: a pending quote or accepted application

@@ -178,6 +178,7 @@ typedef struct {
     int64_t           next_heartbeat_ms;
     int64_t           last_warn_ms;
     unsigned          seed;
+    int               running_by_insurer[INSURERS_MAX];  /* ST_RUNNING, by insurer file index */
 } executor_t;
 
 static int64_t ex_now_ms(void)
@@ -227,8 +228,19 @@ static void list_remove(call_list_t *l, call_t *c)
     l->n--;
 }
 
+/* Kept as calls enter and leave ST_RUNNING (ex_move, ex_free_call), for the insurer's share. */
+static void ex_count_running(executor_t *x, const call_t *c, int delta)
+{
+    if (c->ins != NULL)
+        x->running_by_insurer[c->ins - x->w->insurers->items] += delta;
+}
+
 static void ex_move(executor_t *x, call_t *c, call_state_t to)
 {
+    if (c->state == ST_RUNNING)
+        ex_count_running(x, c, -1);
+    if (to == ST_RUNNING)
+        ex_count_running(x, c, 1);
     list_remove(&x->lists[c->state], c);
     c->state = to;
     list_push(&x->lists[to], c);
@@ -285,6 +297,8 @@ static void ex_easy_put(executor_t *x, CURL *e)
 
 static void ex_free_call(executor_t *x, call_t *c)
 {
+    if (c->state == ST_RUNNING)
+        ex_count_running(x, c, -1);
     list_remove(&x->lists[c->state], c);
     ex_sent_put(c);
     if (c->easy != NULL) {
@@ -1321,16 +1335,38 @@ static int ex_start(executor_t *x, call_t *c)
     return 0;
 }
 
+/*
+ * One insurer holds at most --insurer-share-pct of the call slots. An insurer that stops
+ * answering keeps each call until its timeout: with one limit for all, its calls would take
+ * every slot within seconds (rate x timeout of them) and every other insurer's calls would wait
+ * for its timeouts, the executor's throughput falling from hundreds of applications a second to
+ * a few. A call beyond its insurer's share fails as an attempt (retried after the backoff, an
+ * error result after the last), so its task neither waits in memory nor holds up the tasks
+ * behind it.
+ */
 static void ex_start_calls(executor_t *x)
 {
-    while (x->lists[ST_BACKLOG].n > 0 && x->lists[ST_RUNNING].n < x->w->cfg->max_in_flight) {
+    const worker_config_t *cfg = x->w->cfg;
+    int share = (int) ((int64_t) cfg->max_in_flight * cfg->insurer_share_pct / 100);
+
+    if (share < 1)
+        share = 1;
+    while (x->lists[ST_BACKLOG].n > 0 && x->lists[ST_RUNNING].n < cfg->max_in_flight) {
         call_t *c = x->lists[ST_BACKLOG].head;
-        char    reason[96];
+        char    reason[160];
         int     rc;
 
         if (c->ins == NULL) {
             snprintf(reason, sizeof(reason), "insurer %s is not in the insurer file", c->insurer);
             ex_failed(x, c, reason, 0);
+            continue;
+        }
+        if (x->running_by_insurer[c->ins - x->w->insurers->items] >= share) {
+            atomic_fetch_add(&x->w->metrics->insurer_calls_limited, 1);
+            snprintf(reason, sizeof(reason), "not sent: %d calls to %s in flight, its share of "
+                     "the executor's %d (--insurer-share-pct %d)", share, c->insurer,
+                     cfg->max_in_flight, cfg->insurer_share_pct);
+            ex_failed(x, c, reason, 1);
             continue;
         }
         rc = ex_start(x, c);

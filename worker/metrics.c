@@ -142,6 +142,8 @@ size_t metrics_render(const metrics_t *cm, char *buf, size_t cap)
     C(applications_started, "Applications for which quote tasks were created.");
     C(tasks_started, "Quote tasks taken by an executor.");
     C(insurer_calls, "Insurer call attempts sent.");
+    C(insurer_calls_limited, "Insurer call attempts not sent: the insurer held its share of the "
+      "call slots (--insurer-share-pct); failed as attempts, retried.");
     C(insurer_ok, "Insurer calls answered with a premium.");
     C(insurer_errors, "Insurer call attempts that failed (error, timeout, malformed answer).");
     C(insurer_timeouts, "Insurer call attempts that timed out.");

@@ -22,6 +22,7 @@ typedef struct {
     atomic_ulong applications_started;
     atomic_ulong tasks_started;
     atomic_ulong insurer_calls;           /* attempts sent */
+    atomic_ulong insurer_calls_limited;   /* attempts not sent: the insurer held its share */
     atomic_ulong insurer_ok;
     atomic_ulong insurer_errors;          /* by attempt: error, timeout, malformed */
     atomic_ulong insurer_timeouts;

@@ -106,6 +106,7 @@ our %WORKER_FLAG = (
     retry_base_ms            => '--retry-base-ms',
     retry_max_ms             => '--retry-max-ms',
     max_in_flight            => '--max-in-flight',
+    insurer_share_pct        => '--insurer-share-pct',
     sweep_interval_s         => '--sweep-interval-s',
     stale_after_s            => '--stale-after-s',
     redrive_after_s          => '--redrive-after-s',

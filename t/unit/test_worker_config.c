@@ -93,6 +93,7 @@ static void test_defaults(void **state)
     assert_int_equal(cfg.retry_base_ms, 1000);
     assert_int_equal(cfg.retry_max_ms, 30000);
     assert_int_equal(cfg.max_in_flight, 512);
+    assert_int_equal(cfg.insurer_share_pct, 50);
     assert_int_equal(cfg.sweep_interval_s, 60);
     assert_int_equal(cfg.stale_after_s, 120);
     assert_int_equal(cfg.redrive_after_s, 600);
@@ -272,6 +273,7 @@ static void test_numbers(void **state)
         { "--retry-base-ms", "OSAGO_RETRY_BASE_MS", 1, 600000 },
         { "--retry-max-ms", "OSAGO_RETRY_MAX_MS", 1, 3600000 },
         { "--max-in-flight", "OSAGO_MAX_IN_FLIGHT", 1, 10000 },
+        { "--insurer-share-pct", "OSAGO_INSURER_SHARE_PCT", 1, 100 },
         { "--sweep-interval-s", "OSAGO_SWEEP_INTERVAL_S", 1, 3600 },
         { "--stale-after-s", "OSAGO_STALE_AFTER_S", 1, 86400 },
         { "--redrive-after-s", "OSAGO_REDRIVE_AFTER_S", 1, 604800 },
