@@ -79,6 +79,15 @@ ok((grep { ($_->{error} // '') =~ /^not sent: 4 calls to mute in flight, its sha
    '  some with the reason they were not sent') or diag explain \@mute_q;
 like(join(' ', map { $_->{error} // '' } @mute_q), qr/time|Timeout/,
      '  and some timed out');
+my @log = @{ $c->{w}->log_lines };
+my @reports = grep { ($_->{event} // '') eq 'insurer_limited' } @log;
+ok(@reports && !grep({ $_->{level} ne 'warn'
+                       || $_->{msg} !~ /^mute: \d+ calls not sent in the last second, \d+ in flight/ }
+                     @reports),
+   'the log warns about the calls not sent, once a second for the insurer (' . scalar(@reports)
+   . ' lines)') or diag explain \@reports;
+is(scalar(grep { ($_->{event} // '') eq 'insurer_error' && ($_->{msg} // '') =~ /not sent/ } @log),
+   0, '  not once per call');
 OsagoStack::check_all_done($pg, $r, $c->{ids}, \@CODES);
 $c->{w}->stop;
 

@@ -179,6 +179,8 @@ typedef struct {
     int64_t           last_warn_ms;
     unsigned          seed;
     int               running_by_insurer[INSURERS_MAX];  /* ST_RUNNING, by insurer file index */
+    int               limited_by_insurer[INSURERS_MAX];  /* not sent since the last report */
+    int64_t           limited_report_ms;
 } executor_t;
 
 static int64_t ex_now_ms(void)
@@ -1044,7 +1046,10 @@ static void ex_succeeded(executor_t *x, call_t *c, const char *premium, long ms)
 }
 
 /* A failed attempt: retried after the backoff while attempts remain (and retrying can help). */
-static void ex_failed(executor_t *x, call_t *c, const char *reason, int retryable)
+/* retry_level: how the retry is logged (a call not sent for its insurer's share is one of
+ * many, counted in ex_limited_report instead) */
+static void ex_failed_as(executor_t *x, call_t *c, const char *reason, int retryable,
+                         enum log_level retry_level)
 {
     const worker_config_t *cfg = x->w->cfg;
 
@@ -1053,7 +1058,7 @@ static void ex_failed(executor_t *x, call_t *c, const char *reason, int retryabl
                                        &x->seed);
 
         c->due_ms = ex_now_ms() + delay;
-        wlog(LOG_WARN, EX_ROLE, c->traceparent, "insurer_error",
+        wlog(retry_level, EX_ROLE, c->traceparent, "insurer_error",
              "%s/%s attempt %d of %d: %s; retry in %lld ms", c->app_id, c->insurer, c->attempt,
              cfg->max_attempts, reason, (long long) delay);
         ex_move(x, c, ST_RETRY);
@@ -1066,6 +1071,11 @@ static void ex_failed(executor_t *x, call_t *c, const char *reason, int retryabl
     wlog(LOG_WARN, EX_ROLE, c->traceparent, "task_failed", "%s/%s attempt %d of %d: %s; final",
          c->app_id, c->insurer, c->attempt, cfg->max_attempts, reason);
     ex_move(x, c, ST_OUTBOX);
+}
+
+static void ex_failed(executor_t *x, call_t *c, const char *reason, int retryable)
+{
+    ex_failed_as(x, c, reason, retryable, LOG_WARN);
 }
 
 /* The premium of a 200 answer, as "%.2f"; or why the answer cannot be used. */
@@ -1363,10 +1373,11 @@ static void ex_start_calls(executor_t *x)
         }
         if (x->running_by_insurer[c->ins - x->w->insurers->items] >= share) {
             atomic_fetch_add(&x->w->metrics->insurer_calls_limited, 1);
+            x->limited_by_insurer[c->ins - x->w->insurers->items]++;
             snprintf(reason, sizeof(reason), "not sent: %d calls to %s in flight, its share of "
                      "the executor's %d (--insurer-share-pct %d)", share, c->insurer,
                      cfg->max_in_flight, cfg->insurer_share_pct);
-            ex_failed(x, c, reason, 1);
+            ex_failed_as(x, c, reason, 1, LOG_DEBUG);
             continue;
         }
         rc = ex_start(x, c);
@@ -1673,6 +1684,28 @@ static void ex_wait(executor_t *x)
 
 /* ---- the thread ------------------------------------------------------------------------------ */
 
+/* An insurer that holds its share refuses hundreds of calls a second: one warning a second per
+ * insurer says so, rather than one per call. */
+static void ex_limited_report(executor_t *x)
+{
+    int64_t                now = ex_now_ms();
+    const insurer_list_t  *ins = x->w->insurers;
+
+    if (now - x->limited_report_ms < 1000)
+        return;
+    x->limited_report_ms = now;
+    for (int i = 0; i < ins->n; i++) {
+        if (x->limited_by_insurer[i] == 0)
+            continue;
+        wlog(LOG_WARN, EX_ROLE, NULL, "insurer_limited",
+             "%s: %d calls not sent in the last second, %d in flight (its share of the "
+             "executor's %d, --insurer-share-pct %d); each failed as an attempt",
+             ins->items[i].code, x->limited_by_insurer[i], x->running_by_insurer[i],
+             x->w->cfg->max_in_flight, x->w->cfg->insurer_share_pct);
+        x->limited_by_insurer[i] = 0;
+    }
+}
+
 static void ex_loop_once(executor_t *x)
 {
     ex_consume(x);
@@ -1681,6 +1714,7 @@ static void ex_loop_once(executor_t *x)
     ex_perform(x);
     ex_start_calls(x);                  /* retries that could not start go straight on */
     ex_timers(x);
+    ex_limited_report(x);
     ex_sent_check(x);
     if (x->lists[ST_OUTBOX].n > 0 && ex_now_ms() >= x->produce_retry_ms
         && ex_flush(x) != 0)
