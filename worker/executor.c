@@ -1045,9 +1045,9 @@ static void ex_succeeded(executor_t *x, call_t *c, const char *premium, long ms)
     ex_move(x, c, ST_OUTBOX);
 }
 
-/* A failed attempt: retried after the backoff while attempts remain (and retrying can help). */
-/* retry_level: how the retry is logged (a call not sent for its insurer's share is one of
- * many, counted in ex_limited_report instead) */
+/* A failed attempt: retried after the backoff while attempts remain (and retrying can help).
+ * retry_level: how the retry is logged (a call not sent for its insurer's share is one of
+ * many, reported by ex_limited_report instead). */
 static void ex_failed_as(executor_t *x, call_t *c, const char *reason, int retryable,
                          enum log_level retry_level)
 {
