@@ -1070,11 +1070,6 @@ ngx_http_osago_redis_track(ngx_http_osago_redis_t *redis,
 static ngx_uint_t
 ngx_http_osago_redis_accepts(ngx_http_osago_redis_t *redis)
 {
-    if (redis->ac == NULL || redis->exiting) {
-        /* being destroyed: its context is gone while it answers the rest */
-        return 0;
-    }
-
     switch (redis->state) {
 
     case NGX_HTTP_OSAGO_REDIS_READY:
@@ -1289,6 +1284,8 @@ ngx_http_osago_redis_destroy(ngx_http_osago_redis_t *redis)
 
     if (ac) {
         redis->ac = NULL;
+        /* accepts nothing more: redisAsyncFree answers what is pending, and a handler of
+         * those answers must not queue a command on the freed context */
         redis->state = NGX_HTTP_OSAGO_REDIS_DISCONNECTED;
         ngx_http_osago_redis_release_conn(redis);
         redisAsyncFree(ac);

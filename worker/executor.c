@@ -230,11 +230,17 @@ static void list_remove(call_list_t *l, call_t *c)
     l->n--;
 }
 
+/* The call's insurer's place in the insurer file (c->ins points into it). */
+static int ex_ins_index(const executor_t *x, const call_t *c)
+{
+    return (int) (c->ins - x->w->insurers->items);
+}
+
 /* Kept as calls enter and leave ST_RUNNING (ex_move, ex_free_call), for the insurer's share. */
 static void ex_count_running(executor_t *x, const call_t *c, int delta)
 {
     if (c->ins != NULL)
-        x->running_by_insurer[c->ins - x->w->insurers->items] += delta;
+        x->running_by_insurer[ex_ins_index(x, c)] += delta;
 }
 
 static void ex_move(executor_t *x, call_t *c, call_state_t to)
@@ -1371,9 +1377,9 @@ static void ex_start_calls(executor_t *x)
             ex_failed(x, c, reason, 0);
             continue;
         }
-        if (x->running_by_insurer[c->ins - x->w->insurers->items] >= share) {
+        if (x->running_by_insurer[ex_ins_index(x, c)] >= share) {
             atomic_fetch_add(&x->w->metrics->insurer_calls_limited, 1);
-            x->limited_by_insurer[c->ins - x->w->insurers->items]++;
+            x->limited_by_insurer[ex_ins_index(x, c)]++;
             snprintf(reason, sizeof(reason), "not sent: %d calls to %s in flight, its share of "
                      "the executor's %d (--insurer-share-pct %d)", share, c->insurer,
                      cfg->max_in_flight, cfg->insurer_share_pct);

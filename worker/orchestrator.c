@@ -233,6 +233,17 @@ static int orch_build_events(orch_item_t *it, PGresult *res, id_pool_t *ids)
     return 0;
 }
 
+/* The application ids of the valid items whose events are not built yet; how many. */
+static int orch_unstored_ids(const orch_t *o, const char **ids)
+{
+    int n = 0;
+
+    for (int i = 0; i < o->n; i++)
+        if (o->items[i].valid && !o->items[i].stored)
+            ids[n++] = o->items[i].created.application_id;
+    return n;
+}
+
 /* The valid items orch_sql found no quotes for, read again (orch_recheck_sql); those still
  * without are dropped with a logged reason. 0, or -1 try again later. */
 static int orch_recheck(orch_t *o)
@@ -240,11 +251,8 @@ static int orch_recheck(orch_t *o)
     const char *ids[ORCH_BATCH];
     char       *param;
     PGresult   *res;
-    int         n = 0, rc = 0;
+    int         n = orch_unstored_ids(o, ids), rc = 0;
 
-    for (int i = 0; i < o->n; i++)
-        if (o->items[i].valid && !o->items[i].stored)
-            ids[n++] = o->items[i].created.application_id;
     if (n == 0)
         return 0;
     param = pg_text_array(ids, n);
@@ -282,11 +290,8 @@ static int orch_store(orch_t *o)
     const char           *ids[ORCH_BATCH], *codes[INSURERS_MAX];
     char                 *params[2];
     PGresult             *res;
-    int                   n = 0, rc = -1;
+    int                   n = orch_unstored_ids(o, ids), rc = -1;
 
-    for (int i = 0; i < o->n; i++)
-        if (o->items[i].valid && !o->items[i].stored)
-            ids[n++] = o->items[i].created.application_id;
     if (n == 0)
         return 0;
     for (int i = 0; i < ins->n; i++)
