@@ -167,6 +167,8 @@ typedef struct {
     int64_t           polled_ms;     /* the last consumer poll */
     int               more_queued;   /* the last ex_consume stopped at its batch, with room */
     int64_t           claim_retry_ms;
+    int64_t           connect_retry_ms;  /* after a failed connect: the next one not before */
+    int               connect_failures;  /* since the last connection made */
     int               claim_phase;   /* CL_*: the claim (ST_CLAIMING) or heartbeat in flight */
     int64_t           claim_due_ms;  /* its round trip's deadline */
     int               claim_fd;      /* PostgreSQL's socket in epfd during a claim; -1 */
@@ -602,9 +604,9 @@ static const struct {
     { "ex_heartbeat", ex_heartbeat_sql, 2 },
 };
 
-/* A connection now or not at all: this loop must keep serving Kafka and curl while
- * PostgreSQL is away (pg_connect tries once when its stop flag is already set). */
-static int ex_pg(executor_t *x)
+/* At a stop only, where waiting is allowed: one blocking attempt (pg_connect tries once when
+ * its stop flag is already set). The loop connects without blocking (ex_connect_start). */
+static int ex_pg_blocking(executor_t *x)
 {
     volatile int once = 1;
 
@@ -636,11 +638,6 @@ static int ex_prepare(executor_t *x)
     x->prepared_conn = x->pg;
     x->prepared_pid = PQbackendPID(x->pg);
     return 0;
-}
-
-static int ex_ready(executor_t *x)
-{
-    return ex_pg(x) == 0 && ex_prepare(x) == 0 ? 0 : -1;
 }
 
 /* A prepared statement; NULL on an error, logged. */
@@ -772,8 +769,12 @@ static void ex_mark_rows(executor_t *x, PGresult *res, int from, int to, int wit
  * after EX_RETRY_MS on a new one.
  *   CL_HEARTBEAT: ex_heartbeat, between claims, the same way: a PostgreSQL that stalls costs
  * the heartbeat (retried on a new connection), never the loop that serves Kafka and curl.
+ *   CL_CONNECTING, CL_PREPARING: the connection those need, made the same way when a claim or
+ * a heartbeat finds none (ex_ready): libpq's connect polled on its socket, then ex_stmts
+ * prepared in one round trip. A PostgreSQL that accepts and never answers costs the connect
+ * timeout, not the loop (t/69c).
  */
-enum { CL_IDLE = 0, CL_LOCKING, CL_MARKING, CL_HEARTBEAT };
+enum { CL_IDLE = 0, CL_LOCKING, CL_MARKING, CL_HEARTBEAT, CL_CONNECTING, CL_PREPARING };
 
 /* Whether a call in the claim is marked `mark`: what the second round trip queued for. */
 static int ex_claim_any(const executor_t *x, int mark)
@@ -784,28 +785,33 @@ static int ex_claim_any(const executor_t *x, int mark)
     return 0;
 }
 
-static int ex_claim_watch(executor_t *x, int want_write)
-{
-    struct epoll_event ev = { 0 };
-    uint32_t           events = EPOLLIN | (want_write ? EPOLLOUT : 0);
-
-    if (x->claim_fd >= 0 && events == x->claim_events)
-        return 0;
-    ev.events = events;
-    ev.data.fd = PQsocket(x->pg);
-    if (epoll_ctl(x->epfd, x->claim_fd < 0 ? EPOLL_CTL_ADD : EPOLL_CTL_MOD, ev.data.fd, &ev) != 0)
-        return -1;
-    x->claim_fd = ev.data.fd;
-    x->claim_events = events;
-    return 0;
-}
-
 /* Before the connection closes: its number may be curl's next socket. */
 static void ex_claim_unwatch(executor_t *x)
 {
     if (x->claim_fd >= 0)
         (void) epoll_ctl(x->epfd, EPOLL_CTL_DEL, x->claim_fd, NULL);
     x->claim_fd = -1;
+}
+
+static int ex_claim_watch(executor_t *x, int want_write)
+{
+    struct epoll_event ev = { 0 };
+    uint32_t           events = EPOLLIN | (want_write ? EPOLLOUT : 0);
+    int                fd = PQsocket(x->pg);
+
+    if (x->claim_fd == fd && events == x->claim_events)
+        return 0;
+    if (x->claim_fd >= 0 && x->claim_fd != fd)     /* a connect moved on to its next address */
+        ex_claim_unwatch(x);
+    ev.events = events;
+    ev.data.fd = fd;
+    /* MOD finds nothing when the socket under that number is new (the same case, same number) */
+    if (epoll_ctl(x->epfd, x->claim_fd < 0 ? EPOLL_CTL_ADD : EPOLL_CTL_MOD, fd, &ev) != 0
+        && (errno != ENOENT || epoll_ctl(x->epfd, EPOLL_CTL_ADD, fd, &ev) != 0))
+        return -1;
+    x->claim_fd = fd;
+    x->claim_events = events;
+    return 0;
 }
 
 static int ex_claim_send(executor_t *x, int phase)
@@ -827,6 +833,13 @@ static void ex_claim_fail(executor_t *x, const char *why)
         if (ex_warn_due(x))
             wlog(LOG_WARN, EX_ROLE, NULL, "pg_error", "heartbeat: %s; sent again shortly", why);
         x->next_heartbeat_ms = ex_now_ms() + EX_RETRY_MS;
+    } else if (x->claim_phase == CL_CONNECTING || x->claim_phase == CL_PREPARING) {
+        if (ex_warn_due(x))
+            wlog(LOG_WARN, EX_ROLE, NULL, "pg_connect_failed",
+                 "cannot connect to PostgreSQL: %s; trying again in %d ms (calls in flight go "
+                 "on meanwhile)", why, EX_RETRY_MS);
+        x->connect_failures++;
+        x->connect_retry_ms = ex_now_ms() + EX_RETRY_MS;
     } else if (ex_warn_due(x)) {
         wlog(LOG_WARN, EX_ROLE, NULL, "pg_error", "claim of %d tasks: %s; claimed again shortly",
              x->lists[ST_CLAIMING].n, why);
@@ -842,6 +855,87 @@ static void ex_claim_fail(executor_t *x, const char *why)
     x->claim_retry_ms = ex_now_ms() + EX_RETRY_MS;
 }
 
+/* The statements, prepared in one round trip on a new connection (CL_PREPARING). */
+static void ex_prepare_start(executor_t *x)
+{
+    int rc = pg_pipe_begin(x->pg, &x->claim_pipe);
+
+    for (size_t i = 0; rc == 0 && i < sizeof(ex_stmts) / sizeof(ex_stmts[0]); i++)
+        rc = pg_pipe_prepare(x->pg, &x->claim_pipe, ex_stmts[i].name, ex_stmts[i].sql,
+                             ex_stmts[i].nparams);
+    x->claim_phase = CL_PREPARING;
+    if (rc != 0 || ex_claim_send(x, CL_PREPARING) != 0)
+        ex_claim_fail(x, PQerrorMessage(x->pg));
+}
+
+static void ex_prepared(executor_t *x)
+{
+    x->prepared_conn = x->pg;
+    x->prepared_pid = PQbackendPID(x->pg);
+    if (x->connect_failures > 0)
+        wlog(LOG_INFO, EX_ROLE, NULL, "pg_connected", "connected after %d failed attempts",
+             x->connect_failures);
+    x->connect_failures = 0;
+}
+
+static void ex_connect_start(executor_t *x)
+{
+    int timeout_ms = EX_CLAIM_TIMEOUT_MS;
+
+    if (x->pg != NULL && PQstatus(x->pg) == CONNECTION_OK) {
+        ex_prepare_start(x);
+        return;
+    }
+    if (x->pg != NULL) {
+        wlog(LOG_WARN, EX_ROLE, NULL, "pg_reconnect", "PostgreSQL connection lost; reconnecting");
+        ex_claim_unwatch(x);
+        PQfinish(x->pg);
+    }
+    x->pg = pg_connect_start(x->w->cfg->pg_conninfo, EX_ROLE, &timeout_ms);
+    x->claim_phase = CL_CONNECTING;
+    x->claim_due_ms = ex_now_ms() + timeout_ms;
+    x->claim_events = 0;
+    /* as if PQconnectPoll had said PGRES_POLLING_WRITING, which libpq's manual prescribes */
+    if (x->pg == NULL || PQstatus(x->pg) == CONNECTION_BAD || ex_claim_watch(x, 1) != 0)
+        ex_claim_fail(x, x->pg != NULL ? PQerrorMessage(x->pg) : "out of memory");
+}
+
+/* The connect, when its socket is ready: one more step of libpq's. */
+static void ex_connect_progress(executor_t *x)
+{
+    int want_write;
+
+    switch (pg_connect_poll(x->pg, EX_ROLE)) {
+    case PGRES_POLLING_OK:
+        ex_prepare_start(x);
+        return;
+    case PGRES_POLLING_READING:
+        want_write = 0;
+        break;
+    case PGRES_POLLING_WRITING:
+        want_write = 1;
+        break;
+    default:
+        ex_claim_fail(x, PQerrorMessage(x->pg));
+        return;
+    }
+    x->claim_events = 0;            /* the socket may be a new one under the same number */
+    if (ex_claim_watch(x, want_write) != 0)
+        ex_claim_fail(x, "epoll_ctl failed");
+}
+
+/* 0: the connection is made and prepared. -1: it is being made (claim_phase), or due again at
+ * connect_retry_ms after a failure; the caller tries again then. */
+static int ex_ready(executor_t *x)
+{
+    if (x->pg != NULL && PQstatus(x->pg) == CONNECTION_OK && x->prepared_conn == x->pg
+        && x->prepared_pid == PQbackendPID(x->pg))
+        return 0;
+    if (x->claim_phase == CL_IDLE && ex_now_ms() >= x->connect_retry_ms)
+        ex_connect_start(x);
+    return -1;
+}
+
 static void ex_claim_start(executor_t *x)
 {
     call_t *c;
@@ -852,8 +946,9 @@ static void ex_claim_start(executor_t *x)
      * connection first (ex_heartbeat, later in this loop), or running quotes would go stale */
     if (ex_now_ms() >= x->next_heartbeat_ms)
         return;
-    if (ex_ready(x) != 0) {
-        x->claim_retry_ms = ex_now_ms() + EX_RETRY_MS;
+    if (ex_ready(x) != 0) {             /* connecting: the claim goes once that is done */
+        if (x->claim_phase == CL_IDLE)
+            x->claim_retry_ms = x->connect_retry_ms;
         return;
     }
     while ((c = x->lists[ST_CLAIM].head) != NULL) {
@@ -940,7 +1035,13 @@ static void ex_claim_progress(executor_t *x)
     }
     if (!ready) {
         if (ex_now_ms() >= x->claim_due_ms)
-            ex_claim_fail(x, "PostgreSQL did not answer in time");
+            ex_claim_fail(x, x->claim_phase == CL_CONNECTING
+                             ? "no connection within the connect timeout"
+                             : "PostgreSQL did not answer in time");
+        return;
+    }
+    if (x->claim_phase == CL_CONNECTING) {
+        ex_connect_progress(x);
         return;
     }
     rc = pg_pipe_collect(x->pg, &x->claim_pipe, &want_write);
@@ -963,6 +1064,8 @@ static void ex_claim_progress(executor_t *x)
     }
     if (x->claim_phase == CL_MARKING)
         ex_claim_marked(x);
+    if (x->claim_phase == CL_PREPARING)
+        ex_prepared(x);
     pg_pipe_clear(&x->claim_pipe);
     ex_claim_unwatch(x);
     x->claim_phase = CL_IDLE;
@@ -1003,11 +1106,18 @@ static void ex_heartbeat(executor_t *x)
     /* the connection is the claim's until its round trips are back */
     if (now < x->next_heartbeat_ms || x->claim_phase != CL_IDLE)
         return;
-    x->next_heartbeat_ms = now + (int64_t) x->w->cfg->heartbeat_s * 1000;
     if (x->lists[ST_BACKLOG].n + x->lists[ST_RUNNING].n + x->lists[ST_RETRY].n
-        + x->lists[ST_OUTBOX].n + x->lists[ST_SENT].n == 0)
+        + x->lists[ST_OUTBOX].n + x->lists[ST_SENT].n == 0) {
+        x->next_heartbeat_ms = now + (int64_t) x->w->cfg->heartbeat_s * 1000;
         return;
-    if (ex_ready(x) != 0 || ex_arrays(x, st, 5, -1, &a) < 0) {
+    }
+    if (ex_ready(x) != 0) {             /* connecting: the beat goes once that is done */
+        if (x->claim_phase == CL_IDLE)
+            x->next_heartbeat_ms = x->connect_retry_ms;
+        return;
+    }
+    x->next_heartbeat_ms = now + (int64_t) x->w->cfg->heartbeat_s * 1000;
+    if (ex_arrays(x, st, 5, -1, &a) < 0) {
         x->next_heartbeat_ms = now + EX_RETRY_MS;
         return;
     }
@@ -1800,7 +1910,9 @@ static void ex_release(executor_t *x)
             n++;
         }
     }
-    if (n == 0 || x->pg == NULL || PQstatus(x->pg) != CONNECTION_OK || ex_prepare(x) != 0)
+    /* a connection lost on the way is worth one attempt, unless PostgreSQL is known away */
+    if (n == 0 || (x->connect_failures > 0 && (x->pg == NULL || PQstatus(x->pg) != CONNECTION_OK))
+        || ex_pg_blocking(x) != 0 || ex_prepare(x) != 0)
         return;
     snprintf(back_s, sizeof(back_s), "%d", x->w->cfg->redrive_after_s + 1);
     for (int next = 0; next <= 1; next++) {

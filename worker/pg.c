@@ -16,6 +16,7 @@
 #define PG_BACKOFF_MIN_MS  100
 #define PG_BACKOFF_MAX_MS  2000
 #define PG_NO_STOP_DEADLINE_MS 30000   /* stop == NULL (the migrate command): give up after this */
+#define PG_CONNECT_TIMEOUT_S "5"        /* unless the conninfo says otherwise */
 
 static long long now_ms(void)
 {
@@ -55,7 +56,8 @@ static void pg_notice(void *arg, const char *message)
     wlog(LOG_DEBUG, arg, NULL, "pg_notice", "%s", line);
 }
 
-PGconn *pg_connect(const char *conninfo, const char *role, volatile int *stop)
+/* blocking: PQconnectdbParams; otherwise PQconnectStartParams, for the caller to poll. */
+static PGconn *pg_open(const char *conninfo, const char *role, int blocking)
 {
     /*
      * Our defaults come first: libpq lets later keywords override earlier ones, and the
@@ -78,15 +80,21 @@ PGconn *pg_connect(const char *conninfo, const char *role, volatile int *stop)
      */
     const char *const keys[] = { "connect_timeout", "application_name", "options", "dbname",
                                  NULL };
-    const char *const vals[] = { "5", appname,
+    const char *const vals[] = { PG_CONNECT_TIMEOUT_S, appname,
                                  "-c enable_seqscan=off -c enable_hashjoin=off"
                                  " -c enable_mergejoin=off -c plan_cache_mode=force_generic_plan",
                                  conninfo, NULL };
+
+    return blocking ? PQconnectdbParams(keys, vals, 1) : PQconnectStartParams(keys, vals, 1);
+}
+
+PGconn *pg_connect(const char *conninfo, const char *role, volatile int *stop)
+{
     long long deadline = now_ms() + PG_NO_STOP_DEADLINE_MS;
     int backoff = PG_BACKOFF_MIN_MS, attempts = 0;
 
     for (;;) {
-        PGconn *c = PQconnectdbParams(keys, vals, 1);
+        PGconn *c = pg_open(conninfo, role, 1);
         if (c != NULL && PQstatus(c) == CONNECTION_OK) {
             PQsetNoticeProcessor(c, pg_notice, (void *)role);
             if (attempts > 0)
@@ -123,6 +131,29 @@ int pg_ensure(PGconn **conn, const char *conninfo, const char *role, volatile in
     }
     *conn = pg_connect(conninfo, role, stop);
     return *conn != NULL ? 0 : -1;
+}
+
+PGconn *pg_connect_start(const char *conninfo, const char *role, int *timeout_ms)
+{
+    PGconn            *c = pg_open(conninfo, role, 0);
+    PQconninfoOption  *opts = c != NULL ? PQconninfo(c) : NULL;
+
+    /* libpq applies connect_timeout only while it blocks; polled, the caller must */
+    *timeout_ms = atoi(PG_CONNECT_TIMEOUT_S) * 1000;
+    for (PQconninfoOption *o = opts; o != NULL && o->keyword != NULL; o++)
+        if (strcmp(o->keyword, "connect_timeout") == 0 && o->val != NULL && atoi(o->val) > 0)
+            *timeout_ms = atoi(o->val) * 1000;
+    PQconninfoFree(opts);
+    return c;
+}
+
+PostgresPollingStatusType pg_connect_poll(PGconn *conn, const char *role)
+{
+    PostgresPollingStatusType st = PQconnectPoll(conn);
+
+    if (st == PGRES_POLLING_OK)
+        PQsetNoticeProcessor(conn, pg_notice, (void *)role);
+    return st;
 }
 
 PGresult *pg_exec(PGconn *conn, const char *role, const char *sql, int nparams,
@@ -205,6 +236,14 @@ int pg_pipe_stmt(PGconn *conn, pg_pipe_t *p, const char *name, const char *sql, 
         return -1;
     if (!(name != NULL ? PQsendQueryPrepared(conn, name, nparams, params, NULL, NULL, 0)
                        : PQsendQueryParams(conn, sql, 0, NULL, NULL, NULL, NULL, 0)))
+        return -1;
+    p->queued++;
+    return 0;
+}
+
+int pg_pipe_prepare(PGconn *conn, pg_pipe_t *p, const char *name, const char *sql, int nparams)
+{
+    if (p->queued >= PG_PIPE_MAX || !PQsendPrepare(conn, name, sql, nparams, NULL))
         return -1;
     p->queued++;
     return 0;

@@ -10,6 +10,16 @@
  * application_name to osago-worker-<role>; the conninfo may override both. */
 PGconn *pg_connect(const char *conninfo, const char *role, volatile int *stop);
 
+/* A connection to be made without blocking (PQconnectStartParams with pg_connect's defaults):
+ * drive it with pg_connect_poll as libpq's PQconnectPoll says, and give it up (PQfinish) after
+ * *timeout_ms, the conninfo's connect_timeout or 5 s, which libpq does not enforce when polled.
+ * NULL when out of memory; check PQstatus for CONNECTION_BAD. DNS lookups still block: give
+ * hostaddr, or an address, for a loop that must not wait. */
+PGconn *pg_connect_start(const char *conninfo, const char *role, int *timeout_ms);
+
+/* PQconnectPoll; once PGRES_POLLING_OK, the connection is set up as pg_connect's are. */
+PostgresPollingStatusType pg_connect_poll(PGconn *conn, const char *role);
+
 /* Reconnects when the connection is bad; returns 0 when usable. */
 int pg_ensure(PGconn **conn, const char *conninfo, const char *role, volatile int *stop);
 
@@ -60,7 +70,7 @@ PGresult *pg_run_prepared(PGconn *conn, const char *role, const char *name, cons
  * the sync comes back and leaves pipeline mode. The connection is non-blocking from
  * pg_pipe_begin on; PQexec and friends still work on it between round trips (they block).
  */
-#define PG_PIPE_MAX 4
+#define PG_PIPE_MAX 6
 
 typedef struct {
     PGresult *res[PG_PIPE_MAX];   /* in the order queued: one per statement */
@@ -75,6 +85,9 @@ int pg_pipe_begin(PGconn *conn, pg_pipe_t *p);
  * 0, or -1. */
 int pg_pipe_stmt(PGconn *conn, pg_pipe_t *p, const char *name, const char *sql, int nparams,
                  const char *const *params);
+
+/* Queues the preparation of a statement (PQsendPrepare). 0, or -1. */
+int pg_pipe_prepare(PGconn *conn, pg_pipe_t *p, const char *name, const char *sql, int nparams);
 
 /* Sends what was queued: 0 all written, 1 the socket must become writable first, -1 error. */
 int pg_pipe_sync(PGconn *conn);

@@ -31,6 +31,9 @@ package OsagoStack;
 #   OsagoStack::RedisWatch  new($redis, 'SUBSCRIBE', $channel) | new($redis, 'MONITOR'):
 #                           a child process recording what one connection receives;
 #                           messages (SUBSCRIBE) monitor (MONITOR) stop
+#   OsagoStack::TcpProxy    new(to => $port): forwards a free loopback port to $port, in a child;
+#                           hang (its connections closed, new ones accepted and never answered)
+#                           pass (forwarding again) port stop
 #   intake_entry($redis, %fields) -> app id (list: app id, stream entry id, payload, trace)
 #   intake_entries($redis, $n, %fields) -> app ids (one MULTI/EXEC: read in one batch)
 #   raw_entry($redis, field => value, ...) -> stream entry id (no read model)
@@ -538,6 +541,116 @@ sub DESTROY {
     local ($?, $!, $@);
     eval { $self->stop };
     remove_tree($self->{dir}) if $self->{dir} && -d $self->{dir} && !$ENV{OSAGO_KEEP};
+}
+
+# --- a TCP proxy that can go silent ---------------------------------------------------------------
+
+package OsagoStack::TcpProxy;
+
+# A server that takes connections and never answers (a stalled or partitioned PostgreSQL) is
+# what no real component does on demand: this proxy forwards until told to hang, then closes
+# what it carries and holds every new connection unanswered until told to pass again.
+
+use strict;
+use warnings;
+use Carp qw(croak);
+use IO::Select;
+use IO::Socket::IP;
+use Socket qw(AF_UNIX SOCK_STREAM PF_UNSPEC);
+
+sub new {
+    my ($class, %opt) = @_;
+    my $listen = IO::Socket::IP->new(LocalHost => '127.0.0.1', LocalPort => 0, Listen => 128,
+                                      Proto => 'tcp', ReuseAddr => 1) or croak "listen: $!";
+    socketpair(my $ctl, my $child_ctl, AF_UNIX, SOCK_STREAM, PF_UNSPEC) or croak "socketpair: $!";
+    my $pid = fork // croak "fork: $!";
+    if ($pid == 0) {
+        $SIG{$_} = 'DEFAULT' for qw(INT TERM HUP CHLD);
+        $SIG{PIPE} = 'IGNORE';
+        close $ctl;
+        _serve($listen, $child_ctl, $opt{to});
+        POSIX::_exit(0);
+    }
+    my $self = bless { pid => $pid, port => $listen->sockport, ctl => $ctl, owner => $$ }, $class;
+    close $listen;
+    close $child_ctl;
+    $ctl->autoflush(1);
+    OsagoTest::_register($self);
+    return $self;
+}
+
+sub port { $_[0]{port} }
+sub hang { $_[0]->_say('hang') }
+sub pass { $_[0]->_say('pass') }
+
+# The child answers once the mode has changed, so what follows sees the new mode.
+sub _say {
+    my ($self, $mode) = @_;
+    print { $self->{ctl} } "$mode\n";
+    my $sel = IO::Select->new($self->{ctl});
+    croak "proxy: no answer to $mode" unless $sel->can_read(5);
+    my $ack = readline $self->{ctl};
+    croak "proxy: $mode: " . ($ack // 'closed') unless defined $ack && $ack eq "ok\n";
+    return 1;
+}
+
+sub _serve {
+    my ($listen, $ctl, $to) = @_;
+    my ($mode, %peer, %sock, @held) = ('pass');
+    my $sel = IO::Select->new($listen, $ctl);
+    my $drop = sub {
+        for my $s (@_) {
+            next unless $s;
+            $sel->remove($s);
+            delete $peer{ fileno $s };
+            delete $sock{ fileno $s };
+            close $s;
+        }
+    };
+    for (;;) {
+        for my $s ($sel->can_read(1)) {
+            if ($s == $ctl) {
+                my $cmd = readline $ctl;
+                return unless defined $cmd;     # the test is gone
+                chomp $cmd;
+                $drop->(values %sock);
+                close $_ for splice @held;
+                $mode = $cmd;
+                print {$ctl} "ok\n";
+                $ctl->flush;
+            } elsif ($s == $listen) {
+                my $c = $listen->accept or next;
+                if ($mode eq 'hang') { push @held, $c; next }
+                my $u = IO::Socket::IP->new(PeerHost => '127.0.0.1', PeerPort => $to, Proto => 'tcp');
+                if (!$u) { close $c; next }
+                ($peer{ fileno $c }, $peer{ fileno $u }) = ($u, $c);
+                ($sock{ fileno $c }, $sock{ fileno $u }) = ($c, $u);
+                $sel->add($c, $u);
+            } elsif (my $p = $peer{ fileno $s }) {
+                my $n = sysread($s, my $buf, 65536);
+                if (!$n) { $drop->($s, $p); next }
+                while (length $buf) {
+                    my $w = syswrite($p, $buf);
+                    if (!$w) { $drop->($s, $p); last }
+                    substr($buf, 0, $w, '');
+                }
+            }
+        }
+    }
+}
+
+sub stop {
+    my ($self) = @_;
+    my $pid = delete $self->{pid} or return;
+    close $self->{ctl};
+    OsagoStack::_stop_child($pid, 'TERM', 5);
+}
+
+sub DESTROY {
+    my ($self) = @_;
+    return unless $self->{owner} && $self->{owner} == $$;
+    local ($?, $!, $@);
+    eval { $self->stop };
 }
 
 # --- insurer-sim -------------------------------------------------------------------------------
