@@ -79,9 +79,34 @@ ok((grep { ($_->{event} // "") eq 'pg_connected' } @{ $exec->log_lines }), '  an
 
 my $m = $exec->metrics;
 is(OsagoStack::metric_of($m, 'insurer_calls'), 3 * @CODES, 'one insurer call per task');
-is(OsagoStack::metric_of($front->metrics, 'tasks_swept') // 0, 0, 'no task swept');
-OsagoStack::check_all_done($pg, $r, [$first, $id, $last], \@CODES);
 $exec->stop;    # asserts a clean exit and no sanitizer report
+
+# A connection that breaks while nothing uses it is found broken only by the next statement. At a
+# stop that statement is the hand-back of the calls in hand: it is made again on a new connection.
+# (A heartbeat every 60 s, so that nothing else finds the break first.)
+my $quiet = OsagoStack::Worker->new(pg => $via, redis => $r, kafka => $kb, insurers => $sim,
+                                    name => 'unreach-quiet', roles => 'executor',
+                                    args => [ OsagoStack::worker_flags(heartbeat_s => 60) ]);
+my $handed = OsagoStack::intake_entry($r);
+ok(OsagoStack::wait_until(sub {
+       scalar $pg->psql("SELECT count(*) FROM quotes WHERE application_id = '$handed'"
+                        . " AND status = 'running'", quiet => 1) == @CODES }, 20, 0.05),
+   'another executor\'s calls out');
+$proxy->reset;
+$quiet->stop;
+my ($released) = grep { ($_->{event} // "") eq 'tasks_released' } @{ $quiet->log_lines };
+like($released->{msg} // '', qr/^2 of 2 unfinished tasks handed back/,
+     'stopped after its connection broke unnoticed: both calls handed back on a new one');
+is(scalar $pg->psql("SELECT count(*) FROM quotes WHERE application_id = '$handed'"
+                    . " AND status = 'pending'"), scalar @CODES, '  (pending in PostgreSQL)');
+my $direct = OsagoStack::Worker->new(pg => $pg, redis => $r, kafka => $kb, insurers => $sim,
+                                     name => 'unreach-direct', roles => 'executor');
+ok(OsagoStack::wait_completed($pg, [$handed], 30),
+   '  and the next executor completes them at once (redelivered, not left to the sweeper)');
+
+is(OsagoStack::metric_of($front->metrics, 'tasks_swept') // 0, 0, 'no task swept');
+OsagoStack::check_all_done($pg, $r, [$first, $id, $last, $handed], \@CODES);
+$direct->stop;
 $front->stop;
 $proxy->stop;
 

@@ -1894,26 +1894,12 @@ static int ex_init(executor_t *x)
     return 0;
 }
 
-/* The claimed calls that never produced anything go back to pending (see ex_release_sql):
- * those whose attempt failed (a retry due or not yet confirmed) at the next attempt, the rest
- * at theirs. Marked 1 and 0 (call_t.mark; no claim is in flight any more). */
-static void ex_release(executor_t *x)
+/* ex_release's statements, the calls marked 0 and then those marked 1; -1 if one failed. */
+static int ex_release_rows(executor_t *x, const call_state_t *st, int *released)
 {
-    static const call_state_t st[] = { ST_BACKLOG, ST_RUNNING, ST_RETRY, ST_OUTBOX, ST_SENT };
-    char                      back_s[16];
-    int                       n = 0, released = 0;
+    char back_s[16];
+    int  rc = 0;
 
-    for (int s = 0; s < 5; s++) {
-        for (call_t *c = x->lists[st[s]].head; c != NULL; c = c->next) {
-            c->mark = st[s] == ST_RETRY || ((st[s] == ST_OUTBOX || st[s] == ST_SENT)
-                                            && c->out_kind == OUT_RETRY);
-            n++;
-        }
-    }
-    /* a connection lost on the way is worth one attempt, unless PostgreSQL is known away */
-    if (n == 0 || (x->connect_failures > 0 && (x->pg == NULL || PQstatus(x->pg) != CONNECTION_OK))
-        || ex_pg_blocking(x) != 0 || ex_prepare(x) != 0)
-        return;
     snprintf(back_s, sizeof(back_s), "%d", x->w->cfg->redrive_after_s + 1);
     for (int next = 0; next <= 1; next++) {
         ex_arrays_t a = { NULL, NULL, NULL };
@@ -1930,10 +1916,40 @@ static void ex_release(executor_t *x)
         params[3] = next ? "1" : "0";
         params[4] = back_s;
         if ((res = ex_exec(x, "ex_release", 5, params)) != NULL) {
-            released += atoi(PQcmdTuples(res));
+            *released += atoi(PQcmdTuples(res));
             PQclear(res);
+        } else {
+            rc = -1;
         }
         ex_arrays_free(&a);
+    }
+    return rc;
+}
+
+/* The claimed calls that never produced anything go back to pending (see ex_release_sql):
+ * those whose attempt failed (a retry due or not yet confirmed) at the next attempt, the rest
+ * at theirs. Marked 1 and 0 (call_t.mark; no claim is in flight any more). */
+static void ex_release(executor_t *x)
+{
+    static const call_state_t st[] = { ST_BACKLOG, ST_RUNNING, ST_RETRY, ST_OUTBOX, ST_SENT };
+    int                       n = 0, released = 0;
+
+    for (int s = 0; s < 5; s++) {
+        for (call_t *c = x->lists[st[s]].head; c != NULL; c = c->next) {
+            c->mark = st[s] == ST_RETRY || ((st[s] == ST_OUTBOX || st[s] == ST_SENT)
+                                            && c->out_kind == OUT_RETRY);
+            n++;
+        }
+    }
+    /* a connection lost on the way is worth one attempt, unless PostgreSQL is known away */
+    if (n == 0 || (x->connect_failures > 0 && (x->pg == NULL || PQstatus(x->pg) != CONNECTION_OK)))
+        return;
+    /* one that broke while nothing used it fails the first statement: once more on a new one
+     * (the statement is idempotent: it changes only rows still running at the call's attempt) */
+    for (int tries = 0; tries < 2; tries++) {
+        if (ex_pg_blocking(x) != 0 || ex_prepare(x) != 0
+            || ex_release_rows(x, st, &released) == 0 || PQstatus(x->pg) == CONNECTION_OK)
+            break;
     }
     wlog(LOG_INFO, EX_ROLE, NULL, "tasks_released",
          "%d of %d unfinished tasks handed back (the sweeper's next pass re-drives those not "

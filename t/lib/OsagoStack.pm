@@ -33,7 +33,7 @@ package OsagoStack;
 #                           messages (SUBSCRIBE) monitor (MONITOR) stop
 #   OsagoStack::TcpProxy    new(to => $port): forwards a free loopback port to $port, in a child;
 #                           hang (its connections closed, new ones accepted and never answered)
-#                           pass (forwarding again) port stop
+#                           pass (forwarding again) reset (its connections closed) port stop
 #   intake_entry($redis, %fields) -> app id (list: app id, stream entry id, payload, trace)
 #   intake_entries($redis, $n, %fields) -> app ids (one MULTI/EXEC: read in one batch)
 #   raw_entry($redis, field => value, ...) -> stream entry id (no read model)
@@ -580,8 +580,9 @@ sub new {
 }
 
 sub port { $_[0]{port} }
-sub hang { $_[0]->_say('hang') }
-sub pass { $_[0]->_say('pass') }
+sub hang  { $_[0]->_say('hang') }
+sub pass  { $_[0]->_say('pass') }
+sub reset { $_[0]->_say('reset') }    # its connections closed; new ones as before
 
 # The child answers once the mode has changed, so what follows sees the new mode.
 sub _say {
@@ -615,7 +616,7 @@ sub _serve {
                 chomp $cmd;
                 $drop->(values %sock);
                 close $_ for splice @held;
-                $mode = $cmd;
+                $mode = $cmd if $cmd ne 'reset';
                 print {$ctl} "ok\n";
                 $ctl->flush;
             } elsif ($s == $listen) {
