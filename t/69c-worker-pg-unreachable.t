@@ -46,11 +46,16 @@ my $first = OsagoStack::intake_entry($r);
 ok(OsagoStack::wait_completed($pg, [$first], 30),
    'through the proxy: an application completes');
 
+# Until every quote of the application is running: its insurer calls are out.
+sub calls_out {
+    my ($app) = @_;
+    return OsagoStack::wait_until(sub {
+        scalar $pg->psql("SELECT count(*) FROM quotes WHERE application_id = '$app'"
+                         . " AND status = 'running'", quiet => 1) == @CODES }, 20, 0.05);
+}
+
 my $id = OsagoStack::intake_entry($r);
-ok(OsagoStack::wait_until(sub {
-       scalar $pg->psql("SELECT count(*) FROM quotes WHERE application_id = '$id'"
-                        . " AND status = 'running'", quiet => 1) == @CODES }, 20, 0.05),
-   'the next one\'s quotes running (the calls are out)');
+ok(calls_out($id), 'the next one\'s quotes running (the calls are out)');
 $proxy->hang;
 my $hung_at = time;
 
@@ -88,10 +93,7 @@ my $quiet = OsagoStack::Worker->new(pg => $via, redis => $r, kafka => $kb, insur
                                     name => 'unreach-quiet', roles => 'executor',
                                     args => [ OsagoStack::worker_flags(heartbeat_s => 60) ]);
 my $handed = OsagoStack::intake_entry($r);
-ok(OsagoStack::wait_until(sub {
-       scalar $pg->psql("SELECT count(*) FROM quotes WHERE application_id = '$handed'"
-                        . " AND status = 'running'", quiet => 1) == @CODES }, 20, 0.05),
-   'another executor\'s calls out');
+ok(calls_out($handed), 'another executor\'s calls out');
 $proxy->reset;
 $quiet->stop;
 my ($released) = grep { ($_->{event} // "") eq 'tasks_released' } @{ $quiet->log_lines };

@@ -43,6 +43,7 @@
 #include <string.h>
 #include <strings.h>
 #include <time.h>
+#include <poll.h>
 #include <sys/epoll.h>
 #include <unistd.h>
 
@@ -169,6 +170,9 @@ typedef struct {
     int64_t           claim_retry_ms;
     int64_t           connect_retry_ms;  /* after a failed connect: the next one not before */
     int               connect_failures;  /* since the last connection made */
+    int               connect_unanswered; /* the last attempt timed out, or a stop cut it */
+    int               connect_timeout_ms;  /* per address, as libpq's connect_timeout */
+    char              connect_addr[64];  /* the address being tried (PQhostaddr) */
     int               claim_phase;   /* CL_*: the claim (ST_CLAIMING) or heartbeat in flight */
     int64_t           claim_due_ms;  /* its round trip's deadline */
     int               claim_fd;      /* PostgreSQL's socket in epfd during a claim; -1 */
@@ -791,6 +795,7 @@ static void ex_claim_unwatch(executor_t *x)
     if (x->claim_fd >= 0)
         (void) epoll_ctl(x->epfd, EPOLL_CTL_DEL, x->claim_fd, NULL);
     x->claim_fd = -1;
+    x->claim_events = 0;
 }
 
 static int ex_claim_watch(executor_t *x, int want_write)
@@ -799,6 +804,8 @@ static int ex_claim_watch(executor_t *x, int want_write)
     uint32_t           events = EPOLLIN | (want_write ? EPOLLOUT : 0);
     int                fd = PQsocket(x->pg);
 
+    if (fd < 0)
+        return -1;
     if (x->claim_fd == fd && events == x->claim_events)
         return 0;
     if (x->claim_fd >= 0 && x->claim_fd != fd)     /* a connect moved on to its next address */
@@ -876,12 +883,11 @@ static void ex_prepared(executor_t *x)
         wlog(LOG_INFO, EX_ROLE, NULL, "pg_connected", "connected after %d failed attempts",
              x->connect_failures);
     x->connect_failures = 0;
+    x->connect_unanswered = 0;
 }
 
 static void ex_connect_start(executor_t *x)
 {
-    int timeout_ms = EX_CLAIM_TIMEOUT_MS;
-
     if (x->pg != NULL && PQstatus(x->pg) == CONNECTION_OK) {
         ex_prepare_start(x);
         return;
@@ -891,10 +897,12 @@ static void ex_connect_start(executor_t *x)
         ex_claim_unwatch(x);
         PQfinish(x->pg);
     }
-    x->pg = pg_connect_start(x->w->cfg->pg_conninfo, EX_ROLE, &timeout_ms);
+    x->pg = pg_connect_start(x->w->cfg->pg_conninfo, EX_ROLE, &x->connect_timeout_ms);
     x->claim_phase = CL_CONNECTING;
-    x->claim_due_ms = ex_now_ms() + timeout_ms;
+    x->claim_due_ms = ex_now_ms() + x->connect_timeout_ms;
     x->claim_events = 0;
+    snprintf(x->connect_addr, sizeof(x->connect_addr), "%s",
+             x->pg != NULL && PQhostaddr(x->pg) != NULL ? PQhostaddr(x->pg) : "");
     /* as if PQconnectPoll had said PGRES_POLLING_WRITING, which libpq's manual prescribes */
     if (x->pg == NULL || PQstatus(x->pg) == CONNECTION_BAD || ex_claim_watch(x, 1) != 0)
         ex_claim_fail(x, x->pg != NULL ? PQerrorMessage(x->pg) : "out of memory");
@@ -916,8 +924,17 @@ static void ex_connect_progress(executor_t *x)
         want_write = 1;
         break;
     default:
+        x->connect_unanswered = 0;       /* refused, or turned away: PostgreSQL did answer */
         ex_claim_fail(x, PQerrorMessage(x->pg));
         return;
+    }
+    /* libpq moved on to its next address (a host list, a name with several): the timeout is
+     * per address, as libpq's own */
+    if (PQsocket(x->pg) != x->claim_fd
+        || strcmp(PQhostaddr(x->pg) != NULL ? PQhostaddr(x->pg) : "", x->connect_addr) != 0) {
+        x->claim_due_ms = ex_now_ms() + x->connect_timeout_ms;
+        snprintf(x->connect_addr, sizeof(x->connect_addr), "%s",
+                 PQhostaddr(x->pg) != NULL ? PQhostaddr(x->pg) : "");
     }
     x->claim_events = 0;            /* the socket may be a new one under the same number */
     if (ex_claim_watch(x, want_write) != 0)
@@ -1034,6 +1051,8 @@ static void ex_claim_progress(executor_t *x)
         }
     }
     if (!ready) {
+        if (ex_now_ms() >= x->claim_due_ms && x->claim_phase == CL_CONNECTING)
+            x->connect_unanswered = 1;
         if (ex_now_ms() >= x->claim_due_ms)
             ex_claim_fail(x, x->claim_phase == CL_CONNECTING
                              ? "no connection within the connect timeout"
@@ -1080,14 +1099,29 @@ static void ex_claim(executor_t *x)
         ex_claim_start(x);
 }
 
-/* Stopping: the claim in flight ends, one way or the other, within EX_CLAIM_TIMEOUT_MS (the
- * calls' own events it waits through are of no more use). */
+/* Stopping: the round trip in flight ends, one way or the other, within EX_CLAIM_TIMEOUT_MS.
+ * A connect still under way is dropped: ex_release makes its own, or knows it cannot. Only
+ * PostgreSQL's socket is waited on: the calls' sockets and the wake pipe, level-triggered and
+ * no longer read, would wake an epoll_wait at once, every time. */
 static void ex_claim_finish(executor_t *x)
 {
+    if (x->claim_phase == CL_CONNECTING) {
+        ex_claim_unwatch(x);
+        PQfinish(x->pg);
+        x->pg = NULL;
+        x->claim_phase = CL_IDLE;
+        x->connect_unanswered = 1;      /* no telling whether one more attempt would hang */
+    }
     while (x->claim_phase != CL_IDLE) {
-        int n = epoll_wait(x->epfd, x->events, EX_EPOLL_EVENTS, 100);
+        struct pollfd pfd = { x->claim_fd, POLLIN, 0 };
 
-        x->nevents = n > 0 ? n : 0;
+        if (x->claim_events & EPOLLOUT)
+            pfd.events |= POLLOUT;
+        x->nevents = 0;
+        if (poll(&pfd, 1, 100) > 0) {
+            x->events[0].data.fd = x->claim_fd;
+            x->nevents = 1;
+        }
         ex_claim_progress(x);
     }
     x->nevents = 0;
@@ -1941,9 +1975,16 @@ static void ex_release(executor_t *x)
             n++;
         }
     }
-    /* a connection lost on the way is worth one attempt, unless PostgreSQL is known away */
-    if (n == 0 || (x->connect_failures > 0 && (x->pg == NULL || PQstatus(x->pg) != CONNECTION_OK)))
+    if (n == 0)
         return;
+    /* a connection lost on the way is worth one blocking attempt (a refused one fails at once),
+     * unless the last one got no answer: the stop would wait the connect timeout for nothing */
+    if (x->connect_unanswered && (x->pg == NULL || PQstatus(x->pg) != CONNECTION_OK)) {
+        wlog(LOG_WARN, EX_ROLE, NULL, "tasks_not_released",
+             "%d unfinished tasks not handed back: PostgreSQL is not answering; the sweeper "
+             "re-drives them once their heartbeat is --stale-after-s old", n);
+        return;
+    }
     /* one that broke while nothing used it fails the first statement: once more on a new one
      * (the statement is idempotent: it changes only rows still running at the call's attempt) */
     for (int tries = 0; tries < 2; tries++) {

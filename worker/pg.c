@@ -138,11 +138,12 @@ PGconn *pg_connect_start(const char *conninfo, const char *role, int *timeout_ms
     PGconn            *c = pg_open(conninfo, role, 0);
     PQconninfoOption  *opts = c != NULL ? PQconninfo(c) : NULL;
 
-    /* libpq applies connect_timeout only while it blocks; polled, the caller must */
+    /* libpq applies connect_timeout only while it blocks; polled, the caller must. As libpq:
+     * at least 2 s. Unlike libpq, 0 (no limit) is our default: a loop waits on nothing forever. */
     *timeout_ms = atoi(PG_CONNECT_TIMEOUT_S) * 1000;
     for (PQconninfoOption *o = opts; o != NULL && o->keyword != NULL; o++)
         if (strcmp(o->keyword, "connect_timeout") == 0 && o->val != NULL && atoi(o->val) > 0)
-            *timeout_ms = atoi(o->val) * 1000;
+            *timeout_ms = (atoi(o->val) < 2 ? 2 : atoi(o->val)) * 1000;
     PQconninfoFree(opts);
     return c;
 }

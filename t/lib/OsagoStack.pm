@@ -33,7 +33,8 @@ package OsagoStack;
 #                           messages (SUBSCRIBE) monitor (MONITOR) stop
 #   OsagoStack::TcpProxy    new(to => $port): forwards a free loopback port to $port, in a child;
 #                           hang (its connections closed, new ones accepted and never answered)
-#                           pass (forwarding again) reset (its connections closed) port stop
+#                           pass (forwarding again) reset (its connections closed)
+#                           held (connections held unanswered) port stop
 #   intake_entry($redis, %fields) -> app id (list: app id, stream entry id, payload, trace)
 #   intake_entries($redis, $n, %fields) -> app ids (one MULTI/EXEC: read in one batch)
 #   raw_entry($redis, field => value, ...) -> stream entry id (no read model)
@@ -583,6 +584,7 @@ sub port { $_[0]{port} }
 sub hang  { $_[0]->_say('hang') }
 sub pass  { $_[0]->_say('pass') }
 sub reset { $_[0]->_say('reset') }    # its connections closed; new ones as before
+sub held  { $_[0]->_say('held') }     # how many connections it holds unanswered
 
 # The child answers once the mode has changed, so what follows sees the new mode.
 sub _say {
@@ -591,8 +593,8 @@ sub _say {
     my $sel = IO::Select->new($self->{ctl});
     croak "proxy: no answer to $mode" unless $sel->can_read(5);
     my $ack = readline $self->{ctl};
-    croak "proxy: $mode: " . ($ack // 'closed') unless defined $ack && $ack eq "ok\n";
-    return 1;
+    croak "proxy: $mode: " . ($ack // 'closed') unless defined $ack && $ack =~ /^ok(?: (\d+))?\n\z/;
+    return $1 // 1;
 }
 
 sub _serve {
@@ -614,6 +616,11 @@ sub _serve {
                 my $cmd = readline $ctl;
                 return unless defined $cmd;     # the test is gone
                 chomp $cmd;
+                if ($cmd eq 'held') {
+                    print {$ctl} 'ok ' . scalar(@held) . "\n";
+                    $ctl->flush;
+                    next;
+                }
                 $drop->(values %sock);
                 close $_ for splice @held;
                 $mode = $cmd if $cmd ne 'reset';
@@ -627,6 +634,8 @@ sub _serve {
                 ($peer{ fileno $c }, $peer{ fileno $u }) = ($u, $c);
                 ($sock{ fileno $c }, $sock{ fileno $u }) = ($c, $u);
                 $sel->add($c, $u);
+            } elsif (!defined fileno $s) {
+                next;                           # closed earlier in this batch
             } elsif (my $p = $peer{ fileno $s }) {
                 my $n = sysread($s, my $buf, 65536);
                 if (!$n) { $drop->($s, $p); next }
