@@ -37,13 +37,13 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <time.h>
-#include <poll.h>
 #include <sys/epoll.h>
 #include <unistd.h>
 
@@ -812,7 +812,7 @@ static int ex_claim_watch(executor_t *x, int want_write)
         ex_claim_unwatch(x);
     ev.events = events;
     ev.data.fd = fd;
-    /* MOD finds nothing when the socket under that number is new (the same case, same number) */
+    /* a new socket that took the old one's number is not in the set: MOD fails, ADD it */
     if (epoll_ctl(x->epfd, x->claim_fd < 0 ? EPOLL_CTL_ADD : EPOLL_CTL_MOD, fd, &ev) != 0
         && (errno != ENOENT || epoll_ctl(x->epfd, EPOLL_CTL_ADD, fd, &ev) != 0))
         return -1;
