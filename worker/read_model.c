@@ -275,6 +275,14 @@ static int rm_round(redisContext *redis, read_model_doc_t *docs, int n, int ttl_
             }
         } else if (r->type == REDIS_REPLY_ERROR && strncmp(r->str, "NOSCRIPT", 8) == 0) {
             (*noscript)++;
+        } else if (r->type == REDIS_REPLY_ERROR && strstr(r->str, "WRONGTYPE") != NULL) {
+            /* the key holds something else: no retry changes that, and failing the round
+             * would hold every result behind this one (their offsets wait for the write) */
+            docs[i].done = 1;
+            wlog(LOG_ERROR, RM_ROLE, docs[i].trace, "read_model_refused",
+                 "read model of %s not written: osago:app:%s is not a hash (%s); the edge "
+                 "shows nothing of it until the key is deleted and the application changes",
+                 docs[i].id, docs[i].id, r->str);
         } else {
             wlog(LOG_WARN, RM_ROLE, docs[i].trace, "redis_error", "read model of %s: %s",
                  docs[i].id, r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
