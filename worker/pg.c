@@ -281,15 +281,21 @@ int pg_pipe_collect(PGconn *conn, pg_pipe_t *p, int *want_write)
     return PQstatus(conn) == CONNECTION_OK ? 0 : -1;
 }
 
-int pg_pipe_wait(PGconn *conn, pg_pipe_t *p)
+int pg_pipe_wait(PGconn *conn, pg_pipe_t *p, volatile int *stop)
 {
     int rc = pg_pipe_sync(conn), want_write = rc == 1;
 
     while (rc >= 0) {
         struct pollfd pfd = { PQsocket(conn), (short) (POLLIN | (want_write ? POLLOUT : 0)), 0 };
+        int           n;
 
-        if (poll(&pfd, 1, -1) < 0 && errno != EINTR)
+        /* in slices: a PostgreSQL that never answers must not keep a stop waiting */
+        if (stop != NULL && *stop)
             return -1;
+        if ((n = poll(&pfd, 1, 100)) < 0 && errno != EINTR)
+            return -1;
+        if (n <= 0)
+            continue;
         rc = pg_pipe_collect(conn, p, &want_write);
         if (rc == 1)
             return 0;

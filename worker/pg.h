@@ -99,8 +99,9 @@ int pg_pipe_sync(PGconn *conn);
 int pg_pipe_collect(PGconn *conn, pg_pipe_t *p, int *want_write);
 
 /* For a thread that may block (results): pg_pipe_sync, then pg_pipe_collect whenever the socket
- * is ready, until every result is in p. 0, or -1 (the connection failed). */
-int pg_pipe_wait(PGconn *conn, pg_pipe_t *p);
+ * is ready, until every result is in p. 0, or -1 (the connection failed, or *stop was set while
+ * waiting: the round trip is abandoned, and the connection must be closed). */
+int pg_pipe_wait(PGconn *conn, pg_pipe_t *p, volatile int *stop);
 
 /* Clears the results; the pipe can be used again. */
 void pg_pipe_clear(pg_pipe_t *p);

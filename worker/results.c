@@ -244,13 +244,17 @@ static int res_round(results_t *r, pg_pipe_t *p, const res_stmt_t *s, int n)
 
     for (int i = 0; ok && i < n; i++)
         ok = pg_pipe_stmt(r->pg, p, s[i].name, s[i].sql, s[i].nparams, s[i].params) == 0;
-    if (ok && pg_pipe_wait(r->pg, p) == 0) {
+    if (ok && pg_pipe_wait(r->pg, p, r->w->stop) == 0) {
         PQsetnonblocking(r->pg, 0);   /* for the plain calls in between (they block anyway) */
         return 0;
     }
     snprintf(why, sizeof(why), "%s", PQerrorMessage(r->pg));
     why[strcspn(why, "\n")] = '\0';
-    wlog(LOG_WARN, RES_ROLE, NULL, "pg_error", "round trip failed: %s; reconnecting", why);
+    if (*r->w->stop)
+        wlog(LOG_WARN, RES_ROLE, NULL, "pg_abandoned", "stopping before PostgreSQL answered a "
+             "round trip: its transaction is rolled back, its results redelivered");
+    else
+        wlog(LOG_WARN, RES_ROLE, NULL, "pg_error", "round trip failed: %s; reconnecting", why);
     pg_pipe_clear(p);
     PQfinish(r->pg);
     r->pg = NULL;

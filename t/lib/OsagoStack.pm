@@ -34,7 +34,8 @@ package OsagoStack;
 #   OsagoStack::TcpProxy    new(to => $port): forwards a free loopback port to $port, in a child;
 #                           hang (its connections closed, new ones accepted and never answered)
 #                           pass (forwarding again) reset (its connections closed)
-#                           held (connections held unanswered) port stop
+#                           held (connections held unanswered) stall (its connections
+#                           kept open, nothing forwarded, new ones held) port stop
 #   intake_entry($redis, %fields) -> app id (list: app id, stream entry id, payload, trace)
 #   intake_entries($redis, $n, %fields) -> app ids (one MULTI/EXEC: read in one batch)
 #   raw_entry($redis, field => value, ...) -> stream entry id (no read model)
@@ -585,6 +586,7 @@ sub hang  { $_[0]->_say('hang') }
 sub pass  { $_[0]->_say('pass') }
 sub reset { $_[0]->_say('reset') }    # its connections closed; new ones as before
 sub held  { $_[0]->_say('held') }     # how many connections it holds unanswered
+sub stall { $_[0]->_say('stall') }    # its connections kept open, nothing forwarded any more
 
 # The child answers once the mode has changed, so what follows sees the new mode.
 sub _say {
@@ -618,6 +620,15 @@ sub _serve {
                 chomp $cmd;
                 if ($cmd eq 'held') {
                     print {$ctl} 'ok ' . scalar(@held) . "\n";
+                    $ctl->flush;
+                    next;
+                }
+                if ($cmd eq 'stall') {          # open and silent, like a hung server
+                    $sel->remove($_) for values %sock;
+                    push @held, values %sock;
+                    %sock = %peer = ();
+                    $mode = 'hang';
+                    print {$ctl} "ok\n";
                     $ctl->flush;
                     next;
                 }
