@@ -52,6 +52,23 @@ my ($refused) = grep { ($_->{event} // '') eq 'read_model_refused' } @{ $w->log_
 like($refused->{msg} // '', qr/^read model of \Q$bad\E not written: osago:app:\Q$bad\E is not a hash \(.*WRONGTYPE/,
      'the refusal is logged, with the application and the reason');
 
+# Not about the read model, but this worker is idle here: every one of its PostgreSQL
+# connections has its keepalive timer running (timer 2 in /proc/net/tcp, due within the 30 s
+# idle time), so a partition is found while a statement's answer is awaited.
+my %inode = map { (readlink($_) // '') =~ /^socket:\[(\d+)\]$/ ? ($1 => 1) : () }
+            glob('/proc/' . $w->pid . '/fd/*');
+my (@pg_socks, @no_keepalive);
+for (split /\n/, OsagoTest::_slurp('/proc/net/tcp')) {
+    my @f = split ' ';
+    next unless @f > 9 && $inode{ $f[9] } && $f[3] eq '01';    # the worker's, established
+    next unless hex((split /:/, $f[2])[1]) == $pg->port;
+    push @pg_socks, $f[9];
+    my ($timer, $when) = split /:/, $f[5];
+    push @no_keepalive, "$f[9] timer $f[5]" unless $timer eq '02' && hex($when) <= 30 * 100;
+}
+cmp_ok(scalar @pg_socks, '>=', 4, scalar(@pg_socks) . ' PostgreSQL connections of the worker');
+ok(!@no_keepalive, '  each with keepalives on') or diag "@no_keepalive";
+
 is(scalar $pg->psql("SELECT count(*) FROM quotes WHERE application_id = '$bad' AND status = 'ok'"),
    scalar @CODES, 'its quotes are in PostgreSQL all the same');
 

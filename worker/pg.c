@@ -78,12 +78,19 @@ static PGconn *pg_open(const char *conninfo, const char *role, int blocking)
      * the application status update on every call). Safe only with the above: a generic plan
      * is made once, on the first call, when the tables may be empty.
      */
-    const char *const keys[] = { "connect_timeout", "application_name", "options", "dbname",
-                                 NULL };
+    /*
+     * And a partition found within about a minute, whatever is waiting on the connection:
+     * keepalives while a statement's answer is awaited (30 s idle, then 3 probes 10 s apart),
+     * and tcp_user_timeout while what was sent is not acknowledged. A PostgreSQL that is slow
+     * still answers both (its kernel does), so no statement is cut short for being long.
+     */
+    const char *const keys[] = { "connect_timeout", "application_name", "options",
+                                 "keepalives_idle", "keepalives_interval", "keepalives_count",
+                                 "tcp_user_timeout", "dbname", NULL };
     const char *const vals[] = { PG_CONNECT_TIMEOUT_S, appname,
                                  "-c enable_seqscan=off -c enable_hashjoin=off"
                                  " -c enable_mergejoin=off -c plan_cache_mode=force_generic_plan",
-                                 conninfo, NULL };
+                                 "30", "10", "3", "60000", conninfo, NULL };
 
     return blocking ? PQconnectdbParams(keys, vals, 1) : PQconnectStartParams(keys, vals, 1);
 }
