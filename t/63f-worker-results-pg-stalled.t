@@ -24,7 +24,7 @@ my ($mc, $mo, $me) = OsagoStack::Worker->migrate($pg);
 is($mc, 0, 'migrate') or diag "$mo$me";
 
 my $proxy = OsagoStack::TcpProxy->new(to => $pg->port);
-(my $via = $pg->conninfo) =~ s/\bport=\d+/'port=' . $proxy->port/e;
+my $via = $proxy->conninfo($pg);
 
 my $front = OsagoStack::Worker->new(pg => $pg, redis => $r, kafka => $kb, insurers => $sim,
                                     name => 'stalled-front',

@@ -26,8 +26,7 @@ my ($mc, $mo, $me) = OsagoStack::Worker->migrate($pg);
 is($mc, 0, 'migrate') or diag "$mo$me";
 
 my $proxy = OsagoStack::TcpProxy->new(to => $pg->port);
-(my $via = $pg->conninfo) =~ s/\bport=\d+/'port=' . $proxy->port/e;
-$via =~ s/\bconnect_timeout=\d+/connect_timeout=$CONNECT_TIMEOUT_S/;
+my $via = $proxy->conninfo($pg, connect_timeout => $CONNECT_TIMEOUT_S);
 
 my $front = OsagoStack::Worker->new(pg => $pg, redis => $r, kafka => $kb, insurers => $sim,
     name => 'stop-front', roles => 'relay,orchestrator,results,sweeper',

@@ -36,6 +36,7 @@ package OsagoStack;
 #                           pass (forwarding again) reset (its connections closed)
 #                           held (connections held unanswered) stall (its connections
 #                           kept open, nothing forwarded, new ones held) port stop
+#                           conninfo($pg, connect_timeout => S) ($pg's, through the proxy)
 #   intake_entry($redis, %fields) -> app id (list: app id, stream entry id, payload, trace)
 #   intake_entries($redis, $n, %fields) -> app ids (one MULTI/EXEC: read in one batch)
 #   raw_entry($redis, field => value, ...) -> stream entry id (no read model)
@@ -581,7 +582,16 @@ sub new {
     return $self;
 }
 
-sub port { $_[0]{port} }
+sub port  { $_[0]{port} }
+
+# $pg's conninfo through this proxy; connect_timeout => S replaces the test default of 2 s.
+sub conninfo {
+    my ($self, $pg, %o) = @_;
+    (my $c = $pg->conninfo) =~ s/\bport=\d+/port=$self->{port}/;
+    $c =~ s/\bconnect_timeout=\d+/connect_timeout=$o{connect_timeout}/ if $o{connect_timeout};
+    return $c;
+}
+
 sub hang  { $_[0]->_say('hang') }
 sub pass  { $_[0]->_say('pass') }
 sub reset { $_[0]->_say('reset') }    # its connections closed; new ones as before
