@@ -808,6 +808,10 @@ static void res_settle(results_t *r)
     for (int i = 0; i < r->n_owed; i++)
         kafka_done(r->consumer, r->owed[i].msg);
     res_items_free(r->owed, &r->n_owed);
+    /* an outage's worth (up to RES_OWED_MAX decoded events, tens of MB) is not kept for the next */
+    free(r->owed);
+    r->owed = NULL;
+    r->cap_owed = 0;
 }
 
 /*
