@@ -619,49 +619,6 @@ static int ex_pg_blocking(executor_t *x)
     return pg_ensure(&x->pg, x->w->cfg->pg_conninfo, EX_ROLE, &once);
 }
 
-/* The statements, prepared once per connection and outside any transaction (a missing one
- * would abort it): the parse and plan are most of a small statement's cost. */
-static int ex_prepare(executor_t *x)
-{
-    if (x->prepared_conn == x->pg && x->prepared_pid == PQbackendPID(x->pg))
-        return 0;
-    for (size_t i = 0; i < sizeof(ex_stmts) / sizeof(ex_stmts[0]); i++) {
-        PGresult   *res = PQprepare(x->pg, ex_stmts[i].name, ex_stmts[i].sql,
-                                    ex_stmts[i].nparams, NULL);
-        const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
-        int         ok = PQresultStatus(res) == PGRES_COMMAND_OK
-                         || (state != NULL && strcmp(state, "42P05") == 0);   /* exists */
-
-        if (!ok && ex_warn_due(x))
-            wlog(LOG_WARN, EX_ROLE, NULL, "pg_error", "prepare %s: %.*s", ex_stmts[i].name,
-                 (int) strcspn(PQerrorMessage(x->pg), "\n"), PQerrorMessage(x->pg));
-        PQclear(res);
-        if (!ok)
-            return -1;
-    }
-    x->prepared_conn = x->pg;
-    x->prepared_pid = PQbackendPID(x->pg);
-    return 0;
-}
-
-/* A prepared statement; NULL on an error, logged. */
-static PGresult *ex_exec(executor_t *x, const char *name, int n, const char *const *params)
-{
-    PGresult      *res = PQexecPrepared(x->pg, name, n, params, NULL, NULL, 0);
-    ExecStatusType st = PQresultStatus(res);
-    char           msg[256];
-
-    if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK)
-        return res;
-    snprintf(msg, sizeof(msg), "%s", res != NULL ? PQresultErrorMessage(res)
-                                                 : PQerrorMessage(x->pg));
-    msg[strcspn(msg, "\n")] = '\0';
-    if (ex_warn_due(x))
-        wlog(LOG_WARN, EX_ROLE, NULL, "pg_error", "%s: %s", name, msg);
-    PQclear(res);
-    return NULL;
-}
-
 typedef struct {
     char  *apps, *codes, *attempts;
 } ex_arrays_t;
@@ -862,7 +819,8 @@ static void ex_claim_fail(executor_t *x, const char *why)
     x->claim_retry_ms = ex_now_ms() + EX_RETRY_MS;
 }
 
-/* The statements, prepared in one round trip on a new connection (CL_PREPARING). */
+/* The statements, prepared in one round trip on a new connection (CL_PREPARING), outside any
+ * transaction: the parse and plan are most of a small statement's cost. */
 static void ex_prepare_start(executor_t *x)
 {
     int rc = pg_pipe_begin(x->pg, &x->claim_pipe);
@@ -1949,7 +1907,9 @@ static int ex_release_rows(executor_t *x, const call_state_t *st, int *released)
         params[2] = a.attempts;
         params[3] = next ? "1" : "0";
         params[4] = back_s;
-        if ((res = ex_exec(x, "ex_release", 5, params)) != NULL) {
+        /* prepared on this connection by the loop, or here when it is a new one */
+        if ((res = pg_run_prepared(x->pg, EX_ROLE, "ex_release", ex_release_sql, 5, params))
+            != NULL) {
             *released += atoi(PQcmdTuples(res));
             PQclear(res);
         } else {
@@ -1988,8 +1948,8 @@ static void ex_release(executor_t *x)
     /* one that broke while nothing used it fails the first statement: once more on a new one
      * (the statement is idempotent: it changes only rows still running at the call's attempt) */
     for (int tries = 0; tries < 2; tries++) {
-        if (ex_pg_blocking(x) != 0 || ex_prepare(x) != 0
-            || ex_release_rows(x, st, &released) == 0 || PQstatus(x->pg) == CONNECTION_OK)
+        if (ex_pg_blocking(x) != 0 || ex_release_rows(x, st, &released) == 0
+            || PQstatus(x->pg) == CONNECTION_OK)
             break;
     }
     wlog(LOG_INFO, EX_ROLE, NULL, "tasks_released",
