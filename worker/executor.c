@@ -1908,7 +1908,8 @@ static int ex_release_rows(executor_t *x, const call_state_t *st, int *released)
         params[3] = next ? "1" : "0";
         params[4] = back_s;
         /* prepared on this connection by the loop, or here when it is a new one */
-        if ((res = pg_run_prepared(x->pg, EX_ROLE, "ex_release", ex_release_sql, 5, params))
+        if ((res = pg_run_prepared(x->pg, EX_ROLE, "ex_release", ex_release_sql, 5, params,
+                                   NULL))
             != NULL) {
             *released += atoi(PQcmdTuples(res));
             PQclear(res);

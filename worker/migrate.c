@@ -116,7 +116,7 @@ static char *read_sql(const char *dir, const char *name)
 
 static int simple(PGconn *c, const char *sql)
 {
-    PGresult *r = pg_exec(c, "migrate", sql, 0, NULL);
+    PGresult *r = pg_exec(c, "migrate", sql, 0, NULL, NULL);
     PQclear(r);
     return r != NULL ? 0 : -1;
 }
@@ -150,7 +150,7 @@ static int apply_one(PGconn *c, const char *dir, const struct migration *m)
     }
     PQclear(r);
     r = pg_exec(c, "migrate", "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", 2,
-                params);
+                params, NULL);
     if (r == NULL || simple(c, "COMMIT") < 0) {
         PQclear(r);
         simple(c, "ROLLBACK");
@@ -205,7 +205,7 @@ int migrate_run(const char *conninfo, const char *dir)
                   " name       text        NOT NULL,"
                   " applied_at timestamptz NOT NULL DEFAULT now())") < 0)
         goto unlock;
-    applied = pg_exec(c, "migrate", "SELECT version FROM schema_migrations", 0, NULL);
+    applied = pg_exec(c, "migrate", "SELECT version FROM schema_migrations", 0, NULL, NULL);
     if (applied == NULL)
         goto unlock;
 

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 
 #include "log.h"
@@ -164,14 +165,75 @@ PostgresPollingStatusType pg_connect_poll(PGconn *conn, const char *role)
     return st;
 }
 
-PGresult *pg_exec(PGconn *conn, const char *role, const char *sql, int nparams,
-                  const char *const *params)
+/*
+ * What PQexec does after sending, but in 100-ms slices of poll(2) that look at *stop and the
+ * deadline (0: none): the last result, or the first error. Given up, the socket is shut rather
+ * than the connection finished, so libpq itself reports it lost and every caller's handling of
+ * a lost connection applies. NULL when given up (logged) or out of memory.
+ */
+static PGresult *pg_await(PGconn *conn, const char *role, const char *what, volatile int *stop,
+                          long long deadline_ms)
 {
-    PGresult *res = PQexecParams(conn, sql, nparams, NULL, params, NULL, NULL, 0);
+    PGresult *kept = NULL, *r;
+    int       flushing = 1, abandoned = 0;
+
+    for (;;) {
+        if (flushing && (flushing = PQflush(conn)) < 0)
+            break;
+        if (flushing == 0 && !PQisBusy(conn)) {
+            if ((r = PQgetResult(conn)) == NULL)
+                break;
+            if (kept != NULL && PQresultStatus(kept) == PGRES_FATAL_ERROR) {
+                PQclear(r);
+            } else {
+                PQclear(kept);
+                kept = r;
+            }
+            continue;
+        }
+
+        struct pollfd pfd = { PQsocket(conn), (short) (POLLIN | (flushing ? POLLOUT : 0)), 0 };
+
+        if (!abandoned
+            && ((stop != NULL && *stop) || (deadline_ms > 0 && now_ms() >= deadline_ms))) {
+            wlog(LOG_WARN, role, NULL, "pg_abandoned", "%s before PostgreSQL answered %s: the "
+                 "connection is closed (a transaction it left open is rolled back)",
+                 stop != NULL && *stop ? "stopping" : "out of time", what);
+            abandoned = 1;
+            shutdown(pfd.fd, SHUT_RDWR);    /* libpq reads the end of the connection now */
+        }
+        if (!abandoned && poll(&pfd, 1, 100) <= 0)
+            continue;
+        if (!PQconsumeInput(conn))
+            flushing = 0;    /* the connection is gone: PQgetResult says so, without waiting */
+    }
+    if (abandoned) {
+        PQclear(kept);
+        return NULL;
+    }
+    return kept;
+}
+
+/* Sends in non-blocking mode (a large statement to a PostgreSQL that reads nothing must not
+ * block the send either; PQexec, for migrate's files, blocks whatever the mode). */
+static int pg_nonblocking(PGconn *conn)
+{
+    return PQisnonblocking(conn) || PQsetnonblocking(conn, 1) == 0;
+}
+
+PGresult *pg_exec(PGconn *conn, const char *role, const char *sql, int nparams,
+                  const char *const *params, volatile int *stop)
+{
+    PGresult *res = pg_nonblocking(conn)
+                    && PQsendQueryParams(conn, sql, nparams, NULL, params, NULL, NULL, 0)
+                    ? pg_await(conn, role, "a statement", stop, 0)
+                    : PQmakeEmptyPGresult(conn, PGRES_FATAL_ERROR);
     ExecStatusType st = PQresultStatus(res);
 
     if (res != NULL && (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK))
         return res;
+    if (res == NULL && stop != NULL && *stop)
+        return NULL;    /* abandoned, and said so */
 
     const char *state = res != NULL ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
     const char *primary = res != NULL ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
@@ -184,20 +246,76 @@ PGresult *pg_exec(PGconn *conn, const char *role, const char *sql, int nparams,
     return NULL;
 }
 
-
-PGresult *pg_run_prepared(PGconn *conn, const char *role, const char *name, const char *sql,
-                          int nparams, const char *const *params)
+/* SQLSTATE 26000, invalid_sql_statement_name: this connection has not prepared it */
+static int pg_unprepared(const PGresult *res)
 {
-    PGresult      *res = pg_exec_prepared(conn, name, sql, nparams, params);
+    const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+
+    return PQresultStatus(res) == PGRES_FATAL_ERROR && state != NULL
+           && strcmp(state, "26000") == 0;
+}
+
+static PGresult *pg_prepared(PGconn *conn, const char *role, const char *name,
+                             const char *sql, int nparams, const char *const *params,
+                             volatile int *stop, long long deadline_ms)
+{
+    PGresult *res;
+
+    if (!pg_nonblocking(conn))
+        return PQmakeEmptyPGresult(conn, PGRES_FATAL_ERROR);
+    res = PQsendQueryPrepared(conn, name, nparams, params, NULL, NULL, 0)
+          ? pg_await(conn, role, name, stop, deadline_ms)
+          : PQmakeEmptyPGresult(conn, PGRES_FATAL_ERROR);
+    if (!pg_unprepared(res))
+        return res;
+    PQclear(res);
+    res = PQsendPrepare(conn, name, sql, nparams, NULL)
+          ? pg_await(conn, role, name, stop, deadline_ms)
+          : PQmakeEmptyPGresult(conn, PGRES_FATAL_ERROR);
+    if (PQresultStatus(res) != PGRES_COMMAND_OK)
+        return res;
+    PQclear(res);
+    return PQsendQueryPrepared(conn, name, nparams, params, NULL, NULL, 0)
+           ? pg_await(conn, role, name, stop, deadline_ms)
+           : PQmakeEmptyPGresult(conn, PGRES_FATAL_ERROR);
+}
+
+PGresult *pg_exec_prepared(PGconn *conn, const char *role, const char *name, const char *sql,
+                           int nparams, const char *const *params, volatile int *stop)
+{
+    return pg_prepared(conn, role, name, sql, nparams, params, stop, 0);
+}
+
+/* pg_prepared, with an error logged and turned into NULL */
+static PGresult *pg_run(PGconn *conn, const char *role, const char *name, const char *sql,
+                        int nparams, const char *const *params, volatile int *stop,
+                        long long deadline_ms)
+{
+    PGresult      *res = pg_prepared(conn, role, name, sql, nparams, params, stop, deadline_ms);
     ExecStatusType st = PQresultStatus(res);
     char           msg[256];
 
     if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK)
         return res;
+    if (res == NULL && PQstatus(conn) != CONNECTION_OK
+        && ((stop != NULL && *stop) || (deadline_ms > 0 && now_ms() >= deadline_ms)))
+        return NULL;    /* given up, and said so */
     one_line(res != NULL ? PQresultErrorMessage(res) : PQerrorMessage(conn), msg, sizeof(msg));
     wlog(LOG_WARN, role, NULL, "pg_error", "%s: %s", name, msg);
     PQclear(res);
     return NULL;
+}
+
+PGresult *pg_run_prepared(PGconn *conn, const char *role, const char *name, const char *sql,
+                          int nparams, const char *const *params, volatile int *stop)
+{
+    return pg_run(conn, role, name, sql, nparams, params, stop, 0);
+}
+
+PGresult *pg_run_prepared_for(PGconn *conn, const char *role, const char *name, const char *sql,
+                              int nparams, const char *const *params, int timeout_ms)
+{
+    return pg_run(conn, role, name, sql, nparams, params, NULL, now_ms() + timeout_ms);
 }
 
 

@@ -24,44 +24,42 @@ PostgresPollingStatusType pg_connect_poll(PGconn *conn, const char *role);
 /* Reconnects when the connection is bad; returns 0 when usable. */
 int pg_ensure(PGconn **conn, const char *conninfo, const char *role, volatile int *stop);
 
+/*
+ * The statements of the role threads. Each waits for PostgreSQL's answer in 100-ms slices and
+ * gives it up when *stop is set (stop may be NULL: wait for the answer whatever happens): the
+ * connection's socket is shut, so the caller sees a lost connection, which it handles already
+ * (PostgreSQL rolls back what the statement began), and `pg_abandoned` is logged. A stalled
+ * PostgreSQL thus never holds a stop; before, only a partition's keepalives ended the wait.
+ */
+
 /* Runs a statement expecting PGRES_COMMAND_OK or PGRES_TUPLES_OK; NULL on error (logged
  * with role, SQLSTATE, message and the statement's start). params are text; PQclear the result.
  * After NULL inside a transaction, ROLLBACK; when PQstatus(conn) is bad, call pg_ensure. */
 PGresult *pg_exec(PGconn *conn, const char *role, const char *sql, int nparams,
-                  const char *const *params);
+                  const char *const *params, volatile int *stop);
 
-/* ---- added with the role threads (relay, orchestrator, executor, read_model) ------------------
- *
+/*
  * Runs the statement prepared as `name` on this connection, preparing it first when the
  * connection does not know it yet (a new or re-established connection: SQLSTATE 26000). Saves
  * the parse and plan of every execution (measured here: 0.57 -> 0.15 ms for the executor's
- * claim). Returns the result whatever its status: the caller checks it (and its SQLSTATE) and
- * clears it. Only outside a transaction block, where the failed first try aborts nothing.
+ * claim). Returns the result whatever its status (NULL once abandoned at a stop, or out of
+ * memory): the caller checks it (and its SQLSTATE) and clears it. Only outside a transaction
+ * block, where the failed first try aborts nothing.
  */
-static inline PGresult *pg_exec_prepared(PGconn *conn, const char *name, const char *sql,
-                                         int nparams, const char *const *params)
-{
-    PGresult   *res = PQexecPrepared(conn, name, nparams, params, NULL, NULL, 0);
-    const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
-
-    if (PQresultStatus(res) != PGRES_FATAL_ERROR || state == NULL
-        || state[0] != '2' || state[1] != '6' || state[2] != '0' || state[3] != '0'
-        || state[4] != '0')
-        return res;
-    PQclear(res);
-    res = PQprepare(conn, name, sql, nparams, NULL);
-    if (PQresultStatus(res) != PGRES_COMMAND_OK)
-        return res;
-    PQclear(res);
-    return PQexecPrepared(conn, name, nparams, params, NULL, NULL, 0);
-}
+PGresult *pg_exec_prepared(PGconn *conn, const char *role, const char *name, const char *sql,
+                           int nparams, const char *const *params, volatile int *stop);
 
 /*
  * pg_exec_prepared, but an error is logged (with role and the statement's name) and NULL is
  * returned; the result on success is the caller's to clear.
  */
 PGresult *pg_run_prepared(PGconn *conn, const char *role, const char *name, const char *sql,
-                          int nparams, const char *const *params);
+                          int nparams, const char *const *params, volatile int *stop);
+
+/* pg_run_prepared for a thread that must end without a stop flag to wait on (the executor's
+ * hand-back at a stop): PostgreSQL's answer is given up as at a stop after timeout_ms. */
+PGresult *pg_run_prepared_for(PGconn *conn, const char *role, const char *name, const char *sql,
+                              int nparams, const char *const *params, int timeout_ms);
 
 /* ---- a transaction's statements in one round trip (the executor without blocking, results) ---
  *

@@ -67,9 +67,11 @@ int read_model_write(redisContext *redis, read_model_doc_t *docs, int n, int ttl
  * The documents of n applications read from PostgreSQL (one SELECT, outside a transaction
  * block: it prepares its statement on first use, see pg_exec_prepared) and written as
  * read_model_write does; traces[i] (or traces NULL) is logged with ids[i]. Returns how many were
- * written and published (0 when Redis was current or the applications are unknown), or -1.
+ * written and published (0 when Redis was current or the applications are unknown), or -1 (also
+ * when *stop ended the wait for the SELECT, see pg_exec).
  */
 int read_model_publish_many(PGconn *pg, redisContext *redis, const insurer_list_t *insurers,
-                            const char *const *ids, const char *const *traces, int n, int ttl_s);
+                            const char *const *ids, const char *const *traces, int n, int ttl_s,
+                            volatile int *stop);
 
 #endif

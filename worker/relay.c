@@ -306,7 +306,8 @@ static int relay_insert(relay_t *r, int only, char *why, size_t whylen)
         || yajl_gen_get_buf(g, &buf, &len) != yajl_gen_status_ok)
         goto out;
     params[0] = (const char *) buf;
-    res = pg_exec_prepared(r->pg, "relay_insert", relay_insert_sql, 1, params);
+    res = pg_exec_prepared(r->pg, RELAY_ROLE, "relay_insert", relay_insert_sql, 1, params,
+                           r->w->stop);
     if (PQresultStatus(res) == PGRES_COMMAND_OK) {
         rc = 0;
     } else {

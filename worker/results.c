@@ -217,8 +217,8 @@ static int res_round_failed(const pg_pipe_t *p, int *bad_data)
 
 static int res_simple(results_t *r, const char *sql)
 {
-    PGresult *res = PQexec(r->pg, sql);
-    int       ok = PQresultStatus(res) == PGRES_COMMAND_OK;
+    PGresult *res = pg_exec(r->pg, RES_ROLE, sql, 0, NULL, r->w->stop);
+    int       ok = res != NULL;
 
     PQclear(res);
     return ok ? 0 : -1;
@@ -244,10 +244,8 @@ static int res_round(results_t *r, pg_pipe_t *p, const res_stmt_t *s, int n)
 
     for (int i = 0; ok && i < n; i++)
         ok = pg_pipe_stmt(r->pg, p, s[i].name, s[i].sql, s[i].nparams, s[i].params) == 0;
-    if (ok && pg_pipe_wait(r->pg, p, r->w->stop) == 0) {
-        PQsetnonblocking(r->pg, 0);   /* for the plain calls in between (they block anyway) */
+    if (ok && pg_pipe_wait(r->pg, p, r->w->stop) == 0)
         return 0;
-    }
     snprintf(why, sizeof(why), "%s", PQerrorMessage(r->pg));
     why[strcspn(why, "\n")] = '\0';
     if (*r->w->stop)
@@ -704,7 +702,7 @@ static int res_publish(results_t *r, const res_item_t *items, int n, read_model_
             || redis_ensure(&r->redis, r->w->cfg, RES_ROLE, NULL) != 0)
             return -1;
         rc = read_model_publish_many(r->pg, r->redis, r->w->insurers, ids, traces, k,
-                                     RES_APP_TTL_S);
+                                     RES_APP_TTL_S, r->w->stop);
         if (rc < 0)
             return -1;
         atomic_fetch_add(&r->w->metrics->publish_total, (unsigned long) rc);

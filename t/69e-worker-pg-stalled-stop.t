@@ -1,0 +1,106 @@
+#!/usr/bin/perl
+# A PostgreSQL that keeps its connections open and answers nothing (a hung server: the kernel
+# still acknowledges, so keepalives never end the wait) must not hold a stop of any role. Each
+# role here has its own proxy in front of PostgreSQL; all of them go silent, and one
+# application is walked through the roles while it is: the relay's insert, the orchestrator's
+# statement, the read model's select for the Started event and a sweep are each left waiting,
+# and each role, stopped, exits within a few seconds (before, each waited for ever and had to
+# be killed). What each was doing is redone by a role that reaches PostgreSQL, and the
+# application ends with one quote per insurer, each insurer called once.
+use strict;
+use warnings;
+use FindBin;
+use lib "$FindBin::Bin/lib";
+use Test::More;
+use Time::HiRes qw(time sleep);
+use OsagoTest;
+use OsagoStack;
+
+OsagoStack::need_bins(qw(devbroker insurer-sim osago-worker));
+
+my @CODES = qw(alfa ingos);
+my $pg  = OsagoStack::Postgres->new;
+my $r   = OsagoTest::Redis->new;
+my $kb  = OsagoStack::Devbroker->new;
+my $sim = OsagoStack::InsurerSim->new(insurers => \@CODES, latency => '2500-2500');
+my ($mc, $mo, $me) = OsagoStack::Worker->migrate($pg);
+is($mc, 0, 'migrate') or diag "$mo$me";
+
+my %common = (redis => $r, kafka => $kb, insurers => $sim);
+my @fast_claim = OsagoStack::worker_flags(claim_idle_ms => 500);
+my (%proxy, %w);
+for my $role (qw(relay orchestrator results sweeper)) {
+    $proxy{$role} = OsagoStack::TcpProxy->new(to => $pg->port);
+    $w{$role} = OsagoStack::Worker->new(
+        %common, pg => $proxy{$role}->conninfo($pg), name => "silent-$role", roles => $role,
+        args => [ $role eq 'sweeper' ? OsagoStack::worker_flags(sweep_interval_s => 1) : () ]);
+}
+my $executor = OsagoStack::Worker->new(%common, pg => $pg, name => 'direct-executor',
+                                       roles => 'executor');
+
+my $warm = OsagoStack::intake_entry($r);
+ok(OsagoStack::wait_completed($pg, [$warm], 60), 'through the proxies: an application completes');
+
+$_->stall for values %proxy;
+my $status = sub { scalar $pg->psql("SELECT status FROM applications WHERE id = '$_[0]'") // '' };
+
+# Stops a role waiting on the silent PostgreSQL: prompt, and it says what it gave up.
+sub stops_promptly {
+    my ($worker, $role, $log_role) = @_;
+    my $t0 = time;
+    $worker->stop(timeout => 8);
+    my $took = time - $t0;
+    cmp_ok($took, '<', 3, sprintf('  %s stopped while PostgreSQL is silent: %.1f s', $role, $took));
+    ok((grep { ($_->{event} // '') eq 'pg_abandoned' && ($_->{role} // '') eq $log_role }
+            @{ $worker->log_lines }),
+       "  $role says what it abandoned (pg_abandoned, role $log_role)")
+        or diag substr($worker->log_text, -2000);
+}
+
+# the relay: its insert of the new application waits
+my $id = OsagoStack::intake_entry($r);
+ok(OsagoStack::wait_until(sub { (OsagoStack::pending_by_consumer($r)->{'silent-relay'} // 0) == 1 },
+                          10, 0.05),
+   'the relay has read the new application');
+sleep 0.5;
+is($status->($id), '', '  and could not store it');
+stops_promptly($w{relay}, 'the relay', 'relay');
+is(OsagoStack::pending_count($r), 1, '  its entry stays pending, for another relay to claim');
+
+my $relay = OsagoStack::Worker->new(%common, pg => $pg, name => 'direct-relay', roles => 'relay',
+                                    args => \@fast_claim);
+ok(OsagoStack::wait_until(sub { OsagoStack::pending_count($r) == 0 }, 20, 0.05),
+   'a relay that reaches PostgreSQL claims the entry, stores it and produces Created');
+is($status->($id), 'accepted', '  the application is accepted');
+
+# the orchestrator: its statement for the Created event waits
+sleep 1;
+is($status->($id), 'accepted', 'the orchestrator cannot start it');
+stops_promptly($w{orchestrator}, 'the orchestrator', 'orchestrator');
+
+my $orch = OsagoStack::Worker->new(%common, pg => $pg, name => 'direct-orchestrator',
+                                   roles => 'orchestrator');
+ok(OsagoStack::wait_until(sub { $status->($id) eq 'in_progress' }, 30, 0.05),
+   'an orchestrator that reaches PostgreSQL starts it (the Created event was redelivered)');
+
+# results: the read model's select for the Started event waits (the insurers take 2.5 s)
+sleep 1;
+isnt((OsagoStack::read_model($r, $id)->{doc} || {})->{status} // '', 'in_progress',
+     'results cannot show it started');
+stops_promptly($w{results}, 'results', 'read_model');
+
+# the sweeper: a sweep a second, the last of them waiting since the stall
+stops_promptly($w{sweeper}, 'the sweeper', 'sweeper');
+
+$_->pass for values %proxy;
+my $results = OsagoStack::Worker->new(%common, pg => $pg, name => 'direct-results',
+                                      roles => 'results');
+ok(OsagoStack::wait_completed($pg, [$id], 30), 'results that reach PostgreSQL complete it');
+is(OsagoStack::metric_of($executor->metrics, 'insurer_calls'), 2 * @CODES,
+   'each insurer called once per application');
+OsagoStack::check_all_done($pg, $r, [ $warm, $id ], \@CODES);
+
+$_->stop for $results, $orch, $relay, $executor;
+$_->stop for values %proxy;
+
+done_testing;
