@@ -4,6 +4,10 @@
 # to hand its calls back (that would wait the same timeout for nothing). It says so, and the
 # sweeper re-drives the calls once their heartbeat is stale. With the blocking connect the
 # executor had before, a stop waited for the connect in progress to time out.
+#
+# Then the hand-back itself gets no answer: another transaction holds one of the running quotes
+# locked, and the hand-back must wait for that lock (it locks in results' order, never skips).
+# It is given up after 5 s; before, the stop waited as long as the lock was held.
 use strict;
 use warnings;
 use FindBin;
@@ -62,7 +66,43 @@ my $next = OsagoStack::Worker->new(pg => $pg, redis => $r, kafka => $kb, insurer
 ok(OsagoStack::wait_completed($pg, [$id], 40), 'the sweeper re-drives them; they complete');
 is(OsagoStack::metric_of($front->metrics, 'tasks_swept'), scalar @CODES, '  2 tasks swept');
 OsagoStack::check_all_done($pg, $r, [$id], \@CODES);
-$next->stop;
+
+# --- the hand-back held by a row lock -------------------------------------------------------------
+my $LOCK_S = 20;
+my $id2 = OsagoStack::intake_entry($r);
+ok(OsagoStack::wait_until(sub {
+       scalar $pg->psql("SELECT count(*) FROM quotes WHERE application_id = '$id2'"
+                        . " AND status = 'running'", quiet => 1) == @CODES }, 20, 0.05),
+   'a second application: its calls are out');
+my $lockfile = "$pg->{dir}/release-lock.out";
+my ($lpid) = OsagoStack::_spawn(
+    cmd => [ 'psql', '-X', '-q', '-h', '127.0.0.1', '-p', $pg->port, '-U', 'osago', '-d', 'osago',
+             '-c', "BEGIN; SELECT 1 FROM quotes WHERE application_id = '$id2'"
+                   . " AND insurer_code = 'alfa' FOR UPDATE; SELECT pg_sleep($LOCK_S); COMMIT;" ],
+    stderr => $lockfile, stdout => $lockfile);
+ok(OsagoStack::wait_until(sub {
+       scalar $pg->psql("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'",
+                        quiet => 1) }, 5, 0.02),
+   "  one of its quotes is locked by another transaction (for $LOCK_S s)");
+$t0 = time;
+$next->stop(timeout => 30);
+$took = time - $t0;
+cmp_ok($took, '<', 8, sprintf('  a stop gives the hand-back up: %.1f s, the lock held %d s',
+                              $took, $LOCK_S));
+my @log = @{ $next->log_lines };
+ok((grep { ($_->{event} // '') eq 'pg_abandoned' && ($_->{msg} // '') =~ /^out of time/ } @log),
+   '  and says it gave PostgreSQL\'s answer up');
+my ($rel) = grep { ($_->{event} // '') eq 'tasks_released' } @log;
+like($rel->{msg} // '', qr/^0 of 2 unfinished tasks handed back/, '  none handed back, it says');
+ok(OsagoTest::pid_alive($lpid), '  (the lock was still held then)');
+$pg->psql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE wait_event = 'PgSleep'");
+waitpid($lpid, 0);
+
+my $last = OsagoStack::Worker->new(pg => $pg, redis => $r, kafka => $kb, insurers => $sim,
+                                   name => 'stop-last', roles => 'executor');
+ok(OsagoStack::wait_completed($pg, [$id2], 40), 'the sweeper re-drives them; they complete');
+OsagoStack::check_all_done($pg, $r, [ $id, $id2 ], \@CODES);
+$last->stop;
 $front->stop;
 $proxy->stop;
 

@@ -68,6 +68,7 @@
 #define EX_RETRY_MS          1000
 #define EX_DEFER_MS          100      /* a quote locked by another transaction: claim again */
 #define EX_CLAIM_TIMEOUT_MS  10000    /* a claim round trip not back by then: connection dropped */
+#define EX_RELEASE_TIMEOUT_MS 5000    /* the hand-back at a stop: each statement's answer */
 #define EX_FULL_POLL_MS      1000     /* one poll a second while full: rebalances, liveness */
 #define EX_PRODUCE_BACKOFF_MAX_MS 30000   /* a failed produce of outcomes, tried again */
 #define EX_FINAL_PRODUCE_MS  2000         /* a stop waits this long for confirmations */
@@ -170,7 +171,8 @@ typedef struct {
     int64_t           claim_retry_ms;
     int64_t           connect_retry_ms;  /* after a failed connect: the next one not before */
     int               connect_failures;  /* since the last connection made */
-    int               connect_unanswered; /* the last attempt timed out, or a stop cut it */
+    int               connect_unanswered; /* PostgreSQL did not answer the last connect or
+                                             * round trip in time, or a stop cut the connect */
     int               connect_timeout_ms;  /* per address, as libpq's connect_timeout */
     char              connect_addr[64];  /* the address being tried (PQhostaddr) */
     int               claim_phase;   /* CL_*: the claim (ST_CLAIMING) or heartbeat in flight */
@@ -1009,7 +1011,7 @@ static void ex_claim_progress(executor_t *x)
         }
     }
     if (!ready) {
-        if (ex_now_ms() >= x->claim_due_ms && x->claim_phase == CL_CONNECTING)
+        if (ex_now_ms() >= x->claim_due_ms)
             x->connect_unanswered = 1;
         if (ex_now_ms() >= x->claim_due_ms)
             ex_claim_fail(x, x->claim_phase == CL_CONNECTING
@@ -1897,6 +1899,7 @@ static int ex_release_rows(executor_t *x, const call_state_t *st, int *released)
         ex_arrays_t a = { NULL, NULL, NULL };
         const char *params[5];
         PGresult   *res;
+        int64_t     asked_ms = ex_now_ms();
 
         if (ex_arrays(x, st, 5, next, &a) <= 0) {
             ex_arrays_free(&a);
@@ -1908,15 +1911,18 @@ static int ex_release_rows(executor_t *x, const call_state_t *st, int *released)
         params[3] = next ? "1" : "0";
         params[4] = back_s;
         /* prepared on this connection by the loop, or here when it is a new one */
-        if ((res = pg_run_prepared(x->pg, EX_ROLE, "ex_release", ex_release_sql, 5, params,
-                                   NULL))
-            != NULL) {
+        res = pg_run_prepared_for(x->pg, EX_ROLE, "ex_release", ex_release_sql, 5, params,
+                                  EX_RELEASE_TIMEOUT_MS);
+        if (res != NULL) {
             *released += atoi(PQcmdTuples(res));
             PQclear(res);
         } else {
+            x->connect_unanswered = ex_now_ms() - asked_ms >= EX_RELEASE_TIMEOUT_MS;
             rc = -1;
         }
         ex_arrays_free(&a);
+        if (rc != 0)
+            break;          /* on a broken connection the next would fail too */
     }
     return rc;
 }
@@ -1950,7 +1956,7 @@ static void ex_release(executor_t *x)
      * (the statement is idempotent: it changes only rows still running at the call's attempt) */
     for (int tries = 0; tries < 2; tries++) {
         if (ex_pg_blocking(x) != 0 || ex_release_rows(x, st, &released) == 0
-            || PQstatus(x->pg) == CONNECTION_OK)
+            || PQstatus(x->pg) == CONNECTION_OK || x->connect_unanswered)
             break;
     }
     wlog(LOG_INFO, EX_ROLE, NULL, "tasks_released",
