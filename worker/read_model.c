@@ -15,6 +15,7 @@
 
 #include "log.h"
 #include "pg.h"
+#include "redis_conn.h"
 
 #define RM_ROLE "read_model"
 
@@ -244,7 +245,7 @@ static int rm_append(redisContext *redis, const char *cmd, const char *script_or
 static int rm_round(redisContext *redis, read_model_doc_t *docs, int n, int ttl_s, int use_eval,
                     int *noscript)
 {
-    int sent = 0, written = 0, rc = 0;
+    int sent = 0, written = 0, rc = 0, failed_over = 0;
 
     *noscript = 0;
     for (int i = 0; i < n; i++) {
@@ -287,8 +288,11 @@ static int rm_round(redisContext *redis, read_model_doc_t *docs, int n, int ttl_
             wlog(LOG_WARN, RM_ROLE, docs[i].trace, "redis_error", "read model of %s: %s",
                  docs[i].id, r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
             rc = -1;
+            failed_over |= redis_failed_over(redis, r);
         }
         freeReplyObject(r);
+        if (failed_over)
+            break;                     /* the rest go to the new primary, on a new connection */
     }
     return rc < 0 ? -1 : written;
 }

@@ -86,6 +86,17 @@ redisContext *redis_connect(const worker_config_t *cfg, const char *role, volati
     }
 }
 
+int redis_failed_over(redisContext *c, const redisReply *r)
+{
+    if (r == NULL || r->type != REDIS_REPLY_ERROR || strncmp(r->str, "READONLY", 8) != 0)
+        return 0;
+    if (c->err == 0) {
+        c->err = REDIS_ERR_OTHER;
+        snprintf(c->errstr, sizeof(c->errstr), "%s", "the node is a replica now (READONLY)");
+    }
+    return 1;
+}
+
 int redis_ensure(redisContext **c, const worker_config_t *cfg, const char *role,
                  volatile int *stop)
 {

@@ -15,4 +15,13 @@ redisContext *redis_connect(const worker_config_t *cfg, const char *role, volati
 int redis_ensure(redisContext **c, const worker_config_t *cfg, const char *role,
                  volatile int *stop);
 
+/*
+ * Whether r is a replica's refusal of a write (READONLY). After a failover behind the address we
+ * connect to (a virtual IP, a proxy, a DNS name), a connection opened before it still reaches
+ * the old primary, now a replica, and only a new connection reaches the new one. So the context
+ * is marked failed, as after an I/O error, and the caller's next redis_ensure replaces it.
+ * Returns 1 when so, 0 otherwise (r may be NULL).
+ */
+int redis_failed_over(redisContext *c, const redisReply *r);
+
 #endif

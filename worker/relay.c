@@ -415,6 +415,7 @@ static int relay_ack(relay_t *r)
         if (reply->type == REDIS_REPLY_ERROR) {
             wlog(LOG_WARN, RELAY_ROLE, NULL, "redis_error", "XACK/XDEL: %s", reply->str);
             rc = -1;
+            redis_failed_over(r->redis, reply);
         }
         freeReplyObject(reply);
     }
@@ -498,6 +499,7 @@ static void relay_redis_error(relay_t *r, const char *what, const redisReply *re
 
     if (reply != NULL && strncmp(reply->str, "NOGROUP", 7) == 0)
         r->group_ready = 0;          /* Redis lost the group (restart without persistence) */
+    redis_failed_over(r->redis, reply);
     wlog(LOG_WARN, RELAY_ROLE, NULL, "redis_error", "%s: %s", what, msg[0] ? msg : "no reply");
     relay_failed(r);
     r->retry_at_ms = relay_now_ms() + RELAY_RETRY_MS;

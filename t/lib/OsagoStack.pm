@@ -597,6 +597,8 @@ sub pass  { $_[0]->_say('pass') }
 sub reset { $_[0]->_say('reset') }    # its connections closed; new ones as before
 sub held  { $_[0]->_say('held') }     # how many connections it holds unanswered
 sub stall { $_[0]->_say('stall') }    # its connections kept open, nothing forwarded any more
+# new connections go to another port from now on; those open keep theirs (a moved virtual IP)
+sub to    { $_[0]->_say("to $_[1]") }
 
 # The child answers once the mode has changed, so what follows sees the new mode.
 sub _say {
@@ -630,6 +632,12 @@ sub _serve {
                 chomp $cmd;
                 if ($cmd eq 'held') {
                     print {$ctl} 'ok ' . scalar(@held) . "\n";
+                    $ctl->flush;
+                    next;
+                }
+                if ($cmd =~ /^to (\d+)\z/) {
+                    $to = $1;
+                    print {$ctl} "ok\n";
                     $ctl->flush;
                     next;
                 }
