@@ -171,6 +171,7 @@ typedef struct {
     int64_t           claim_retry_ms;
     int64_t           connect_retry_ms;  /* after a failed connect: the next one not before */
     int               connect_failures;  /* since the last connection made */
+    int               connect_skip;      /* addresses of the conninfo to start past */
     int               connect_unanswered; /* PostgreSQL did not answer the last connect or
                                              * round trip in time, or a stop cut the connect */
     int               connect_timeout_ms;  /* per address, as libpq's connect_timeout */
@@ -857,7 +858,8 @@ static void ex_connect_start(executor_t *x)
         ex_claim_unwatch(x);
         PQfinish(x->pg);
     }
-    x->pg = pg_connect_start(x->w->cfg->pg_conninfo, EX_ROLE, &x->connect_timeout_ms);
+    x->pg = pg_connect_start(x->w->cfg->pg_conninfo, EX_ROLE, x->connect_skip,
+                             &x->connect_timeout_ms);
     x->claim_phase = CL_CONNECTING;
     x->claim_due_ms = ex_now_ms() + x->connect_timeout_ms;
     x->claim_events = 0;
@@ -1011,12 +1013,16 @@ static void ex_claim_progress(executor_t *x)
         }
     }
     if (!ready) {
-        if (ex_now_ms() >= x->claim_due_ms)
-            x->connect_unanswered = 1;
-        if (ex_now_ms() >= x->claim_due_ms)
-            ex_claim_fail(x, x->claim_phase == CL_CONNECTING
-                             ? "no connection within the connect timeout"
-                             : "PostgreSQL did not answer in time");
+        if (ex_now_ms() < x->claim_due_ms)
+            return;
+        x->connect_unanswered = 1;
+        /* the next attempt starts at the next address of a list: libpq, polled, never leaves
+         * one that does not answer, and may have been on any of them; one at a time, the
+         * attempts start at each address in turn */
+        x->connect_skip += x->claim_phase == CL_CONNECTING;
+        ex_claim_fail(x, x->claim_phase == CL_CONNECTING
+                         ? "no connection within the connect timeout"
+                         : "PostgreSQL did not answer in time");
         return;
     }
     if (x->claim_phase == CL_CONNECTING) {

@@ -57,8 +57,60 @@ static void pg_notice(void *arg, const char *message)
     wlog(LOG_DEBUG, arg, NULL, "pg_notice", "%s", line);
 }
 
-/* blocking: PQconnectdbParams; otherwise PQconnectStartParams, for the caller to poll. */
-static PGconn *pg_open(const char *conninfo, const char *role, int blocking)
+/* The comma-separated list rotated left by skip places when it has n elements; else NULL. */
+static char *pg_rotated(const char *list, int n, int skip)
+{
+    const char *at = list;
+    size_t      len;
+    char       *out;
+
+    if (list == NULL || n < 2)
+        return NULL;
+    for (int i = 0, commas = 0; list[i] != '\0'; i++)
+        if (list[i] == ',' && ++commas >= n)
+            return NULL;
+    for (int i = 0; i < skip % n; i++) {
+        if ((at = strchr(at, ',')) == NULL)
+            return NULL;     /* fewer than n elements */
+        at++;
+    }
+    len = strlen(list);
+    if (skip % n == 0 || (out = malloc(len + 1)) == NULL)
+        return NULL;
+    /* the tail from the skipped element on, then the head before it */
+    snprintf(out, len + 1, "%s,%.*s", at, (int) (at - list - 1), list);
+    return out;
+}
+
+/* How many addresses a conninfo names (its host or hostaddr list), and those lists. */
+static int pg_addresses(PQconninfoOption *opts, const char **host, const char **hostaddr,
+                        const char **port)
+{
+    const char *l;
+    int         n = 0;
+
+    *host = *hostaddr = *port = NULL;
+    for (PQconninfoOption *o = opts; o != NULL && o->keyword != NULL; o++) {
+        if (o->val == NULL || o->val[0] == '\0')
+            continue;
+        if (strcmp(o->keyword, "host") == 0)
+            *host = o->val;
+        else if (strcmp(o->keyword, "hostaddr") == 0)
+            *hostaddr = o->val;
+        else if (strcmp(o->keyword, "port") == 0)
+            *port = o->val;
+    }
+    if ((l = *host != NULL ? *host : *hostaddr) != NULL)
+        for (n = 1; (l = strchr(l, ',')) != NULL; l++)
+            n++;
+    return n;
+}
+
+/* blocking: PQconnectdbParams; otherwise PQconnectStartParams, for the caller to poll. skip > 0:
+ * the conninfo's addresses are tried from the skip-th on (modulo their number), then from the
+ * first: libpq polled cannot move past an address that never answers, the caller can start
+ * the next attempt past it. */
+static PGconn *pg_open(const char *conninfo, const char *role, int blocking, int skip)
 {
     /*
      * Our defaults come first: libpq lets later keywords override earlier ones, and the
@@ -85,15 +137,32 @@ static PGconn *pg_open(const char *conninfo, const char *role, int blocking)
      * and tcp_user_timeout while what was sent is not acknowledged. A PostgreSQL that is slow
      * still answers both (its kernel does), so no statement is cut short for being long.
      */
-    const char *const keys[] = { "connect_timeout", "application_name", "options",
-                                 "keepalives_idle", "keepalives_interval", "keepalives_count",
-                                 "tcp_user_timeout", "dbname", NULL };
-    const char *const vals[] = { PG_CONNECT_TIMEOUT_S, appname,
-                                 "-c enable_seqscan=off -c enable_hashjoin=off"
-                                 " -c enable_mergejoin=off -c plan_cache_mode=force_generic_plan",
-                                 "30", "10", "3", "60000", conninfo, NULL };
+    const char *keys[] = { "connect_timeout", "application_name", "options",
+                           "keepalives_idle", "keepalives_interval", "keepalives_count",
+                           "tcp_user_timeout", "dbname", NULL, NULL, NULL, NULL };
+    const char *vals[] = { PG_CONNECT_TIMEOUT_S, appname,
+                           "-c enable_seqscan=off -c enable_hashjoin=off"
+                           " -c enable_mergejoin=off -c plan_cache_mode=force_generic_plan",
+                           "30", "10", "3", "60000", conninfo, NULL, NULL, NULL, NULL };
+    PQconninfoOption *opts = skip > 0 ? PQconninfoParse(conninfo, NULL) : NULL;
+    char             *rotated[3] = { NULL, NULL, NULL };
+    const char       *list[3];
+    const char *const names[3] = { "host", "hostaddr", "port" };
+    PGconn           *c;
+    int               k = 8, n = pg_addresses(opts, &list[0], &list[1], &list[2]);
 
-    return blocking ? PQconnectdbParams(keys, vals, 1) : PQconnectStartParams(keys, vals, 1);
+    /* after the expanded conninfo, so they replace its lists (a single port stays as it is) */
+    for (int i = 0; i < 3; i++) {
+        if ((rotated[i] = pg_rotated(list[i], n, skip)) != NULL) {
+            keys[k] = names[i];
+            vals[k++] = rotated[i];
+        }
+    }
+    c = blocking ? PQconnectdbParams(keys, vals, 1) : PQconnectStartParams(keys, vals, 1);
+    for (int i = 0; i < 3; i++)
+        free(rotated[i]);
+    PQconninfoFree(opts);
+    return c;
 }
 
 PGconn *pg_connect(const char *conninfo, const char *role, volatile int *stop)
@@ -102,7 +171,7 @@ PGconn *pg_connect(const char *conninfo, const char *role, volatile int *stop)
     int backoff = PG_BACKOFF_MIN_MS, attempts = 0;
 
     for (;;) {
-        PGconn *c = pg_open(conninfo, role, 1);
+        PGconn *c = pg_open(conninfo, role, 1, 0);
         if (c != NULL && PQstatus(c) == CONNECTION_OK) {
             PQsetNoticeProcessor(c, pg_notice, (void *)role);
             if (attempts > 0)
@@ -141,9 +210,9 @@ int pg_ensure(PGconn **conn, const char *conninfo, const char *role, volatile in
     return *conn != NULL ? 0 : -1;
 }
 
-PGconn *pg_connect_start(const char *conninfo, const char *role, int *timeout_ms)
+PGconn *pg_connect_start(const char *conninfo, const char *role, int skip, int *timeout_ms)
 {
-    PGconn            *c = pg_open(conninfo, role, 0);
+    PGconn            *c = pg_open(conninfo, role, 0, skip);
     PQconninfoOption  *opts = c != NULL ? PQconninfo(c) : NULL;
 
     /* libpq applies connect_timeout only while it blocks; polled, the caller must. As libpq:

@@ -13,10 +13,11 @@ PGconn *pg_connect(const char *conninfo, const char *role, volatile int *stop);
 /* A connection to be made without blocking (PQconnectStartParams with pg_connect's defaults):
  * drive it with pg_connect_poll as libpq's PQconnectPoll says, and give it up (PQfinish) after
  * *timeout_ms on one address, the conninfo's connect_timeout (at least 2 s; 0 or unset: 5 s),
- * which libpq does not enforce when polled.
+ * which libpq does not enforce when polled. Nor does libpq then move on to the next address
+ * of a list (host=a,b): skip > 0 starts at the skip-th address (modulo their number) instead.
  * NULL when out of memory; check PQstatus for CONNECTION_BAD. DNS lookups still block: give
  * hostaddr, or an address, for a loop that must not wait. */
-PGconn *pg_connect_start(const char *conninfo, const char *role, int *timeout_ms);
+PGconn *pg_connect_start(const char *conninfo, const char *role, int skip, int *timeout_ms);
 
 /* PQconnectPoll; once PGRES_POLLING_OK, the connection is set up as pg_connect's are. */
 PostgresPollingStatusType pg_connect_poll(PGconn *conn, const char *role);

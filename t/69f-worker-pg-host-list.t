@@ -1,0 +1,58 @@
+#!/usr/bin/perl
+# A conninfo that lists several PostgreSQL addresses (host=a,b,c: a standby list, with
+# target_session_attrs in real life), of which the first refuses connections and the second
+# takes them and never answers (a host gone from the network, packets dropped). libpq's blocking
+# connect gives each address connect_timeout and moves on; the executor connects without
+# blocking, where libpq never leaves an address that does not answer, so it starts each new
+# attempt one address further along the list. Its calls are claimed and answered once it
+# reaches the third address. Before, every attempt started at the first address again and
+# waited on the second for ever: the executor never connected.
+use strict;
+use warnings;
+use FindBin;
+use lib "$FindBin::Bin/lib";
+use Test::More;
+use Time::HiRes qw(time sleep);
+use OsagoTest;
+use OsagoStack;
+
+OsagoStack::need_bins(qw(devbroker insurer-sim osago-worker));
+
+my @CODES = qw(alfa ingos);
+my $pg  = OsagoStack::Postgres->new;
+my $r   = OsagoTest::Redis->new;
+my $kb  = OsagoStack::Devbroker->new;
+my $sim = OsagoStack::InsurerSim->new(insurers => \@CODES, latency => '50-100');
+my ($mc, $mo, $me) = OsagoStack::Worker->migrate($pg);
+is($mc, 0, 'migrate') or diag "$mo$me";
+
+my $refused = OsagoTest::free_port();
+my $silent = OsagoStack::TcpProxy->new(to => $pg->port);
+$silent->hang;
+(my $list = $pg->conninfo) =~ s/\bhost=\S+ port=\d+/host=127.0.0.1,127.0.0.1,127.0.0.1 port=$refused,@{[ $silent->port ]},@{[ $pg->port ]}/;
+like($list, qr/port=\d+,\d+,\d+/, "the conninfo lists three addresses: $list");
+
+my $front = OsagoStack::Worker->new(pg => $list, redis => $r, kafka => $kb, insurers => $sim,
+                                    name => 'list-front', roles => 'relay,orchestrator,results,sweeper');
+my $exec = OsagoStack::Worker->new(pg => $list, redis => $r, kafka => $kb, insurers => $sim,
+                                   name => 'list-exec', roles => 'executor');
+
+my $t0 = time;
+my $id = OsagoStack::intake_entry($r);
+ok(OsagoStack::wait_completed($pg, [$id], 30), 'an application completes through the list');
+my $took = time - $t0;
+# the blocking roles: the second address's 2 s; the executor: that twice, and its 1-s retry
+cmp_ok($took, '<', 20, sprintf('  in %.1f s (connect_timeout is 2 s)', $took));
+ok($silent->held >= 2, sprintf('  the silent address was tried (%d connections held)', $silent->held));
+my @log = @{ $exec->log_lines };
+ok((grep { ($_->{event} // '') eq 'pg_connect_failed'
+           && ($_->{msg} // '') =~ /no connection within the connect timeout/ } @log),
+   '  the executor gave the silent address up') or diag substr($exec->log_text, -3000);
+ok((grep { ($_->{event} // '') eq 'pg_connected' } @log), '  and connected further along the list');
+OsagoStack::check_all_done($pg, $r, [$id], \@CODES);
+
+$exec->stop;
+$front->stop;
+$silent->stop;
+
+done_testing;
