@@ -33,7 +33,8 @@ for my $role (qw(relay orchestrator results sweeper)) {
     $proxy{$role} = OsagoStack::TcpProxy->new(to => $pg->port);
     $w{$role} = OsagoStack::Worker->new(
         %common, pg => $proxy{$role}->conninfo($pg), name => "silent-$role", roles => $role,
-        args => [ $role eq 'sweeper' ? OsagoStack::worker_flags(sweep_interval_s => 1) : () ]);
+        args => [ '--log-level', 'debug',
+                  $role eq 'sweeper' ? OsagoStack::worker_flags(sweep_interval_s => 1) : () ]);
 }
 my $executor = OsagoStack::Worker->new(%common, pg => $pg, name => 'direct-executor',
                                        roles => 'executor');
@@ -42,7 +43,20 @@ my $warm = OsagoStack::intake_entry($r);
 ok(OsagoStack::wait_completed($pg, [$warm], 60), 'through the proxies: an application completes');
 
 $_->stall for values %proxy;
+my %stalled_at = map { $_ => scalar @{ $w{$_}->log_lines } } keys %w;
 my $status = sub { scalar $pg->psql("SELECT status FROM applications WHERE id = '$_[0]'") // '' };
+
+# A role waits on the silent PostgreSQL once it logs that a statement got no answer (debug,
+# pg_waiting) after the stall: only then is its stop the case under test.
+sub waits_on_pg {
+    my ($role, $log_role) = @_;
+    my $worker = $w{$role};
+    return OsagoStack::wait_until(sub {
+        my @lines = @{ $worker->log_lines };
+        grep { ($_->{event} // '') eq 'pg_waiting' && ($_->{role} // '') eq $log_role }
+            @lines[ $stalled_at{$role} .. $#lines ];
+    }, 20, 0.05);
+}
 
 # Stops a role waiting on the silent PostgreSQL: prompt, and it says what it gave up.
 sub stops_promptly {
@@ -62,8 +76,8 @@ my $id = OsagoStack::intake_entry($r);
 ok(OsagoStack::wait_until(sub { (OsagoStack::pending_by_consumer($r)->{'silent-relay'} // 0) == 1 },
                           10, 0.05),
    'the relay has read the new application');
-sleep 0.5;
-is($status->($id), '', '  and could not store it');
+ok(waits_on_pg('relay', 'relay'), '  and waits for PostgreSQL to store it');
+is($status->($id), '', '  which has not');
 stops_promptly($w{relay}, 'the relay', 'relay');
 is(OsagoStack::pending_count($r), 1, '  its entry stays pending, for another relay to claim');
 
@@ -74,8 +88,8 @@ ok(OsagoStack::wait_until(sub { OsagoStack::pending_count($r) == 0 }, 20, 0.05),
 is($status->($id), 'accepted', '  the application is accepted');
 
 # the orchestrator: its statement for the Created event waits
-sleep 1;
-is($status->($id), 'accepted', 'the orchestrator cannot start it');
+ok(waits_on_pg('orchestrator', 'orchestrator'), 'the orchestrator waits for PostgreSQL to start it');
+is($status->($id), 'accepted', '  which has not');
 stops_promptly($w{orchestrator}, 'the orchestrator', 'orchestrator');
 
 my $orch = OsagoStack::Worker->new(%common, pg => $pg, name => 'direct-orchestrator',
@@ -84,12 +98,13 @@ ok(OsagoStack::wait_until(sub { $status->($id) eq 'in_progress' }, 30, 0.05),
    'an orchestrator that reaches PostgreSQL starts it (the Created event was redelivered)');
 
 # results: the read model's select for the Started event waits (the insurers take 2.5 s)
-sleep 1;
+ok(waits_on_pg('results', 'read_model'), 'results waits for PostgreSQL to show it started');
 isnt((OsagoStack::read_model($r, $id)->{doc} || {})->{status} // '', 'in_progress',
-     'results cannot show it started');
+     '  which it cannot');
 stops_promptly($w{results}, 'results', 'read_model');
 
 # the sweeper: a sweep a second, the last of them waiting since the stall
+ok(waits_on_pg('sweeper', 'sweeper'), 'the sweeper waits for PostgreSQL');
 stops_promptly($w{sweeper}, 'the sweeper', 'sweeper');
 
 $_->pass for values %proxy;

@@ -238,13 +238,14 @@ PostgresPollingStatusType pg_connect_poll(PGconn *conn, const char *role)
  * What PQexec does after sending, but in 100-ms slices of poll(2) that look at *stop and the
  * deadline (0: none): the last result, or the first error. Given up, the socket is shut rather
  * than the connection finished, so libpq itself reports it lost and every caller's handling of
- * a lost connection applies. NULL when given up (logged) or out of memory.
+ * a lost connection applies. NULL when given up (logged) or out of memory; an answer complete
+ * in libpq's buffer when given up is still returned (the statement did run).
  */
 static PGresult *pg_await(PGconn *conn, const char *role, const char *what, volatile int *stop,
                           long long deadline_ms)
 {
     PGresult *kept = NULL, *r;
-    int       flushing = 1, abandoned = 0;
+    int       flushing = 1, abandoned = 0, waited = 0;
 
     for (;;) {
         if (flushing && (flushing = PQflush(conn)) < 0)
@@ -266,21 +267,35 @@ static PGresult *pg_await(PGconn *conn, const char *role, const char *what, vola
         if (!abandoned
             && ((stop != NULL && *stop) || (deadline_ms > 0 && now_ms() >= deadline_ms))) {
             wlog(LOG_WARN, role, NULL, "pg_abandoned", "%s before PostgreSQL answered %s: the "
-                 "connection is closed (a transaction it left open is rolled back)",
+                 "connection is closed (a statement PostgreSQL is running may still complete; "
+                 "a transaction left open is rolled back)",
                  stop != NULL && *stop ? "stopping" : "out of time", what);
             abandoned = 1;
             shutdown(pfd.fd, SHUT_RDWR);    /* libpq reads the end of the connection now */
         }
-        if (!abandoned && poll(&pfd, 1, 100) <= 0)
+        if (!abandoned && poll(&pfd, 1, 100) <= 0) {
+            if (!waited++)    /* for whoever wonders what a role is doing: it waits */
+                wlog(LOG_DEBUG, role, NULL, "pg_waiting", "no answer to %s yet", what);
             continue;
+        }
         if (!PQconsumeInput(conn))
             flushing = 0;    /* the connection is gone: PQgetResult says so, without waiting */
     }
-    if (abandoned) {
+    if (abandoned && (kept == NULL || PQresultStatus(kept) == PGRES_FATAL_ERROR)) {
         PQclear(kept);
         return NULL;
     }
     return kept;
+}
+
+/* Whether a statement that failed was given up (stop, deadline) or failed on a connection
+ * given up earlier: said already, not worth an error line more. */
+static int pg_given_up(PGconn *conn, const PGresult *res, volatile int *stop,
+                       long long deadline_ms)
+{
+    int out_of_time = (stop != NULL && *stop) || (deadline_ms > 0 && now_ms() >= deadline_ms);
+
+    return out_of_time && (res == NULL || PQstatus(conn) != CONNECTION_OK);
 }
 
 /* Sends in non-blocking mode (a large statement to a PostgreSQL that reads nothing must not
@@ -301,8 +316,10 @@ PGresult *pg_exec(PGconn *conn, const char *role, const char *sql, int nparams,
 
     if (res != NULL && (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK))
         return res;
-    if (res == NULL && stop != NULL && *stop)
-        return NULL;    /* abandoned, and said so */
+    if (pg_given_up(conn, res, stop, 0)) {
+        PQclear(res);
+        return NULL;
+    }
 
     const char *state = res != NULL ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
     const char *primary = res != NULL ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
@@ -349,6 +366,13 @@ static PGresult *pg_prepared(PGconn *conn, const char *role, const char *name,
            : PQmakeEmptyPGresult(conn, PGRES_FATAL_ERROR);
 }
 
+PGresult *pg_prepare(PGconn *conn, const char *role, const char *name, const char *sql,
+                     int nparams, volatile int *stop)
+{
+    return pg_nonblocking(conn) && PQsendPrepare(conn, name, sql, nparams, NULL)
+           ? pg_await(conn, role, name, stop, 0) : PQmakeEmptyPGresult(conn, PGRES_FATAL_ERROR);
+}
+
 PGresult *pg_exec_prepared(PGconn *conn, const char *role, const char *name, const char *sql,
                            int nparams, const char *const *params, volatile int *stop)
 {
@@ -366,9 +390,10 @@ static PGresult *pg_run(PGconn *conn, const char *role, const char *name, const 
 
     if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK)
         return res;
-    if (res == NULL && PQstatus(conn) != CONNECTION_OK
-        && ((stop != NULL && *stop) || (deadline_ms > 0 && now_ms() >= deadline_ms)))
-        return NULL;    /* given up, and said so */
+    if (pg_given_up(conn, res, stop, deadline_ms)) {
+        PQclear(res);
+        return NULL;
+    }
     one_line(res != NULL ? PQresultErrorMessage(res) : PQerrorMessage(conn), msg, sizeof(msg));
     wlog(LOG_WARN, role, NULL, "pg_error", "%s: %s", name, msg);
     PQclear(res);

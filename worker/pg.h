@@ -28,9 +28,10 @@ int pg_ensure(PGconn **conn, const char *conninfo, const char *role, volatile in
 /*
  * The statements of the role threads. Each waits for PostgreSQL's answer in 100-ms slices and
  * gives it up when *stop is set (stop may be NULL: wait for the answer whatever happens): the
- * connection's socket is shut, so the caller sees a lost connection, which it handles already
- * (PostgreSQL rolls back what the statement began), and `pg_abandoned` is logged. A stalled
- * PostgreSQL thus never holds a stop; before, only a partition's keepalives ended the wait.
+ * connection's socket is shut, so the caller sees a lost connection, which it handles already,
+ * and `pg_abandoned` is logged. Whether the statement ran is then unknown (PostgreSQL may finish
+ * one it had begun; a transaction left open is rolled back): only for statements safe to repeat,
+ * as every one of the worker's is. A stalled PostgreSQL thus never holds a stop.
  */
 
 /* Runs a statement expecting PGRES_COMMAND_OK or PGRES_TUPLES_OK; NULL on error (logged
@@ -49,6 +50,10 @@ PGresult *pg_exec(PGconn *conn, const char *role, const char *sql, int nparams,
  */
 PGresult *pg_exec_prepared(PGconn *conn, const char *role, const char *name, const char *sql,
                            int nparams, const char *const *params, volatile int *stop);
+
+/* PQprepare, awaited as above: the result whatever its status, NULL once abandoned. */
+PGresult *pg_prepare(PGconn *conn, const char *role, const char *name, const char *sql,
+                     int nparams, volatile int *stop);
 
 /*
  * pg_exec_prepared, but an error is logged (with role and the statement's name) and NULL is

@@ -88,7 +88,8 @@ redisContext *redis_connect(const worker_config_t *cfg, const char *role, volati
 
 int redis_failed_over(redisContext *c, const redisReply *r)
 {
-    if (r == NULL || r->type != REDIS_REPLY_ERROR || strncmp(r->str, "READONLY", 8) != 0)
+    /* anywhere in the message: Redis 6 wraps a script's as "ERR Error running script ... " */
+    if (r == NULL || r->type != REDIS_REPLY_ERROR || strstr(r->str, "READONLY") == NULL)
         return 0;
     if (c->err == 0) {
         c->err = REDIS_ERR_OTHER;

@@ -166,12 +166,14 @@ static int res_prepare(results_t *r)
     if (r->prepared_conn == r->pg && r->prepared_pid == PQbackendPID(r->pg))
         return 0;
     for (size_t i = 0; i < sizeof(res_stmts) / sizeof(res_stmts[0]); i++) {
-        PGresult   *res = PQprepare(r->pg, res_stmts[i].name, res_stmts[i].sql,
-                                    res_stmts[i].nparams, NULL);
+        PGresult   *res = pg_prepare(r->pg, RES_ROLE, res_stmts[i].name, res_stmts[i].sql,
+                                     res_stmts[i].nparams, r->w->stop);
         const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
         int         ok = PQresultStatus(res) == PGRES_COMMAND_OK
                          || (state != NULL && strcmp(state, "42P05") == 0);   /* exists */
 
+        if (res == NULL)
+            return -1;              /* abandoned at a stop, and said so */
         if (!ok)
             wlog(LOG_WARN, RES_ROLE, NULL, "pg_error", "prepare %s: %.*s", res_stmts[i].name,
                  (int) strcspn(PQerrorMessage(r->pg), "\n"), PQerrorMessage(r->pg));
