@@ -288,6 +288,14 @@ static PGresult *pg_await(PGconn *conn, const char *role, const char *what, vola
     return kept;
 }
 
+/* The answer to what was just sent (sent: whether libpq took it), or the send's error. */
+static PGresult *pg_answer(PGconn *conn, int sent, const char *role, const char *what,
+                           volatile int *stop, long long deadline_ms)
+{
+    return sent ? pg_await(conn, role, what, stop, deadline_ms)
+                : PQmakeEmptyPGresult(conn, PGRES_FATAL_ERROR);
+}
+
 /* Whether a statement that failed was given up (stop, deadline) or failed on a connection
  * given up earlier: said already, not worth an error line more. */
 static int pg_given_up(PGconn *conn, const PGresult *res, volatile int *stop,
@@ -308,10 +316,9 @@ static int pg_nonblocking(PGconn *conn)
 PGresult *pg_exec(PGconn *conn, const char *role, const char *sql, int nparams,
                   const char *const *params, volatile int *stop)
 {
-    PGresult *res = pg_nonblocking(conn)
-                    && PQsendQueryParams(conn, sql, nparams, NULL, params, NULL, NULL, 0)
-                    ? pg_await(conn, role, "a statement", stop, 0)
-                    : PQmakeEmptyPGresult(conn, PGRES_FATAL_ERROR);
+    int            sent = pg_nonblocking(conn)
+                          && PQsendQueryParams(conn, sql, nparams, NULL, params, NULL, NULL, 0);
+    PGresult      *res = pg_answer(conn, sent, role, "a statement", stop, 0);
     ExecStatusType st = PQresultStatus(res);
 
     if (res != NULL && (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK))
@@ -345,32 +352,27 @@ static PGresult *pg_prepared(PGconn *conn, const char *role, const char *name,
                              const char *sql, int nparams, const char *const *params,
                              volatile int *stop, long long deadline_ms)
 {
-    PGresult *res;
+    int       sent = pg_nonblocking(conn)
+                     && PQsendQueryPrepared(conn, name, nparams, params, NULL, NULL, 0);
+    PGresult *res = pg_answer(conn, sent, role, name, stop, deadline_ms);
 
-    if (!pg_nonblocking(conn))
-        return PQmakeEmptyPGresult(conn, PGRES_FATAL_ERROR);
-    res = PQsendQueryPrepared(conn, name, nparams, params, NULL, NULL, 0)
-          ? pg_await(conn, role, name, stop, deadline_ms)
-          : PQmakeEmptyPGresult(conn, PGRES_FATAL_ERROR);
     if (!pg_unprepared(res))
         return res;
     PQclear(res);
-    res = PQsendPrepare(conn, name, sql, nparams, NULL)
-          ? pg_await(conn, role, name, stop, deadline_ms)
-          : PQmakeEmptyPGresult(conn, PGRES_FATAL_ERROR);
+    sent = PQsendPrepare(conn, name, sql, nparams, NULL);
+    res = pg_answer(conn, sent, role, name, stop, deadline_ms);
     if (PQresultStatus(res) != PGRES_COMMAND_OK)
         return res;
     PQclear(res);
-    return PQsendQueryPrepared(conn, name, nparams, params, NULL, NULL, 0)
-           ? pg_await(conn, role, name, stop, deadline_ms)
-           : PQmakeEmptyPGresult(conn, PGRES_FATAL_ERROR);
+    sent = PQsendQueryPrepared(conn, name, nparams, params, NULL, NULL, 0);
+    return pg_answer(conn, sent, role, name, stop, deadline_ms);
 }
 
 PGresult *pg_prepare(PGconn *conn, const char *role, const char *name, const char *sql,
                      int nparams, volatile int *stop)
 {
-    return pg_nonblocking(conn) && PQsendPrepare(conn, name, sql, nparams, NULL)
-           ? pg_await(conn, role, name, stop, 0) : PQmakeEmptyPGresult(conn, PGRES_FATAL_ERROR);
+    return pg_answer(conn, pg_nonblocking(conn) && PQsendPrepare(conn, name, sql, nparams, NULL),
+                     role, name, stop, 0);
 }
 
 PGresult *pg_exec_prepared(PGconn *conn, const char *role, const char *name, const char *sql,
