@@ -75,7 +75,9 @@ my $cmds = $r->monitor(sub {
     $res = poll_get($n, $mixed, key => $ACME);
     is($res->{status} . ' ' . $res->{content}, "200 $DOC", "mixed-case id ($mixed): the same");
 });
-my @hm = grep { ($_->[1] // '') eq 'hmget' } @$cmds;
+# the application's reads only: the limiter may refresh its cached partner meanwhile (an HMGET of
+# osago:partner:... from its script), which made this count 3 on a slow machine
+my @hm = grep { ($_->[1] // '') eq 'hmget' && ($_->[2] // '') =~ /^osago:app:/i } @$cmds;
 is(scalar @hm, 2, 'upper/mixed case: one HMGET each');
 ok(!grep({ $_->[2] ne "osago:app:$ID" } @hm), 'on the lower-cased key osago:app:{id}')
     or diag explain \@hm;
