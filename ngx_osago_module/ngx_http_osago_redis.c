@@ -499,10 +499,6 @@ ngx_http_osago_redis_set_ready(ngx_http_osago_redis_t *redis)
     if (redis->observer.state) {
         redis->observer.state(redis->observer.data, 1);
     }
-
-    if (redis->sub) {
-        ngx_http_osago_redis_subscribe_channel(redis);
-    }
 }
 
 
@@ -769,6 +765,17 @@ ngx_http_osago_redis_connect(ngx_http_osago_redis_t *redis)
 
     if (rc != NGX_OK) {
         ngx_http_osago_redis_drop(redis, "cannot queue the handshake");
+        return;
+    }
+
+    /*
+     * SUBSCRIBE follows the handshake in the same first write, queued here
+     * rather than once connected: a failure to queue it drops the context,
+     * which must not happen inside hiredis's connect callback (hiredis goes
+     * on using the context after that callback returns).
+     */
+    if (redis->sub) {
+        ngx_http_osago_redis_subscribe_channel(redis);
     }
 }
 
