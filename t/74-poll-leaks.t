@@ -34,6 +34,8 @@ sub nginx {
 my $T_LAST = $T0;
 sub lap { my ($what) = @_; diag sprintf '%s: %.1f s', $what, time - $T_LAST; $T_LAST = time }
 
+# a read of an application's document (the limiter's own HMGET of a partner, from its script, is not)
+sub is_app_read { ($_[0][1] // '') eq 'hmget' && ($_[0][2] // '') =~ /^osago:app:/ }
 sub worker_crashed { $_[0]->error_log =~ /exited on signal|\[alert\].*worker process/ }
 
 sub after_publish {
@@ -107,7 +109,7 @@ put_app($r, $_, owner => 'acme', updated_at => 1000) for @ids;
     my @pub = grep { ($_->[1] // '') eq 'publish' } @$cmds;
     my @after;
     my $seen;
-    for my $c (@$cmds) { $seen ||= ($c->[1] // '') eq 'publish'; push @after, $c if $seen && ($c->[1] // '') eq 'hmget' }
+    for my $c (@$cmds) { $seen ||= ($c->[1] // '') eq 'publish'; push @after, $c if $seen && is_app_read($c) }
     is(scalar @pub, 20, 'a PUBLISH for each of the 20 ids');
     is(scalar @after, 0, 'and no read followed: nobody waits on those ids any more (nodes freed)')
         or diag explain \@after;
@@ -129,7 +131,7 @@ put_app($r, $_, owner => 'acme', updated_at => 1000) for @ids;
     is($state->{parked_after}, 0, 'osago_poll_parked 0 afterwards');
     is(metric_delta($state->{m0}, $state->{m1}, 'osago_poll_answered_total', how => $_), 0,
        "answered $_ +0") for qw(at_once woken timed_out);
-    is(scalar(grep { ($_->[1] // '') eq 'hmget' } after_publish($cmds)), 0,
+    is(scalar(grep { is_app_read($_) } after_publish($cmds)), 0,
        'a PUBLISH for the id afterwards reads nothing (its node is gone)');
     ok(!worker_crashed($n), 'no worker crashed') or diag $n->error_log;
     my $res = poll_get($n, $ids[0], key => $KEY);
