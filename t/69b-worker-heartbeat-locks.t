@@ -49,16 +49,8 @@ my $first = OsagoStack::intake_entry($r);
 ok(OsagoStack::wait_until(sub { $quote->($first, 'alfa') eq 'running' }, 20, 0.05),
    'the first application\'s slow call is running');
 
-my $lockfile = "$pg->{dir}/hb-lock.out";
-my ($lpid) = OsagoStack::_spawn(
-    cmd => [ 'psql', '-X', '-q', '-h', '127.0.0.1', '-p', $pg->port, '-U', 'osago', '-d', 'osago',
-             '-c', "BEGIN; SELECT 1 FROM quotes WHERE application_id = '$first'"
-                   . " AND insurer_code = 'alfa' FOR UPDATE; SELECT pg_sleep($LOCK_S); COMMIT;" ],
-    stderr => $lockfile, stdout => $lockfile);
-ok(OsagoStack::wait_until(sub {
-       scalar $pg->psql("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'",
-                        quiet => 1) }, 5, 0.02),
-   "that quote is locked by another transaction (for $LOCK_S s)");
+my $lpid = $pg->hold_lock("application_id = '$first' AND insurer_code = 'alfa'", $LOCK_S);
+ok($lpid, "that quote is locked by another transaction (for $LOCK_S s)");
 my $locked_at = time;
 
 # Two heartbeats are due while the lock is held before the next application arrives.

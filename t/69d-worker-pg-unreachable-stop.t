@@ -74,16 +74,8 @@ ok(OsagoStack::wait_until(sub {
        scalar $pg->psql("SELECT count(*) FROM quotes WHERE application_id = '$id2'"
                         . " AND status = 'running'", quiet => 1) == @CODES }, 20, 0.05),
    'a second application: its calls are out');
-my $lockfile = "$pg->{dir}/release-lock.out";
-my ($lpid) = OsagoStack::_spawn(
-    cmd => [ 'psql', '-X', '-q', '-h', '127.0.0.1', '-p', $pg->port, '-U', 'osago', '-d', 'osago',
-             '-c', "BEGIN; SELECT 1 FROM quotes WHERE application_id = '$id2'"
-                   . " AND insurer_code = 'alfa' FOR UPDATE; SELECT pg_sleep($LOCK_S); COMMIT;" ],
-    stderr => $lockfile, stdout => $lockfile);
-ok(OsagoStack::wait_until(sub {
-       scalar $pg->psql("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'",
-                        quiet => 1) }, 5, 0.02),
-   "  one of its quotes is locked by another transaction (for $LOCK_S s)");
+my $lpid = $pg->hold_lock("application_id = '$id2' AND insurer_code = 'alfa'", $LOCK_S);
+ok($lpid, "  one of its quotes is locked by another transaction (for $LOCK_S s)");
 $t0 = time;
 $next->stop(timeout => 30);
 $took = time - $t0;
