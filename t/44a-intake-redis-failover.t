@@ -3,18 +3,16 @@
 # becomes a replica of the new one, and its address now leads to the new primary. The edge's open
 # connection still reaches the old node, which answers every write READONLY; the edge drops that
 # connection and the next one reaches the new primary: intake works again within a second or so.
-# The moving address is a small TCP proxy here, whose backend the test switches.
+# The moving address is a small TCP proxy here (OsagoStack::TcpProxy), which the test re-points.
 use strict;
 use warnings;
 use FindBin;
 use lib "$FindBin::Bin/lib";
 use Test::More;
-use IO::Select;
-use IO::Socket::IP;
-use POSIX ();
 use Time::HiRes qw(time sleep);
 use OsagoTest;
 use OsagoIntake qw(:all);
+use OsagoStack;
 
 my $T0 = time;
 my $old = OsagoTest::Redis->new;
@@ -24,36 +22,9 @@ my $new = OsagoTest::Redis->new;
 $old->cli('CONFIG', 'SET', 'repl-diskless-sync-delay', '0');
 is($new->cli('REPLICAOF', '127.0.0.1', $old->port), 'OK', 'the standby replicates the primary');
 
-# the moving address: new connections go to the port named in $backend_file
-my $backend_file = OsagoTest::_tempdir('vip') . '/backend';
-sub point_at { open my $f, '>', "$backend_file.tmp" or die $!; print {$f} $_[0]->port; close $f;
-               rename "$backend_file.tmp", $backend_file or die $! }
-point_at($old);
-my $vip_port = OsagoTest::free_port();
-my $listen = IO::Socket::IP->new(LocalHost => '127.0.0.1', LocalPort => $vip_port, Listen => 64,
-                                 ReuseAddr => 1) or die "listen: $!";
-my $proxy = fork // die "fork: $!";
-if ($proxy == 0) {
-    $SIG{CHLD} = 'IGNORE';
-    while (my $c = $listen->accept) {
-        my $pid = fork;
-        next if !defined $pid || $pid;     # the parent goes on accepting
-        open my $f, '<', $backend_file or POSIX::_exit(1);
-        my $port = <$f>;
-        my $b = IO::Socket::IP->new(PeerHost => '127.0.0.1', PeerPort => $port) or POSIX::_exit(1);
-        my $sel = IO::Select->new($c, $b);
-        while (my @ready = $sel->can_read) {
-            for my $s (@ready) {
-                my $n = sysread($s, my $buf, 65536);
-                POSIX::_exit(0) unless $n;
-                syswrite($s == $c ? $b : $c, $buf);
-            }
-        }
-        POSIX::_exit(0);
-    }
-    POSIX::_exit(0);
-}
-close $listen;
+# the moving address: a proxy whose new connections go where it is pointed
+my $vip = OsagoStack::TcpProxy->new(to => $old->port);
+my $vip_port = $vip->port;
 
 my $n = OsagoTest::Nginx->new(redis => "127.0.0.1:$vip_port", workers => 1, http => <<'HTTP');
     osago_redis_server %%REDIS%%;
@@ -74,7 +45,7 @@ ok(OsagoTest::wait_for(sub { ($new->cli('DBSIZE') // 0) >= 3 }, 15), 'the standb
 # failover: the standby becomes the primary, the old primary its replica, the address moves
 is($new->cli('REPLICAOF', 'NO', 'ONE'), 'OK', 'the standby is promoted');
 is($old->cli('REPLICAOF', '127.0.0.1', $new->port), 'OK', 'the old primary is demoted');
-point_at($new);
+$vip->to($new->port);
 
 my $t = time;
 my ($ok, @statuses);
@@ -91,7 +62,6 @@ like($n->error_log, qr/dropping the connection to .*read-only replica/,
 my $last = "failover-$seq";
 ok(scalar $new->cli('EXISTS', "osago:idem:acme:$last"), 'the application is in the new primary');
 
-kill 'TERM', $proxy;
-waitpid $proxy, 0;
+$vip->stop;
 diag sprintf 'took %.1f s', time - $T0;
 done_testing;
