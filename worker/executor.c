@@ -847,6 +847,16 @@ static void ex_prepared(executor_t *x)
     x->connect_unanswered = 0;
 }
 
+/* The connect is on a new address (the first, or libpq's next of a list): it gets the whole
+ * connect timeout, which is per address, as libpq's own. */
+static void ex_connect_at(executor_t *x)
+{
+    const char *addr = x->pg != NULL ? PQhostaddr(x->pg) : NULL;
+
+    x->claim_due_ms = ex_now_ms() + x->connect_timeout_ms;
+    snprintf(x->connect_addr, sizeof(x->connect_addr), "%s", addr != NULL ? addr : "");
+}
+
 static void ex_connect_start(executor_t *x)
 {
     if (x->pg != NULL && PQstatus(x->pg) == CONNECTION_OK) {
@@ -861,10 +871,8 @@ static void ex_connect_start(executor_t *x)
     x->pg = pg_connect_start(x->w->cfg->pg_conninfo, EX_ROLE, x->connect_skip,
                              &x->connect_timeout_ms);
     x->claim_phase = CL_CONNECTING;
-    x->claim_due_ms = ex_now_ms() + x->connect_timeout_ms;
     x->claim_events = 0;
-    snprintf(x->connect_addr, sizeof(x->connect_addr), "%s",
-             x->pg != NULL && PQhostaddr(x->pg) != NULL ? PQhostaddr(x->pg) : "");
+    ex_connect_at(x);
     /* as if PQconnectPoll had said PGRES_POLLING_WRITING, which libpq's manual prescribes */
     if (x->pg == NULL || PQstatus(x->pg) == CONNECTION_BAD || ex_claim_watch(x, 1) != 0)
         ex_claim_fail(x, x->pg != NULL ? PQerrorMessage(x->pg) : "out of memory");
@@ -890,14 +898,10 @@ static void ex_connect_progress(executor_t *x)
         ex_claim_fail(x, PQerrorMessage(x->pg));
         return;
     }
-    /* libpq moved on to its next address (a host list, a name with several): the timeout is
-     * per address, as libpq's own */
+    /* libpq moved on to its next address (a host list, a name with several) */
     if (PQsocket(x->pg) != x->claim_fd
-        || strcmp(PQhostaddr(x->pg) != NULL ? PQhostaddr(x->pg) : "", x->connect_addr) != 0) {
-        x->claim_due_ms = ex_now_ms() + x->connect_timeout_ms;
-        snprintf(x->connect_addr, sizeof(x->connect_addr), "%s",
-                 PQhostaddr(x->pg) != NULL ? PQhostaddr(x->pg) : "");
-    }
+        || strcmp(PQhostaddr(x->pg) != NULL ? PQhostaddr(x->pg) : "", x->connect_addr) != 0)
+        ex_connect_at(x);
     x->claim_events = 0;            /* the socket may be a new one under the same number */
     if (ex_claim_watch(x, want_write) != 0)
         ex_claim_fail(x, "epoll_ctl failed");
