@@ -1,12 +1,12 @@
 #!/usr/bin/perl
 # A conninfo that lists several PostgreSQL addresses (host=a,b,c: a standby list, with
 # target_session_attrs in real life), of which the first refuses connections and the second
-# takes them and never answers (a host gone from the network, packets dropped). libpq's blocking
-# connect gives each address connect_timeout and moves on; the executor connects without
-# blocking, where libpq never leaves an address that does not answer, so it starts each new
-# attempt one address further along the list. Its calls are claimed and answered once it
-# reaches the third address. Before, every attempt started at the first address again and
-# waited on the second for ever: the executor never connected.
+# takes them and never answers (a host gone from the network, packets dropped). Every role
+# connects without blocking, where libpq never leaves an address that does not answer: each
+# gives the silent address its connect_timeout, once, and starts its next attempt past it (the
+# executor in its loop, the others in pg_connect). Before, the executor started every attempt at
+# the first address again and waited on the second for ever: it never connected; and it tried
+# the silent address twice once that was mended, one address further along at a time.
 use strict;
 use warnings;
 use FindBin;
@@ -41,14 +41,25 @@ my $t0 = time;
 my $id = OsagoStack::intake_entry($r);
 ok(OsagoStack::wait_completed($pg, [$id], 30), 'an application completes through the list');
 my $took = time - $t0;
-# the blocking roles: the second address's 2 s; the executor: that twice, and its 1-s retry
-cmp_ok($took, '<', 20, sprintf('  in %.1f s (connect_timeout is 2 s)', $took));
+# each role: the second address's 2 s; the executor then its 1-s retry
+cmp_ok($took, '<', 15, sprintf('  in %.1f s (connect_timeout is 2 s)', $took));
 ok($silent->held >= 2, sprintf('  the silent address was tried (%d connections held)', $silent->held));
 my @log = @{ $exec->log_lines };
 ok((grep { ($_->{event} // '') eq 'pg_connect_failed'
            && ($_->{msg} // '') =~ /no connection within the connect timeout/ } @log),
    '  the executor gave the silent address up') or diag substr($exec->log_text, -3000);
 ok((grep { ($_->{event} // '') eq 'pg_connected' } @log), '  and connected further along the list');
+is(scalar(grep { ($_->{event} // '') eq 'pg_connect_failed' && ($_->{msg} // '') =~ /connect timeout/ } @log),
+   1, '  after one timeout: its next attempt started past the silent address');
+my $silent_port = $silent->port;
+my %gave_up;
+for (@{ $front->log_lines }) {
+    $gave_up{ $_->{role} }++ if ($_->{event} // '') eq 'pg_connect_failed'
+                               && ($_->{msg} // '') =~ /no answer from 127\.0\.0\.1 port $silent_port within/;
+}
+ok(%gave_up, '  the other roles gave the silent address up: ' . join(', ', sort keys %gave_up))
+    or diag substr($front->log_text, -3000);
+is_deeply([ grep { $gave_up{$_} > 1 } sort keys %gave_up ], [], '  each of them once');
 OsagoStack::check_all_done($pg, $r, [$id], \@CODES);
 
 $exec->stop;

@@ -175,7 +175,8 @@ typedef struct {
     int               connect_unanswered; /* PostgreSQL did not answer the last connect or
                                              * round trip in time, or a stop cut the connect */
     int               connect_timeout_ms;  /* per address, as libpq's connect_timeout */
-    char              connect_addr[64];  /* the address being tried (PQhostaddr) */
+    char              connect_addr[128];  /* the address being tried (pg_connect_where) */
+    int               connect_moves;     /* addresses libpq went past in this attempt */
     int               claim_phase;   /* CL_*: the claim (ST_CLAIMING) or heartbeat in flight */
     int64_t           claim_due_ms;  /* its round trip's deadline */
     int               claim_fd;      /* PostgreSQL's socket in epfd during a claim; -1 */
@@ -849,16 +850,16 @@ static void ex_prepared(executor_t *x)
 
 /* The connect is on a new address (the first, or libpq's next of a list): it gets the whole
  * connect timeout, which is per address, as libpq's own. */
-static void ex_connect_at(executor_t *x)
+static void ex_connect_at(executor_t *x, const char *where)
 {
-    const char *addr = x->pg != NULL ? PQhostaddr(x->pg) : NULL;
-
     x->claim_due_ms = ex_now_ms() + x->connect_timeout_ms;
-    snprintf(x->connect_addr, sizeof(x->connect_addr), "%s", addr != NULL ? addr : "");
+    snprintf(x->connect_addr, sizeof(x->connect_addr), "%s", where);
 }
 
 static void ex_connect_start(executor_t *x)
 {
+    char where[sizeof(x->connect_addr)];
+
     if (x->pg != NULL && PQstatus(x->pg) == CONNECTION_OK) {
         ex_prepare_start(x);
         return;
@@ -872,7 +873,11 @@ static void ex_connect_start(executor_t *x)
                              &x->connect_timeout_ms);
     x->claim_phase = CL_CONNECTING;
     x->claim_events = 0;
-    ex_connect_at(x);
+    x->connect_moves = 0;
+    where[0] = '\0';
+    if (x->pg != NULL)
+        pg_connect_where(x->pg, where, sizeof(where));
+    ex_connect_at(x, where);
     /* as if PQconnectPoll had said PGRES_POLLING_WRITING, which libpq's manual prescribes */
     if (x->pg == NULL || PQstatus(x->pg) == CONNECTION_BAD || ex_claim_watch(x, 1) != 0)
         ex_claim_fail(x, x->pg != NULL ? PQerrorMessage(x->pg) : "out of memory");
@@ -881,7 +886,8 @@ static void ex_connect_start(executor_t *x)
 /* The connect, when its socket is ready: one more step of libpq's. */
 static void ex_connect_progress(executor_t *x)
 {
-    int want_write;
+    char where[sizeof(x->connect_addr)];
+    int  want_write;
 
     switch (pg_connect_poll(x->pg, EX_ROLE)) {
     case PGRES_POLLING_OK:
@@ -899,9 +905,11 @@ static void ex_connect_progress(executor_t *x)
         return;
     }
     /* libpq moved on to its next address (a host list, a name with several) */
-    if (PQsocket(x->pg) != x->claim_fd
-        || strcmp(PQhostaddr(x->pg) != NULL ? PQhostaddr(x->pg) : "", x->connect_addr) != 0)
-        ex_connect_at(x);
+    pg_connect_where(x->pg, where, sizeof(where));
+    if (strcmp(where, x->connect_addr) != 0) {
+        x->connect_moves++;
+        ex_connect_at(x, where);
+    }
     x->claim_events = 0;            /* the socket may be a new one under the same number */
     if (ex_claim_watch(x, want_write) != 0)
         ex_claim_fail(x, "epoll_ctl failed");
@@ -1020,10 +1028,10 @@ static void ex_claim_progress(executor_t *x)
         if (ex_now_ms() < x->claim_due_ms)
             return;
         x->connect_unanswered = 1;
-        /* the next attempt starts at the next address of a list: libpq, polled, never leaves
-         * one that does not answer, and may have been on any of them; one at a time, the
-         * attempts start at each address in turn */
-        x->connect_skip += x->claim_phase == CL_CONNECTING;
+        /* the next attempt starts past the silent address: libpq, polled, never leaves one
+         * that does not answer */
+        if (x->claim_phase == CL_CONNECTING)
+            x->connect_skip += x->connect_moves + 1;
         ex_claim_fail(x, x->claim_phase == CL_CONNECTING
                          ? "no connection within the connect timeout"
                          : "PostgreSQL did not answer in time");

@@ -13,6 +13,7 @@
 #include <time.h>
 
 #include "log.h"
+#include "pg_hosts.h"
 
 #define PG_BACKOFF_MIN_MS  100
 #define PG_BACKOFF_MAX_MS  2000
@@ -57,60 +58,10 @@ static void pg_notice(void *arg, const char *message)
     wlog(LOG_DEBUG, arg, NULL, "pg_notice", "%s", line);
 }
 
-/* The comma-separated list rotated left by skip places when it has n elements; else NULL. */
-static char *pg_rotated(const char *list, int n, int skip)
-{
-    const char *at = list;
-    size_t      len;
-    char       *out;
-
-    if (list == NULL || n < 2)
-        return NULL;
-    for (int i = 0, commas = 0; list[i] != '\0'; i++)
-        if (list[i] == ',' && ++commas >= n)
-            return NULL;
-    for (int i = 0; i < skip % n; i++) {
-        if ((at = strchr(at, ',')) == NULL)
-            return NULL;     /* fewer than n elements */
-        at++;
-    }
-    len = strlen(list);
-    if (skip % n == 0 || (out = malloc(len + 1)) == NULL)
-        return NULL;
-    /* the tail from the skipped element on, then the head before it */
-    snprintf(out, len + 1, "%s,%.*s", at, (int) (at - list - 1), list);
-    return out;
-}
-
-/* How many addresses a conninfo names (its host or hostaddr list), and those lists. */
-static int pg_addresses(PQconninfoOption *opts, const char **host, const char **hostaddr,
-                        const char **port)
-{
-    const char *l;
-    int         n = 0;
-
-    *host = *hostaddr = *port = NULL;
-    for (PQconninfoOption *o = opts; o != NULL && o->keyword != NULL; o++) {
-        if (o->val == NULL || o->val[0] == '\0')
-            continue;
-        if (strcmp(o->keyword, "host") == 0)
-            *host = o->val;
-        else if (strcmp(o->keyword, "hostaddr") == 0)
-            *hostaddr = o->val;
-        else if (strcmp(o->keyword, "port") == 0)
-            *port = o->val;
-    }
-    if ((l = *host != NULL ? *host : *hostaddr) != NULL)
-        for (n = 1; (l = strchr(l, ',')) != NULL; l++)
-            n++;
-    return n;
-}
-
-/* blocking: PQconnectdbParams; otherwise PQconnectStartParams, for the caller to poll. skip > 0:
- * the conninfo's addresses are tried from the skip-th on (modulo their number), then from the
- * first: libpq polled cannot move past an address that never answers, the caller can start
- * the next attempt past it. */
-static PGconn *pg_open(const char *conninfo, const char *role, int blocking, int skip)
+/* PQconnectStartParams with our defaults, for the caller to poll; the conninfo's addresses (a
+ * host name's as well, pg_hosts.h) tried from the skip-th on, then from the first. NULL when out
+ * of memory. */
+static PGconn *pg_open(const char *conninfo, const char *role, int skip)
 {
     /*
      * Our defaults come first: libpq lets later keywords override earlier ones, and the
@@ -144,44 +95,133 @@ static PGconn *pg_open(const char *conninfo, const char *role, int blocking, int
                            "-c enable_seqscan=off -c enable_hashjoin=off"
                            " -c enable_mergejoin=off -c plan_cache_mode=force_generic_plan",
                            "30", "10", "3", "60000", conninfo, NULL, NULL, NULL, NULL };
-    PQconninfoOption *opts = skip > 0 ? PQconninfoParse(conninfo, NULL) : NULL;
-    char             *rotated[3] = { NULL, NULL, NULL };
-    const char       *list[3];
-    const char *const names[3] = { "host", "hostaddr", "port" };
-    PGconn           *c;
-    int               k = 8, n = pg_addresses(opts, &list[0], &list[1], &list[2]);
+    PQconninfoOption *opts = PQconninfoParse(conninfo, NULL);
+    const char       *host = NULL, *hostaddr = NULL, *port = NULL;
+    pg_hosts_t        hosts;
+    PGconn           *c = NULL;
+    int               k = 8;
 
-    /* after the expanded conninfo, so they replace its lists (a single port stays as it is) */
-    for (int i = 0; i < 3; i++) {
-        if ((rotated[i] = pg_rotated(list[i], n, skip)) != NULL) {
-            keys[k] = names[i];
-            vals[k++] = rotated[i];
-        }
+    for (PQconninfoOption *o = opts; o != NULL && o->keyword != NULL; o++) {
+        if (o->val == NULL || o->val[0] == '\0')
+            continue;
+        if (strcmp(o->keyword, "host") == 0)
+            host = o->val;
+        else if (strcmp(o->keyword, "hostaddr") == 0)
+            hostaddr = o->val;
+        else if (strcmp(o->keyword, "port") == 0)
+            port = o->val;
     }
-    c = blocking ? PQconnectdbParams(keys, vals, 1) : PQconnectStartParams(keys, vals, 1);
-    for (int i = 0; i < 3; i++)
-        free(rotated[i]);
+    /* after the expanded conninfo, so they replace its lists */
+    if (pg_hosts_plan(host, hostaddr, port, skip, NULL, &hosts) == 0) {
+        if (hosts.host != NULL) {
+            keys[k] = "host";
+            vals[k++] = hosts.host;
+        }
+        if (hosts.hostaddr != NULL) {
+            keys[k] = "hostaddr";
+            vals[k++] = hosts.hostaddr;
+        }
+        if (hosts.port != NULL) {
+            keys[k] = "port";
+            vals[k++] = hosts.port;
+        }
+        c = PQconnectStartParams(keys, vals, 1);
+        pg_hosts_free(&hosts);
+    }
     PQconninfoFree(opts);
     return c;
 }
 
+void pg_connect_where(const PGconn *conn, char *buf, size_t size)
+{
+    const char *addr = PQhostaddr(conn), *host = PQhost(conn), *port = PQport(conn);
+
+    snprintf(buf, size, "%s port %s", addr != NULL && addr[0] != '\0' ? addr
+                                      : host != NULL ? host : "?", port != NULL ? port : "?");
+}
+
+/*
+ * One attempt, polled in slices of at most 100 ms: the connection, or NULL with why. An address
+ * that says nothing for the connect timeout is given up, and *silent_at says how many addresses
+ * libpq had gone past before it (the next attempt starts after it); -1 when none was. The
+ * attempt is given up too once *stop is set (stop NULL: never).
+ */
+static PGconn *pg_attempt(const char *conninfo, const char *role, int skip, volatile int *stop,
+                          int *silent_at, char *why, size_t whylen)
+{
+    int                       timeout_ms, moves = 0, said = 0;
+    PGconn                   *c = pg_connect_start(conninfo, role, skip, &timeout_ms);
+    PostgresPollingStatusType st = PGRES_POLLING_WRITING;  /* what libpq's manual starts with */
+    long long                 due = now_ms() + timeout_ms;
+    char                      where[128], now_at[128];
+
+    *silent_at = -1;
+    why[0] = '\0';
+    if (c == NULL) {
+        snprintf(why, whylen, "out of memory");
+        return NULL;
+    }
+    pg_connect_where(c, where, sizeof(where));
+    while (PQstatus(c) != CONNECTION_BAD && st != PGRES_POLLING_FAILED) {
+        struct pollfd pfd = { PQsocket(c), st == PGRES_POLLING_READING ? POLLIN : POLLOUT, 0 };
+        long long     left = due - now_ms();
+
+        if (st == PGRES_POLLING_OK)
+            return c;
+        if (stop != NULL && *stop) {
+            snprintf(why, whylen, "stopping");
+            break;
+        }
+        if (left <= 0) {
+            *silent_at = moves;
+            snprintf(why, whylen, "no answer from %s within the connect timeout (%d ms)", where,
+                     timeout_ms);
+            break;
+        }
+        if (poll(&pfd, 1, left < 100 ? (int) left : 100) <= 0) {
+            if (!said++)                  /* a slice over (or a signal): look at stop again */
+                wlog(LOG_DEBUG, role, NULL, "pg_waiting", "connect to %s: no answer yet", where);
+            continue;
+        }
+        st = pg_connect_poll(c, role);
+        /* libpq went on to its next address (a list, a name's): it gets the whole timeout */
+        pg_connect_where(c, now_at, sizeof(now_at));
+        if (strcmp(now_at, where) != 0) {
+            moves++;
+            said = 0;
+            due = now_ms() + timeout_ms;
+            memcpy(where, now_at, sizeof(where));
+        }
+    }
+    if (why[0] == '\0')
+        one_line(PQerrorMessage(c), why, whylen);
+    PQfinish(c);
+    return NULL;
+}
+
 PGconn *pg_connect(const char *conninfo, const char *role, volatile int *stop)
 {
-    long long deadline = now_ms() + PG_NO_STOP_DEADLINE_MS;
-    int backoff = PG_BACKOFF_MIN_MS, attempts = 0;
+    long long     deadline = now_ms() + PG_NO_STOP_DEADLINE_MS;
+    int           backoff = PG_BACKOFF_MIN_MS, attempts = 0, skip = 0;
+    /* already stopping (the executor's hand-back): one attempt, which the flag does not end */
+    volatile int *cut = stop != NULL && !*stop ? stop : NULL;
 
     for (;;) {
-        PGconn *c = pg_open(conninfo, role, 1, 0);
-        if (c != NULL && PQstatus(c) == CONNECTION_OK) {
-            PQsetNoticeProcessor(c, pg_notice, (void *)role);
+        char    msg[512];
+        int     silent_at;
+        PGconn *c = pg_attempt(conninfo, role, skip, cut, &silent_at, msg, sizeof(msg));
+
+        if (c != NULL) {
             if (attempts > 0)
                 wlog(LOG_INFO, role, NULL, "pg_connected", "connected after %d retries",
                      attempts);
             return c;
         }
-        char msg[512];
-        one_line(c != NULL ? PQerrorMessage(c) : "out of memory", msg, sizeof(msg));
-        PQfinish(c);
+        if (cut != NULL && *cut) {
+            wlog(LOG_WARN, role, NULL, "pg_abandoned",
+                 "stopping before PostgreSQL answered the connect");
+            return NULL;
+        }
         /* the first failure is worth a warning, the following ones only while debugging */
         wlog(attempts == 0 ? LOG_WARN : LOG_DEBUG, role, NULL, "pg_connect_failed",
              "cannot connect to PostgreSQL (retrying): %s", msg);
@@ -190,6 +230,10 @@ PGconn *pg_connect(const char *conninfo, const char *role, volatile int *stop)
             wlog(LOG_ERROR, role, NULL, "pg_connect_gave_up",
                  "no PostgreSQL connection after %d attempts: %s", attempts, msg);
             return NULL;
+        }
+        if (silent_at >= 0) {
+            skip += silent_at + 1;    /* at once: the silent address has had its timeout */
+            continue;
         }
         nap(backoff, stop);
         if (stop != NULL && *stop)
@@ -212,7 +256,7 @@ int pg_ensure(PGconn **conn, const char *conninfo, const char *role, volatile in
 
 PGconn *pg_connect_start(const char *conninfo, const char *role, int skip, int *timeout_ms)
 {
-    PGconn            *c = pg_open(conninfo, role, 0, skip);
+    PGconn            *c = pg_open(conninfo, role, skip);
     PQconninfoOption  *opts = c != NULL ? PQconninfo(c) : NULL;
 
     /* libpq applies connect_timeout only while it blocks; polled, the caller must. As libpq:

@@ -2,25 +2,35 @@
 #ifndef OSAGO_WORKER_PG_H
 #define OSAGO_WORKER_PG_H
 
+#include <stddef.h>
+
 #include <libpq-fe.h>
 
-/* Connects, retrying with backoff until *stop or a deadline; NULL on failure (logged).
- * Backoff 100 ms doubling to 2 s. With stop != NULL it retries until *stop (no deadline; *stop
- * already set: a single attempt); with stop == NULL (the migrate command) for at most 30 s. connect_timeout defaults to 5 s and
- * application_name to osago-worker-<role>; the conninfo may override both. */
+/*
+ * Connects, retrying with backoff (100 ms doubling to 2 s) until *stop, or with stop NULL (the
+ * migrate command) for at most 30 s. The connect is polled in 100-ms slices (pg_connect_start):
+ * a stop ends an attempt under way (`pg_abandoned`), and an address that says nothing for the
+ * connect timeout is given up for the next one, as libpq's blocking connect does. *stop
+ * already set: a single attempt, to its end. NULL on failure (logged). connect_timeout
+ * defaults to 5 s and application_name to osago-worker-<role>; the conninfo may override both.
+ */
 PGconn *pg_connect(const char *conninfo, const char *role, volatile int *stop);
 
 /* A connection to be made without blocking (PQconnectStartParams with pg_connect's defaults):
  * drive it with pg_connect_poll as libpq's PQconnectPoll says, and give it up (PQfinish) after
  * *timeout_ms on one address, the conninfo's connect_timeout (at least 2 s; 0 or unset: 5 s),
  * which libpq does not enforce when polled. Nor does libpq then move on to the next address
- * of a list (host=a,b): skip > 0 starts at the skip-th address (modulo their number) instead.
- * NULL when out of memory; check PQstatus for CONNECTION_BAD. DNS lookups still block: give
+ * (host=a,b, or a name with several): skip > 0 starts at the skip-th address (modulo their
+ * number) instead, counting each of a name's addresses (pg_hosts.h). NULL when out of memory;
+ * check PQstatus for CONNECTION_BAD. Names are looked up here, and that may block: give
  * hostaddr, or an address, for a loop that must not wait. */
 PGconn *pg_connect_start(const char *conninfo, const char *role, int skip, int *timeout_ms);
 
 /* PQconnectPoll; once PGRES_POLLING_OK, the connection is set up as pg_connect's are. */
 PostgresPollingStatusType pg_connect_poll(PGconn *conn, const char *role);
+
+/* The address a connect is on ("127.0.0.1 port 5432"): when it changes, libpq moved on. */
+void pg_connect_where(const PGconn *conn, char *buf, size_t size);
 
 /* Reconnects when the connection is bad; returns 0 when usable. */
 int pg_ensure(PGconn **conn, const char *conninfo, const char *role, volatile int *stop);
