@@ -87,8 +87,14 @@ $exec->stop;    # asserts a clean exit and no sanitizer report
 
 # A connection that breaks while nothing uses it is found broken only by the next statement. At a
 # stop that statement is the hand-back of the calls in hand: it is made again on a new connection.
-# (A heartbeat every 60 s, so that nothing else finds the break first.)
-my $quiet = OsagoStack::Worker->new(pg => $via, redis => $r, kafka => $kb, insurers => $sim,
+# (A heartbeat every 60 s, so that nothing else finds the break first.) This executor's conninfo
+# lists a silent address before the proxy: the hand-back's connect, made once the stop flag is
+# set, goes round the addresses past it, as libpq's blocking connect would.
+my $silent = OsagoStack::TcpProxy->new(to => $pg->port);
+$silent->hang;
+(my $listed = $proxy->conninfo($pg, connect_timeout => 2))
+    =~ s/\bhost=\S+ port=(\d+)/host=127.0.0.1,127.0.0.1 port=@{[ $silent->port ]},$1/;
+my $quiet = OsagoStack::Worker->new(pg => $listed, redis => $r, kafka => $kb, insurers => $sim,
                                     name => 'unreach-quiet', roles => 'executor',
                                     args => [ OsagoStack::worker_flags(heartbeat_s => 60) ]);
 my $handed = OsagoStack::intake_entry($r);
@@ -110,5 +116,6 @@ OsagoStack::check_all_done($pg, $r, [$first, $id, $last, $handed], \@CODES);
 $direct->stop;
 $front->stop;
 $proxy->stop;
+$silent->stop;
 
 done_testing;

@@ -1,7 +1,8 @@
 #!/usr/bin/perl
 # A conninfo that lists several PostgreSQL addresses (host=a,b,c: a standby list, with
-# target_session_attrs in real life), of which the first refuses connections and the second
-# takes them and never answers (a host gone from the network, packets dropped). Every role
+# target_session_attrs in real life), of which the first is a socket directory that does not
+# exist, the second refuses connections and the third takes them and never answers (a host gone
+# from the network, packets dropped). Every role
 # connects without blocking, where libpq never leaves an address that does not answer: each
 # gives the silent address its connect_timeout, once, and starts its next attempt past it (the
 # executor in its loop, the others in pg_connect). Before, the executor started every attempt at
@@ -29,11 +30,13 @@ is($mc, 0, 'migrate') or diag "$mo$me";
 my $refused = OsagoTest::free_port();
 my $silent = OsagoStack::TcpProxy->new(to => $pg->port);
 $silent->hang;
-(my $list = $pg->conninfo) =~ s/\bhost=\S+ port=\d+/host=127.0.0.1,127.0.0.1,127.0.0.1 port=$refused,@{[ $silent->port ]},@{[ $pg->port ]}/;
-like($list, qr/port=\d+,\d+,\d+/, "the conninfo lists three addresses: $list");
+# a socket directory that does not exist first: libpq passes it within the connect's first step
+(my $list = $pg->conninfo) =~ s/\bhost=\S+ port=\d+/host=\/nonexistent-osago,127.0.0.1,127.0.0.1,127.0.0.1 port=5432,$refused,@{[ $silent->port ]},@{[ $pg->port ]}/;
+like($list, qr/port=\d+,\d+,\d+,\d+/, "the conninfo lists four addresses: $list");
 
 my $front = OsagoStack::Worker->new(pg => $list, redis => $r, kafka => $kb, insurers => $sim,
-                                    name => 'list-front', roles => 'relay,orchestrator,results,sweeper');
+                                    name => 'list-front', roles => 'relay,orchestrator,results,sweeper',
+                                    args => [ '--log-level', 'debug' ]);   # every failure logged
 my $exec = OsagoStack::Worker->new(pg => $list, redis => $r, kafka => $kb, insurers => $sim,
                                    name => 'list-exec', roles => 'executor');
 

@@ -174,9 +174,7 @@ typedef struct {
     int               connect_skip;      /* addresses of the conninfo to start past */
     int               connect_unanswered; /* PostgreSQL did not answer the last connect or
                                              * round trip in time, or a stop cut the connect */
-    int               connect_timeout_ms;  /* per address, as libpq's connect_timeout */
-    char              connect_addr[128];  /* the address being tried (pg_connect_where) */
-    int               connect_moves;     /* addresses libpq went past in this attempt */
+    pg_connecting_t   connecting;        /* where the connect under way is */
     int               claim_phase;   /* CL_*: the claim (ST_CLAIMING) or heartbeat in flight */
     int64_t           claim_due_ms;  /* its round trip's deadline */
     int               claim_fd;      /* PostgreSQL's socket in epfd during a claim; -1 */
@@ -850,16 +848,13 @@ static void ex_prepared(executor_t *x)
 
 /* The connect is on a new address (the first, or libpq's next of a list): it gets the whole
  * connect timeout, which is per address, as libpq's own. */
-static void ex_connect_at(executor_t *x, const char *where)
+static void ex_connect_at(executor_t *x)
 {
-    x->claim_due_ms = ex_now_ms() + x->connect_timeout_ms;
-    snprintf(x->connect_addr, sizeof(x->connect_addr), "%s", where);
+    x->claim_due_ms = ex_now_ms() + x->connecting.timeout_ms;
 }
 
 static void ex_connect_start(executor_t *x)
 {
-    char where[sizeof(x->connect_addr)];
-
     if (x->pg != NULL && PQstatus(x->pg) == CONNECTION_OK) {
         ex_prepare_start(x);
         return;
@@ -869,15 +864,11 @@ static void ex_connect_start(executor_t *x)
         ex_claim_unwatch(x);
         PQfinish(x->pg);
     }
-    x->pg = pg_connect_start(x->w->cfg->pg_conninfo, EX_ROLE, x->connect_skip,
-                             &x->connect_timeout_ms);
+    pg_connecting_free(&x->connecting);
+    x->pg = pg_connect_start(x->w->cfg->pg_conninfo, EX_ROLE, x->connect_skip, &x->connecting);
     x->claim_phase = CL_CONNECTING;
     x->claim_events = 0;
-    x->connect_moves = 0;
-    where[0] = '\0';
-    if (x->pg != NULL)
-        pg_connect_where(x->pg, where, sizeof(where));
-    ex_connect_at(x, where);
+    ex_connect_at(x);
     /* as if PQconnectPoll had said PGRES_POLLING_WRITING, which libpq's manual prescribes */
     if (x->pg == NULL || PQstatus(x->pg) == CONNECTION_BAD || ex_claim_watch(x, 1) != 0)
         ex_claim_fail(x, x->pg != NULL ? PQerrorMessage(x->pg) : "out of memory");
@@ -886,8 +877,7 @@ static void ex_connect_start(executor_t *x)
 /* The connect, when its socket is ready: one more step of libpq's. */
 static void ex_connect_progress(executor_t *x)
 {
-    char where[sizeof(x->connect_addr)];
-    int  want_write;
+    int want_write;
 
     switch (pg_connect_poll(x->pg, EX_ROLE)) {
     case PGRES_POLLING_OK:
@@ -905,11 +895,8 @@ static void ex_connect_progress(executor_t *x)
         return;
     }
     /* libpq moved on to its next address (a host list, a name with several) */
-    pg_connect_where(x->pg, where, sizeof(where));
-    if (strcmp(where, x->connect_addr) != 0) {
-        x->connect_moves++;
-        ex_connect_at(x, where);
-    }
+    if (pg_connect_moved(x->pg, &x->connecting))
+        ex_connect_at(x);
     x->claim_events = 0;            /* the socket may be a new one under the same number */
     if (ex_claim_watch(x, want_write) != 0)
         ex_claim_fail(x, "epoll_ctl failed");
@@ -1031,7 +1018,7 @@ static void ex_claim_progress(executor_t *x)
         /* the next attempt starts past the silent address: libpq, polled, never leaves one
          * that does not answer */
         if (x->claim_phase == CL_CONNECTING)
-            x->connect_skip += x->connect_moves + 1;
+            x->connect_skip = pg_connect_skip_past(&x->connecting, x->connect_skip);
         ex_claim_fail(x, x->claim_phase == CL_CONNECTING
                          ? "no connection within the connect timeout"
                          : "PostgreSQL did not answer in time");
@@ -2044,6 +2031,7 @@ static void ex_cleanup(executor_t *x)
     free(x->fd_state);
     if (x->pg != NULL)
         PQfinish(x->pg);
+    pg_connecting_free(&x->connecting);
 }
 
 void *executor_main(void *arg)

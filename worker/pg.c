@@ -59,9 +59,9 @@ static void pg_notice(void *arg, const char *message)
 }
 
 /* PQconnectStartParams with our defaults, for the caller to poll; the conninfo's addresses (a
- * host name's as well, pg_hosts.h) tried from the skip-th on, then from the first. NULL when out
- * of memory. */
-static PGconn *pg_open(const char *conninfo, const char *role, int skip)
+ * host name's as well, pg_hosts.h) tried from the skip-th on, then from the first, as *plan
+ * says. NULL when out of memory. */
+static PGconn *pg_open(const char *conninfo, const char *role, int skip, pg_hosts_t *plan)
 {
     /*
      * Our defaults come first: libpq lets later keywords override earlier ones, and the
@@ -96,8 +96,10 @@ static PGconn *pg_open(const char *conninfo, const char *role, int skip)
                            " -c enable_mergejoin=off -c plan_cache_mode=force_generic_plan",
                            "30", "10", "3", "60000", conninfo, NULL, NULL, NULL, NULL };
     PQconninfoOption *opts = PQconninfoParse(conninfo, NULL);
-    const char       *host = NULL, *hostaddr = NULL, *port = NULL;
-    pg_hosts_t        hosts;
+    /* what the conninfo leaves out, libpq takes from the environment (a service file, rare
+     * here, is not looked at: its addresses are libpq's to try) */
+    const char       *host = getenv("PGHOST"), *hostaddr = getenv("PGHOSTADDR");
+    const char       *port = getenv("PGPORT");
     PGconn           *c = NULL;
     int               k = 8;
 
@@ -112,27 +114,27 @@ static PGconn *pg_open(const char *conninfo, const char *role, int skip)
             port = o->val;
     }
     /* after the expanded conninfo, so they replace its lists */
-    if (pg_hosts_plan(host, hostaddr, port, skip, NULL, &hosts) == 0) {
-        if (hosts.host != NULL) {
+    if (pg_hosts_plan(host, hostaddr, port, skip, NULL, plan) == 0) {
+        if (plan->host != NULL) {
             keys[k] = "host";
-            vals[k++] = hosts.host;
+            vals[k++] = plan->host;
         }
-        if (hosts.hostaddr != NULL) {
+        if (plan->hostaddr != NULL) {
             keys[k] = "hostaddr";
-            vals[k++] = hosts.hostaddr;
+            vals[k++] = plan->hostaddr;
         }
-        if (hosts.port != NULL) {
+        if (plan->port != NULL) {
             keys[k] = "port";
-            vals[k++] = hosts.port;
+            vals[k++] = plan->port;
         }
         c = PQconnectStartParams(keys, vals, 1);
-        pg_hosts_free(&hosts);
     }
     PQconninfoFree(opts);
     return c;
 }
 
-void pg_connect_where(const PGconn *conn, char *buf, size_t size)
+/* What libpq says of the address a connect is on: a change is a move to another. */
+static void pg_where(const PGconn *conn, char *buf, size_t size)
 {
     const char *addr = PQhostaddr(conn), *host = PQhost(conn), *port = PQport(conn);
 
@@ -140,76 +142,102 @@ void pg_connect_where(const PGconn *conn, char *buf, size_t size)
                                       : host != NULL ? host : "?", port != NULL ? port : "?");
 }
 
+int pg_connect_moved(const PGconn *conn, pg_connecting_t *at)
+{
+    char where[sizeof(at->where)];
+    int  now_at = pg_hosts_find(&at->plan, at->at, PQhost(conn), PQhostaddr(conn), PQport(conn));
+
+    pg_where(conn, where, sizeof(where));
+    if (now_at == at->at && strcmp(where, at->where) == 0)
+        return 0;
+    at->at = now_at;
+    memcpy(at->where, where, sizeof(where));
+    return 1;
+}
+
+int pg_connect_skip_past(const pg_connecting_t *at, int skip)
+{
+    return skip + at->at + 1;
+}
+
+void pg_connecting_free(pg_connecting_t *at)
+{
+    pg_hosts_free(&at->plan);
+}
+
 /*
- * One attempt, polled in slices of at most 100 ms: the connection, or NULL with why. An address
- * that says nothing for the connect timeout is given up, and *silent_at says how many addresses
- * libpq had gone past before it (the next attempt starts after it); -1 when none was. The
- * attempt is given up too once *stop is set (stop NULL: never).
+ * One attempt from the skip-th address, polled in slices of at most 100 ms: the connection, or
+ * NULL with why. An address that says nothing for the connect timeout is given up: *passed then
+ * says how many addresses the attempt went through, that one included (the next attempt starts
+ * past them), of *n in all; -1 when none was silent. The attempt is given up too once *stop is
+ * set (stop NULL: never).
  */
 static PGconn *pg_attempt(const char *conninfo, const char *role, int skip, volatile int *stop,
-                          int *silent_at, char *why, size_t whylen)
+                          int *passed, int *n, char *why, size_t whylen)
 {
-    int                       timeout_ms, moves = 0, said = 0;
-    PGconn                   *c = pg_connect_start(conninfo, role, skip, &timeout_ms);
+    pg_connecting_t           at;
+    PGconn                   *c = pg_connect_start(conninfo, role, skip, &at);
     PostgresPollingStatusType st = PGRES_POLLING_WRITING;  /* what libpq's manual starts with */
-    long long                 due = now_ms() + timeout_ms;
-    char                      where[128], now_at[128];
+    long long                 due = now_ms() + at.timeout_ms;
+    int                       said = 0;
 
-    *silent_at = -1;
+    *passed = -1;
+    *n = at.plan.n > 0 ? at.plan.n : 1;
     why[0] = '\0';
     if (c == NULL) {
         snprintf(why, whylen, "out of memory");
+        pg_connecting_free(&at);
         return NULL;
     }
-    pg_connect_where(c, where, sizeof(where));
     while (PQstatus(c) != CONNECTION_BAD && st != PGRES_POLLING_FAILED) {
         struct pollfd pfd = { PQsocket(c), st == PGRES_POLLING_READING ? POLLIN : POLLOUT, 0 };
-        long long     left = due - now_ms();
+        long long     wait = due - now_ms();
 
-        if (st == PGRES_POLLING_OK)
+        if (st == PGRES_POLLING_OK) {
+            pg_connecting_free(&at);
             return c;
+        }
         if (stop != NULL && *stop) {
             snprintf(why, whylen, "stopping");
             break;
         }
-        if (left <= 0) {
-            *silent_at = moves;
-            snprintf(why, whylen, "no answer from %s within the connect timeout (%d ms)", where,
-                     timeout_ms);
+        if (wait <= 0) {
+            *passed = at.at + 1;
+            snprintf(why, whylen, "no answer from %s within the connect timeout (%d ms)", at.where,
+                     at.timeout_ms);
             break;
         }
-        if (poll(&pfd, 1, left < 100 ? (int) left : 100) <= 0) {
+        if (poll(&pfd, 1, wait < 100 ? (int) wait : 100) <= 0) {
             if (!said++)                  /* a slice over (or a signal): look at stop again */
-                wlog(LOG_DEBUG, role, NULL, "pg_waiting", "connect to %s: no answer yet", where);
+                wlog(LOG_DEBUG, role, NULL, "pg_waiting", "connect to %s: no answer yet",
+                     at.where);
             continue;
         }
         st = pg_connect_poll(c, role);
-        /* libpq went on to its next address (a list, a name's): it gets the whole timeout */
-        pg_connect_where(c, now_at, sizeof(now_at));
-        if (strcmp(now_at, where) != 0) {
-            moves++;
+        if (pg_connect_moved(c, &at)) {   /* the next address gets the whole timeout */
             said = 0;
-            due = now_ms() + timeout_ms;
-            memcpy(where, now_at, sizeof(where));
+            due = now_ms() + at.timeout_ms;
         }
     }
     if (why[0] == '\0')
         one_line(PQerrorMessage(c), why, whylen);
     PQfinish(c);
+    pg_connecting_free(&at);
     return NULL;
 }
 
 PGconn *pg_connect(const char *conninfo, const char *role, volatile int *stop)
 {
     long long     deadline = now_ms() + PG_NO_STOP_DEADLINE_MS;
-    int           backoff = PG_BACKOFF_MIN_MS, attempts = 0, skip = 0;
-    /* already stopping (the executor's hand-back): one attempt, which the flag does not end */
+    int           backoff = PG_BACKOFF_MIN_MS, attempts = 0, skip = 0, round = 0;
+    /* already stopping (the executor's hand-back): one round of the addresses, which the flag
+     * does not end */
     volatile int *cut = stop != NULL && !*stop ? stop : NULL;
 
     for (;;) {
         char    msg[512];
-        int     silent_at;
-        PGconn *c = pg_attempt(conninfo, role, skip, cut, &silent_at, msg, sizeof(msg));
+        int     passed, n;
+        PGconn *c = pg_attempt(conninfo, role, skip, cut, &passed, &n, msg, sizeof(msg));
 
         if (c != NULL) {
             if (attempts > 0)
@@ -226,13 +254,17 @@ PGconn *pg_connect(const char *conninfo, const char *role, volatile int *stop)
         wlog(attempts == 0 ? LOG_WARN : LOG_DEBUG, role, NULL, "pg_connect_failed",
              "cannot connect to PostgreSQL (retrying): %s", msg);
         attempts++;
+        if (cut == NULL && stop != NULL && passed > 0 && (round += passed) < n) {
+            skip += passed;           /* the round goes on past the silent address */
+            continue;
+        }
         if (stop != NULL ? *stop : now_ms() >= deadline) {
             wlog(LOG_ERROR, role, NULL, "pg_connect_gave_up",
                  "no PostgreSQL connection after %d attempts: %s", attempts, msg);
             return NULL;
         }
-        if (silent_at >= 0) {
-            skip += silent_at + 1;    /* at once: the silent address has had its timeout */
+        if (passed > 0) {
+            skip += passed;           /* at once: the silent address has had its timeout */
             continue;
         }
         nap(backoff, stop);
@@ -254,18 +286,26 @@ int pg_ensure(PGconn **conn, const char *conninfo, const char *role, volatile in
     return *conn != NULL ? 0 : -1;
 }
 
-PGconn *pg_connect_start(const char *conninfo, const char *role, int skip, int *timeout_ms)
+PGconn *pg_connect_start(const char *conninfo, const char *role, int skip, pg_connecting_t *at)
 {
-    PGconn            *c = pg_open(conninfo, role, skip);
-    PQconninfoOption  *opts = c != NULL ? PQconninfo(c) : NULL;
+    PGconn           *c;
+    PQconninfoOption *opts;
 
+    memset(at, 0, sizeof(*at));
+    c = pg_open(conninfo, role, skip, &at->plan);
+    opts = c != NULL ? PQconninfo(c) : NULL;
     /* libpq applies connect_timeout only while it blocks; polled, the caller must. As libpq:
      * at least 2 s. Unlike libpq, 0 (no limit) is our default: a loop waits on nothing forever. */
-    *timeout_ms = atoi(PG_CONNECT_TIMEOUT_S) * 1000;
+    at->timeout_ms = atoi(PG_CONNECT_TIMEOUT_S) * 1000;
     for (PQconninfoOption *o = opts; o != NULL && o->keyword != NULL; o++)
         if (strcmp(o->keyword, "connect_timeout") == 0 && o->val != NULL && atoi(o->val) > 0)
-            *timeout_ms = (atoi(o->val) < 2 ? 2 : atoi(o->val)) * 1000;
+            at->timeout_ms = (atoi(o->val) < 2 ? 2 : atoi(o->val)) * 1000;
     PQconninfoFree(opts);
+    if (c != NULL) {
+        /* PQconnectStartParams may have passed addresses already (one that fails at once) */
+        at->at = pg_hosts_find(&at->plan, 0, PQhost(c), PQhostaddr(c), PQport(c));
+        pg_where(c, at->where, sizeof(at->where));
+    }
     return c;
 }
 

@@ -2,9 +2,9 @@
 #ifndef OSAGO_WORKER_PG_H
 #define OSAGO_WORKER_PG_H
 
-#include <stddef.h>
-
 #include <libpq-fe.h>
+
+#include "pg_hosts.h"
 
 /*
  * Connects, retrying with backoff (100 ms doubling to 2 s) until *stop, or with stop NULL (the
@@ -16,21 +16,37 @@
  */
 PGconn *pg_connect(const char *conninfo, const char *role, volatile int *stop);
 
+/* A connect under way (pg_connect_start): where libpq is in the conninfo's addresses, so that
+ * an address that says nothing can be given up for the next one. */
+typedef struct {
+    pg_hosts_t plan;            /* the addresses, in the order libpq tries them */
+    int        at;              /* the one it is on */
+    int        timeout_ms;      /* per address: the conninfo's connect_timeout */
+    char       where[256];      /* what libpq says of it ("10.0.0.7 port 5432") */
+} pg_connecting_t;
+
 /* A connection to be made without blocking (PQconnectStartParams with pg_connect's defaults):
  * drive it with pg_connect_poll as libpq's PQconnectPoll says, and give it up (PQfinish) after
- * *timeout_ms on one address, the conninfo's connect_timeout (at least 2 s; 0 or unset: 5 s),
- * which libpq does not enforce when polled. Nor does libpq then move on to the next address
- * (host=a,b, or a name with several): skip > 0 starts at the skip-th address (modulo their
- * number) instead, counting each of a name's addresses (pg_hosts.h). NULL when out of memory;
- * check PQstatus for CONNECTION_BAD. Names are looked up here, and that may block: give
- * hostaddr, or an address, for a loop that must not wait. */
-PGconn *pg_connect_start(const char *conninfo, const char *role, int skip, int *timeout_ms);
+ * at->timeout_ms on one address, the conninfo's connect_timeout (at least 2 s; 0 or unset: 5
+ * s), which libpq does not enforce when polled. Nor does libpq then move on to the next address
+ * (host=a,b, or a name with several): the next attempt starts past it instead, at skip
+ * pg_connect_skip_past, counting each of a name's addresses (pg_hosts.h). NULL when out of
+ * memory; check PQstatus for CONNECTION_BAD. pg_connecting_free *at, whatever happened. Names
+ * are looked up here, and that may block: give hostaddr, or an address, for a loop that must
+ * not wait. */
+PGconn *pg_connect_start(const char *conninfo, const char *role, int skip, pg_connecting_t *at);
 
 /* PQconnectPoll; once PGRES_POLLING_OK, the connection is set up as pg_connect's are. */
 PostgresPollingStatusType pg_connect_poll(PGconn *conn, const char *role);
 
-/* The address a connect is on ("127.0.0.1 port 5432"): when it changes, libpq moved on. */
-void pg_connect_where(const PGconn *conn, char *buf, size_t size);
+/* After each pg_connect_poll: 1 when libpq moved on to another address, which gets the whole
+ * timeout (at->where says which), 0 when not. */
+int pg_connect_moved(const PGconn *conn, pg_connecting_t *at);
+
+/* Where the attempt after one that started at skip and timed out on at->at starts. */
+int pg_connect_skip_past(const pg_connecting_t *at, int skip);
+
+void pg_connecting_free(pg_connecting_t *at);
 
 /* Reconnects when the connection is bad; returns 0 when usable. */
 int pg_ensure(PGconn **conn, const char *conninfo, const char *role, volatile int *stop);

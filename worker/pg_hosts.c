@@ -6,6 +6,7 @@
 
 #include <arpa/inet.h>
 #include <netdb.h>
+#include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -60,14 +61,14 @@ static int ph_split(const char *s, ph_list_t *l)
     }
 }
 
-/* What libpq connects to without asking a resolver: an address, a socket directory, or its
- * default (an empty element). */
+/* What libpq connects to without asking a resolver: an address (an IPv6 one perhaps with its
+ * scope, and no name has a colon), a socket directory, or its default (an empty element). */
 static int ph_literal(const char *host)
 {
-    unsigned char bin[sizeof(struct in6_addr)];
+    unsigned char bin[sizeof(struct in_addr)];
 
-    return host[0] == '\0' || host[0] == '/' || host[0] == '@'
-           || inet_pton(AF_INET, host, bin) == 1 || inet_pton(AF_INET6, host, bin) == 1;
+    return host[0] == '\0' || host[0] == '/' || host[0] == '@' || strchr(host, ':') != NULL
+           || inet_pton(AF_INET, host, bin) == 1;
 }
 
 int pg_hosts_resolve(const char *name, char addrs[][PG_HOSTS_ADDR_LEN], int max)
@@ -81,13 +82,11 @@ int pg_hosts_resolve(const char *name, char addrs[][PG_HOSTS_ADDR_LEN], int max)
     if (getaddrinfo(name, NULL, &hints, &res) != 0)
         return 0;
     for (struct addrinfo *ai = res; ai != NULL && n < max; ai = ai->ai_next) {
-        const void *bin = ai->ai_family == AF_INET
-                          ? (const void *) &((struct sockaddr_in *) ai->ai_addr)->sin_addr
-                          : (const void *) &((struct sockaddr_in6 *) ai->ai_addr)->sin6_addr;
-        int         seen = 0;
+        int seen = 0;
 
         if ((ai->ai_family != AF_INET && ai->ai_family != AF_INET6)
-            || inet_ntop(ai->ai_family, bin, addrs[n], PG_HOSTS_ADDR_LEN) == NULL)
+            || getnameinfo(ai->ai_addr, ai->ai_addrlen, addrs[n], PG_HOSTS_ADDR_LEN, NULL, 0,
+                           NI_NUMERICHOST) != 0)
             continue;
         for (int i = 0; i < n && !seen; i++)
             seen = strcmp(addrs[i], addrs[n]) == 0;
@@ -192,8 +191,10 @@ int pg_hosts_plan(const char *host, const char *hostaddr, const char *port, int 
     }
     if ((e = calloc((size_t) (h.n > a.n ? h.n : a.n), sizeof(*e))) == NULL)
         goto done;
-    n = a.n > 0 ? ph_given(&h, &a, &p, e)
-                : ph_expand(&h, &p, resolve != NULL ? resolve : pg_hosts_resolve, &e);
+    /* ports that do not pair with the hosts would pair with the addresses by accident */
+    n = a.n > 0 || (p.n > 1 && p.n != h.n)
+        ? ph_given(&h, &a, &p, e)
+        : ph_expand(&h, &p, resolve != NULL ? resolve : pg_hosts_resolve, &e);
     if (n <= 0)
         goto done;
     for (int i = 0; i < n; i++)
@@ -215,6 +216,33 @@ done:
     ph_list_free(&a);
     ph_list_free(&p);
     return rc;
+}
+
+/* Whether the i-th element of list is value; an empty element (libpq's default, or its own
+ * lookup) and a list not given match anything. */
+static int ph_element_is(const char *list, int i, const char *value)
+{
+    size_t len;
+
+    if (list == NULL)
+        return 1;
+    for (; i > 0 && list != NULL; i--)
+        if ((list = strchr(list, ',')) != NULL)
+            list++;
+    if (list == NULL)
+        return 0;
+    len = strcspn(list, ",");
+    return len == 0 || (value != NULL && strlen(value) == len && strncmp(list, value, len) == 0);
+}
+
+int pg_hosts_find(const pg_hosts_t *h, int from, const char *host, const char *hostaddr,
+                  const char *port)
+{
+    for (int i = from; i < h->n; i++)
+        if (ph_element_is(h->host, i, host) && ph_element_is(h->hostaddr, i, hostaddr)
+            && ph_element_is(h->port, i, port))
+            return i;
+    return from;
 }
 
 void pg_hosts_free(pg_hosts_t *h)

@@ -8,14 +8,14 @@
 #ifndef OSAGO_WORKER_PG_HOSTS_H
 #define OSAGO_WORKER_PG_HOSTS_H
 
-#define PG_HOSTS_ADDR_MAX 16      /* addresses taken from one name */
-#define PG_HOSTS_ADDR_LEN 46      /* INET6_ADDRSTRLEN */
+#define PG_HOSTS_ADDR_MAX 16      /* addresses taken from one name; the rest are not tried */
+#define PG_HOSTS_ADDR_LEN 64      /* an IPv6 address with its scope (fe80::1%eth0) */
 
 /* A name's addresses, as text, in the resolver's order: how many (0 when it has none). */
 typedef int (*pg_resolve_fn)(const char *name, char addrs[][PG_HOSTS_ADDR_LEN], int max);
 
 /* The host, hostaddr and port lists to connect with (each NULL when the conninfo's own will
- * do), n addresses in all. malloc'd: pg_hosts_free. */
+ * do), n addresses in all (0: libpq's default, one). malloc'd: pg_hosts_free. */
 typedef struct {
     char *host;
     char *hostaddr;
@@ -27,16 +27,28 @@ typedef struct {
  * From a conninfo's host, hostaddr and port (each NULL when not given): every host name that is
  * not an address or a socket directory becomes one entry per address (host=name kept for TLS and
  * .pgpass, hostaddr=the address, its port repeated), unless hostaddr was given (the operator
- * chose the addresses); then the lists, rotated left by skip modulo their length, so that the
- * attempt starts at the skip-th address and comes round to the others after it. resolve NULL:
- * getaddrinfo (pg_hosts_resolve). 0, or -1 when out of memory.
+ * chose the addresses) or the ports do not pair with the hosts (libpq refuses that itself); then
+ * the lists, rotated left by skip modulo their length, so that the attempt starts at the
+ * skip-th address and comes round to the others after it. resolve NULL: getaddrinfo
+ * (pg_hosts_resolve). 0, or -1 when out of memory.
  */
 int pg_hosts_plan(const char *host, const char *hostaddr, const char *port, int skip,
                   pg_resolve_fn resolve, pg_hosts_t *out);
 
 void pg_hosts_free(pg_hosts_t *h);
 
-/* getaddrinfo as libpq asks it (any family, stream sockets); duplicates dropped. May block. */
+/*
+ * Which of the plan's addresses a connect is on, from what libpq says of it (PQhost,
+ * PQhostaddr, PQport): the first entry from `from` on that matches, since libpq goes through
+ * them in order; `from` when none does. libpq may pass several of them within one call (a
+ * socket directory that does not exist fails at once), so the caller asks after every call
+ * rather than count the changes it sees.
+ */
+int pg_hosts_find(const pg_hosts_t *h, int from, const char *host, const char *hostaddr,
+                  const char *port);
+
+/* getaddrinfo as libpq asks it (any family, stream sockets), as numeric text with any IPv6
+ * scope; duplicates dropped. May block. */
 int pg_hosts_resolve(const char *name, char addrs[][PG_HOSTS_ADDR_LEN], int max);
 
 #endif

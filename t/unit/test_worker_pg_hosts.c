@@ -158,6 +158,62 @@ static void test_counts_libpq_refuses(void **state)
     pg_hosts_free(&h);
 }
 
+static void test_ports_not_paired(void **state)
+{
+    pg_hosts_t h;
+
+    (void) state;
+    /* three ports for two hosts: not expanded, or the ports would pair with the addresses */
+    plan("db.example,b.example", NULL, "1,2,3", 1, &h);
+    assert_int_equal(lookups, 0);
+    assert_int_equal(h.n, 2);
+    assert_list(h.host, "b.example,db.example");
+    assert_list(h.hostaddr, NULL);
+    assert_list(h.port, NULL);
+    pg_hosts_free(&h);
+}
+
+static void test_scoped_address(void **state)
+{
+    pg_hosts_t h;
+
+    (void) state;
+    plan("fe80::1%eth0,db.example", NULL, "5432,5433", 0, &h);
+    assert_int_equal(lookups, 1);             /* the scoped address is not a name */
+    assert_int_equal(h.n, 4);
+    assert_list(h.host, "fe80::1%eth0,db.example,db.example,db.example");
+    assert_list(h.hostaddr, ",10.0.0.1,10.0.0.2,fd00::3");
+    pg_hosts_free(&h);
+}
+
+static void test_find(void **state)
+{
+    pg_hosts_t h;
+
+    (void) state;
+    plan("/nowhere,127.0.0.1,db.example", NULL, "5432,6000,6001", 0, &h);
+    assert_int_equal(h.n, 5);
+    /* libpq says which host, address and port it is on */
+    assert_int_equal(pg_hosts_find(&h, 0, "/nowhere", "", "5432"), 0);
+    assert_int_equal(pg_hosts_find(&h, 0, "127.0.0.1", "127.0.0.1", "6000"), 1);
+    assert_int_equal(pg_hosts_find(&h, 0, "db.example", "10.0.0.2", "6001"), 3);
+    assert_int_equal(pg_hosts_find(&h, 0, "db.example", "fd00::3", "6001"), 4);
+    /* unknown (or libpq's own): where it was */
+    assert_int_equal(pg_hosts_find(&h, 2, "db.example", "10.9.9.9", "6001"), 2);
+    assert_int_equal(pg_hosts_find(&h, 1, "other", "10.0.0.1", "6001"), 1);
+    pg_hosts_free(&h);
+
+    /* the same address twice: libpq goes in order, so the one from `from` on */
+    plan("127.0.0.1,127.0.0.1", NULL, "6000,6000", 1, &h);
+    assert_int_equal(pg_hosts_find(&h, 0, "127.0.0.1", "127.0.0.1", "6000"), 0);
+    assert_int_equal(pg_hosts_find(&h, 1, "127.0.0.1", "127.0.0.1", "6000"), 1);
+    pg_hosts_free(&h);
+
+    /* no list (libpq's default address): one, always the first */
+    plan(NULL, NULL, NULL, 0, &h);
+    assert_int_equal(pg_hosts_find(&h, 0, "/var/run/postgresql", "", "5432"), 0);
+}
+
 static void test_system_resolver(void **state)
 {
     char addrs[PG_HOSTS_ADDR_MAX][PG_HOSTS_ADDR_LEN];
@@ -183,6 +239,9 @@ int main(void)
         cmocka_unit_test(test_mixed_list),
         cmocka_unit_test(test_hostaddr_given),
         cmocka_unit_test(test_counts_libpq_refuses),
+        cmocka_unit_test(test_ports_not_paired),
+        cmocka_unit_test(test_scoped_address),
+        cmocka_unit_test(test_find),
         cmocka_unit_test(test_system_resolver),
     };
 
