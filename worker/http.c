@@ -27,8 +27,10 @@
 #include <microhttpd.h>
 
 #include "log.h"
+#include "pg.h"
 
 #define PROBE_TIMEOUT_MS   1000
+#define PROBE_PG_ADDRESSES 8      /* a standby list's addresses probed at once */
 #define PROBE_INTERVAL_MS  5000
 
 struct http_server {
@@ -87,27 +89,68 @@ static int pg_wait(PGconn *c, short events, long long deadline)
 }
 
 /*
- * Asynchronous libpq: connect_timeout cannot hold a 1 s budget (libpq raises values below 2 s
- * to 2 s), and a blocking SELECT would have no budget at all.
+ * The first of the conninfo's addresses to take a connection, connects to every one started at
+ * once (pg_connect_start from each place in the list) and polled together until the deadline:
+ * one that says nothing (a dead host first in a standby list) must not fail the probe while
+ * another answers. Asynchronous libpq: connect_timeout cannot hold a 1 s budget (libpq raises
+ * values below 2 s to 2 s). NULL when none connected in time.
  */
+static PGconn *probe_pg_connect(const char *conninfo, long long deadline)
+{
+    PGconn                   *c[PROBE_PG_ADDRESSES] = { NULL };
+    PostgresPollingStatusType st[PROBE_PG_ADDRESSES];
+    PGconn                   *won = NULL;
+    int                       n = 1, live;
+
+    for (int i = 0; i < n; i++) {
+        pg_connecting_t at;
+
+        c[i] = pg_connect_start(conninfo, "readyz", i, &at);
+        if (i == 0 && at.plan.n > 1)
+            n = at.plan.n < PROBE_PG_ADDRESSES ? at.plan.n : PROBE_PG_ADDRESSES;
+        pg_connecting_free(&at);
+        st[i] = c[i] != NULL && PQstatus(c[i]) != CONNECTION_BAD ? PGRES_POLLING_WRITING
+                                                                 : PGRES_POLLING_FAILED;
+    }
+    do {
+        struct pollfd p[PROBE_PG_ADDRESSES];
+        long long     left = deadline - now_ms();
+
+        live = 0;
+        for (int i = 0; i < n; i++) {
+            p[i].fd = st[i] == PGRES_POLLING_FAILED ? -1 : PQsocket(c[i]);
+            p[i].events = st[i] == PGRES_POLLING_READING ? POLLIN : POLLOUT;
+            p[i].revents = 0;
+            live += p[i].fd >= 0;
+        }
+        if (live == 0 || left <= 0 || (poll(p, (nfds_t) n, (int) left) < 0 && errno != EINTR))
+            break;
+        for (int i = 0; i < n && won == NULL; i++) {
+            if (p[i].fd < 0 || p[i].revents == 0)
+                continue;
+            st[i] = pg_connect_poll(c[i], "readyz");
+            if (st[i] == PGRES_POLLING_OK) {
+                won = c[i];
+                c[i] = NULL;
+            }
+        }
+    } while (won == NULL);
+    for (int i = 0; i < n; i++)
+        if (c[i] != NULL)
+            PQfinish(c[i]);
+    return won;
+}
+
+/* PostgreSQL answers SELECT 1 on a fresh connection within the probe's budget. */
 static int probe_pg(const char *conninfo)
 {
-    const char *const keys[] = { "application_name", "dbname", NULL };
-    const char *const vals[] = { "osago-worker-readyz", conninfo, NULL };
     long long deadline = now_ms() + PROBE_TIMEOUT_MS;
-    PGconn *c = PQconnectStartParams(keys, vals, 1);
-    PostgresPollingStatusType st = PGRES_POLLING_WRITING;
+    PGconn   *c = probe_pg_connect(conninfo, deadline);
     PGresult *r;
-    int ok = 0;
+    int       ok = 0;
 
-    if (c == NULL || PQstatus(c) == CONNECTION_BAD)
-        goto out;
-    while (st != PGRES_POLLING_OK) {
-        if (st == PGRES_POLLING_FAILED ||
-            pg_wait(c, st == PGRES_POLLING_READING ? POLLIN : POLLOUT, deadline) < 0)
-            goto out;
-        st = PQconnectPoll(c);
-    }
+    if (c == NULL)
+        return 0;
     if (PQsetnonblocking(c, 1) != 0 || !PQsendQuery(c, "SELECT 1"))
         goto out;
     while (PQflush(c) == 1)
