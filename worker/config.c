@@ -39,6 +39,8 @@ static const struct opt config_opts[] = {
     { "--redis-db", "OSAGO_REDIS_DB", OPT_INT, OFF(redis_db), 0, 255, "0" },
     { "--pg", "OSAGO_PG", OPT_PG, OFF(pg_conninfo), 0, 0,
       "host=127.0.0.1 port=5433 dbname=osago user=osago" },
+    { "--pg-answer-timeout-ms", "OSAGO_PG_ANSWER_TIMEOUT_MS", OPT_INT, OFF(pg_answer_timeout_ms),
+      0, 3600000, "60000" },
     { "--insurers", "OSAGO_INSURERS", OPT_STR, OFF(insurers_file), 0, 0, "conf/insurers.json" },
     { "--migrations", "OSAGO_MIGRATIONS", OPT_STR, OFF(migrations_dir), 0, 0,
       "worker/migrations" },
@@ -337,6 +339,8 @@ void config_usage(const char *prog)
            "  --redis-db N                  OSAGO_REDIS_DB; 0\n"
            "  --pg CONNINFO                 OSAGO_PG; host=127.0.0.1 port=5433 dbname=osago "
            "user=osago\n"
+           "  --pg-answer-timeout-ms N      OSAGO_PG_ANSWER_TIMEOUT_MS; 60000 (0: none; a "
+           "statement unanswered that long: connect again)\n"
            "  --insurers FILE               OSAGO_INSURERS; conf/insurers.json\n"
            "  --migrations DIR              OSAGO_MIGRATIONS; worker/migrations\n"
            "  --http HOST:PORT              OSAGO_HTTP; 127.0.0.1:9464 "

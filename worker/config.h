@@ -62,6 +62,7 @@ typedef struct {
     const char *redis_password;     /* OSAGO_REDIS_PASSWORD */
     int         redis_db;
     const char *pg_conninfo;        /* --pg / OSAGO_PG, default host=127.0.0.1 port=5433 dbname=osago user=osago */
+    int         pg_answer_timeout_ms; /* a statement's answer awaited at most this long (0: none) */
     const char *insurers_file;      /* --insurers / OSAGO_INSURERS, default conf/insurers.json */
     const char *migrations_dir;     /* --migrations, default worker/migrations */
     const char *http_listen;        /* --http HOST:PORT, default 127.0.0.1:9464 */

@@ -134,7 +134,8 @@ static int run(const worker_config_t *cfg)
     struct http_server *http = NULL;
     kafka_producer_t *producer = NULL;
     worker_t w = { .cfg = cfg, .insurers = insurers, .metrics = metrics,
-                   .stop = (volatile int *)&stop_flag };
+                   .stop = (volatile int *)&stop_flag,
+                   .pg_wait = { (volatile int *)&stop_flag, cfg->pg_answer_timeout_ms } };
     sigset_t stop_set;
     char err[512], names[128];
     int rc = 1;

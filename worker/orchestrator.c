@@ -257,7 +257,7 @@ static int orch_recheck(orch_t *o)
         return 0;
     param = pg_text_array(ids, n);
     res = param != NULL ? pg_run_prepared(o->pg, ORCH_ROLE, "orch_recheck", orch_recheck_sql, 1,
-                                          (const char *const *) &param, o->w->stop)
+                                          (const char *const *) &param, &o->w->pg_wait)
                         : NULL;
     free(param);
     if (res == NULL)
@@ -300,7 +300,7 @@ static int orch_store(orch_t *o)
     params[1] = pg_text_array(codes, ins->n);
     res = params[0] != NULL && params[1] != NULL
           ? pg_run_prepared(o->pg, ORCH_ROLE, "orch_quotes", orch_sql, 2,
-                            (const char *const *) params, o->w->stop)
+                            (const char *const *) params, &o->w->pg_wait)
           : NULL;
     free(params[0]);
     free(params[1]);

@@ -397,17 +397,30 @@ static int pg_nonblocking(PGconn *conn)
     return PQisnonblocking(conn) || PQsetnonblocking(conn, 1) == 0;
 }
 
-PGresult *pg_exec(PGconn *conn, const char *role, const char *sql, int nparams,
-                  const char *const *params, volatile int *stop)
+/* A role's stop flag, and the deadline of an answer to what it sends now (0: none). */
+static volatile int *pg_stop_of(const pg_wait_t *wait)
 {
+    return wait != NULL ? wait->stop : NULL;
+}
+
+static long long pg_deadline_of(const pg_wait_t *wait)
+{
+    return wait != NULL && wait->answer_ms > 0 ? now_ms() + wait->answer_ms : 0;
+}
+
+PGresult *pg_exec(PGconn *conn, const char *role, const char *sql, int nparams,
+                  const char *const *params, const pg_wait_t *wait)
+{
+    volatile int  *stop = pg_stop_of(wait);
+    long long      deadline = pg_deadline_of(wait);
     int            sent = pg_nonblocking(conn)
                           && PQsendQueryParams(conn, sql, nparams, NULL, params, NULL, NULL, 0);
-    PGresult      *res = pg_answer(conn, sent, role, "a statement", stop, 0);
+    PGresult      *res = pg_answer(conn, sent, role, "a statement", stop, deadline);
     ExecStatusType st = PQresultStatus(res);
 
     if (res != NULL && (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK))
         return res;
-    if (pg_given_up(conn, res, stop, 0)) {
+    if (pg_given_up(conn, res, stop, deadline)) {
         PQclear(res);
         return NULL;
     }
@@ -453,16 +466,17 @@ static PGresult *pg_prepared(PGconn *conn, const char *role, const char *name,
 }
 
 PGresult *pg_prepare(PGconn *conn, const char *role, const char *name, const char *sql,
-                     int nparams, volatile int *stop)
+                     int nparams, const pg_wait_t *wait)
 {
     return pg_answer(conn, pg_nonblocking(conn) && PQsendPrepare(conn, name, sql, nparams, NULL),
-                     role, name, stop, 0);
+                     role, name, pg_stop_of(wait), pg_deadline_of(wait));
 }
 
 PGresult *pg_exec_prepared(PGconn *conn, const char *role, const char *name, const char *sql,
-                           int nparams, const char *const *params, volatile int *stop)
+                           int nparams, const char *const *params, const pg_wait_t *wait)
 {
-    return pg_prepared(conn, role, name, sql, nparams, params, stop, 0);
+    return pg_prepared(conn, role, name, sql, nparams, params, pg_stop_of(wait),
+                       pg_deadline_of(wait));
 }
 
 /* pg_prepared, with an error logged and turned into NULL */
@@ -487,9 +501,10 @@ static PGresult *pg_run(PGconn *conn, const char *role, const char *name, const 
 }
 
 PGresult *pg_run_prepared(PGconn *conn, const char *role, const char *name, const char *sql,
-                          int nparams, const char *const *params, volatile int *stop)
+                          int nparams, const char *const *params, const pg_wait_t *wait)
 {
-    return pg_run(conn, role, name, sql, nparams, params, stop, 0);
+    return pg_run(conn, role, name, sql, nparams, params, pg_stop_of(wait),
+                  pg_deadline_of(wait));
 }
 
 PGresult *pg_run_prepared_for(PGconn *conn, const char *role, const char *name, const char *sql,
@@ -586,17 +601,19 @@ int pg_pipe_collect(PGconn *conn, pg_pipe_t *p, int *want_write)
     return PQstatus(conn) == CONNECTION_OK ? 0 : -1;
 }
 
-int pg_pipe_wait(PGconn *conn, pg_pipe_t *p, volatile int *stop)
+int pg_pipe_wait(PGconn *conn, pg_pipe_t *p, const pg_wait_t *wait)
 {
-    int rc = pg_pipe_sync(conn), want_write = rc == 1;
+    volatile int *stop = pg_stop_of(wait);
+    long long     deadline = pg_deadline_of(wait);
+    int           rc = pg_pipe_sync(conn), want_write = rc == 1;
 
     while (rc >= 0) {
         struct pollfd pfd = { PQsocket(conn), (short) (POLLIN | (want_write ? POLLOUT : 0)), 0 };
         int           n;
 
-        /* in slices: a PostgreSQL that never answers must not keep a stop waiting */
-        if (stop != NULL && *stop)
-            return -1;
+        /* in slices: a PostgreSQL that never answers must not keep a stop, or the role, waiting */
+        if ((stop != NULL && *stop) || (deadline > 0 && now_ms() >= deadline))
+            return PG_GIVEN_UP;
         if ((n = poll(&pfd, 1, 100)) < 0 && errno != EINTR)
             return -1;
         if (n <= 0)

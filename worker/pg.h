@@ -53,18 +53,24 @@ int pg_ensure(PGconn **conn, const char *conninfo, const char *role, volatile in
 
 /*
  * The statements of the role threads. Each waits for PostgreSQL's answer in 100-ms slices and
- * gives it up when *stop is set (stop may be NULL: wait for the answer whatever happens): the
- * connection's socket is shut, so the caller sees a lost connection, which it handles already,
- * and `pg_abandoned` is logged. Whether the statement ran is then unknown (PostgreSQL may finish
- * one it had begun; a transaction left open is rolled back): only for statements safe to repeat,
- * as every one of the worker's is. A stalled PostgreSQL thus never holds a stop.
+ * gives it up when wait->stop is set, or after wait->answer_ms (wait may be NULL: the answer is
+ * awaited whatever happens, as by the migrate command): the connection's socket is shut, so the
+ * caller sees a lost connection, which it handles already, and `pg_abandoned` is logged. Whether
+ * the statement ran is then unknown (PostgreSQL may finish one it had begun; a transaction left
+ * open is rolled back): only for statements safe to repeat, as every one of the worker's is. A
+ * stalled PostgreSQL thus never holds a stop, nor a role for longer than answer_ms: it connects
+ * again, to the next address of a list if this one stays silent.
  */
+typedef struct {
+    volatile int *stop;        /* the role's stop flag (NULL: none) */
+    int           answer_ms;   /* a statement's answer awaited at most this long (0: no limit) */
+} pg_wait_t;
 
 /* Runs a statement expecting PGRES_COMMAND_OK or PGRES_TUPLES_OK; NULL on error (logged
  * with role, SQLSTATE, message and the statement's start). params are text; PQclear the result.
  * After NULL inside a transaction, ROLLBACK; when PQstatus(conn) is bad, call pg_ensure. */
 PGresult *pg_exec(PGconn *conn, const char *role, const char *sql, int nparams,
-                  const char *const *params, volatile int *stop);
+                  const char *const *params, const pg_wait_t *wait);
 
 /*
  * Runs the statement prepared as `name` on this connection, preparing it first when the
@@ -75,18 +81,18 @@ PGresult *pg_exec(PGconn *conn, const char *role, const char *sql, int nparams,
  * block, where the failed first try aborts nothing.
  */
 PGresult *pg_exec_prepared(PGconn *conn, const char *role, const char *name, const char *sql,
-                           int nparams, const char *const *params, volatile int *stop);
+                           int nparams, const char *const *params, const pg_wait_t *wait);
 
 /* PQprepare, awaited as above: the result whatever its status, NULL once abandoned. */
 PGresult *pg_prepare(PGconn *conn, const char *role, const char *name, const char *sql,
-                     int nparams, volatile int *stop);
+                     int nparams, const pg_wait_t *wait);
 
 /*
  * pg_exec_prepared, but an error is logged (with role and the statement's name) and NULL is
  * returned; the result on success is the caller's to clear.
  */
 PGresult *pg_run_prepared(PGconn *conn, const char *role, const char *name, const char *sql,
-                          int nparams, const char *const *params, volatile int *stop);
+                          int nparams, const char *const *params, const pg_wait_t *wait);
 
 /* pg_run_prepared for a thread that must end without a stop flag to wait on (the executor's
  * hand-back at a stop): PostgreSQL's answer is given up as at a stop after timeout_ms. */
@@ -129,9 +135,11 @@ int pg_pipe_sync(PGconn *conn);
 int pg_pipe_collect(PGconn *conn, pg_pipe_t *p, int *want_write);
 
 /* For a thread that may block (results): pg_pipe_sync, then pg_pipe_collect whenever the socket
- * is ready, until every result is in p. 0, or -1 (the connection failed, or *stop was set while
- * waiting: the round trip is abandoned, and the connection must be closed). */
-int pg_pipe_wait(PGconn *conn, pg_pipe_t *p, volatile int *stop);
+ * is ready, until every result is in p. 0; -1 the connection failed; PG_GIVEN_UP wait->stop was
+ * set or wait->answer_ms passed while waiting. After either, the round trip is abandoned and
+ * the connection must be closed. */
+#define PG_GIVEN_UP (-2)
+int pg_pipe_wait(PGconn *conn, pg_pipe_t *p, const pg_wait_t *wait);
 
 /* Clears the results; the pipe can be used again. */
 void pg_pipe_clear(pg_pipe_t *p);

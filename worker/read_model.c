@@ -312,7 +312,7 @@ int read_model_write(redisContext *redis, read_model_doc_t *docs, int n, int ttl
 
 int read_model_publish_many(PGconn *pg, redisContext *redis, const insurer_list_t *insurers,
                             const char *const *ids, const char *const *traces, int n, int ttl_s,
-                            volatile int *stop)
+                            const pg_wait_t *wait)
 {
     char             *array;
     const char       *params[1];
@@ -325,7 +325,7 @@ int read_model_publish_many(PGconn *pg, redisContext *redis, const insurer_list_
     if ((array = pg_text_array(ids, n)) == NULL)
         return -1;
     params[0] = array;
-    res = pg_run_prepared(pg, RM_ROLE, "rm_select", rm_select, 1, params, stop);
+    res = pg_run_prepared(pg, RM_ROLE, "rm_select", rm_select, 1, params, wait);
     free(array);
     if (res == NULL)
         return -1;

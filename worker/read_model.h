@@ -10,6 +10,7 @@
 #include <libpq-fe.h>
 
 #include "insurers.h"
+#include "pg.h"
 
 /* The columns a document is built from, for the statements that feed read_model_doc_build:
  * the application's (alias a) and each quote's (alias q). The document's updated_at is the
@@ -68,10 +69,10 @@ int read_model_write(redisContext *redis, read_model_doc_t *docs, int n, int ttl
  * block: it prepares its statement on first use, see pg_exec_prepared) and written as
  * read_model_write does; traces[i] (or traces NULL) is logged with ids[i]. Returns how many were
  * written and published (0 when Redis was current or the applications are unknown), or -1 (also
- * when *stop ended the wait for the SELECT, see pg_exec).
+ * when the wait for the SELECT was given up, see pg_exec).
  */
 int read_model_publish_many(PGconn *pg, redisContext *redis, const insurer_list_t *insurers,
                             const char *const *ids, const char *const *traces, int n, int ttl_s,
-                            volatile int *stop);
+                            const pg_wait_t *wait);
 
 #endif

@@ -307,7 +307,7 @@ static int relay_insert(relay_t *r, int only, char *why, size_t whylen)
         goto out;
     params[0] = (const char *) buf;
     res = pg_exec_prepared(r->pg, RELAY_ROLE, "relay_insert", relay_insert_sql, 1, params,
-                           r->w->stop);
+                           &r->w->pg_wait);
     if (PQresultStatus(res) == PGRES_COMMAND_OK) {
         rc = 0;
     } else {

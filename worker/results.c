@@ -167,7 +167,7 @@ static int res_prepare(results_t *r)
         return 0;
     for (size_t i = 0; i < sizeof(res_stmts) / sizeof(res_stmts[0]); i++) {
         PGresult   *res = pg_prepare(r->pg, RES_ROLE, res_stmts[i].name, res_stmts[i].sql,
-                                     res_stmts[i].nparams, r->w->stop);
+                                     res_stmts[i].nparams, &r->w->pg_wait);
         const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
         int         ok = PQresultStatus(res) == PGRES_COMMAND_OK
                          || (state != NULL && strcmp(state, "42P05") == 0);   /* exists */
@@ -219,7 +219,7 @@ static int res_round_failed(const pg_pipe_t *p, int *bad_data)
 
 static int res_simple(results_t *r, const char *sql)
 {
-    PGresult *res = pg_exec(r->pg, RES_ROLE, sql, 0, NULL, r->w->stop);
+    PGresult *res = pg_exec(r->pg, RES_ROLE, sql, 0, NULL, &r->w->pg_wait);
     int       ok = res != NULL;
 
     PQclear(res);
@@ -242,17 +242,19 @@ typedef struct {
 static int res_round(results_t *r, pg_pipe_t *p, const res_stmt_t *s, int n)
 {
     char why[256];
-    int  ok = pg_pipe_begin(r->pg, p) == 0;
+    int  ok = pg_pipe_begin(r->pg, p) == 0, rc = -1;
 
     for (int i = 0; ok && i < n; i++)
         ok = pg_pipe_stmt(r->pg, p, s[i].name, s[i].sql, s[i].nparams, s[i].params) == 0;
-    if (ok && pg_pipe_wait(r->pg, p, r->w->stop) == 0)
+    if (ok && (rc = pg_pipe_wait(r->pg, p, &r->w->pg_wait)) == 0)
         return 0;
     snprintf(why, sizeof(why), "%s", PQerrorMessage(r->pg));
     why[strcspn(why, "\n")] = '\0';
-    if (*r->w->stop)
-        wlog(LOG_WARN, RES_ROLE, NULL, "pg_abandoned", "stopping before PostgreSQL answered a "
-             "round trip: its transaction is rolled back, its results redelivered");
+    if (rc == PG_GIVEN_UP)
+        wlog(LOG_WARN, RES_ROLE, NULL, "pg_abandoned", "%s before PostgreSQL answered a round "
+             "trip: its transaction is rolled back, its results %s",
+             *r->w->stop ? "stopping" : "out of time",
+             *r->w->stop ? "redelivered" : "applied again on a new connection");
     else
         wlog(LOG_WARN, RES_ROLE, NULL, "pg_error", "round trip failed: %s; reconnecting", why);
     pg_pipe_clear(p);
@@ -704,7 +706,7 @@ static int res_publish(results_t *r, const res_item_t *items, int n, read_model_
             || redis_ensure(&r->redis, r->w->cfg, RES_ROLE, NULL) != 0)
             return -1;
         rc = read_model_publish_many(r->pg, r->redis, r->w->insurers, ids, traces, k,
-                                     RES_APP_TTL_S, r->w->stop);
+                                     RES_APP_TTL_S, &r->w->pg_wait);
         if (rc < 0)
             return -1;
         atomic_fetch_add(&r->w->metrics->publish_total, (unsigned long) rc);

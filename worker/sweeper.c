@@ -178,7 +178,7 @@ static const sweep_kind_t sweep_accepted = {
 
 static void sweep_rollback(sweeper_t *s)
 {
-    PQclear(pg_exec(s->pg, SWEEP_ROLE, "ROLLBACK", 0, NULL, s->w->stop));
+    PQclear(pg_exec(s->pg, SWEEP_ROLE, "ROLLBACK", 0, NULL, &s->w->pg_wait));
 }
 
 /* One column of rows as an array literal (pg_text_array). */
@@ -207,7 +207,7 @@ static int sweep_touch(sweeper_t *s, const sweep_kind_t *k, PGresult *rows)
         ok = ok && (keys[c] = sweep_array(rows, c)) != NULL;
     if (ok)
         res = pg_exec(s->pg, SWEEP_ROLE, k->touch_sql, k->key_cols, (const char **) keys,
-                      s->w->stop);
+                      &s->w->pg_wait);
     free(keys[0]);
     free(keys[1]);
     if (res == NULL)
@@ -268,10 +268,10 @@ static int sweep_page(sweeper_t *s, const sweep_kind_t *k, int age_s, int *redri
     int         n;
 
     snprintf(age, sizeof(age), "%d", age_s);
-    if ((res = pg_exec(s->pg, SWEEP_ROLE, "BEGIN", 0, NULL, s->w->stop)) == NULL)
+    if ((res = pg_exec(s->pg, SWEEP_ROLE, "BEGIN", 0, NULL, &s->w->pg_wait)) == NULL)
         return -1;
     PQclear(res);
-    if ((rows = pg_exec(s->pg, SWEEP_ROLE, k->select_sql, 1, params, s->w->stop)) == NULL) {
+    if ((rows = pg_exec(s->pg, SWEEP_ROLE, k->select_sql, 1, params, &s->w->pg_wait)) == NULL) {
         sweep_rollback(s);
         return -1;
     }
@@ -283,7 +283,7 @@ static int sweep_page(sweeper_t *s, const sweep_kind_t *k, int age_s, int *redri
         return -1;
     }
     PQclear(rows);
-    if ((res = pg_exec(s->pg, SWEEP_ROLE, "COMMIT", 0, NULL, s->w->stop)) == NULL)
+    if ((res = pg_exec(s->pg, SWEEP_ROLE, "COMMIT", 0, NULL, &s->w->pg_wait)) == NULL)
         return -1;
     PQclear(res);
     return n;

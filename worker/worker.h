@@ -8,6 +8,7 @@
 #include "insurers.h"
 #include "kafka.h"
 #include "metrics.h"
+#include "pg.h"
 
 typedef struct {
     const worker_config_t *cfg;
@@ -15,6 +16,7 @@ typedef struct {
     kafka_producer_t      *producer;
     metrics_t             *metrics;
     volatile int          *stop;        /* set by SIGINT/SIGTERM: roles finish and return */
+    pg_wait_t              pg_wait;     /* how statements wait: stop, --pg-answer-timeout-ms */
 } worker_t;
 
 /* Role thread entry points: arg is the worker_t; each returns NULL when *stop is set. */

@@ -107,6 +107,7 @@ sub wait_until { OsagoTest::wait_for(@_) }
 our %WORKER_FLAG = (
     kafka_session_timeout_ms => '--kafka-session-timeout-ms',
     kafka_fetch_wait_ms      => '--kafka-fetch-wait-ms',
+    pg_answer_timeout_ms     => '--pg-answer-timeout-ms',
     insurer_timeout_ms       => '--insurer-timeout-ms',
     max_attempts             => '--max-attempts',
     retry_base_ms            => '--retry-base-ms',

@@ -19,6 +19,7 @@
 static const char *const env_names[] = {
     "OSAGO_ROLES", "OSAGO_KAFKA", "OSAGO_KAFKA_SESSION_TIMEOUT_MS", "OSAGO_KAFKA_FETCH_WAIT_MS",
     "OSAGO_KAFKA_LINGER_MS", "OSAGO_REDIS", "OSAGO_REDIS_PASSWORD", "OSAGO_REDIS_DB", "OSAGO_PG",
+    "OSAGO_PG_ANSWER_TIMEOUT_MS",
     "OSAGO_INSURERS", "OSAGO_MIGRATIONS",
     "OSAGO_HTTP", "OSAGO_NAME", "OSAGO_INSURER_TIMEOUT_MS", "OSAGO_MAX_ATTEMPTS",
     "OSAGO_RETRY_BASE_MS", "OSAGO_RETRY_MAX_MS", "OSAGO_MAX_IN_FLIGHT", "OSAGO_SWEEP_INTERVAL_S",
@@ -78,6 +79,7 @@ static void test_defaults(void **state)
     assert_int_equal(cfg.kafka_session_timeout_ms, 10000);
     assert_int_equal(cfg.kafka_fetch_wait_ms, 100);
     assert_int_equal(cfg.kafka_linger_ms, 2);
+    assert_int_equal(cfg.pg_answer_timeout_ms, 60000);
     assert_string_equal(cfg.redis_host, "127.0.0.1");
     assert_int_equal(cfg.redis_port, 6380);
     assert_null(cfg.redis_password);
@@ -122,6 +124,7 @@ static void test_environment(void **state)
     setenv("OSAGO_REDIS_PASSWORD", "s3cret", 1);
     setenv("OSAGO_REDIS_DB", "2", 1);
     setenv("OSAGO_PG", "host=db dbname=x", 1);
+    setenv("OSAGO_PG_ANSWER_TIMEOUT_MS", "0", 1);
     setenv("OSAGO_INSURERS", "/etc/osago/insurers.json", 1);
     setenv("OSAGO_MIGRATIONS", "/usr/share/osago/migrations", 1);
     setenv("OSAGO_HTTP", "0.0.0.0:9100", 1);
@@ -149,6 +152,7 @@ static void test_environment(void **state)
     assert_string_equal(cfg.redis_password, "s3cret");
     assert_int_equal(cfg.redis_db, 2);
     assert_string_equal(cfg.pg_conninfo, "host=db dbname=x");
+    assert_int_equal(cfg.pg_answer_timeout_ms, 0);
     assert_string_equal(cfg.insurers_file, "/etc/osago/insurers.json");
     assert_string_equal(cfg.migrations_dir, "/usr/share/osago/migrations");
     assert_string_equal(cfg.http_host, "0.0.0.0");
@@ -268,6 +272,7 @@ static void test_numbers(void **state)
         { "--kafka-fetch-wait-ms", "OSAGO_KAFKA_FETCH_WAIT_MS", 1, 1000 },
         { "--kafka-linger-ms", "OSAGO_KAFKA_LINGER_MS", 0, 1000 },
         { "--redis-db", "OSAGO_REDIS_DB", 0, 255 },
+        { "--pg-answer-timeout-ms", "OSAGO_PG_ANSWER_TIMEOUT_MS", 0, 3600000 },
         { "--insurer-timeout-ms", "OSAGO_INSURER_TIMEOUT_MS", 1, 600000 },
         { "--max-attempts", "OSAGO_MAX_ATTEMPTS", 1, 10 },
         { "--retry-base-ms", "OSAGO_RETRY_BASE_MS", 1, 600000 },
