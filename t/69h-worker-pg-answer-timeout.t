@@ -7,7 +7,9 @@
 # role gives its statement up after --pg-answer-timeout-ms (3 s here), connects again, gives the
 # silent first address its connect_timeout, and goes on through the second: the application
 # injected during the stall completes, each insurer called once. Before, every role waited on
-# the stalled connection for as long as the worker ran.
+# the stalled connection for as long as the worker ran. Then a PostgreSQL that is alive but
+# holds a lock longer than the answer timeout cancels the statement itself (statement_timeout),
+# and the role retries on the same connection; before, there was no limit of either kind.
 use strict;
 use warnings;
 use FindBin;
@@ -63,11 +65,40 @@ ok($gave_up{results} || $gave_up{read_model}, '  results gave a statement up, ou
 ok((grep { ($_->{event} // '') eq 'pg_connect_failed' && ($_->{msg} // '') =~ /within the connect timeout/ }
         @lines[ $stalled_at .. $#lines ]),
    '  and connected again past the silent address');
-is(OsagoStack::metric_of($executor->metrics, 'insurer_calls'), 2 * @CODES,
+
+# A PostgreSQL that is alive but where a statement waits longer than the role would (a lock held
+# for 8 s): PostgreSQL cancels it itself (statement_timeout, set from the same option), so the
+# role retries on its connection rather than give it up and leave a backend waiting behind.
+$proxy->stop;     # and with it the connections it held: their backends end
+ok(OsagoStack::wait_until(sub { $pg->psql("SELECT count(*) FROM pg_stat_activity"
+                                          . " WHERE application_name = 'osago-worker-results'") == 1 },
+                          10, 0.1), 'one results backend once the stalled proxy is gone');
+my $slow = OsagoStack::intake_entry($r);
+ok(OsagoStack::wait_until(sub { ($pg->psql("SELECT status FROM applications WHERE id = '$slow'") // '')
+                                    eq 'in_progress' }, 30, 0.05), 'another application started');
+my $locked_at = scalar @{ $front->log_lines };
+my $t1 = time;
+ok($pg->hold_lock("id = '$slow'", 8, 'applications'), '  its row locked for 8 s by another session');
+sleep 6;          # past the 3 s of statement_timeout and the second after it
+is(scalar $pg->psql("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                    . " AND application_name LIKE 'osago-worker-%'"),
+   1, '  6 s into the lock one statement of the worker waits on it, no more');
+ok(OsagoStack::wait_completed($pg, [$slow], 30), '  it completes once the lock is gone');
+cmp_ok(time - $t1, '>=', 7, sprintf('  (after %.1f s)', time - $t1));
+@lines = @{ $front->log_lines };
+my @since = @lines[ $locked_at .. $#lines ];
+ok((grep { ($_->{event} // '') eq 'pg_error' && ($_->{msg} // '') =~ /57014/ } @since),
+   '  results\' statement was cancelled by PostgreSQL (SQLSTATE 57014: statement_timeout)')
+    or diag join "\n", map { "$_->{role} $_->{event} $_->{msg}" } grep { $_->{level} ne 'debug' } @since;
+is(scalar(grep { ($_->{event} // '') eq 'pg_abandoned' } @since), 0,
+   '  and none given up: the connection kept');
+is(scalar $pg->psql("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'osago-worker-results'"),
+   1, '  one results backend, none left waiting behind');
+
+is(OsagoStack::metric_of($executor->metrics, 'insurer_calls'), 3 * @CODES,
    'each insurer called once per application');
-OsagoStack::check_all_done($pg, $r, [ $warm, $id ], \@CODES);
+OsagoStack::check_all_done($pg, $r, [ $warm, $id, $slow ], \@CODES);
 
 $_->stop for $front, $executor;
-$proxy->stop;
 
 done_testing;

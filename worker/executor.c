@@ -610,11 +610,12 @@ static const struct {
     { "ex_heartbeat", ex_heartbeat_sql, 2 },
 };
 
-/* At a stop only, where waiting is allowed: one blocking attempt (pg_connect tries once when
- * its stop flag is already set). The loop connects without blocking (ex_connect_start). */
+/* At a stop only, where waiting is allowed: one round of the addresses (pg_connect makes one
+ * when its stop flag is already set). The loop connects without blocking (ex_connect_start). */
 static int ex_pg_blocking(executor_t *x)
 {
-    volatile int once = 1;
+    volatile int    stopping = 1;
+    const pg_wait_t once = { &stopping, x->w->cfg->pg_answer_timeout_ms };
 
     if (x->pg != NULL && PQstatus(x->pg) == CONNECTION_OK)
         return 0;
@@ -865,7 +866,8 @@ static void ex_connect_start(executor_t *x)
         PQfinish(x->pg);
     }
     pg_connecting_free(&x->connecting);
-    x->pg = pg_connect_start(x->w->cfg->pg_conninfo, EX_ROLE, x->connect_skip, &x->connecting);
+    x->pg = pg_connect_start(x->w->cfg->pg_conninfo, EX_ROLE, x->connect_skip,
+                             x->w->cfg->pg_answer_timeout_ms, &x->connecting);
     x->claim_phase = CL_CONNECTING;
     x->claim_events = 0;
     ex_connect_at(x);

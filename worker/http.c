@@ -31,6 +31,7 @@
 
 #define PROBE_TIMEOUT_MS   1000
 #define PROBE_PG_ADDRESSES 8      /* a standby list's addresses probed at once */
+#define PROBE_PG_STAGGER_MS 250   /* the next address joins when those before say nothing */
 #define PROBE_INTERVAL_MS  5000
 
 struct http_server {
@@ -89,55 +90,77 @@ static int pg_wait(PGconn *c, short events, long long deadline)
 }
 
 /*
- * The first of the conninfo's addresses to take a connection, connects to every one started at
- * once (pg_connect_start from each place in the list) and polled together until the deadline:
- * one that says nothing (a dead host first in a standby list) must not fail the probe while
- * another answers. Asynchronous libpq: connect_timeout cannot hold a 1 s budget (libpq raises
- * values below 2 s to 2 s). NULL when none connected in time.
+ * A fresh connection to the first of the conninfo's addresses to take one. A connect starts at
+ * the first address; while those under way say nothing, another starts every 250 ms past the
+ * furthest address they have reached (pg_connect_start from that place in the list), all polled
+ * together until the deadline: a silent address (a dead host first in a standby list) must not
+ * fail the probe while another answers, and a healthy first address costs one connection, as
+ * before. Asynchronous libpq: connect_timeout cannot hold a 1 s budget (libpq raises values
+ * below 2 s to 2 s). NULL when none connected in time.
  */
 static PGconn *probe_pg_connect(const char *conninfo, long long deadline)
 {
     PGconn                   *c[PROBE_PG_ADDRESSES] = { NULL };
     PostgresPollingStatusType st[PROBE_PG_ADDRESSES];
+    pg_connecting_t           at[PROBE_PG_ADDRESSES];
+    int                       from[PROBE_PG_ADDRESSES];
     PGconn                   *won = NULL;
-    int                       n = 1, live;
+    int                       n = 1, started = 0, next = 0;
+    long long                 next_start = now_ms();
 
-    for (int i = 0; i < n; i++) {
-        pg_connecting_t at;
-
-        c[i] = pg_connect_start(conninfo, "readyz", i, &at);
-        if (i == 0 && at.plan.n > 1)
-            n = at.plan.n < PROBE_PG_ADDRESSES ? at.plan.n : PROBE_PG_ADDRESSES;
-        pg_connecting_free(&at);
-        st[i] = c[i] != NULL && PQstatus(c[i]) != CONNECTION_BAD ? PGRES_POLLING_WRITING
-                                                                 : PGRES_POLLING_FAILED;
-    }
-    do {
+    while (won == NULL && now_ms() < deadline) {
         struct pollfd p[PROBE_PG_ADDRESSES];
-        long long     left = deadline - now_ms();
+        long long     until;
+        int           live = 0;
 
-        live = 0;
-        for (int i = 0; i < n; i++) {
+        if (started < PROBE_PG_ADDRESSES && next < n && now_ms() >= next_start) {
+            from[started] = next;
+            c[started] = pg_connect_start(conninfo, "readyz", next, 0, &at[started]);
+            if (started == 0 && at[0].plan.n > 1)
+                n = at[0].plan.n;
+            st[started] = c[started] != NULL && PQstatus(c[started]) != CONNECTION_BAD
+                          ? PGRES_POLLING_WRITING : PGRES_POLLING_FAILED;
+            started++;
+            next_start = now_ms() + PROBE_PG_STAGGER_MS;
+        }
+        for (int i = 0; i < started; i++) {
             p[i].fd = st[i] == PGRES_POLLING_FAILED ? -1 : PQsocket(c[i]);
             p[i].events = st[i] == PGRES_POLLING_READING ? POLLIN : POLLOUT;
             p[i].revents = 0;
             live += p[i].fd >= 0;
+            /* the next connect starts past every address one under way has reached */
+            if (from[i] + at[i].at + 1 > next)
+                next = from[i] + at[i].at + 1;
         }
-        if (live == 0 || left <= 0 || (poll(p, (nfds_t) n, (int) left) < 0 && errno != EINTR))
+        if (live == 0) {
+            if (next >= n || started == PROBE_PG_ADDRESSES)
+                break;                    /* every address refused: no need to wait */
+            next_start = now_ms();        /* the next one at once */
+            continue;
+        }
+        until = next < n && next_start < deadline ? next_start : deadline;
+        if (poll(p, (nfds_t) started, (int) (until > now_ms() ? until - now_ms() : 0)) < 0
+            && errno != EINTR)
             break;
-        for (int i = 0; i < n && won == NULL; i++) {
+        for (int i = 0; i < started && won == NULL; i++) {
             if (p[i].fd < 0 || p[i].revents == 0)
                 continue;
             st[i] = pg_connect_poll(c[i], "readyz");
+            if (st[i] == PGRES_POLLING_FAILED)
+                next = n;                 /* libpq went round every address: none took it */
+            else
+                pg_connect_moved(c[i], &at[i]);
             if (st[i] == PGRES_POLLING_OK) {
                 won = c[i];
                 c[i] = NULL;
             }
         }
-    } while (won == NULL);
-    for (int i = 0; i < n; i++)
+    }
+    for (int i = 0; i < started; i++) {
         if (c[i] != NULL)
             PQfinish(c[i]);
+        pg_connecting_free(&at[i]);
+    }
     return won;
 }
 

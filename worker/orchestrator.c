@@ -353,7 +353,7 @@ static int orch_produce(orch_t *o)
 
 static int orch_process(orch_t *o)
 {
-    if (pg_ensure(&o->pg, o->w->cfg->pg_conninfo, ORCH_ROLE, o->w->stop) != 0)
+    if (pg_ensure(&o->pg, o->w->cfg->pg_conninfo, ORCH_ROLE, &o->w->pg_wait) != 0)
         return -1;
     if (orch_store(o) != 0)
         return -1;

@@ -19,6 +19,7 @@
 #define PG_BACKOFF_MAX_MS  2000
 #define PG_NO_STOP_DEADLINE_MS 30000   /* stop == NULL (the migrate command): give up after this */
 #define PG_CONNECT_TIMEOUT_S "5"        /* unless the conninfo says otherwise */
+#define PG_ANSWER_GRACE_MS 1000         /* after statement_timeout, before a statement is given up */
 
 static long long now_ms(void)
 {
@@ -60,8 +61,9 @@ static void pg_notice(void *arg, const char *message)
 
 /* PQconnectStartParams with our defaults, for the caller to poll; the conninfo's addresses (a
  * host name's as well, pg_hosts.h) tried from the skip-th on, then from the first, as *plan
- * says. NULL when out of memory. */
-static PGconn *pg_open(const char *conninfo, const char *role, int skip, pg_hosts_t *plan)
+ * says; statement_ms > 0: the session's statement_timeout. NULL when out of memory. */
+static PGconn *pg_open(const char *conninfo, const char *role, int skip, int statement_ms,
+                       pg_hosts_t *plan)
 {
     /*
      * Our defaults come first: libpq lets later keywords override earlier ones, and the
@@ -91,9 +93,13 @@ static PGconn *pg_open(const char *conninfo, const char *role, int skip, pg_host
     const char *keys[] = { "connect_timeout", "application_name", "options",
                            "keepalives_idle", "keepalives_interval", "keepalives_count",
                            "tcp_user_timeout", "dbname", NULL, NULL, NULL, NULL };
-    const char *vals[] = { PG_CONNECT_TIMEOUT_S, appname,
-                           "-c enable_seqscan=off -c enable_hashjoin=off"
-                           " -c enable_mergejoin=off -c plan_cache_mode=force_generic_plan",
+    /*
+     * And a statement that waits longer than the role will (a lock held for minutes) cancelled
+     * by PostgreSQL itself: the role gets an error it retries on the same connection, rather
+     * than give the connection up and leave its backend waiting behind it (pg_wait_t).
+     */
+    char        options[192];
+    const char *vals[] = { PG_CONNECT_TIMEOUT_S, appname, options,
                            "30", "10", "3", "60000", conninfo, NULL, NULL, NULL, NULL };
     PQconninfoOption *opts = PQconninfoParse(conninfo, NULL);
     /* what the conninfo leaves out, libpq takes from the environment (a service file, rare
@@ -101,7 +107,13 @@ static PGconn *pg_open(const char *conninfo, const char *role, int skip, pg_host
     const char       *host = getenv("PGHOST"), *hostaddr = getenv("PGHOSTADDR");
     const char       *port = getenv("PGPORT");
     PGconn           *c = NULL;
-    int               k = 8;
+    int               k = 8, len;
+
+    len = snprintf(options, sizeof(options), "-c enable_seqscan=off -c enable_hashjoin=off"
+                   " -c enable_mergejoin=off -c plan_cache_mode=force_generic_plan");
+    if (statement_ms > 0)
+        snprintf(options + len, sizeof(options) - (size_t) len, " -c statement_timeout=%d",
+                 statement_ms);
 
     for (PQconninfoOption *o = opts; o != NULL && o->keyword != NULL; o++) {
         if (o->val == NULL || o->val[0] == '\0')
@@ -172,11 +184,11 @@ void pg_connecting_free(pg_connecting_t *at)
  * past them), of *n in all; -1 when none was silent. The attempt is given up too once *stop is
  * set (stop NULL: never).
  */
-static PGconn *pg_attempt(const char *conninfo, const char *role, int skip, volatile int *stop,
-                          int *passed, int *n, char *why, size_t whylen)
+static PGconn *pg_attempt(const char *conninfo, const char *role, int skip, int statement_ms,
+                          volatile int *stop, int *passed, int *n, char *why, size_t whylen)
 {
     pg_connecting_t           at;
-    PGconn                   *c = pg_connect_start(conninfo, role, skip, &at);
+    PGconn                   *c = pg_connect_start(conninfo, role, skip, statement_ms, &at);
     PostgresPollingStatusType st = PGRES_POLLING_WRITING;  /* what libpq's manual starts with */
     long long                 due = now_ms() + at.timeout_ms;
     int                       said = 0;
@@ -226,8 +238,10 @@ static PGconn *pg_attempt(const char *conninfo, const char *role, int skip, vola
     return NULL;
 }
 
-PGconn *pg_connect(const char *conninfo, const char *role, volatile int *stop)
+PGconn *pg_connect(const char *conninfo, const char *role, const pg_wait_t *wait)
 {
+    volatile int *stop = wait != NULL ? wait->stop : NULL;
+    int           statement_ms = wait != NULL ? wait->answer_ms : 0;
     long long     deadline = now_ms() + PG_NO_STOP_DEADLINE_MS;
     int           backoff = PG_BACKOFF_MIN_MS, attempts = 0, skip = 0, round = 0;
     /* already stopping (the executor's hand-back): one round of the addresses, which the flag
@@ -237,7 +251,8 @@ PGconn *pg_connect(const char *conninfo, const char *role, volatile int *stop)
     for (;;) {
         char    msg[512];
         int     passed, n;
-        PGconn *c = pg_attempt(conninfo, role, skip, cut, &passed, &n, msg, sizeof(msg));
+        PGconn *c = pg_attempt(conninfo, role, skip, statement_ms, cut, &passed, &n, msg,
+                               sizeof(msg));
 
         if (c != NULL) {
             if (attempts > 0)
@@ -274,7 +289,7 @@ PGconn *pg_connect(const char *conninfo, const char *role, volatile int *stop)
     }
 }
 
-int pg_ensure(PGconn **conn, const char *conninfo, const char *role, volatile int *stop)
+int pg_ensure(PGconn **conn, const char *conninfo, const char *role, const pg_wait_t *wait)
 {
     if (*conn != NULL && PQstatus(*conn) == CONNECTION_OK)
         return 0;
@@ -282,17 +297,18 @@ int pg_ensure(PGconn **conn, const char *conninfo, const char *role, volatile in
         wlog(LOG_WARN, role, NULL, "pg_reconnect", "PostgreSQL connection lost; reconnecting");
         PQfinish(*conn);
     }
-    *conn = pg_connect(conninfo, role, stop);
+    *conn = pg_connect(conninfo, role, wait);
     return *conn != NULL ? 0 : -1;
 }
 
-PGconn *pg_connect_start(const char *conninfo, const char *role, int skip, pg_connecting_t *at)
+PGconn *pg_connect_start(const char *conninfo, const char *role, int skip, int statement_ms,
+                         pg_connecting_t *at)
 {
     PGconn           *c;
     PQconninfoOption *opts;
 
     memset(at, 0, sizeof(*at));
-    c = pg_open(conninfo, role, skip, &at->plan);
+    c = pg_open(conninfo, role, skip, statement_ms, &at->plan);
     opts = c != NULL ? PQconninfo(c) : NULL;
     /* libpq applies connect_timeout only while it blocks; polled, the caller must. As libpq:
      * at least 2 s. Unlike libpq, 0 (no limit) is our default: a loop waits on nothing forever. */
@@ -403,9 +419,22 @@ static volatile int *pg_stop_of(const pg_wait_t *wait)
     return wait != NULL ? wait->stop : NULL;
 }
 
+/* A second past the session's statement_timeout (pg_open): a PostgreSQL that is alive cancels
+ * the statement itself first, and only a hung one is given up. */
 static long long pg_deadline_of(const pg_wait_t *wait)
 {
-    return wait != NULL && wait->answer_ms > 0 ? now_ms() + wait->answer_ms : 0;
+    return wait != NULL && wait->answer_ms > 0 ? now_ms() + wait->answer_ms + PG_ANSWER_GRACE_MS
+                                               : 0;
+}
+
+/* A statement on a connection already lost (a sweep's ROLLBACK after a statement was given
+ * up): not sent, and not logged as an error of its own, since the loss was. */
+static int pg_lost_already(PGconn *conn, const char *role, const char *what)
+{
+    if (PQstatus(conn) == CONNECTION_OK)
+        return 0;
+    wlog(LOG_DEBUG, role, NULL, "pg_not_sent", "%s not sent: the connection was lost", what);
+    return 1;
 }
 
 PGresult *pg_exec(PGconn *conn, const char *role, const char *sql, int nparams,
@@ -413,8 +442,12 @@ PGresult *pg_exec(PGconn *conn, const char *role, const char *sql, int nparams,
 {
     volatile int  *stop = pg_stop_of(wait);
     long long      deadline = pg_deadline_of(wait);
-    int            sent = pg_nonblocking(conn)
-                          && PQsendQueryParams(conn, sql, nparams, NULL, params, NULL, NULL, 0);
+    int            sent;
+
+    if (pg_lost_already(conn, role, "a statement"))
+        return NULL;
+    sent = pg_nonblocking(conn)
+           && PQsendQueryParams(conn, sql, nparams, NULL, params, NULL, NULL, 0);
     PGresult      *res = pg_answer(conn, sent, role, "a statement", stop, deadline);
     ExecStatusType st = PQresultStatus(res);
 
@@ -484,9 +517,14 @@ static PGresult *pg_run(PGconn *conn, const char *role, const char *name, const 
                         int nparams, const char *const *params, volatile int *stop,
                         long long deadline_ms)
 {
-    PGresult      *res = pg_prepared(conn, role, name, sql, nparams, params, stop, deadline_ms);
-    ExecStatusType st = PQresultStatus(res);
+    PGresult      *res;
+    ExecStatusType st;
     char           msg[256];
+
+    if (pg_lost_already(conn, role, name))
+        return NULL;
+    res = pg_prepared(conn, role, name, sql, nparams, params, stop, deadline_ms);
+    st = PQresultStatus(res);
 
     if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK)
         return res;

@@ -7,14 +7,33 @@
 #include "pg_hosts.h"
 
 /*
+ * How a role waits for PostgreSQL (wait may be NULL: whatever happens, as the migrate command
+ * does). Its connections carry statement_timeout = answer_ms, so a PostgreSQL that is alive
+ * cancels a statement that waits too long (a lock held for minutes) and the role gets an error
+ * it retries. Each statement's answer is awaited in 100-ms slices and given up when wait->stop
+ * is set, or a second after answer_ms (a hung server, which still acknowledges keepalives): the
+ * connection's socket is shut, so the caller sees a lost connection, which it handles already,
+ * and `pg_abandoned` is logged. Whether the statement ran is then unknown (PostgreSQL may finish
+ * one it had begun; a transaction left open is rolled back once its backend notices): only for
+ * statements safe to repeat, as every one of the worker's is. A stalled PostgreSQL thus never
+ * holds a stop, nor a role for much longer than answer_ms: it connects again, to the next
+ * address of a list if this one stays silent.
+ */
+typedef struct {
+    volatile int *stop;        /* the role's stop flag (NULL: none) */
+    int           answer_ms;   /* a statement's answer awaited at most this long (0: no limit) */
+} pg_wait_t;
+
+/*
  * Connects, retrying with backoff (100 ms doubling to 2 s) until *stop, or with stop NULL (the
  * migrate command) for at most 30 s. The connect is polled in 100-ms slices (pg_connect_start):
  * a stop ends an attempt under way (`pg_abandoned`), and an address that says nothing for the
  * connect timeout is given up for the next one, as libpq's blocking connect does. *stop
- * already set: a single attempt, to its end. NULL on failure (logged). connect_timeout
- * defaults to 5 s and application_name to osago-worker-<role>; the conninfo may override both.
+ * already set: one round of the addresses, to its end. NULL on failure (logged).
+ * connect_timeout defaults to 5 s, application_name to osago-worker-<role>, statement_timeout
+ * to wait->answer_ms; the conninfo may override them.
  */
-PGconn *pg_connect(const char *conninfo, const char *role, volatile int *stop);
+PGconn *pg_connect(const char *conninfo, const char *role, const pg_wait_t *wait);
 
 /* A connect under way (pg_connect_start): where libpq is in the conninfo's addresses, so that
  * an address that says nothing can be given up for the next one. */
@@ -34,7 +53,8 @@ typedef struct {
  * memory; check PQstatus for CONNECTION_BAD. pg_connecting_free *at, whatever happened. Names
  * are looked up here, and that may block: give hostaddr, or an address, for a loop that must
  * not wait. */
-PGconn *pg_connect_start(const char *conninfo, const char *role, int skip, pg_connecting_t *at);
+PGconn *pg_connect_start(const char *conninfo, const char *role, int skip, int statement_ms,
+                         pg_connecting_t *at);
 
 /* PQconnectPoll; once PGRES_POLLING_OK, the connection is set up as pg_connect's are. */
 PostgresPollingStatusType pg_connect_poll(PGconn *conn, const char *role);
@@ -49,22 +69,8 @@ int pg_connect_skip_past(const pg_connecting_t *at, int skip);
 void pg_connecting_free(pg_connecting_t *at);
 
 /* Reconnects when the connection is bad; returns 0 when usable. */
-int pg_ensure(PGconn **conn, const char *conninfo, const char *role, volatile int *stop);
+int pg_ensure(PGconn **conn, const char *conninfo, const char *role, const pg_wait_t *wait);
 
-/*
- * The statements of the role threads. Each waits for PostgreSQL's answer in 100-ms slices and
- * gives it up when wait->stop is set, or after wait->answer_ms (wait may be NULL: the answer is
- * awaited whatever happens, as by the migrate command): the connection's socket is shut, so the
- * caller sees a lost connection, which it handles already, and `pg_abandoned` is logged. Whether
- * the statement ran is then unknown (PostgreSQL may finish one it had begun; a transaction left
- * open is rolled back): only for statements safe to repeat, as every one of the worker's is. A
- * stalled PostgreSQL thus never holds a stop, nor a role for longer than answer_ms: it connects
- * again, to the next address of a list if this one stays silent.
- */
-typedef struct {
-    volatile int *stop;        /* the role's stop flag (NULL: none) */
-    int           answer_ms;   /* a statement's answer awaited at most this long (0: no limit) */
-} pg_wait_t;
 
 /* Runs a statement expecting PGRES_COMMAND_OK or PGRES_TUPLES_OK; NULL on error (logged
  * with role, SQLSTATE, message and the statement's start). params are text; PQclear the result.

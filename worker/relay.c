@@ -316,7 +316,8 @@ static int relay_insert(relay_t *r, int only, char *why, size_t whylen)
         /* classes 22 (data exception) and 23 (integrity): this data, not the database */
         rc = state != NULL && (strncmp(state, "22", 2) == 0 || strncmp(state, "23", 2) == 0)
              ? 1 : -1;
-        snprintf(why, whylen, "%s", PQresultErrorMessage(res));
+        snprintf(why, whylen, "%s", res != NULL ? PQresultErrorMessage(res)
+                                                : "given up before PostgreSQL answered");
         why[strcspn(why, "\n")] = '\0';
     }
     PQclear(res);
@@ -610,7 +611,7 @@ static int relay_connected(relay_t *r)
 
     if (redis_ensure(&r->redis, cfg, RELAY_ROLE, r->w->stop) != 0)
         return 0;
-    if (pg_ensure(&r->pg, cfg->pg_conninfo, RELAY_ROLE, r->w->stop) != 0)
+    if (pg_ensure(&r->pg, cfg->pg_conninfo, RELAY_ROLE, &r->w->pg_wait) != 0)
         return 0;
     return r->group_ready || relay_create_group(r) == 0;
 }

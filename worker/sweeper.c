@@ -332,7 +332,7 @@ void *sweeper_main(void *arg)
             continue;
         }
         next = now + (int64_t) w->cfg->sweep_interval_s * 1000;
-        if (pg_ensure(&s.pg, w->cfg->pg_conninfo, SWEEP_ROLE, w->stop) == 0)
+        if (pg_ensure(&s.pg, w->cfg->pg_conninfo, SWEEP_ROLE, &w->pg_wait) == 0)
             sweep_once(&s);
     }
     if (s.pg != NULL)

@@ -454,14 +454,16 @@ sub psql {
 
 sub last_error { $_[0]{last_error} }
 
-# Another session holds the quotes WHERE $where locked (FOR UPDATE) for $secs: returns its psql's
-# pid once the lock is taken (its pg_sleep shows in pg_stat_activity), undef if it was not.
+# Another session holds the rows of $table (quotes unless given) WHERE $where locked (FOR UPDATE)
+# for $secs: returns its psql's pid once the lock is taken (its pg_sleep shows in
+# pg_stat_activity), undef if it was not.
 sub hold_lock {
-    my ($self, $where, $secs) = @_;
+    my ($self, $where, $secs, $table) = @_;
+    $table //= 'quotes';
     my $out = "$self->{dir}/lock-" . ++$self->{locks} . '.out';
     my ($pid) = OsagoStack::_spawn(
         cmd => [ 'psql', '-X', '-q', '-h', '127.0.0.1', '-p', $self->{port}, '-U', 'osago',
-                 '-d', 'osago', '-c', "BEGIN; SELECT 1 FROM quotes WHERE $where FOR UPDATE;"
+                 '-d', 'osago', '-c', "BEGIN; SELECT 1 FROM $table WHERE $where FOR UPDATE;"
                                       . " SELECT pg_sleep($secs); COMMIT;" ],
         stderr => $out, stdout => $out);
     my $held = OsagoTest::wait_for(sub {
