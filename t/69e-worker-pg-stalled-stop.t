@@ -28,47 +28,24 @@ is($mc, 0, 'migrate') or diag "$mo$me";
 
 my %common = (redis => $r, kafka => $kb, insurers => $sim);
 my @fast_claim = OsagoStack::worker_flags(claim_idle_ms => 500);
-my (%proxy, %w);
-for my $role (qw(relay orchestrator results sweeper)) {
-    $proxy{$role} = OsagoStack::TcpProxy->new(to => $pg->port);
-    $w{$role} = OsagoStack::Worker->new(
-        %common, pg => $proxy{$role}->conninfo($pg), name => "silent-$role", roles => $role,
-        args => [ '--log-level', 'debug',
-                  $role eq 'sweeper' ? OsagoStack::worker_flags(sweep_interval_s => 1) : () ]);
-}
+my ($proxy, $w) = OsagoStack::roles_behind_proxies($pg, \%common, 'silent');
 my $executor = OsagoStack::Worker->new(%common, pg => $pg, name => 'direct-executor',
                                        roles => 'executor');
 
 my $warm = OsagoStack::intake_entry($r);
 ok(OsagoStack::wait_completed($pg, [$warm], 60), 'through the proxies: an application completes');
 
-$_->stall for values %proxy;
-my %stalled_at = map { $_ => scalar @{ $w{$_}->log_lines } } keys %w;
+$_->stall for values %$proxy;
+my %stalled_at = map { $_ => scalar @{ $w->{$_}->log_lines } } keys %$w;
 my $status = sub { scalar $pg->psql("SELECT status FROM applications WHERE id = '$_[0]'") // '' };
 
 # A role waits on the silent PostgreSQL once it logs that a statement got no answer (debug,
 # pg_waiting) after the stall: only then is its stop the case under test.
 sub waits_on_pg {
     my ($role, $log_role) = @_;
-    my $worker = $w{$role};
-    return OsagoStack::wait_until(sub {
-        my @lines = @{ $worker->log_lines };
-        grep { ($_->{event} // '') eq 'pg_waiting' && ($_->{role} // '') eq $log_role }
-            @lines[ $stalled_at{$role} .. $#lines ];
-    }, 20, 0.05);
-}
-
-# Stops a role waiting on the silent PostgreSQL: prompt, and it says what it gave up.
-sub stops_promptly {
-    my ($worker, $role, $log_role) = @_;
-    my $t0 = time;
-    $worker->stop(timeout => 8);
-    my $took = time - $t0;
-    cmp_ok($took, '<', 3, sprintf('  %s stopped while PostgreSQL is silent: %.1f s', $role, $took));
-    ok((grep { ($_->{event} // '') eq 'pg_abandoned' && ($_->{role} // '') eq $log_role }
-            @{ $worker->log_lines }),
-       "  $role says what it abandoned (pg_abandoned, role $log_role)")
-        or diag substr($worker->log_text, -2000);
+    return OsagoStack::wait_logged($w->{$role}, $stalled_at{$role}, 20, sub {
+        ($_[0]{event} // '') eq 'pg_waiting' && ($_[0]{role} // '') eq $log_role
+    });
 }
 
 # the relay: its insert of the new application waits
@@ -78,7 +55,7 @@ ok(OsagoStack::wait_until(sub { (OsagoStack::pending_by_consumer($r)->{'silent-r
    'the relay has read the new application');
 ok(waits_on_pg('relay', 'relay'), '  and waits for PostgreSQL to store it');
 is($status->($id), '', '  which has not');
-stops_promptly($w{relay}, 'the relay', 'relay');
+OsagoStack::stops_promptly($w->{relay}, 'the relay', 'relay');
 is(OsagoStack::pending_count($r), 1, '  its entry stays pending, for another relay to claim');
 
 my $relay = OsagoStack::Worker->new(%common, pg => $pg, name => 'direct-relay', roles => 'relay',
@@ -90,7 +67,7 @@ is($status->($id), 'accepted', '  the application is accepted');
 # the orchestrator: its statement for the Created event waits
 ok(waits_on_pg('orchestrator', 'orchestrator'), 'the orchestrator waits for PostgreSQL to start it');
 is($status->($id), 'accepted', '  which has not');
-stops_promptly($w{orchestrator}, 'the orchestrator', 'orchestrator');
+OsagoStack::stops_promptly($w->{orchestrator}, 'the orchestrator', 'orchestrator');
 
 my $orch = OsagoStack::Worker->new(%common, pg => $pg, name => 'direct-orchestrator',
                                    roles => 'orchestrator');
@@ -101,13 +78,13 @@ ok(OsagoStack::wait_until(sub { $status->($id) eq 'in_progress' }, 30, 0.05),
 ok(waits_on_pg('results', 'read_model'), 'results waits for PostgreSQL to show it started');
 isnt((OsagoStack::read_model($r, $id)->{doc} || {})->{status} // '', 'in_progress',
      '  which it cannot');
-stops_promptly($w{results}, 'results', 'read_model');
+OsagoStack::stops_promptly($w->{results}, 'results', 'read_model');
 
 # the sweeper: a sweep a second, the last of them waiting since the stall
 ok(waits_on_pg('sweeper', 'sweeper'), 'the sweeper waits for PostgreSQL');
-stops_promptly($w{sweeper}, 'the sweeper', 'sweeper');
+OsagoStack::stops_promptly($w->{sweeper}, 'the sweeper', 'sweeper');
 
-$_->pass for values %proxy;
+$_->pass for values %$proxy;
 my $results = OsagoStack::Worker->new(%common, pg => $pg, name => 'direct-results',
                                       roles => 'results');
 ok(OsagoStack::wait_completed($pg, [$id], 30), 'results that reach PostgreSQL complete it');
@@ -116,6 +93,6 @@ is(OsagoStack::metric_of($executor->metrics, 'insurer_calls'), 2 * @CODES,
 OsagoStack::check_all_done($pg, $r, [ $warm, $id ], \@CODES);
 
 $_->stop for $results, $orch, $relay, $executor;
-$_->stop for values %proxy;
+$_->stop for values %$proxy;
 
 done_testing;

@@ -28,56 +28,32 @@ my ($mc, $mo, $me) = OsagoStack::Worker->migrate($pg);
 is($mc, 0, 'migrate') or diag "$mo$me";
 
 my %common = (redis => $r, kafka => $kb, insurers => $sim);
-my (%proxy, %w);
-for my $role (qw(relay orchestrator results sweeper)) {
-    $proxy{$role} = OsagoStack::TcpProxy->new(to => $pg->port);
-    $w{$role} = OsagoStack::Worker->new(
-        %common, pg => $proxy{$role}->conninfo($pg, connect_timeout => 30),
-        name => "hung-$role", roles => $role,
-        args => [ '--log-level', 'debug',
-                  $role eq 'sweeper' ? OsagoStack::worker_flags(sweep_interval_s => 1) : () ]);
-}
+my ($proxy, $w) = OsagoStack::roles_behind_proxies($pg, \%common, 'hung', connect_timeout => 30);
 my $executor = OsagoStack::Worker->new(%common, pg => $pg, name => 'direct-executor',
                                        roles => 'executor');
 
 my $warm = OsagoStack::intake_entry($r);
 ok(OsagoStack::wait_completed($pg, [$warm], 60), 'through the proxies: an application completes');
 
-$_->hang for values %proxy;
-my %hung_at = map { $_ => scalar @{ $w{$_}->log_lines } } keys %w;
+$_->hang for values %$proxy;
+my %hung_at = map { $_ => scalar @{ $w->{$_}->log_lines } } keys %$w;
 my $status = sub { scalar $pg->psql("SELECT status FROM applications WHERE id = '$_[0]'") // '' };
 
 # A role is connecting to the hung PostgreSQL once it logs (debug) that a connect it started
 # after the hang has no answer.
 sub connecting {
     my ($role) = @_;
-    my $worker = $w{$role};
-    return OsagoStack::wait_until(sub {
-        my @lines = @{ $worker->log_lines };
-        grep { ($_->{event} // '') eq 'pg_waiting' && ($_->{role} // '') eq $role
-               && ($_->{msg} // '') =~ /^connect to / } @lines[ $hung_at{$role} .. $#lines ];
-    }, 20, 0.05) && $proxy{$role}->held >= 1;
-}
-
-# Stops a role whose connect is unanswered: prompt, and it says what it gave up.
-sub stops_promptly {
-    my ($worker, $role, $log_role) = @_;
-    my $t0 = time;
-    $worker->stop(timeout => 10);
-    my $took = time - $t0;
-    cmp_ok($took, '<', 3, sprintf('  %s stopped while its connect is unanswered: %.1f s', $role, $took));
-    ok((grep { ($_->{event} // '') eq 'pg_abandoned' && ($_->{role} // '') eq $log_role
-               && ($_->{msg} // '') =~ /connect/ }
-            @{ $worker->log_lines }),
-       "  $role says it abandoned the connect (pg_abandoned, role $log_role)")
-        or diag substr($worker->log_text, -2000);
+    return OsagoStack::wait_logged($w->{$role}, $hung_at{$role}, 20, sub {
+        ($_[0]{event} // '') eq 'pg_waiting' && ($_[0]{role} // '') eq $role
+            && ($_[0]{msg} // '') =~ /^connect to /
+    }) && $proxy->{$role}->held >= 1;
 }
 
 # the relay: the new application's insert finds the connection closed
 my $id = OsagoStack::intake_entry($r);
 ok(connecting('relay'), 'the relay is connecting to store the new application');
 is($status->($id), '', '  which is not stored');
-stops_promptly($w{relay}, 'the relay', 'relay');
+OsagoStack::stops_promptly($w->{relay}, 'the relay', 'relay', qr/connect/);
 is(OsagoStack::pending_count($r), 1, '  its entry stays pending, for another relay to claim');
 
 my $relay = OsagoStack::Worker->new(%common, pg => $pg, name => 'direct-relay', roles => 'relay',
@@ -87,7 +63,7 @@ ok(OsagoStack::wait_until(sub { $status->($id) eq 'accepted' }, 20, 0.05),
 
 # the orchestrator: its statement for the Created event finds the connection closed
 ok(connecting('orchestrator'), 'the orchestrator is connecting to start it');
-stops_promptly($w{orchestrator}, 'the orchestrator', 'orchestrator');
+OsagoStack::stops_promptly($w->{orchestrator}, 'the orchestrator', 'orchestrator', qr/connect/);
 is($status->($id), 'accepted', '  which it did not');
 
 my $orch = OsagoStack::Worker->new(%common, pg => $pg, name => 'direct-orchestrator',
@@ -97,11 +73,11 @@ ok(OsagoStack::wait_until(sub { $status->($id) eq 'in_progress' }, 30, 0.05),
 
 # results: the read model's select for the Started event (the insurers take 2.5 s)
 ok(connecting('results'), 'results is connecting to show it started');
-stops_promptly($w{results}, 'results', 'results');
+OsagoStack::stops_promptly($w->{results}, 'results', 'results', qr/connect/);
 
 # the sweeper: a sweep a second, the first after the hang finding the connection closed
 ok(connecting('sweeper'), 'the sweeper is connecting');
-stops_promptly($w{sweeper}, 'the sweeper', 'sweeper');
+OsagoStack::stops_promptly($w->{sweeper}, 'the sweeper', 'sweeper', qr/connect/);
 
 my $results = OsagoStack::Worker->new(%common, pg => $pg, name => 'direct-results',
                                       roles => 'results');
@@ -111,6 +87,6 @@ is(OsagoStack::metric_of($executor->metrics, 'insurer_calls'), 2 * @CODES,
 OsagoStack::check_all_done($pg, $r, [ $warm, $id ], \@CODES);
 
 $_->stop for $results, $orch, $relay, $executor;
-$_->stop for values %proxy;
+$_->stop for values %$proxy;
 
 done_testing;

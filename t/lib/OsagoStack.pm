@@ -43,6 +43,9 @@ package OsagoStack;
 #   uuid7([$ms]) traceparent() canonical_payload(%overrides) wait_until($cond, $timeout, $step)
 #   kafka_messages($devbroker, $topic) pending_count($redis) pending_by_consumer($redis)
 #   need_bins(@names) (dies when a binary is missing)
+#   roles_behind_proxies($pg, \%common, $prefix, %conninfo) -> (\%proxy, \%worker) by front role
+#   wait_logged($worker, $from_line, $secs, sub { $line }) stops_promptly($worker, $what,
+#   $log_role, qr/msg/) (2 tests, and the stop's)
 #   worker_flags(stale_after_s => 3, ...) -> the worker's flags (worker/config.h field names)
 #   OsagoStack::FakeInsurer new(code, mode => 'status'|'hang'|'garbage'|'ok', status, delay_s)
 #                           url entry calls (every call recorded: t, traceparent, body, ...)
@@ -251,6 +254,46 @@ sub resp_pipeline {
     my @replies = map { $parse->() } @cmds;
     close $s;
     return \@replies;
+}
+
+# Each front role (relay, orchestrator, results, sweeper) in a worker of its own behind a
+# TcpProxy of its own to $pg, at debug level (a sweep a second): (\%proxy, \%worker) by role.
+# %conninfo: TcpProxy::conninfo's options (connect_timeout => S).
+sub roles_behind_proxies {
+    my ($pg, $common, $prefix, %conninfo) = @_;
+    my (%proxy, %w);
+    for my $role (qw(relay orchestrator results sweeper)) {
+        $proxy{$role} = OsagoStack::TcpProxy->new(to => $pg->port);
+        $w{$role} = OsagoStack::Worker->new(
+            %$common, pg => $proxy{$role}->conninfo($pg, %conninfo), name => "$prefix-$role",
+            roles => $role,
+            args => [ '--log-level', 'debug',
+                      $role eq 'sweeper' ? worker_flags(sweep_interval_s => 1) : () ]);
+    }
+    return (\%proxy, \%w);
+}
+
+# Waits (up to $secs) for a log line of $worker, from line $from on, that $match accepts.
+sub wait_logged {
+    my ($worker, $from, $secs, $match) = @_;
+    return wait_until(sub {
+        my @lines = @{ $worker->log_lines };
+        grep { $match->($_) } @lines[ $from .. $#lines ];
+    }, $secs, 0.05);
+}
+
+# Stops a role waiting on PostgreSQL (10 s at most) and checks, in two tests, that it took less
+# than 3 s and logged what it gave up (pg_abandoned, its log role, a message matching $msg).
+sub stops_promptly {
+    my ($worker, $what, $log_role, $msg) = @_;
+    my $t0 = time;
+    $worker->stop(timeout => 10);
+    my $took = time - $t0;
+    Test::More::cmp_ok($took, '<', 3, sprintf('  %s stopped while it waits: %.1f s', $what, $took));
+    Test::More::ok((grep { ($_->{event} // '') eq 'pg_abandoned' && ($_->{role} // '') eq $log_role
+                           && ($_->{msg} // '') =~ ($msg // qr//) } @{ $worker->log_lines }),
+                   "  $what says what it abandoned (pg_abandoned, role $log_role)")
+        or Test::More::diag(substr($worker->log_text, -2000));
 }
 
 # Entries of the worker's consumer group delivered and not acknowledged (0 without a group).
