@@ -129,8 +129,8 @@ static PGconn *probe_pg_connect(const char *conninfo, long long deadline)
             p[i].revents = 0;
             live += p[i].fd >= 0;
             /* the next connect starts past every address one under way has reached */
-            if (from[i] + at[i].at + 1 > next)
-                next = from[i] + at[i].at + 1;
+            if (pg_connect_skip_past(&at[i], from[i]) > next)
+                next = pg_connect_skip_past(&at[i], from[i]);
         }
         if (live == 0) {
             if (next >= n || started == PROBE_PG_ADDRESSES)

@@ -214,7 +214,7 @@ static PGconn *pg_attempt(const char *conninfo, const char *role, int skip, int 
             break;
         }
         if (wait <= 0) {
-            *passed = at.at + 1;
+            *passed = pg_connect_skip_past(&at, 0);
             snprintf(why, whylen, "no answer from %s within the connect timeout (%d ms)", at.where,
                      at.timeout_ms);
             break;
