@@ -70,6 +70,38 @@ my $t1 = time;
 is($front->readyz, 200, '/readyz 200 through the list');
 cmp_ok(time - $t1, '<', 1.5, sprintf('  in %.2f s (probe budget 1 s)', time - $t1));
 
+# A connection lost while PostgreSQL stays up (terminated, a proxy or pooler restarted): each
+# role connects again where its last connection was, past the silent address ahead of it in the
+# list. Before, every role but the executor started at the first address again and gave the
+# silent one its connect timeout once more, on every reconnect.
+my @roles = qw(relay orchestrator results executor);
+my $ended = $pg->psql("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                      . " WHERE application_name IN ("
+                      . join(',', map { "'osago-worker-$_'" } @roles) . ")", user => 'postgres');
+cmp_ok($ended // 0, '>=', 4, "the roles' connections terminated ($ended)");
+my $t2 = time;
+my $id2 = OsagoStack::intake_entry($r);
+ok(OsagoStack::wait_completed($pg, [$id2], 30), 'an application injected after that completes');
+my $took2 = time - $t2;
+my %again;
+for my $w ($front, $exec) {
+    for (@{ $w->log_lines }) {
+        my $e = $_->{event} // '';
+        $again{ $_->{role} }{reconnect}++ if $e eq 'pg_reconnect' || $e eq 'pg_connected';
+        $again{ $_->{role} }{silent}++
+            if $e eq 'pg_connect_failed' && ($_->{msg} // '') =~ /connect timeout/;
+    }
+}
+for my $role (@roles) {
+    ok($again{$role}{reconnect}, "  $role connected again");
+    is($again{$role}{silent} // 0, 1, "  $role gave the silent address its timeout once in all")
+        or diag join("\n", map { "$_->{event}: " . ($_->{msg} // '') }
+                     grep { ($_->{role} // '') eq $role && ($_->{event} // '') =~ /^pg_/ }
+                     @{ $role eq 'executor' ? $exec->log_lines : $front->log_lines });
+}
+cmp_ok($took2, '<', 10, sprintf('  in %.1f s', $took2));
+OsagoStack::check_all_done($pg, $r, [$id, $id2], \@CODES);
+
 $exec->stop;
 $front->stop;
 $silent->stop;

@@ -171,7 +171,8 @@ typedef struct {
     int64_t           claim_retry_ms;
     int64_t           connect_retry_ms;  /* after a failed connect: the next one not before */
     int               connect_failures;  /* since the last connection made */
-    int               connect_skip;      /* addresses of the conninfo to start past */
+    int               connect_skip;      /* the address of the conninfo its connects start at:
+                                          * where the last answered, or past a silent one */
     int               connect_unanswered; /* PostgreSQL did not answer the last connect or
                                              * round trip in time, or a stop cut the connect */
     pg_connecting_t   connecting;        /* where the connect under way is */
@@ -619,7 +620,7 @@ static int ex_pg_blocking(executor_t *x)
 
     if (x->pg != NULL && PQstatus(x->pg) == CONNECTION_OK)
         return 0;
-    return pg_ensure(&x->pg, x->w->cfg->pg_conninfo, EX_ROLE, &once);
+    return pg_ensure(&x->pg, &x->connect_skip, x->w->cfg->pg_conninfo, EX_ROLE, &once);
 }
 
 typedef struct {
@@ -883,6 +884,7 @@ static void ex_connect_progress(executor_t *x)
 
     switch (pg_connect_poll(x->pg, EX_ROLE)) {
     case PGRES_POLLING_OK:
+        x->connect_skip = pg_connect_landed(&x->connecting, x->connect_skip);
         ex_prepare_start(x);
         return;
     case PGRES_POLLING_READING:

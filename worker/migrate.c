@@ -193,7 +193,7 @@ int migrate_run(const char *conninfo, const char *dir)
 
     if (list_dir(dir, &m, &n) < 0)
         return -1;
-    PGconn *c = pg_connect(conninfo, "migrate", NULL);
+    PGconn *c = pg_connect(conninfo, "migrate", NULL, NULL);
     if (c == NULL) {
         free(m);
         return -1;

@@ -47,6 +47,7 @@ typedef struct {
     worker_t      *w;
     rd_kafka_t    *consumer;
     PGconn        *pg;
+    int            pg_start;          /* the address of --pg its connects start at */
     long long      last_kafka_warn_ms;
     orch_item_t    items[ORCH_BATCH];
     int            n;
@@ -353,7 +354,7 @@ static int orch_produce(orch_t *o)
 
 static int orch_process(orch_t *o)
 {
-    if (pg_ensure(&o->pg, o->w->cfg->pg_conninfo, ORCH_ROLE, &o->w->pg_wait) != 0)
+    if (pg_ensure(&o->pg, &o->pg_start, o->w->cfg->pg_conninfo, ORCH_ROLE, &o->w->pg_wait) != 0)
         return -1;
     if (orch_store(o) != 0)
         return -1;

@@ -172,6 +172,11 @@ int pg_connect_skip_past(const pg_connecting_t *at, int skip)
     return skip + at->at + 1;
 }
 
+int pg_connect_landed(const pg_connecting_t *at, int skip)
+{
+    return (skip + at->at) % (at->plan.n > 0 ? at->plan.n : 1);
+}
+
 void pg_connecting_free(pg_connecting_t *at)
 {
     pg_hosts_free(&at->plan);
@@ -181,8 +186,9 @@ void pg_connecting_free(pg_connecting_t *at)
  * One attempt from the skip-th address, polled in slices of at most 100 ms: the connection, or
  * NULL with why. An address that says nothing for the connect timeout is given up: *passed then
  * says how many addresses the attempt went through, that one included (the next attempt starts
- * past them), of *n in all; -1 when none was silent. The attempt is given up too once *stop is
- * set (stop NULL: never).
+ * past them), of *n in all; -1 when none was silent. Connected, *passed is the address that
+ * answered, counted from the list's first. The attempt is given up too once *stop is set (stop
+ * NULL: never).
  */
 static PGconn *pg_attempt(const char *conninfo, const char *role, int skip, int statement_ms,
                           volatile int *stop, int *passed, int *n, char *why, size_t whylen)
@@ -206,6 +212,7 @@ static PGconn *pg_attempt(const char *conninfo, const char *role, int skip, int 
         long long     wait = due - now_ms();
 
         if (st == PGRES_POLLING_OK) {
+            *passed = pg_connect_landed(&at, skip);
             pg_connecting_free(&at);
             return c;
         }
@@ -238,12 +245,13 @@ static PGconn *pg_attempt(const char *conninfo, const char *role, int skip, int 
     return NULL;
 }
 
-PGconn *pg_connect(const char *conninfo, const char *role, const pg_wait_t *wait)
+PGconn *pg_connect(const char *conninfo, const char *role, const pg_wait_t *wait, int *start)
 {
     volatile int *stop = wait != NULL ? wait->stop : NULL;
     int           statement_ms = wait != NULL ? wait->answer_ms : 0;
     long long     deadline = now_ms() + PG_NO_STOP_DEADLINE_MS;
-    int           backoff = PG_BACKOFF_MIN_MS, attempts = 0, skip = 0, round = 0;
+    int           backoff = PG_BACKOFF_MIN_MS, attempts = 0, round = 0;
+    int           skip = start != NULL ? *start : 0;
     /* already stopping (the executor's hand-back): one round of the addresses, which the flag
      * does not end */
     volatile int *cut = stop != NULL && !*stop ? stop : NULL;
@@ -255,6 +263,8 @@ PGconn *pg_connect(const char *conninfo, const char *role, const pg_wait_t *wait
                                sizeof(msg));
 
         if (c != NULL) {
+            if (start != NULL)
+                *start = passed;
             if (attempts > 0)
                 wlog(LOG_INFO, role, NULL, "pg_connected", "connected after %d retries",
                      attempts);
@@ -289,7 +299,8 @@ PGconn *pg_connect(const char *conninfo, const char *role, const pg_wait_t *wait
     }
 }
 
-int pg_ensure(PGconn **conn, const char *conninfo, const char *role, const pg_wait_t *wait)
+int pg_ensure(PGconn **conn, int *start, const char *conninfo, const char *role,
+              const pg_wait_t *wait)
 {
     if (*conn != NULL && PQstatus(*conn) == CONNECTION_OK)
         return 0;
@@ -297,7 +308,7 @@ int pg_ensure(PGconn **conn, const char *conninfo, const char *role, const pg_wa
         wlog(LOG_WARN, role, NULL, "pg_reconnect", "PostgreSQL connection lost; reconnecting");
         PQfinish(*conn);
     }
-    *conn = pg_connect(conninfo, role, wait);
+    *conn = pg_connect(conninfo, role, wait, start);
     return *conn != NULL ? 0 : -1;
 }
 

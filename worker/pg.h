@@ -31,9 +31,12 @@ typedef struct {
  * connect timeout is given up for the next one, as libpq's blocking connect does. *stop
  * already set: one round of the addresses, to its end. NULL on failure (logged).
  * connect_timeout defaults to 5 s, application_name to osago-worker-<role>, statement_timeout
- * to wait->answer_ms; the conninfo may override them.
+ * to wait->answer_ms; the conninfo may override them. *start (NULL: the first) is the address
+ * of a list the connect starts at, and becomes the one that answered: a role's next connect
+ * goes straight to where its last connection was, rather than wait again on a silent address
+ * ahead of it in the list.
  */
-PGconn *pg_connect(const char *conninfo, const char *role, const pg_wait_t *wait);
+PGconn *pg_connect(const char *conninfo, const char *role, const pg_wait_t *wait, int *start);
 
 /* A connect under way (pg_connect_start): where libpq is in the conninfo's addresses, so that
  * an address that says nothing can be given up for the next one. */
@@ -66,10 +69,15 @@ int pg_connect_moved(const PGconn *conn, pg_connecting_t *at);
 /* Where the attempt after one that started at skip and timed out on at->at starts. */
 int pg_connect_skip_past(const pg_connecting_t *at, int skip);
 
+/* Once connected: the address that answered, counted from the list's first, for an attempt
+ * that started at skip (where the next connect starts). */
+int pg_connect_landed(const pg_connecting_t *at, int skip);
+
 void pg_connecting_free(pg_connecting_t *at);
 
-/* Reconnects when the connection is bad; returns 0 when usable. */
-int pg_ensure(PGconn **conn, const char *conninfo, const char *role, const pg_wait_t *wait);
+/* Reconnects when the connection is bad (pg_connect, from *start); returns 0 when usable. */
+int pg_ensure(PGconn **conn, int *start, const char *conninfo, const char *role,
+              const pg_wait_t *wait);
 
 
 /* Runs a statement expecting PGRES_COMMAND_OK or PGRES_TUPLES_OK; NULL on error (logged

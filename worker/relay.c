@@ -49,6 +49,7 @@ typedef struct {
     worker_t      *w;
     redisContext  *redis;
     PGconn        *pg;
+    int            pg_start;          /* the address of --pg its connects start at */
     int            group_ready;
     int            own_pending;       /* some of our own entries are still unacknowledged */
     int64_t        history_due_ms;    /* when to read them again (id 0) */
@@ -611,7 +612,7 @@ static int relay_connected(relay_t *r)
 
     if (redis_ensure(&r->redis, cfg, RELAY_ROLE, r->w->stop) != 0)
         return 0;
-    if (pg_ensure(&r->pg, cfg->pg_conninfo, RELAY_ROLE, &r->w->pg_wait) != 0)
+    if (pg_ensure(&r->pg, &r->pg_start, cfg->pg_conninfo, RELAY_ROLE, &r->w->pg_wait) != 0)
         return 0;
     return r->group_ready || relay_create_group(r) == 0;
 }

@@ -74,6 +74,7 @@ typedef struct {
     worker_t     *w;
     rd_kafka_t   *consumer;
     PGconn       *pg;
+    int           pg_start;          /* the address of --pg its connects start at */
     redisContext *redis;
     const PGconn *prepared_conn;     /* the connection res_stmts are prepared on */
     int           prepared_pid;
@@ -626,7 +627,7 @@ static int res_apply_all(results_t *r)
             its[m++] = &r->items[i];
     if (m == 0)
         return 0;
-    if (pg_ensure(&r->pg, r->w->cfg->pg_conninfo, RES_ROLE, &r->w->pg_wait) != 0)
+    if (pg_ensure(&r->pg, &r->pg_start, r->w->cfg->pg_conninfo, RES_ROLE, &r->w->pg_wait) != 0)
         return -1;
     return res_apply(r, its, m);
 }
@@ -702,7 +703,7 @@ static int res_publish(results_t *r, const res_item_t *items, int n, read_model_
         }
         if (k == 0)
             continue;
-        if (pg_ensure(&r->pg, r->w->cfg->pg_conninfo, RES_ROLE, &r->w->pg_wait) != 0
+        if (pg_ensure(&r->pg, &r->pg_start, r->w->cfg->pg_conninfo, RES_ROLE, &r->w->pg_wait) != 0
             || redis_ensure(&r->redis, r->w->cfg, RES_ROLE, NULL) != 0)
             return -1;
         rc = read_model_publish_many(r->pg, r->redis, r->w->insurers, ids, traces, k,

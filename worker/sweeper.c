@@ -51,6 +51,7 @@
 typedef struct {
     worker_t *w;
     PGconn   *pg;
+    int       pg_start;   /* the address of --pg its connects start at */
 } sweeper_t;
 
 /* One kind of stranded work: how its rows are found, touched and turned into events. The
@@ -318,7 +319,7 @@ static void sweep_once(sweeper_t *s)
 void *sweeper_main(void *arg)
 {
     worker_t  *w = arg;
-    sweeper_t  s = { w, NULL };
+    sweeper_t  s = { w, NULL, 0 };
     int64_t    next = sweep_now_ms() + (int64_t) w->cfg->sweep_interval_s * 1000;
 
     wlog(LOG_INFO, SWEEP_ROLE, NULL, "role_started",
@@ -332,7 +333,7 @@ void *sweeper_main(void *arg)
             continue;
         }
         next = now + (int64_t) w->cfg->sweep_interval_s * 1000;
-        if (pg_ensure(&s.pg, w->cfg->pg_conninfo, SWEEP_ROLE, &w->pg_wait) == 0)
+        if (pg_ensure(&s.pg, &s.pg_start, w->cfg->pg_conninfo, SWEEP_ROLE, &w->pg_wait) == 0)
             sweep_once(&s);
     }
     if (s.pg != NULL)
