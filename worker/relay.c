@@ -55,6 +55,7 @@ typedef struct {
     int64_t        history_due_ms;    /* when to read them again (id 0) */
     int64_t        backoff_ms;        /* since the last batch that went through */
     int64_t        next_claim_ms;
+    char           claim_cursor[48];  /* where the next XAUTOCLAIM goes on ("0-0": the head) */
     int64_t        retry_at_ms;       /* Redis trouble: pause until then */
     relay_entry_t  entries[RELAY_BATCH];
     int            n;
@@ -566,11 +567,17 @@ static void relay_read(relay_t *r, int history)
         freeReplyObject(reply);
 }
 
-/* Takes over entries another consumer read but never acknowledged (it died, or is stuck). */
+/*
+ * Takes over entries another consumer read but never acknowledged (it died, or is stuck). Redis
+ * looks at most ten times COUNT entries of the group's pending list per call, and a tick makes
+ * RELAY_CLAIM_ROUNDS calls: a tick that ends before the list does leaves its cursor for the
+ * next, so that entries behind a long run of ones still being worked on are reached in a few
+ * ticks rather than never.
+ */
 static void relay_claim(relay_t *r)
 {
-    char cursor[48] = "0-0";
-    char idle[24];
+    char *cursor = r->claim_cursor;
+    char  idle[24];
 
     snprintf(idle, sizeof(idle), "%d", r->w->cfg->claim_idle_ms);
     for (int round = 0; round < RELAY_CLAIM_ROUNDS && !*r->w->stop; round++) {
@@ -591,7 +598,7 @@ static void relay_claim(relay_t *r)
                 wlog(LOG_WARN, RELAY_ROLE, NULL, "intake_claimed",
                      "took over %zu entries idle for %s ms or more", entries->elements, idle);
             }
-            snprintf(cursor, sizeof(cursor), "%s", reply->element[0]->str);
+            snprintf(cursor, sizeof(r->claim_cursor), "%s", reply->element[0]->str);
             if (relay_process(r, entries, 1) != 0)
                 relay_failed(r);
             else
@@ -667,6 +674,7 @@ void *relay_main(void *arg)
     r->w = w;
     r->own_pending = 1;
     r->next_claim_ms = relay_now_ms() + w->cfg->claim_idle_ms / 2;
+    snprintf(r->claim_cursor, sizeof(r->claim_cursor), "0-0");
     wlog(LOG_INFO, RELAY_ROLE, NULL, "role_started", "consumer %s of %s, group %s",
          w->cfg->consumer_name, RELAY_STREAM, RELAY_GROUP);
 
