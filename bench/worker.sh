@@ -194,6 +194,11 @@ CPUM=$(awk -v a="$CPUM0" -v b="$(cpu_machine)" 'BEGIN { printf "%.2f", b - a }')
 psqlq "SELECT id, (extract(epoch FROM updated_at) * 1000)::bigint FROM applications WHERE status = 'completed'" \
     | tr '|' ' ' > "$WORK/completed"
 ERRS=$(psqlq "SELECT count(*) FROM quotes WHERE status <> 'ok'")
+# updates that stayed on their page (HOT) write no index entry: the share says what the writes cost
+HOT=$(psqlq "SELECT string_agg(relname || ' ' || n_tup_upd || ' updates, ' ||
+                              round(100.0 * n_tup_hot_upd / greatest(n_tup_upd, 1)) || ' % HOT', '; '
+                              ORDER BY relname)
+             FROM pg_stat_user_tables WHERE relname IN ('applications', 'quotes')")
 # why, when some did not end ok (a benchmark with errors measures something else)
 ERR_REASONS=$(psqlq "SELECT count(*) || ' × ' || status || ': ' || coalesce(left(error, 120), '-')
                      FROM quotes WHERE status <> 'ok' GROUP BY status, left(error, 120)
@@ -315,7 +320,7 @@ slope() { awk '{ for (i = 11; i <= NF; i++) { x = (i - 1) / 2; n++; sx += x; sy 
                END { if (n >= 4) printf "%.0f", (n * sxy - sx * sy) / (n * sxx - sx * sx); else print "n/a" }' <<<"$1"; }
 [ "$(wc -w <<<"$SAMPLES")" -ge 14 ] &&
     { echo "From minute 5 on (least squares): RSS $(slope "$SAMPLES") KiB/min, heap in use $(slope "$HEAPS") KiB/min."; echo; }
-echo "PostgreSQL WAL per application: $(psqlq "SELECT round(pg_wal_lsn_diff('$WAL1', '$WAL0') / $N)") bytes."
+echo "PostgreSQL WAL per application: $(psqlq "SELECT round(pg_wal_lsn_diff('$WAL1', '$WAL0') / $N)") bytes; $HOT."
 echo
 echo "CPU per application: worker $(awk -v c="$CPUW" -v n="$N" 'BEGIN { printf "%.2f", c * 1000 / n }') ms, whole machine $(awk -v c="$CPUM" -v n="$N" 'BEGIN { printf "%.2f", c * 1000 / n }') ms (worker $CPUW s, machine $CPUM s for $N applications)."
 echo
