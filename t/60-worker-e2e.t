@@ -144,6 +144,16 @@ for my $i (1 .. $N) {
                                                     payload => qq({"owner":{"name":"\xff\xfe"}}),
                                                     trace => OsagoStack::traceparent()) };
     }
+    if ($i == 5) {
+        # 59 bytes whose numbers PostgreSQL would write back out as 655 kB, which the sweeper
+        # could not carry in an event if it ever had to re-drive the application
+        my $wide_id = OsagoStack::uuid7();
+        push @bad, { what => 'payload with numbers of 131,001 digits', app_id => $wide_id,
+                     reason => qr/over 524288 bytes with its numbers written out/,
+                     entry => OsagoStack::raw_entry($r, app_id => $wide_id, partner => 'acme',
+                                                    payload => '{"x":[' . join(',', ('1e131000') x 5) . ']}',
+                                                    trace => OsagoStack::traceparent()) };
+    }
     if ($i == 6) {
         push @bad, { what => 'entry without app_id and payload',
                      entry => OsagoStack::raw_entry($r, partner => 'acme', junk => 'x') };

@@ -73,6 +73,10 @@ quote_row($pend2, 'rec', 'pending', 2, 3600);    # released by a stopping execut
 # page with a logged reason; the rest of the page is re-driven.
 my $deep = OsagoStack::uuid7();
 app_row($deep, 'accepted', 3600, raw_payload => '{"a":' x 70 . '1' . '}' x 70);
+# Numbers that jsonb writes back out in full: 59 bytes stored, 655 kB read back, more than an
+# event carries. The oldest row, first on its page.
+my $wide = OsagoStack::uuid7();
+app_row($wide, 'accepted', 7200, raw_payload => '{"x":[' . join(',', ('1e131000') x 5) . ']}');
 app_row($young_acc, 'accepted', 540);
 app_row($young_pend, 'in_progress', 540);
 quote_row($young_pend, $_, 'pending', 0, 540) for @CODES;
@@ -113,7 +117,13 @@ ok(@impossible && $impossible[0]{level} eq 'error' && $impossible[0]{msg} =~ /de
     or diag explain [ grep { ($_->{level} // '') =~ /warn|error/ } @log ];
 is(scalar $pg->psql("SELECT status FROM applications WHERE id = '$deep'"), 'accepted',
    '  and left accepted, the rest of its page re-driven');
-$pg->psql("DELETE FROM applications WHERE id = '$deep'");    # out of the counts below
+my @wide = grep { ($_->{event} // '') eq 'redrive_impossible' && $_->{msg} =~ /^\Q$wide\E/ } @log;
+ok(@wide && $wide[0]{msg} =~ /over 524288 bytes with its numbers written out \(655\d{3}\)/,
+   'so is the one whose numbers, written out, are over 512 KiB')
+    or diag explain [ grep { ($_->{level} // '') =~ /warn|error/ } @log ];
+is(scalar $pg->psql("SELECT status FROM applications WHERE id = '$wide'"), 'accepted',
+   '  and left accepted');
+$pg->psql("DELETE FROM applications WHERE id IN ('$deep', '$wide')");    # out of the counts below
 my %redriven;
 $redriven{ $_->{event} }{ ($_->{msg} =~ /^([0-9a-f-]{36}(?:\/\w+)?)/)[0] // '?' }++
     for grep { ($_->{event} // '') =~ /^(?:application|task)_redriven$/ } @log;

@@ -394,6 +394,26 @@ int event_validate(const osago_event_t *ev, char *err, size_t errlen)
     return 0;
 }
 
+/*
+ * How many bytes a JSON number (its syntax checked by yajl) can grow by once written without
+ * an exponent, as PostgreSQL's numeric prints it: 1e131000 is 8 bytes in the payload and
+ * 131,001 in what the sweeper reads back. An upper bound, saturating far above any limit.
+ */
+static size_t number_growth(const char *s, size_t len)
+{
+    const char *end = s + len, *p = s;
+    size_t      exp = 0;
+
+    while (p < end && *p != 'e' && *p != 'E')
+        p++;
+    if (p == end)
+        return 0;
+    for (p++; p < end; p++)
+        if (*p >= '0' && *p <= '9' && exp < (size_t) EVENT_MAX_PAYLOAD * 2)
+            exp = exp * 10 + (size_t) (*p - '0');
+    return exp + 2;     /* the digits the exponent stands for, a leading "0." */
+}
+
 /* ---- encoding --------------------------------------------------------------------------- */
 
 /* Parser callbacks that re-generate every token into a yajl_gen: copies the payload into the
@@ -404,9 +424,8 @@ struct forward {
     int      tokens;
     int      not_object;
     int      too_deep;
+    size_t   growth;        /* number_growth of its numbers */
 };
-
-
 
 static int fw_begin(struct forward *f, int is_map)
 {
@@ -443,6 +462,7 @@ static int fw_bool(void *ctx, int v)
 static int fw_number(void *ctx, const char *s, size_t len)
 {
     struct forward *f = ctx;
+    f->growth += number_growth(s, len);
     return fw_begin(f, 0) && yajl_gen_number(f->g, s, len) == yajl_gen_status_ok;
 }
 
@@ -504,7 +524,12 @@ static int gen_payload(yajl_gen g, const char *payload, char *err, size_t errlen
     }
     ok = yajl_parse(h, (const unsigned char *)payload, len) == yajl_status_ok &&
          yajl_complete_parse(h) == yajl_status_ok && f.tokens > 0 && !f.not_object;
-    if (!ok && err != NULL) {
+    if (ok && len + f.growth > EVENT_MAX_PAYLOAD) {
+        ok = 0;
+        if (err != NULL)
+            snprintf(err, errlen, "over %d bytes with its numbers written out (%zu)",
+                     EVENT_MAX_PAYLOAD, len + f.growth);
+    } else if (!ok && err != NULL) {
         if (f.not_object || f.tokens == 0) {
             snprintf(err, errlen, "not a JSON object");
         } else if (f.too_deep) {
@@ -670,6 +695,7 @@ struct decoder {
     int       in_insurers;      /* at the top level of data.insurers */
     int       skip;             /* > 0: inside a container nobody reads */
     int       payload_depth;    /* > 0: inside the payload, which goes to gen */
+    size_t    payload_growth;   /* number_growth of the payload's numbers */
     field_t   key;              /* the member whose value comes next */
     unsigned char seen[F_N];    /* V_* per member */
     char      type[32];
@@ -820,6 +846,8 @@ static int dec_bool(void *ctx, int b)
 static int dec_number(void *ctx, const char *s, size_t len)
 {
     struct decoder *d = ctx;
+    if (d->payload_depth > 0)
+        d->payload_growth += number_growth(s, len);
     return dec_token(d, (const unsigned char *)s, len, 1) &&
            (d->payload_depth == 0 || yajl_gen_number(d->g, s, len) == yajl_gen_status_ok);
 }
@@ -1010,8 +1038,13 @@ static int decode_check(struct decoder *d, char *err, size_t errlen)
 
         if (d->seen[F_PAYLOAD] != V_OK)
             FAIL("data.payload must be an object");
-        if (yajl_gen_get_buf(d->g, &buf, &n) != yajl_gen_status_ok ||
-            (ev->payload = malloc(n + 1)) == NULL)
+        if (yajl_gen_get_buf(d->g, &buf, &n) != yajl_gen_status_ok)
+            FAIL("out of memory");
+        /* what would come back refused from event_encode, and fail the batch it joined */
+        if (n + d->payload_growth > EVENT_MAX_PAYLOAD)
+            FAIL("data.payload must be at most %d bytes with its numbers written out (it is %zu)",
+                 EVENT_MAX_PAYLOAD, n + d->payload_growth);
+        if ((ev->payload = malloc(n + 1)) == NULL)
             FAIL("out of memory");
         memcpy(ev->payload, buf, n);
         ev->payload[n] = '\0';

@@ -10,6 +10,13 @@
 
 #define EVENT_MAX_INSURERS 64
 
+/* The most bytes an application payload may take with every number in it written out in full,
+ * as PostgreSQL's jsonb prints it back (1e5 as 100000) for the sweeper's re-drives. It keeps
+ * every event, whatever it carries and wherever it came from, far under what a producer sends
+ * (message.max.bytes, 1,000,000 by default): one event too large for it would fail its whole
+ * batch on every retry. */
+#define EVENT_MAX_PAYLOAD (512 * 1024)
+
 typedef enum {
     EV_CREATED = 0,      /* OsagoApplicationCreated     data: {partner, payload} */
     EV_STARTED,          /* OsagoApplicationStarted     data: {insurers: [code...]} */
@@ -66,7 +73,8 @@ void event_free(osago_event_t *ev);
 int  event_validate(const osago_event_t *ev, char *err, size_t errlen);
 
 /* Whether event_encode would carry payload (a JSON object, at most 64 levels deep, valid
- * UTF-8): 0, or -1 with the reason in err ("nested deeper than 64 levels"). */
+ * UTF-8, at most EVENT_MAX_PAYLOAD bytes with its numbers written out): 0, or -1 with the
+ * reason in err ("nested deeper than 64 levels"). */
 int  event_payload_check(const char *payload, char *err, size_t errlen);
 
 int  event_uuid_valid(const char *s);          /* 8-4-4-4-12 hex digits (either case) */

@@ -258,9 +258,15 @@ kafka_batch_t *kafka_produce_start(kafka_producer_t *p, const osago_event_t *con
     for (i = 0; i < n; i++) {
         json[i] = event_encode(evs[i], &len[i]);
         if (json[i] == NULL) {
-            char why[256];
-            if (event_validate(evs[i], why, sizeof(why)) == 0)
-                snprintf(why, sizeof(why), "payload is not a JSON object, or invalid UTF-8");
+            char why[256], what[200];
+
+            if (event_validate(evs[i], why, sizeof(why)) != 0)
+                ;
+            else if (evs[i]->payload != NULL
+                     && event_payload_check(evs[i]->payload, what, sizeof(what)) != 0)
+                snprintf(why, sizeof(why), "payload is %s", what);
+            else
+                snprintf(why, sizeof(why), "out of memory");
             wlog(LOG_ERROR, "kafka", evs[i]->traceparent, "kafka_encode_failed",
                  "%s for application %s not produced: %s", event_type_name(evs[i]->type),
                  evs[i]->application_id, why);

@@ -612,6 +612,53 @@ static void test_decode_created_errors(void **state)
     expect_data_error(t, "{\"partner\":\"p\",\"payload\":[]}", "data.payload must be an object");
 }
 
+/* A payload is judged by what it takes with its numbers written out, as the sweeper reads it
+ * back from jsonb: what decodes must encode again (a Task made from a Created, a retry made
+ * from a Task), and stay far under the producer's message.max.bytes. */
+static void test_decode_payload_size(void **state)
+{
+    const char *created = Q("OsagoApplicationCreated");
+    size_t      big = EVENT_MAX_PAYLOAD + 100;
+    char       *data = malloc(big + 64), *json;
+    struct env  e = TASK;
+    osago_event_t ev;
+    char        err[256];
+    (void)state;
+
+    assert_non_null(data);
+    expect_data_error(created, "{\"partner\":\"p\",\"payload\":{\"x\":[1e524300]}}",
+                      "data.payload must be at most 524288 bytes with its numbers written out "
+                      "(it is 524318)");
+    expect_data_error(Q("OsagoApplicationTask"),
+                      "{\"insurer\":\"reso\",\"attempt\":1,\"payload\":{\"x\":-2.5E+524290}}",
+                      "data.payload must be at most 524288 bytes with its numbers written out "
+                      "(it is 524310)");
+
+    /* written out, 524,016 bytes: carried */
+    e.data = "{\"insurer\":\"reso\",\"attempt\":1,\"payload\":{\"x\":1e524000}}";
+    json = text(&e);
+    assert_int_equal(decode(json, &ev, err, sizeof(err)), 0);
+    assert_string_equal(ev.payload, "{\"x\":1e524000}");
+    free(json);
+    event_free(&ev);
+
+    /* a long string: the limit is on the whole payload, as re-generated */
+    static const char head[] = "{\"insurer\":\"reso\",\"attempt\":1,\"payload\":{\"s\":\"";
+    size_t at = sizeof(head) - 1;
+    memcpy(data, head, at);
+    memset(data + at, 'a', big);
+    strcpy(data + at + big, "\"}}");
+    e.data = data;
+    json = text(&e);
+    assert_int_equal(decode(json, &ev, err, sizeof(err)), -1);
+    assert_string_equal(err, "data.payload must be at most 524288 bytes with its numbers written "
+                             "out (it is 524396)");
+    assert_null(ev.payload);
+    event_free(&ev);
+    free(json);
+    free(data);
+}
+
 static void test_decode_started_errors(void **state)
 {
     const char *t = Q("OsagoApplicationStarted");
@@ -710,6 +757,19 @@ static void test_payload_check_agrees_with_encode(void **state)
     for (int i = 0; i < 64; i++)
         strcat(deep64, "}");
     snprintf(deep65, sizeof(deep65), "{\"b\":%s}", deep64);
+    /* {"s":"aaa..."}: 8 bytes besides the string */
+    char *at_limit = malloc(EVENT_MAX_PAYLOAD + 1), *over_limit = malloc(EVENT_MAX_PAYLOAD + 2);
+    assert_non_null(at_limit);
+    assert_non_null(over_limit);
+    for (int k = 0; k < 2; k++) {
+        char  *p = k == 0 ? at_limit : over_limit;
+        size_t n = EVENT_MAX_PAYLOAD + (size_t) k;
+
+        memset(p, 'a', n);
+        memcpy(p, "{\"s\":\"", 6);
+        memcpy(p + n - 2, "\"}", 2);
+        p[n] = '\0';
+    }
 
     const struct { const char *payload; const char *reason; } cases[] = {
         { "{\"vehicle\":{\"power_hp\":150}}", NULL },
@@ -722,6 +782,12 @@ static void test_payload_check_agrees_with_encode(void **state)
         { "{\"a\":", "not JSON: " },
         { "{\"n\":\"\xff\xfe\"}", "not JSON: " },
         { "{\"n\":\"\xc3\x28\"}", "not JSON: " },
+        { "{\"x\":[1e524000]}", NULL },
+        { "{\"x\":[1e524300]}", "over 524288 bytes with its numbers written out (524318)" },
+        { "{\"x\":[1.5e131100,1e131100,2E+131100,1e-131100,1e1]}",
+          "over 524288 bytes with its numbers written out (524462)" },
+        { at_limit, NULL },
+        { over_limit, "over 524288 bytes with its numbers written out (524289)" },
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         int   rc = event_payload_check(cases[i].payload, err, sizeof(err));
@@ -743,6 +809,8 @@ static void test_payload_check_agrees_with_encode(void **state)
         free(json);
         event_free(&ev);
     }
+    free(at_limit);
+    free(over_limit);
 }
 
 static void test_encode_refuses_invalid(void **state)
@@ -917,6 +985,7 @@ int main(void)
         cmocka_unit_test(test_decode_task_errors),
         cmocka_unit_test(test_decode_result_errors),
         cmocka_unit_test(test_encode_refuses_invalid),
+        cmocka_unit_test(test_decode_payload_size),
         cmocka_unit_test(test_payload_check_agrees_with_encode),
         cmocka_unit_test(test_encode_sanitizes_error),
         cmocka_unit_test(test_stamp),
