@@ -184,6 +184,7 @@ ngx_http_osago_limit_set_policy(ngx_http_osago_limit_state_t *st,
 
     ctx->has_policy = 1;
     ctx->quota = burst;
+    rate_milli = ngx_max(rate_milli, 1);
     ctx->window = ngx_max((burst * 1000 + rate_milli - 1) / rate_milli, 1);
     ctx->remaining = remaining;
     ctx->reset = (reset_us + 999999) / 1000000;
@@ -237,10 +238,17 @@ ngx_http_osago_limit_copy_str(u_char *dst, size_t *len, redisReply *reply)
 }
 
 
+/*
+ * The script's answer has exactly the shape its first element promises
+ * (ngx_http_osago_scripts.h): anything else, from a script of another
+ * release or from whatever sits between us and Redis, is taken for Redis
+ * trouble rather than read past its end or divided by.
+ */
 static ngx_uint_t
-ngx_http_osago_limit_reply_valid(redisReply *reply)
+ngx_http_osago_limit_reply_valid(redisReply *reply, ngx_uint_t fetch)
 {
-    size_t  i, n;
+    size_t     i, want;
+    long long  code;
 
     if (reply->type != REDIS_REPLY_ARRAY || reply->elements < 1
         || reply->element[0]->type != REDIS_REPLY_INTEGER)
@@ -248,21 +256,31 @@ ngx_http_osago_limit_reply_valid(redisReply *reply)
         return 0;
     }
 
-    n = (reply->element[0]->integer == -1 || reply->elements == 1) ? 1 : 4;
+    code = reply->element[0]->integer;
 
-    if (reply->elements != n && reply->elements < 8) {
+    if (code < -3) {
         return 0;
     }
 
-    for (i = 0; i < n; i++) {
+    if (code == -1 || (code < 0 && reply->elements == 1)) {
+        want = 1;           /* unknown key; or a contract without a name */
+
+    } else {
+        want = (code < 0 || fetch) ? 8 : 4;
+    }
+
+    if (reply->elements != want) {
+        return 0;
+    }
+
+    for (i = 0; i < ngx_min(want, 6); i++) {
         if (reply->element[i]->type != REDIS_REPLY_INTEGER) {
             return 0;
         }
     }
 
-    if (reply->elements >= 8
-        && (reply->element[4]->type != REDIS_REPLY_INTEGER
-            || reply->element[5]->type != REDIS_REPLY_INTEGER))
+    if (code >= 0 && fetch
+        && (reply->element[4]->integer < 1 || reply->element[5]->integer < 1))
     {
         return 0;
     }
@@ -428,7 +446,7 @@ ngx_http_osago_limit_batch_reply(void *data,
     batch->cmd = NULL;
 
     if (status != NGX_HTTP_OSAGO_REDIS_REPLY
-        || !ngx_http_osago_limit_reply_valid(reply))
+        || !ngx_http_osago_limit_reply_valid(reply, batch->fetch))
     {
         if (status == NGX_HTTP_OSAGO_REDIS_REPLY) {
             ngx_log_error(NGX_LOG_ERR, batch->omcf->redis_log, 0,

@@ -27,7 +27,8 @@
  * limited; `remaining` and the times are as after the last admission.
  * A negative first element means -1 unknown key, -2 disabled, -3 contract
  * unusable (rate, burst or name out of osagoctl's rules; names must be safe
- * in Redis keys and metric labels).  The contract is returned whenever it
+ * in Redis keys and metric labels; tonumber takes "nan", "inf" and "1e16",
+ * which Redis would turn into integers no division survives).  The contract is returned whenever it
  * was read and usable enough to name.
  *
  * Time is Redis' own, so every edge shares one clock.  The arrival time is
@@ -50,7 +51,8 @@
 "  if #name > 64 or not name:find('^[%w_.-]+$') then return {-3} end\n"       \
 "  if #pool > 64 or not pool:find('^[%w_.-]*$') then pool = '' end\n"         \
 "  if h[5] ~= '1' then return {-2, 0, 0, 0, 0, 0, name, pool} end\n"          \
-"  if not rate or rate <= 0 or not burst or burst < 1 then\n"                 \
+"  if not rate or rate ~= rate or rate <= 0 or rate > 1000000\n"             \
+"     or not burst or burst ~= burst or burst < 1 or burst > 1000000 then\n"  \
 "    return {-3, 0, 0, 0, 0, 0, name, pool}\n"                                \
 "  end\n"                                                                     \
 "  rate = math.floor(rate * 1000 + 0.5)\n"                                    \

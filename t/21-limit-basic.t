@@ -283,6 +283,20 @@ is(OsagoTest::problem($long[0])->{type}, 'urn:osago:problem:limiter-unavailable'
 is(scalar(grep { /^osago:rl:partner:n+$/ } $r->cli('--scan')), 0, 'no GCRA key for it');
 like($n->error_log, qr/unusable contract/, 'error log says the contract is unusable');
 
+# Numbers outside osagoctl's rules that Lua's tonumber still reads: Redis turned NaN, infinity
+# and 1e19 into integers that reached a division in the edge, and every request with the key
+# killed its worker (SIGFPE), taking every other partner's requests on that worker with it.
+my @pids = $n->worker_pids;
+for my $c ([ rate => 'nan' ], [ rate => 'inf' ], [ rate => '-inf' ], [ rate => '1e16' ],
+           [ rate => '1000001' ], [ burst => 'nan' ], [ burst => '1e16' ], [ burst => 'inf' ]) {
+    my $k = OsagoTest::add_partner($r, name => 'odd', rate => 10, burst => 10, @$c);
+    my @res = map { get('/', $k) } 1 .. 3;
+    is(join(' ', map { $_->{status} } @res) . ' ' . (OsagoTest::problem($res[0])->{type} // ''),
+       '503 503 503 urn:osago:problem:limiter-unavailable', "$c->[0] \"$c->[1]\": 503 limiter-unavailable");
+}
+is(get('/', $acme)->{status}, 200, 'other partners are served as before');
+is_deeply([ $n->worker_pids ], \@pids, '  by the same workers (none died)');
+
 unlike($n->error_log, qr/\[(alert|emerg|crit)\]|segfault|exited on signal/, 'no alerts in error.log')
     or diag $n->error_log;
 
