@@ -385,9 +385,14 @@ ngx_http_osago_intake_handler(ngx_http_request_t *r)
 }
 
 
-/* The body as one contiguous piece, read back from its file if need be. */
+/*
+ * The body as one contiguous piece, read back from its file if need be;
+ * NGX_DECLINED, with nothing copied or read, when it is over max (a chunked
+ * body has no Content-Length to refuse it by before it arrives).
+ */
 static ngx_int_t
-ngx_http_osago_intake_body_bytes(ngx_http_request_t *r, ngx_str_t *body)
+ngx_http_osago_intake_body_bytes(ngx_http_request_t *r, ngx_str_t *body,
+    size_t max)
 {
     size_t        len;
     u_char       *p;
@@ -410,6 +415,11 @@ ngx_http_osago_intake_body_bytes(ngx_http_request_t *r, ngx_str_t *body)
 
     if (len == 0) {
         return NGX_OK;
+    }
+
+    if (len > max) {
+        body->len = len;
+        return NGX_DECLINED;
     }
 
     cl = r->request_body->bufs;
@@ -942,12 +952,14 @@ ngx_http_osago_intake_body_handler(ngx_http_request_t *r)
     olcf = ngx_http_get_module_loc_conf(r, ngx_http_osago_module);
     omcf = ngx_http_get_module_main_conf(r, ngx_http_osago_module);
 
-    if (ngx_http_osago_intake_body_bytes(r, &body) != NGX_OK) {
+    rc = ngx_http_osago_intake_body_bytes(r, &body, olcf->intake_max_body);
+
+    if (rc == NGX_ERROR) {
         ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
         return;
     }
 
-    if (body.len > olcf->intake_max_body) {
+    if (rc == NGX_DECLINED) {
         ngx_http_finalize_request(r, ngx_http_osago_intake_problem(r,
                                      NGX_HTTP_OSAGO_INTAKE_TOO_LARGE, 0));
         return;
