@@ -496,7 +496,8 @@ ngx_http_osago_redis_set_ready(ngx_http_osago_redis_t *redis)
                   "osago redis: connected to %V%s", &redis->conf->server,
                   redis->sub ? " (subscriber)" : "");
 
-    if (redis->observer.state) {
+    /* a subscriber is up once Redis confirms the subscription, not before */
+    if (redis->observer.state && redis->sub == NULL) {
         redis->observer.state(redis->observer.data, 1);
     }
 }
@@ -541,6 +542,11 @@ ngx_http_osago_redis_on_message(redisAsyncContext *ac, void *r,
         ngx_log_error(NGX_LOG_INFO, redis->log, 0,
                       "osago redis: subscribed to \"%V\"", &sub->channel);
         redis->backoff = NGX_HTTP_OSAGO_REDIS_BACKOFF_MIN;
+
+        if (redis->observer.state) {
+            redis->observer.state(redis->observer.data, 1);
+        }
+
         sub->subscribed(sub->data);
     }
 }
