@@ -104,6 +104,15 @@ static ngx_http_osago_problem_t  ngx_http_osago_limit_unavailable = {
     ngx_null_string
 };
 
+static ngx_http_osago_problem_t  ngx_http_osago_limit_busy = {
+    NGX_HTTP_SERVICE_UNAVAILABLE,
+    ngx_string("urn:osago:problem:limiter-unavailable"),
+    ngx_string("Service temporarily unavailable"),
+    ngx_string("too many API keys new to this server at once; retry "
+               "shortly"),
+    ngx_null_string
+};
+
 
 /* in the order of ngx_http_osago_outcome_e; $osago_limit_status and metrics */
 ngx_str_t  ngx_http_osago_outcome_names[] = {
@@ -112,7 +121,8 @@ ngx_str_t  ngx_http_osago_outcome_names[] = {
     ngx_string("unauthorized"),
     ngx_string("fallback_allowed"),
     ngx_string("fallback_limited"),
-    ngx_string("unavailable")
+    ngx_string("unavailable"),
+    ngx_string("busy")
 };
 
 
@@ -623,6 +633,47 @@ ngx_http_osago_limit_join_batch(ngx_http_osago_main_conf_t *omcf,
 }
 
 
+/*
+ * A key this worker holds nothing for costs Redis a lookup, and keys are
+ * free to make up: a flood of random ones would put one EVALSHA per request
+ * on the Redis every edge shares.  Such lookups draw from a bucket of
+ * osago_partner_lookup_rate a second (as many at once); known keys, cached
+ * or stale, never do.
+ */
+static ngx_uint_t
+ngx_http_osago_limit_may_look_up(ngx_http_osago_main_conf_t *omcf)
+{
+    ngx_uint_t  rate, full, elapsed;
+
+    rate = omcf->partner_lookup_rate;
+
+    if (rate == 0) {
+        return 1;
+    }
+
+    /* in thousandths of a lookup: one per millisecond for each a second */
+    full = rate * 1000;
+    elapsed = (ngx_uint_t) (ngx_current_msec - omcf->lookup_refilled);
+    omcf->lookup_refilled = ngx_current_msec;
+
+    if (elapsed >= 1000) {
+        omcf->lookup_tokens = full;
+
+    } else {
+        omcf->lookup_tokens = ngx_min(full,
+                                      omcf->lookup_tokens + elapsed * rate);
+    }
+
+    if (omcf->lookup_tokens < 1000) {
+        return 0;
+    }
+
+    omcf->lookup_tokens -= 1000;
+
+    return 1;
+}
+
+
 static ngx_int_t
 ngx_http_osago_limit_handler(ngx_http_request_t *r)
 {
@@ -710,6 +761,11 @@ ngx_http_osago_limit_handler(ngx_http_request_t *r)
     }
 
     if (partner == NULL) {
+        if (!ngx_http_osago_limit_may_look_up(omcf)) {
+            ngx_http_osago_limit_decide(st, NGX_HTTP_OSAGO_BUSY);
+            return ngx_http_osago_limit_finish(r, st);
+        }
+
         /* a placeholder, so that this tick's requests share one question */
         partner = ngx_http_osago_partner_store(omcf->partners,
                                                st->limit.digest);
@@ -737,6 +793,9 @@ ngx_http_osago_limit_init_worker(ngx_http_osago_main_conf_t *omcf,
     ngx_log_t *log)
 {
     ngx_queue_init(&omcf->limit_batches);
+
+    omcf->lookup_tokens = omcf->partner_lookup_rate * 1000;
+    omcf->lookup_refilled = ngx_current_msec;
 
     omcf->limit_flush.handler = ngx_http_osago_limit_flush;
     omcf->limit_flush.data = omcf;
@@ -882,8 +941,10 @@ ngx_http_osago_limit_finish(ngx_http_request_t *r,
         }
         break;
 
-    default: /* NGX_HTTP_OSAGO_UNAVAILABLE */
-        problem = &ngx_http_osago_limit_unavailable;
+    default: /* NGX_HTTP_OSAGO_UNAVAILABLE, NGX_HTTP_OSAGO_BUSY */
+        problem = (st->limit.outcome == NGX_HTTP_OSAGO_BUSY)
+                  ? &ngx_http_osago_limit_busy
+                  : &ngx_http_osago_limit_unavailable;
 
         if (ngx_http_osago_add_header_uint(r, "Retry-After", 1) != NGX_OK) {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;

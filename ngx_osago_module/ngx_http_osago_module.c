@@ -94,6 +94,13 @@ static ngx_command_t  ngx_http_osago_commands[] = {
       offsetof(ngx_http_osago_main_conf_t, partner_cache_size),
       &ngx_http_osago_at_least_one_p },
 
+    { ngx_string("osago_partner_lookup_rate"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_osago_main_conf_t, partner_lookup_rate),
+      NULL },
+
     { ngx_string("osago_zone_size"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
       ngx_conf_set_size_slot,
@@ -305,6 +312,7 @@ ngx_http_osago_create_main_conf(ngx_conf_t *cf)
     omcf->redis.command_timeout = NGX_CONF_UNSET_MSEC;
     omcf->partner_cache_ttl = NGX_CONF_UNSET_MSEC;
     omcf->partner_cache_size = NGX_CONF_UNSET_UINT;
+    omcf->partner_lookup_rate = NGX_CONF_UNSET_UINT;
     omcf->zone_size = NGX_CONF_UNSET_SIZE;
     omcf->app_ttl = NGX_CONF_UNSET;
 
@@ -331,6 +339,7 @@ ngx_http_osago_init_main_conf(ngx_conf_t *cf, void *conf)
     ngx_conf_init_msec_value(omcf->redis.command_timeout, 200);
     ngx_conf_init_msec_value(omcf->partner_cache_ttl, 5000);
     ngx_conf_init_uint_value(omcf->partner_cache_size, 10000);
+    ngx_conf_init_uint_value(omcf->partner_lookup_rate, 1000);
     ngx_conf_init_size_value(omcf->zone_size, 1024 * 1024);
     ngx_conf_init_value(omcf->app_ttl, 7 * 86400);
 

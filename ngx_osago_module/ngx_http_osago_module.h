@@ -33,6 +33,7 @@ typedef enum {
     NGX_HTTP_OSAGO_FALLBACK_ALLOWED,
     NGX_HTTP_OSAGO_FALLBACK_LIMITED,
     NGX_HTTP_OSAGO_UNAVAILABLE,
+    NGX_HTTP_OSAGO_BUSY,            /* over osago_partner_lookup_rate */
     NGX_HTTP_OSAGO_OUTCOME_MAX
 } ngx_http_osago_outcome_e;
 
@@ -62,6 +63,7 @@ typedef struct {
 
     ngx_msec_t                       partner_cache_ttl;
     ngx_uint_t                       partner_cache_size;
+    ngx_uint_t                       partner_lookup_rate;   /* 0: no cap */
 
     size_t                           zone_size;
     ngx_shm_zone_t                  *shm_zone;
@@ -74,6 +76,8 @@ typedef struct {
     /* per worker process, created in init_process */
     ngx_http_osago_redis_t          *redis_conn;
     ngx_http_osago_partner_cache_t  *partners;
+    ngx_uint_t                       lookup_tokens;   /* thousandths */
+    ngx_msec_t                       lookup_refilled;
     ngx_queue_t                      limit_batches;   /* open this tick */
     ngx_event_t                      limit_flush;
     ngx_log_t                       *redis_log;

@@ -36,6 +36,7 @@ my ($code, $out) = OsagoTest::Nginx->check_config(<<'HTTP');
     osago_redis_timeout 150ms;
     osago_partner_cache_ttl 2s;
     osago_partner_cache_size 100;
+    osago_partner_lookup_rate 0;
     osago_zone_size 2m;
     osago_limit off;
     osago_api_key $http_x_api_key;
@@ -77,6 +78,8 @@ my @bad = (
     [ http => 'osago_redis_connect_timeout x;',    'osago_redis_connect_timeout' ],
     [ http => 'osago_partner_cache_ttl forever;',  'osago_partner_cache_ttl' ],
     [ http => 'osago_partner_cache_size lots;',    'osago_partner_cache_size' ],
+    [ http => 'osago_partner_lookup_rate -5;',     'osago_partner_lookup_rate' ],
+    [ loc  => 'osago_partner_lookup_rate 10;',     'osago_partner_lookup_rate' ],   # http only
     [ http => 'osago_redis_database x;',           'osago_redis_database' ],
     [ http => 'osago_zone_size big;',              'osago_zone_size' ],
     [ http => 'osago_redis_server 127.0.0.1:99999;', undef ],   # the module's own message
