@@ -52,19 +52,6 @@ cmp_ok(abs(($updated_ms // 0) - $relayed_ms), '<', 5000,
        '  and its updated_at when the relay stored it');
 is($status, 'accepted', '  still accepted (no orchestrator runs)');
 
-# An id dated in the year 3000 is no acceptance time: the stream entry's (Redis's clock) stands in
-my $future = OsagoStack::intake_entry($r, app_id => OsagoStack::uuid7(32503680000000));
-my $future_at = int(time * 1000);
-ok(OsagoStack::wait_until(sub {
-       ($pg->psql("SELECT count(*) FROM applications WHERE id = '$future'"))[0] == 1 }, 30, 0.1),
-   'an application whose id is dated in the year 3000 is relayed');
-my ($f_created, $f_updated) = split /\|/, scalar $pg->psql(
-    "SELECT floor(extract(epoch FROM created_at) * 1000)::bigint,"
-    . " floor(extract(epoch FROM updated_at) * 1000)::bigint FROM applications WHERE id = '$future'");
-cmp_ok(abs(($f_created // 0) - $future_at), '<', 5000, '  created_at: when it entered the stream');
-cmp_ok(abs(($f_updated // 0) - $future_at), '<', 5000, '  updated_at: when the relay stored it');
-$pg->psql("DELETE FROM applications WHERE id = '$future'");
-
 my %created;
 $created{ $_->{key} // '?' }++
     for OsagoStack::kafka_messages($kb, 'osago.application.created')->@*;

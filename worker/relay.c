@@ -134,16 +134,9 @@ static int valid_partner(const char *s, size_t len)
 }
 
 /* When the application was accepted: a UUIDv7 (what the edge makes) carries it in its first
- * 48 bits, which keeps created_at identical to the edge's 202 answer; else, or when that is
- * later than the entry's id (Redis's clock) by more than an edge's clock could be ahead, the
- * entry's id. A time in the future would hold updated_at, which the sweeper's re-drives go by,
- * there with it. */
-#define RELAY_CLOCK_AHEAD_MS 60000
-
+ * 48 bits, which keeps created_at identical to the edge's 202 answer; else the entry's id. */
 static int64_t created_ms_of(const char *uuid, const char *entry_id)
 {
-    int64_t entry_ms = strtoll(entry_id, NULL, 10);
-
     if (uuid[14] == '7') {
         int64_t ms = 0;
 
@@ -152,10 +145,9 @@ static int64_t created_ms_of(const char *uuid, const char *entry_id)
                 continue;
             ms = ms * 16 + (uuid[i] <= '9' ? uuid[i] - '0' : uuid[i] - 'a' + 10);
         }
-        if (ms <= entry_ms + RELAY_CLOCK_AHEAD_MS)
-            return ms;
+        return ms;
     }
-    return entry_ms;
+    return strtoll(entry_id, NULL, 10);
 }
 
 static const redisReply *field_of(const redisReply *fields, const char *name)
