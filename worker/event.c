@@ -414,6 +414,14 @@ static size_t number_growth(const char *s, size_t len)
     return exp + 2;     /* the digits the exponent stands for, a leading "0." */
 }
 
+/* A sum of number_growth, exact up to a gigabyte and held there: no size_t wraps, even 32 bits
+ * wide (one number adds at most about ten million). */
+static size_t grown(size_t sum, size_t more)
+{
+    sum += more;
+    return sum > ((size_t) 1 << 30) ? (size_t) 1 << 30 : sum;
+}
+
 /* ---- encoding --------------------------------------------------------------------------- */
 
 /* Parser callbacks that re-generate every token into a yajl_gen: copies the payload into the
@@ -462,7 +470,7 @@ static int fw_bool(void *ctx, int v)
 static int fw_number(void *ctx, const char *s, size_t len)
 {
     struct forward *f = ctx;
-    f->growth += number_growth(s, len);
+    f->growth = grown(f->growth, number_growth(s, len));
     return fw_begin(f, 0) && yajl_gen_number(f->g, s, len) == yajl_gen_status_ok;
 }
 
@@ -509,12 +517,27 @@ static const yajl_callbacks forward_callbacks = {
     fw_start_map, fw_map_key, fw_end_map, fw_start_array, fw_end_array,
 };
 
-/* Copies payload into g; on failure err says why (when err is not NULL). */
-static int gen_payload(yajl_gen g, const char *payload, char *err, size_t errlen)
+/* The bytes g holds so far. */
+static size_t gen_len(yajl_gen g)
+{
+    const unsigned char *buf;
+    size_t               len = 0;
+
+    yajl_gen_get_buf(g, &buf, &len);
+    return len;
+}
+
+/*
+ * Copies payload into g, as a member's value (after its name: yajl writes the ':' first) or
+ * as the whole of g; on failure err says why (when err is not NULL). The size limit is on the
+ * payload as generated, compact: the sweeper's copy comes from jsonb with a space after every
+ * ',' and ':', which the decoder never sees.
+ */
+static int gen_payload(yajl_gen g, const char *payload, int as_member, char *err, size_t errlen)
 {
     struct forward f = { .g = g };
     yajl_handle    h = yajl_alloc(&forward_callbacks, NULL, &f);
-    size_t         len = strlen(payload);
+    size_t         len = strlen(payload), before = gen_len(g), compact = 0;
     int            ok;
 
     if (h == NULL) {
@@ -524,11 +547,13 @@ static int gen_payload(yajl_gen g, const char *payload, char *err, size_t errlen
     }
     ok = yajl_parse(h, (const unsigned char *)payload, len) == yajl_status_ok &&
          yajl_complete_parse(h) == yajl_status_ok && f.tokens > 0 && !f.not_object;
-    if (ok && len + f.growth > EVENT_MAX_PAYLOAD) {
+    if (ok)
+        compact = gen_len(g) - before - (as_member ? 1 : 0);
+    if (ok && compact + f.growth > EVENT_MAX_PAYLOAD) {
         ok = 0;
         if (err != NULL)
             snprintf(err, errlen, "over %d bytes with its numbers written out (%zu)",
-                     EVENT_MAX_PAYLOAD, len + f.growth);
+                     EVENT_MAX_PAYLOAD, compact + f.growth);
     } else if (!ok && err != NULL) {
         if (f.not_object || f.tokens == 0) {
             snprintf(err, errlen, "not a JSON object");
@@ -557,7 +582,7 @@ int event_payload_check(const char *payload, char *err, size_t errlen)
         return -1;
     }
     yajl_gen_config(g, yajl_gen_validate_utf8, 1);     /* exactly what event_encode will ask */
-    rc = gen_payload(g, payload, err, errlen);
+    rc = gen_payload(g, payload, 0, err, errlen);
     yajl_gen_free(g);
     return rc;
 }
@@ -606,7 +631,7 @@ char *event_encode(const osago_event_t *ev, size_t *len)
     case EV_CREATED:
         gen_kv_str(g, "partner", ev->partner);
         gen_str(g, "payload");
-        if (gen_payload(g, ev->payload, NULL, 0) < 0)
+        if (gen_payload(g, ev->payload, 1, NULL, 0) < 0)
             goto out;
         break;
     case EV_STARTED:
@@ -620,7 +645,7 @@ char *event_encode(const osago_event_t *ev, size_t *len)
         gen_kv_str(g, "insurer", ev->insurer);
         gen_kv_int(g, "attempt", ev->attempt);
         gen_str(g, "payload");
-        if (gen_payload(g, ev->payload, NULL, 0) < 0)
+        if (gen_payload(g, ev->payload, 1, NULL, 0) < 0)
             goto out;
         break;
     case EV_TASK_RESULT:
@@ -847,7 +872,7 @@ static int dec_number(void *ctx, const char *s, size_t len)
 {
     struct decoder *d = ctx;
     if (d->payload_depth > 0)
-        d->payload_growth += number_growth(s, len);
+        d->payload_growth = grown(d->payload_growth, number_growth(s, len));
     return dec_token(d, (const unsigned char *)s, len, 1) &&
            (d->payload_depth == 0 || yajl_gen_number(d->g, s, len) == yajl_gen_status_ok);
 }

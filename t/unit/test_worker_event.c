@@ -757,16 +757,20 @@ static void test_payload_check_agrees_with_encode(void **state)
     for (int i = 0; i < 64; i++)
         strcat(deep64, "}");
     snprintf(deep65, sizeof(deep65), "{\"b\":%s}", deep64);
-    /* {"s":"aaa..."}: 8 bytes besides the string */
+    /* {"s":"aaa..."}: 8 bytes besides the string; and {"s": "aaa..."}, spaced as jsonb prints
+     * it for the sweeper, one byte over as text and at the limit once compact */
     char *at_limit = malloc(EVENT_MAX_PAYLOAD + 1), *over_limit = malloc(EVENT_MAX_PAYLOAD + 2);
+    char *spaced = malloc(EVENT_MAX_PAYLOAD + 2);
     assert_non_null(at_limit);
     assert_non_null(over_limit);
-    for (int k = 0; k < 2; k++) {
-        char  *p = k == 0 ? at_limit : over_limit;
-        size_t n = EVENT_MAX_PAYLOAD + (size_t) k;
+    assert_non_null(spaced);
+    for (int k = 0; k < 3; k++) {
+        char       *p = k == 0 ? at_limit : k == 1 ? over_limit : spaced;
+        size_t      n = EVENT_MAX_PAYLOAD + (size_t) (k > 0);
+        const char *head = k == 2 ? "{\"s\": \"" : "{\"s\":\"";
 
         memset(p, 'a', n);
-        memcpy(p, "{\"s\":\"", 6);
+        memcpy(p, head, strlen(head));
         memcpy(p + n - 2, "\"}", 2);
         p[n] = '\0';
     }
@@ -788,6 +792,9 @@ static void test_payload_check_agrees_with_encode(void **state)
           "over 524288 bytes with its numbers written out (524462)" },
         { at_limit, NULL },
         { over_limit, "over 524288 bytes with its numbers written out (524289)" },
+        { spaced, NULL },
+        { "{\"x\": [1e524263, 1e1]}", NULL },
+        { "{\"x\": [1e524263, 1e2]}", "over 524288 bytes with its numbers written out (524289)" },
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         int   rc = event_payload_check(cases[i].payload, err, sizeof(err));
@@ -811,6 +818,7 @@ static void test_payload_check_agrees_with_encode(void **state)
     }
     free(at_limit);
     free(over_limit);
+    free(spaced);
 }
 
 static void test_encode_refuses_invalid(void **state)
