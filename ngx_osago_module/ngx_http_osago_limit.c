@@ -634,20 +634,29 @@ ngx_http_osago_limit_join_batch(ngx_http_osago_main_conf_t *omcf,
 
 
 /*
- * A key this worker holds nothing for costs Redis a lookup, and keys are
- * free to make up: a flood of random ones would put one EVALSHA per request
- * on the Redis every edge shares.  Such lookups draw from a bucket of
- * osago_partner_lookup_rate a second (as many at once); known keys, cached
- * or stale, never do.
+ * A key that names no partner this worker knows costs Redis a lookup, and
+ * keys are free to make up: a flood of random ones, new or seen a cache TTL
+ * ago, would put one EVALSHA per request on the Redis every edge shares.
+ * Such lookups draw from a bucket of osago_partner_lookup_rate a second (as
+ * many at once); partners' keys, cached or stale, and requests that join a
+ * lookup already on its way never do, nor any while Redis is away (the
+ * fallback answers, and Redis is not asked).
  */
 static ngx_uint_t
-ngx_http_osago_limit_may_look_up(ngx_http_osago_main_conf_t *omcf)
+ngx_http_osago_limit_may_look_up(ngx_http_osago_main_conf_t *omcf,
+    ngx_http_osago_partner_t *partner)
 {
     ngx_uint_t  rate, full, elapsed;
 
     rate = omcf->partner_lookup_rate;
 
-    if (rate == 0) {
+    if (rate == 0
+        || (partner
+            && (partner->batch
+                || partner->state == NGX_HTTP_OSAGO_PARTNER_KNOWN
+                || partner->state == NGX_HTTP_OSAGO_PARTNER_DISABLED))
+        || !ngx_http_osago_redis_is_up(omcf->redis_conn))
+    {
         return 1;
     }
 
@@ -760,12 +769,12 @@ ngx_http_osago_limit_handler(ngx_http_request_t *r)
         return ngx_http_osago_limit_finish(r, st);
     }
 
-    if (partner == NULL) {
-        if (!ngx_http_osago_limit_may_look_up(omcf)) {
-            ngx_http_osago_limit_decide(st, NGX_HTTP_OSAGO_BUSY);
-            return ngx_http_osago_limit_finish(r, st);
-        }
+    if (!ngx_http_osago_limit_may_look_up(omcf, partner)) {
+        ngx_http_osago_limit_decide(st, NGX_HTTP_OSAGO_BUSY);
+        return ngx_http_osago_limit_finish(r, st);
+    }
 
+    if (partner == NULL) {
         /* a placeholder, so that this tick's requests share one question */
         partner = ngx_http_osago_partner_store(omcf->partners,
                                                st->limit.digest);

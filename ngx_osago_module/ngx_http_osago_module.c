@@ -42,6 +42,10 @@ static ngx_conf_num_bounds_t  ngx_http_osago_database_bounds = {
     ngx_conf_check_num_bounds, 0, 65535
 };
 
+static ngx_conf_num_bounds_t  ngx_http_osago_lookup_rate_bounds = {
+    ngx_conf_check_num_bounds, 0, 1000000
+};
+
 
 static ngx_command_t  ngx_http_osago_commands[] = {
 
@@ -99,7 +103,7 @@ static ngx_command_t  ngx_http_osago_commands[] = {
       ngx_conf_set_num_slot,
       NGX_HTTP_MAIN_CONF_OFFSET,
       offsetof(ngx_http_osago_main_conf_t, partner_lookup_rate),
-      NULL },
+      &ngx_http_osago_lookup_rate_bounds },
 
     { ngx_string("osago_zone_size"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,

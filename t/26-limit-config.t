@@ -79,6 +79,7 @@ my @bad = (
     [ http => 'osago_partner_cache_ttl forever;',  'osago_partner_cache_ttl' ],
     [ http => 'osago_partner_cache_size lots;',    'osago_partner_cache_size' ],
     [ http => 'osago_partner_lookup_rate -5;',     'osago_partner_lookup_rate' ],
+    [ http => 'osago_partner_lookup_rate 1000001;', undef ],   # nginx's bounds message
     [ loc  => 'osago_partner_lookup_rate 10;',     'osago_partner_lookup_rate' ],   # http only
     [ http => 'osago_redis_database x;',           'osago_redis_database' ],
     [ http => 'osago_zone_size big;',              'osago_zone_size' ],
