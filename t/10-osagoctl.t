@@ -478,6 +478,32 @@ for my $cmd (qw(enable disable rotate-key delete)) {
         is($out, '', "nobody listening: nothing on stdout (@$args)");
     }
 
+    # An answer that comes too late: Redis, stopped, runs the rotation once it goes on, after
+    # osagoctl gave up. The old key is dead by then and the new one was never shown: the message
+    # names the new key's id, and rotating again gets a working key.
+    my $before = index_of('acme');
+    $r->pause;
+    ($code, $out, $err) = ctl('partner', 'rotate-key', 'acme');
+    $r->resume;
+    is($code, 1, 'rotate-key, answer too late: exit 1');
+    is($out, '', '  no key printed');
+    my ($late_id) = $err =~ /shows key id ([0-9a-f]{12}) for partner "acme"/;
+    ok($late_id && $err =~ /'osagoctl partner rotate-key acme' replaces it/,
+       '  the message names the new key id and the way back') or diag $err;
+    ok(OsagoTest::wait_for(sub { (index_of('acme') // '') ne $before }, 5, 0.05),
+       '  Redis applied it once it went on');
+    is(substr(index_of('acme') // '', 0, 12), $late_id // 'none', '  with the key id the message named');
+    ($code, $out, $err) = ctl('partner', 'rotate-key', 'acme');
+    is($code, 0, '  rotating again gets a key') or diag $err;
+
+    # A closed stdout: the write error is reported, the key is saved, rotate-key gets another
+    ($code, $out, $err) = OsagoTest::run_cmd('sh', '-c', 'exec "$0" "$@" | head -c0', $BIN,
+                                             '--redis', $r->addr, 'partner', 'add', 'piped', '--rate', '1');
+    like($err, qr/cannot write the key of partner "piped" to stdout: Broken pipe; it is saved/,
+         'stdout closed: osagoctl says the key could not be written, and that it is saved')
+        or diag $err;
+    ok(defined index_of('piped'), '  and the partner exists');
+
     # A Redis that accepts but does not answer: the command times out instead of hanging.
     $r->pause;
     my $t = time;

@@ -6,6 +6,7 @@
 #include "partner_cmds.h"
 #include "usage.h"
 
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -22,6 +23,9 @@ int main(int argc, char **argv)
     const char *command;
     int next, rc;
 
+    /* A closed stdout (`| head -c0`) is a write error to report, not a silent death: the key
+     * of a partner just added would be lost without a word. */
+    signal(SIGPIPE, SIG_IGN);
     rc = opts_parse_leading(argc - 1, argv + 1, opts, sizeof(opts) / sizeof(opts[0]), &next);
     if (rc == OPTS_HELP)
         return usage_print(stdout);

@@ -85,7 +85,7 @@ static int with_new_key(const struct osagoctl_config *cfg, const char *name,
 {
     char key[APIKEY_LEN + 1], hash[APIKEY_HASH_HEX_LEN + 1];
     struct redis_conn rc;
-    int rc_exit, status;
+    int rc_exit, status, unanswered;
 
     rc_exit = redis_open(&rc, cfg);
     if (rc_exit != EXIT_OK)
@@ -100,8 +100,18 @@ static int with_new_key(const struct osagoctl_config *cfg, const char *name,
         return EXIT_RUNTIME;
     }
     status = op->store(&rc, hash, op->arg);
+    /* no answer (a timeout, a connection lost): Redis may have run the command all the same */
+    unanswered = status == STORE_FAILED && rc.ctx->err != 0;
     redis_close(&rc);
     rc_exit = status == STORE_OK ? show_key(name, key, hash) : report(status, name);
+    /* The key stays unshown (it may not work): the operator learns how to tell whether it was
+     * stored, and the way out if it was. */
+    if (unanswered)
+        fprintf(stderr,
+                "osagoctl: Redis may still have made this change: if 'osagoctl partner list' "
+                "shows key id %.*s for partner \"%s\", its key was never shown; "
+                "'osagoctl partner rotate-key %s' replaces it\n",
+                KEY_ID_LEN, hash, name, name);
     apikey_wipe(key);
     return rc_exit;
 }

@@ -86,6 +86,9 @@ bool validate_rate(const char *s, struct rate *out)
     for (int i = frac_digits; i < 3; i++)
         frac *= 10;
 
+    /* whole can be ten times the largest rate here: not multiplied then (a 32-bit long) */
+    if (whole > RATE_MAX_MILLI / 1000)
+        too_big = true;
     out->milli = too_big ? RATE_MAX_MILLI + 1 : whole * 1000 + frac;
     if (out->milli < RATE_MIN_MILLI || out->milli > RATE_MAX_MILLI) {
         diag_usage("invalid rate %s: must be from 0.001 to 1000000 requests per second",
