@@ -23,5 +23,14 @@ else
 fi
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -q
-# policy-rc.d keeps Debian from starting system-wide nginx/redis services we do not use.
+# Installing nginx, redis-server and postgresql would start their system-wide services (nginx on
+# port 80 of every interface), which the project never uses: a policy-rc.d that refuses every
+# start holds them back for the install, and goes again after it unless it was there before.
+POLICY=/usr/sbin/policy-rc.d
+if [ ! -e "$POLICY" ]; then
+    trap '$SUDO rm -f "$POLICY"' EXIT
+    printf '#!/bin/sh\n# install-deps.sh: no service starts while it installs\nexit 101\n' \
+        | $SUDO tee "$POLICY" >/dev/null
+    $SUDO chmod 755 "$POLICY"
+fi
 $SUDO apt-get install -y -q --no-install-recommends $missing
