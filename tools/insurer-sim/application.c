@@ -29,7 +29,8 @@ static int app_int(yajl_val v, long min, long max, long *out)
         *out = YAJL_GET_INTEGER(v);
     } else if (YAJL_IS_DOUBLE(v)) {
         double d = YAJL_GET_DOUBLE(v);
-        if (d != floor(d))
+        /* out of range first: converting 1e300 to long is undefined */
+        if (d != floor(d) || d < (double) min || d > (double) max)
             return -1;
         *out = (long)d;
     } else if (app_string(v) != NULL) {

@@ -81,8 +81,10 @@ char *response_malformed(const char *good, size_t good_len, uint64_t draw, size_
         break;
     }
     out = malloc(*len + 1);
-    if (out == NULL)
+    if (out == NULL) {
+        *len = 0;       /* the caller's length must not outlive the body */
         return NULL;
+    }
     memcpy(out, src, *len);
     out[*len] = '\0';
     return out;
