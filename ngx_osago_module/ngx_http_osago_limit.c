@@ -378,8 +378,9 @@ ngx_http_osago_limit_decide_from_reply(ngx_http_osago_limit_state_t *st,
     case -3:
         ngx_log_error(NGX_LOG_ERR, st->limit.request->connection->log, 0,
                       "osago limit: partner \"%*s\" (key hash %*xs...) has an "
-                      "unusable contract: rate or burst missing or not "
-                      "positive, or a name outside [A-Za-z0-9_.-]{1,64}",
+                      "unusable contract: rate or burst missing, not "
+                      "positive or over 1000000, or a name outside "
+                      "[A-Za-z0-9_.-]{1,64}",
                       c->name_len, c->name, (size_t) 6, batch->digest);
         ngx_http_osago_limit_set_partner(st, c);
         ngx_http_osago_limit_decide(st, NGX_HTTP_OSAGO_UNAVAILABLE);

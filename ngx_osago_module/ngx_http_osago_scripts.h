@@ -28,8 +28,8 @@
  * A negative first element means -1 unknown key, -2 disabled, -3 contract
  * unusable (rate, burst or name out of osagoctl's rules; names must be safe
  * in Redis keys and metric labels; tonumber takes "nan", "inf" and "1e16",
- * which Redis would turn into integers no division survives).  The contract is returned whenever it
- * was read and usable enough to name.
+ * which Redis would turn into integers no division survives).  The
+ * contract is returned whenever it was read and usable enough to name.
  *
  * Time is Redis' own, so every edge shares one clock.  The arrival time is
  * stored as an integer string: Lua would print a large double in exponent
