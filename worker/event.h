@@ -12,10 +12,9 @@
 
 /* The most bytes an application payload may take as compact JSON with every number in it
  * written out in full, as PostgreSQL's jsonb prints numbers back (1e5 as 100000) for the
- * sweeper's re-drives. It keeps
- * every event, whatever it carries and wherever it came from, far under what a producer sends
- * (message.max.bytes, 1,000,000 by default): one event too large for it would fail its whole
- * batch on every retry. */
+ * sweeper's re-drives. It keeps every event, whatever it carries and wherever it came from,
+ * far under what a producer sends (message.max.bytes, 1,000,000 by default): one event too
+ * large for it would fail its whole batch on every retry. */
 #define EVENT_MAX_PAYLOAD (512 * 1024)
 
 typedef enum {
