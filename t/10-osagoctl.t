@@ -370,6 +370,22 @@ for my $cmd (qw(enable disable rotate-key delete)) {
     is($out, "name\trate\tburst\tpool\tenabled\tkey_id\n", 'list of an empty database: header only');
     ($code, $out) = ctl('--db', '3', 'partner', 'list', '--json');
     is_deeply(JSON::PP::decode_json($out), [], 'list --json of an empty database: []');
+
+    # A value edited by hand in Redis: a tab, an escape sequence, a byte that is not UTF-8
+    my $odd_key = add('odd', '--rate', '1');
+    $r->cli('HSET', 'osago:partner:' . sha256_hex($odd_key), 'pool', "go\tld\x1b[31m\xff\xc3\xa9");
+    ($code, $out) = ctl('partner', 'list');
+    my ($odd) = grep { /^odd\t/ } split /\n/, $out;
+    is_deeply([ split /\t/, $odd // '', -1 ], [ 'odd', '1', '1', "go?ld?[31m?\xc3\xa9", '1',
+                                                 substr(sha256_hex($odd_key), 0, 12) ],
+              'list: a tab, an escape and a byte that is not UTF-8 show as "?" (six columns)');
+    ($code, $out) = ctl('partner', 'list', '--json');
+    my $jo = eval { JSON::PP::decode_json($out) };
+    my ($jodd) = grep { $_->{name} eq 'odd' } @{ $jo || [] };
+    is(($jodd || {})->{pool}, "go\tld\x1b[31m\x{fffd}\x{e9}",
+       'list --json: still JSON; the byte that is not UTF-8 is U+FFFD') or diag $out;
+    ($code) = ctl('partner', 'delete', 'odd');
+    is($code, 0, 'the odd partner deleted');
 }
 
 # --- a damaged index entry (edited by hand) -----------------------------------------------------
