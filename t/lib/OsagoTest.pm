@@ -523,8 +523,11 @@ sub cli {
     return wantarray ? split(/\n/, $out) : $out;
 }
 
-# monitor(sub { ... }): the commands Redis received while the code ran, from MONITOR, as
-# [ [client, command, args...], ... ]; client is "lua" for commands a script called.
+# monitor(sub { ... }, settle => s): the commands Redis received while the code ran and for
+# `settle` seconds after (0.2 unless given), from MONITOR, as [ [client, command, args...], ... ];
+# client is "lua" for commands a script called. Redis may still hold the end of that output when
+# the time is up (a busy machine, a large capture): an ECHO sent last marks where it ends, and
+# the capture is read up to it.
 sub monitor {
     my ($self, $code, %o) = @_;
     my $s = IO::Socket::IP->new(PeerHost => '127.0.0.1', PeerPort => $self->{port}, Proto => 'tcp',
@@ -550,9 +553,18 @@ sub monitor {
         next unless $sel->can_read($deadline - time);
         sysread($s, $buf, 65536, length $buf) or last;
     }
+    my $mark = sprintf 'osago-monitor-end-%d-%.6f', $$, time;
+    $self->cli('ECHO', $mark);
+    my $cap = time + 15;
+    while (index($buf, $mark) < 0 && time < $cap) {
+        next unless $sel->can_read($cap - time);
+        sysread($s, $buf, 65536, length $buf) or last;
+    }
     close $s;
+    croak "monitor: the capture's end mark never came" if index($buf, $mark) < 0;
     my @cmds;
     for my $line (split /\r\n/, $buf) {
+        last if index($line, $mark) >= 0;
         next unless $line =~ /^\+\d+\.\d+ \[\d+ ([^\]]+)\] (.*)$/;
         my ($client, $rest) = ($1, $2);
         my @args = $rest =~ /"((?:[^"\\]|\\.)*)"/g;
