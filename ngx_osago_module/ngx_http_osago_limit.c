@@ -194,7 +194,6 @@ ngx_http_osago_limit_set_policy(ngx_http_osago_limit_state_t *st,
 
     ctx->has_policy = 1;
     ctx->quota = burst;
-    rate_milli = ngx_max(rate_milli, 1);
     ctx->window = ngx_max((burst * 1000 + rate_milli - 1) / rate_milli, 1);
     ctx->remaining = remaining;
     ctx->reset = (reset_us + 999999) / 1000000;

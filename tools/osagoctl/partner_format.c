@@ -9,7 +9,6 @@
 #include <stdbool.h>
 #include <string.h>
 #include <wchar.h>
-#include <wctype.h>
 
 /* The length of the UTF-8 character s starts with (*wc set), or 0 when s
  * does not start with one; the C library decodes, in a UTF-8 locale of its
@@ -28,7 +27,7 @@ static size_t utf8_char(locale_t utf8, const char *s, wchar_t *wc)
         return 0;
     memset(&st, 0, sizeof(st));
     was = uselocale(utf8);
-    n = mbrtowc(wc, s, strlen(s), &st);
+    n = mbrtowc(wc, s, strnlen(s, 4), &st);     /* UTF-8: 4 bytes at most */
     uselocale(was);
     return n == (size_t)-1 || n == (size_t)-2 || n == 0 ? 0 : n;
 }
