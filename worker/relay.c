@@ -39,6 +39,7 @@
 typedef struct {
     char          id[48];             /* stream entry id, "ms-seq" */
     int           valid;
+    int           stored;             /* its row is in PostgreSQL: inserted now, or found */
     int           oom;
     char          reason[200];
     int64_t       created_ms;
@@ -258,7 +259,20 @@ static const char relay_insert_sql[] =
     " FROM jsonb_array_elements($1::jsonb) AS e,"
     "  LATERAL (SELECT timestamptz 'epoch'"
     "           + (e->>'created_ms')::bigint * interval '1 millisecond') AS c(t)"
-    " ON CONFLICT (id) DO NOTHING";
+    " ON CONFLICT (id) DO NOTHING"
+    " RETURNING id::text";
+
+/*
+ * An id stored before is an entry read again (the relay died before its XACK) or, from a writer
+ * other than the edge, an id used twice. Either way the stored application is what gets
+ * announced: the insurers must quote the row that results will complete, and another partner's
+ * entry must not carry its payload under an id that is not its own.
+ */
+static const char relay_stored_sql[] =
+    "SELECT a.id::text, a.partner, a.payload::text, a.trace,"
+    "       a.partner = e->>'partner' AND a.payload = (e->>'payload')::jsonb"
+    " FROM jsonb_array_elements($1::jsonb) AS e"
+    " JOIN applications AS a ON a.id = (e->>'id')::uuid";
 
 static int gen_kv(yajl_gen g, const char *k, const char *v)
 {
@@ -280,37 +294,85 @@ static int gen_entry(yajl_gen g, const relay_entry_t *e)
            ? 0 : -1;
 }
 
-/* 0 stored; 1 PostgreSQL refused the data itself (a retry cannot help); -1 try again later.
- * only >= 0 selects one entry; -1 means every valid one. */
-static int relay_insert(relay_t *r, int only, char *why, size_t whylen)
+/* The JSON array of the valid entries that pass keep(), for the statements above; NULL when
+ * there are none (*none set) or out of memory. */
+static yajl_gen relay_gen_entries(relay_t *r, int (*keep)(const relay_t *, int, int), int arg,
+                                  const char **json, int *none)
 {
     yajl_gen             g = yajl_gen_alloc(NULL);
     const unsigned char *buf;
     size_t               len;
-    const char          *params[1];
-    PGresult            *res;
-    int                  rc = -1, any = 0;
+    int                  any = 0;
 
+    *none = 0;
     if (g == NULL || yajl_gen_array_open(g) != yajl_gen_status_ok)
-        goto out;
+        goto failed;
     for (int i = 0; i < r->n; i++) {
-        if (!r->entries[i].valid || (only >= 0 && i != only))
+        if (!r->entries[i].valid || !keep(r, i, arg))
             continue;
         if (gen_entry(g, &r->entries[i]) < 0)
-            goto out;
+            goto failed;
         any = 1;
     }
     if (!any) {
-        rc = 0;
-        goto out;
+        *none = 1;
+        goto failed;
     }
     if (yajl_gen_array_close(g) != yajl_gen_status_ok
         || yajl_gen_get_buf(g, &buf, &len) != yajl_gen_status_ok)
-        goto out;
-    params[0] = (const char *) buf;
+        goto failed;
+    *json = (const char *) buf;
+    return g;
+failed:
+    if (g != NULL)
+        yajl_gen_free(g);
+    return NULL;
+}
+
+static int keep_one(const relay_t *r, int i, int only)
+{
+    (void) r;
+    return only < 0 || i == only;
+}
+
+static int keep_not_stored(const relay_t *r, int i, int unused)
+{
+    (void) unused;
+    return !r->entries[i].stored;
+}
+
+/* The first entry of an id still to be accounted for: a batch may hold an id twice. */
+static relay_entry_t *relay_unsettled_entry_of(relay_t *r, const char *application_id)
+{
+    for (int i = 0; i < r->n; i++) {
+        relay_entry_t *e = &r->entries[i];
+
+        if (e->valid && !e->stored && strcmp(e->ev.application_id, application_id) == 0)
+            return e;
+    }
+    return NULL;
+}
+
+/* 0 stored; 1 PostgreSQL refused the data itself (a retry cannot help); -1 try again later.
+ * only >= 0 selects one entry; -1 means every valid one. */
+static int relay_insert(relay_t *r, int only, char *why, size_t whylen)
+{
+    const char *params[1];
+    PGresult   *res;
+    int         rc, none;
+    yajl_gen    g = relay_gen_entries(r, keep_one, only, &params[0], &none);
+
+    if (g == NULL)
+        return none ? 0 : -1;
     res = pg_exec_prepared(r->pg, RELAY_ROLE, "relay_insert", relay_insert_sql, 1, params,
                            &r->w->pg_wait);
-    if (PQresultStatus(res) == PGRES_COMMAND_OK) {
+    if (PQresultStatus(res) == PGRES_TUPLES_OK) {
+        for (int row = 0; row < PQntuples(res); row++) {
+            relay_entry_t *e = relay_unsettled_entry_of(r, PQgetvalue(res, row, 0));
+
+            if (e != NULL)
+                e->stored = 1;
+        }
         rc = 0;
     } else {
         const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
@@ -323,9 +385,70 @@ static int relay_insert(relay_t *r, int only, char *why, size_t whylen)
         why[strcspn(why, "\n")] = '\0';
     }
     PQclear(res);
-out:
-    if (g != NULL)
+    yajl_gen_free(g);
+    return rc;
+}
+
+/* The entry takes the stored application's partner, payload and trace. */
+static int relay_take_stored(relay_entry_t *e, PGresult *res, int row)
+{
+    const char *payload = PQgetvalue(res, row, 2);
+    const char *trace = PQgetvalue(res, row, 3);
+    char        why[160];
+    char       *copy;
+
+    if (strcmp(PQgetvalue(res, row, 4), "t") == 0)
+        return 0;                     /* read again: the entry is the stored application */
+    wlog(LOG_WARN, RELAY_ROLE, e->ev.traceparent, "intake_id_reused",
+         "entry %s repeats application %s with another partner or payload; the stored"
+         " application is announced", e->id, e->ev.application_id);
+    if (event_payload_check(payload, why, sizeof(why)) != 0) {
+        snprintf(e->reason, sizeof(e->reason), "the stored application's payload is %s", why);
+        e->valid = 0;
+        return 0;
+    }
+    copy = strdup(payload);
+    if (copy == NULL)
+        return -1;
+    free(e->ev.payload);
+    e->ev.payload = copy;
+    snprintf(e->ev.partner, sizeof(e->ev.partner), "%s", PQgetvalue(res, row, 1));
+    if (event_traceparent_valid(trace))
+        snprintf(e->ev.traceparent, sizeof(e->ev.traceparent), "%s", trace);
+    return 0;
+}
+
+/* Entries whose id was stored before announce the stored application (relay_stored_sql);
+ * 0, or -1 to try again later. */
+static int relay_adopt_stored(relay_t *r)
+{
+    const char *params[1];
+    PGresult   *res;
+    int         rc = 0, none;
+    yajl_gen    g = relay_gen_entries(r, keep_not_stored, 0, &params[0], &none);
+
+    if (g == NULL)
+        return none ? 0 : -1;
+    res = pg_run_prepared(r->pg, RELAY_ROLE, "relay_stored", relay_stored_sql, 1, params,
+                          &r->w->pg_wait);
+    if (res == NULL) {
         yajl_gen_free(g);
+        return -1;
+    }
+    for (int row = 0; row < PQntuples(res) && rc == 0; row++) {
+        relay_entry_t *e = relay_unsettled_entry_of(r, PQgetvalue(res, row, 0));
+
+        if (e != NULL) {
+            rc = relay_take_stored(e, res, row);
+            e->stored = 1;
+        }
+    }
+    /* a row removed since the insert met it: the next round inserts the entry anew */
+    for (int i = 0; i < r->n && rc == 0; i++)
+        if (r->entries[i].valid && !r->entries[i].stored)
+            rc = -1;
+    PQclear(res);
+    yajl_gen_free(g);
     return rc;
 }
 
@@ -335,28 +458,28 @@ static int relay_store(relay_t *r)
     char why[200] = "";
     int  rc = relay_insert(r, -1, why, sizeof(why));
 
-    if (rc <= 0) {
-        if (rc < 0)
-            wlog(LOG_WARN, RELAY_ROLE, NULL, "pg_error", "applications not stored: %s", why);
+    if (rc < 0) {
+        wlog(LOG_WARN, RELAY_ROLE, NULL, "pg_error", "applications not stored: %s", why);
         return rc;
     }
     /* one bad entry must not hold back the others: find it by storing them one by one */
-    for (int i = 0; i < r->n; i++) {
-        if (!r->entries[i].valid)
+    for (int i = 0; rc == 1 && i < r->n; i++) {
+        relay_entry_t *e = &r->entries[i];
+        int            one;
+
+        if (!e->valid)
             continue;
-        rc = relay_insert(r, i, why, sizeof(why));
-        if (rc < 0) {
+        one = relay_insert(r, i, why, sizeof(why));
+        if (one < 0) {
             wlog(LOG_WARN, RELAY_ROLE, NULL, "pg_error", "applications not stored: %s", why);
             return -1;
         }
-        if (rc == 1) {
-            relay_entry_t *e = &r->entries[i];
-
+        if (one == 1) {
             snprintf(e->reason, sizeof(e->reason), "refused by PostgreSQL: %s", why);
             e->valid = 0;
         }
     }
-    return 0;
+    return relay_adopt_stored(r);
 }
 
 /* ---- Kafka and the acknowledgement ---------------------------------------------------- */
