@@ -323,6 +323,8 @@ ngx_http_osago_limit_learn(ngx_http_osago_limit_batch_t *batch,
         return;
     }
 
+    ngx_http_osago_zone_key_learn(omcf, batch->digest, code != -1);
+
     partner = ngx_http_osago_partner_store(omcf->partners, batch->digest);
     if (partner == NULL) {
         return;
@@ -640,11 +642,13 @@ ngx_http_osago_limit_join_batch(ngx_http_osago_main_conf_t *omcf,
  * Such lookups draw from a bucket of osago_partner_lookup_rate a second (as
  * many at once); partners' keys, cached or stale, and requests that join a
  * lookup already on its way never do, nor any while Redis is away (the
- * fallback answers, and Redis is not asked).
+ * fallback answers, and Redis is not asked).  Once the bucket is empty, a
+ * key that named a partner when last asked (by any worker, before a reload
+ * too: the zone remembers) is still looked up.
  */
 static ngx_uint_t
 ngx_http_osago_limit_may_look_up(ngx_http_osago_main_conf_t *omcf,
-    ngx_http_osago_partner_t *partner)
+    ngx_http_osago_partner_t *partner, u_char *digest)
 {
     ngx_uint_t  rate, full, elapsed;
 
@@ -673,13 +677,12 @@ ngx_http_osago_limit_may_look_up(ngx_http_osago_main_conf_t *omcf,
                                       omcf->lookup_tokens + elapsed * rate);
     }
 
-    if (omcf->lookup_tokens < 1000) {
-        return 0;
+    if (omcf->lookup_tokens >= 1000) {
+        omcf->lookup_tokens -= 1000;
+        return 1;
     }
 
-    omcf->lookup_tokens -= 1000;
-
-    return 1;
+    return ngx_http_osago_zone_key_known(omcf, digest);
 }
 
 
@@ -769,7 +772,7 @@ ngx_http_osago_limit_handler(ngx_http_request_t *r)
         return ngx_http_osago_limit_finish(r, st);
     }
 
-    if (!ngx_http_osago_limit_may_look_up(omcf, partner)) {
+    if (!ngx_http_osago_limit_may_look_up(omcf, partner, st->limit.digest)) {
         ngx_http_osago_limit_decide(st, NGX_HTTP_OSAGO_BUSY);
         return ngx_http_osago_limit_finish(r, st);
     }

@@ -208,6 +208,10 @@ ngx_int_t ngx_http_osago_zone_add(ngx_conf_t *cf,
 ngx_http_osago_shctx_t *ngx_http_osago_zone_ctx(ngx_http_osago_main_conf_t *omcf);
 ngx_http_osago_shm_partner_t *ngx_http_osago_zone_partner(
     ngx_http_osago_main_conf_t *omcf, u_char *name, size_t len);
+ngx_uint_t ngx_http_osago_zone_key_known(ngx_http_osago_main_conf_t *omcf,
+    u_char *digest);
+void ngx_http_osago_zone_key_learn(ngx_http_osago_main_conf_t *omcf,
+    u_char *digest, ngx_uint_t names_partner);
 ngx_int_t ngx_http_osago_zone_local_gcra(ngx_http_osago_main_conf_t *omcf,
     ngx_http_osago_shm_partner_t *sp, ngx_uint_t rate_milli, ngx_uint_t burst,
     uint64_t *remaining, uint64_t *retry_us, uint64_t *reset_us);

@@ -75,6 +75,28 @@ ngx_http_osago_zone_rbtree_insert(ngx_rbtree_node_t *temp,
 }
 
 
+/*
+ * A sixteenth of the zone: 4096 slots in the default 1m, enough for every
+ * partner's keys; a zone too small for any leaves the memory out.
+ */
+static void
+ngx_http_osago_zone_keys_init(ngx_http_osago_zone_t *ozone, size_t zone_size)
+{
+    size_t  slots, want;
+
+    want = zone_size / 16 / (2 * sizeof(uint64_t));
+    slots = NGX_HTTP_OSAGO_KEY_PROBES;
+
+    while (slots * 2 <= want) {
+        slots *= 2;
+    }
+
+    ozone->sh->known_keys = ngx_slab_calloc(ozone->shpool,
+                                            slots * 2 * sizeof(uint64_t));
+    ozone->sh->known_mask = slots - 1;
+}
+
+
 static ngx_int_t
 ngx_http_osago_zone_init(ngx_shm_zone_t *shm_zone, void *data)
 {
@@ -105,6 +127,8 @@ ngx_http_osago_zone_init(ngx_shm_zone_t *shm_zone, void *data)
     ngx_rbtree_init(&ozone->sh->rbtree, &ozone->sh->sentinel,
                     ngx_http_osago_zone_rbtree_insert);
     ngx_queue_init(&ozone->sh->partners);
+
+    ngx_http_osago_zone_keys_init(ozone, shm_zone->shm.size);
 
     ozone->shpool->log_nomem = 0;
 
@@ -178,6 +202,103 @@ ngx_http_osago_zone_partner(ngx_http_osago_main_conf_t *omcf, u_char *name,
     ngx_shmtx_unlock(&ozone->shpool->mutex);
 
     return sp;
+}
+
+
+static void
+ngx_http_osago_zone_key_words(u_char *digest, uint64_t *w)
+{
+    ngx_memcpy(w, digest, 2 * sizeof(uint64_t));
+}
+
+
+/* Whether the key named a partner when Redis last said (any worker). */
+ngx_uint_t
+ngx_http_osago_zone_key_known(ngx_http_osago_main_conf_t *omcf,
+    u_char *digest)
+{
+    uint64_t                 w[2];
+    ngx_uint_t               i, slot;
+    volatile uint64_t       *keys;
+    ngx_http_osago_shctx_t  *sh = ngx_http_osago_zone_ctx(omcf);
+
+    keys = sh->known_keys;
+    ngx_http_osago_zone_key_words(digest, w);
+
+    if (keys == NULL || (w[0] == 0 && w[1] == 0)) {
+        return 0;
+    }
+
+    for (i = 0; i < NGX_HTTP_OSAGO_KEY_PROBES; i++) {
+        slot = (w[0] + i) & sh->known_mask;
+
+        if (keys[2 * slot] == w[0] && keys[2 * slot + 1] == w[1]) {
+            return 1;
+        }
+    }
+
+    return 0;
+}
+
+
+/*
+ * Records what Redis said of a key: one that named a partner is kept (in
+ * the first free slot of its probe range, or over the first slot when none
+ * is free), one that did not is dropped.  Lookups probe the whole range, so
+ * a dropped key leaves no hole to stop at.
+ */
+void
+ngx_http_osago_zone_key_learn(ngx_http_osago_main_conf_t *omcf,
+    u_char *digest, ngx_uint_t names_partner)
+{
+    uint64_t                 w[2];
+    ngx_uint_t               i, slot, target, free_slot;
+    volatile uint64_t       *keys;
+    ngx_http_osago_zone_t   *ozone = omcf->shm_zone->data;
+    ngx_http_osago_shctx_t  *sh = ozone->sh;
+
+    keys = sh->known_keys;
+    ngx_http_osago_zone_key_words(digest, w);
+
+    if (keys == NULL || (w[0] == 0 && w[1] == 0)) {
+        return;
+    }
+
+    target = w[0] & sh->known_mask;
+    free_slot = NGX_CONF_UNSET_UINT;
+
+    ngx_shmtx_lock(&ozone->shpool->mutex);
+
+    for (i = 0; i < NGX_HTTP_OSAGO_KEY_PROBES; i++) {
+        slot = (w[0] + i) & sh->known_mask;
+
+        if (keys[2 * slot] == w[0] && keys[2 * slot + 1] == w[1]) {
+            if (!names_partner) {
+                keys[2 * slot] = 0;
+                keys[2 * slot + 1] = 0;
+            }
+
+            ngx_shmtx_unlock(&ozone->shpool->mutex);
+            return;
+        }
+
+        if (free_slot == NGX_CONF_UNSET_UINT
+            && keys[2 * slot] == 0 && keys[2 * slot + 1] == 0)
+        {
+            free_slot = slot;
+        }
+    }
+
+    if (names_partner) {
+        if (free_slot != NGX_CONF_UNSET_UINT) {
+            target = free_slot;
+        }
+
+        keys[2 * target] = w[0];
+        keys[2 * target + 1] = w[1];
+    }
+
+    ngx_shmtx_unlock(&ozone->shpool->mutex);
 }
 
 

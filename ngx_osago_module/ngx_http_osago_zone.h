@@ -1,7 +1,8 @@
 /*
  * The module's shared memory zone: what every worker of this nginx
- * instance sees alike (counters for the metrics location, and per-partner
- * state for the local fallback limiter).
+ * instance sees alike (counters for the metrics location, per-partner
+ * state for the local fallback limiter, and the keys that named a partner,
+ * for the lookup budget).
  */
 
 #ifndef _NGX_HTTP_OSAGO_ZONE_H_INCLUDED_
@@ -15,6 +16,7 @@
 #define NGX_HTTP_OSAGO_MAX_WORKERS   64
 #define NGX_HTTP_OSAGO_PARSE_BUCKETS 8
 #define NGX_HTTP_OSAGO_WAKE_BUCKETS  12
+#define NGX_HTTP_OSAGO_KEY_PROBES    8   /* slots a known key may sit in */
 
 
 struct ngx_http_osago_shm_partner_s {
@@ -62,6 +64,17 @@ struct ngx_http_osago_shctx_s {
     ngx_atomic_t                    wake_bucket[NGX_HTTP_OSAGO_WAKE_BUCKETS];
     ngx_atomic_t                    wake_sum_us;
     ngx_atomic_t                    poll_subscribed[NGX_HTTP_OSAGO_MAX_WORKERS];
+
+    /*
+     * Keys that named a partner when Redis was last asked, by the first
+     * 16 bytes of their digest (two words a slot, both 0 when free): a
+     * worker that has not cached such a key yet, after a reload or because
+     * another worker served it, never refuses it as over
+     * osago_partner_lookup_rate.  Written under the zone mutex, read
+     * without it: a torn read can only miss a key, never invent one.
+     */
+    volatile uint64_t              *known_keys;
+    ngx_uint_t                      known_mask;        /* slots - 1 */
 };
 
 

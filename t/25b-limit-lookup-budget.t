@@ -7,6 +7,8 @@
 #     slowly, then sending them all again once stale, gains nothing.
 #   - Partners the worker knows are served throughout; a new partner gets in once the bucket has
 #     refilled.
+#   - After a reload, with the budget spent, keys that named a partner (any worker's, remembered
+#     in the shared zone) are still looked up; a key Redis no longer knows is forgotten.
 #   - While Redis is away nothing is asked of it, and the budget does not apply: the `open`
 #     fallback still admits every key.
 use strict;
@@ -111,6 +113,28 @@ is(get($steady)->{status}, 200, 'the partner, stale too, is looked up again rega
 sleep 1.1;
 my $late = OsagoTest::add_partner($r, name => 'late', rate => 10, burst => 10);
 is(get($late)->{status}, 200, 'a new partner, once the bucket refilled: 200');
+
+# --- after a reload: the zone remembers which keys named a partner ----------------------------------
+# The new worker has cached no key. With its budget spent by made-up keys, the partners' keys
+# are still looked up, since Redis said they name a partner; a key Redis no longer knows is
+# forgotten and draws from the budget again.
+$n->reload;
+sub spend_budget { my %s; $s{ get(OsagoTest::random_key())->{status} }++ for 1 .. 2 * $RATE; \%s }
+my $spent = spend_budget();
+my $after = get($steady);
+my $made_up = get(OsagoTest::random_key());
+ok(($spent->{503} // 0) > 0, 'after a reload, the new worker\'s budget spent on made-up keys')
+    or diag explain $spent;
+is($after->{status}, 200, '  a partner\'s key is still looked up: 200');
+is($after->{headers}{'x-limit-status'}, 'allowed', '  and limited as usual ($osago_limit_status)');
+is($made_up->{status}, 503, '  while a made-up key right after it is refused (503)');
+
+$r->cli('DEL', 'osago:partner:' . OsagoTest::key_hash($late));
+sleep $TTL + 0.1;                   # the worker's entry for it goes stale
+is(get($late)->{status}, 401, 'a partner\'s key removed from Redis: 401 once its entry is stale');
+sleep $TTL + 0.1;
+spend_budget();
+is(get($late)->{status}, 503, '  and forgotten: with the budget spent, it is refused like any other');
 
 # --- Redis away ----------------------------------------------------------------------------------------
 $r->stop;
