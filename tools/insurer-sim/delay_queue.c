@@ -161,10 +161,17 @@ void delay_queue_stop(struct delay_queue *q, void (*release)(struct MHD_Connecti
     pthread_cond_signal(&q->cv);
     pthread_mutex_unlock(&q->mu);
     pthread_join(q->thread, NULL);
-    /* The thread is gone and pushes are refused: the rest is ours without the lock. */
+    /* The thread is gone and pushes are refused: the queue is ours, but the lock stays, since
+     * the daemon's threads may still try to push until the daemon stops. */
+    pthread_mutex_lock(&q->mu);
     for (size_t i = 0; release != NULL && i < q->n; i++)
         release(q->heap[i].conn, arg);
     q->n = 0;
+    pthread_mutex_unlock(&q->mu);
+}
+
+void delay_queue_free(struct delay_queue *q)
+{
     free(q->heap);
     q->heap = NULL;
     pthread_cond_destroy(&q->cv);

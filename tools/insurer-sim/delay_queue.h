@@ -34,8 +34,12 @@ int delay_queue_start(struct delay_queue *q, size_t max);
  * the caller must then answer at once instead. */
 bool delay_queue_push(struct delay_queue *q, uint64_t due_ns, struct MHD_Connection *conn);
 
-/* Stops the thread and hands every connection still queued to release (which must resume it). */
+/* Stops the thread and hands every connection still queued to release (which must resume it);
+ * pushes are refused from then on. */
 void delay_queue_stop(struct delay_queue *q, void (*release)(struct MHD_Connection *, void *),
                       void *arg);
+
+/* Frees a stopped queue, once nothing can push to it any more (the daemon stopped). */
+void delay_queue_free(struct delay_queue *q);
 
 #endif

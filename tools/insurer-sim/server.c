@@ -363,6 +363,7 @@ int server_start(struct sim_server *s, const struct sim_config *cfg)
     if (s->daemon == NULL) {
         fprintf(stderr, "insurer-sim: cannot listen on %s:%d\n", cfg->host, cfg->port);
         delay_queue_stop(&s->delays, NULL, NULL);
+        delay_queue_free(&s->delays);
         server_close_timing(s);
         return -1;
     }
@@ -393,5 +394,6 @@ void server_stop(struct sim_server *s)
         nanosleep(&pause, NULL);
     MHD_stop_daemon(s->daemon);
     s->daemon = NULL;
+    delay_queue_free(&s->delays);
     server_close_timing(s);
 }
