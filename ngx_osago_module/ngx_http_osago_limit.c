@@ -319,11 +319,19 @@ ngx_http_osago_limit_learn(ngx_http_osago_limit_batch_t *batch,
     }
 
     /* an unusable contract is an operator's error: ask again next time */
-    if (!batch->fetch || code == -3) {
+    if (code == -3) {
         return;
     }
 
-    ngx_http_osago_zone_key_learn(omcf, batch->digest, code != -1);
+    /* a cached partner's batches (no fetch) are the hot path: only a key
+     * that no longer names one costs the zone's lock there */
+    if (batch->fetch || code == -1) {
+        ngx_http_osago_zone_key_learn(omcf, batch->digest, code != -1);
+    }
+
+    if (!batch->fetch) {
+        return;
+    }
 
     partner = ngx_http_osago_partner_store(omcf->partners, batch->digest);
     if (partner == NULL) {

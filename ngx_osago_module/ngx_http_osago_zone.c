@@ -76,8 +76,9 @@ ngx_http_osago_zone_rbtree_insert(ngx_rbtree_node_t *temp,
 
 
 /*
- * A sixteenth of the zone: 4096 slots in the default 1m, enough for every
- * partner's keys; a zone too small for any leaves the memory out.
+ * A sixteenth of the zone: 4096 slots in the default 1m, 128 in the
+ * smallest, 32k.  Should the slab have no room, nothing is remembered and
+ * every lookup draws from the budget.
  */
 static void
 ngx_http_osago_zone_keys_init(ngx_http_osago_zone_t *ozone, size_t zone_size)

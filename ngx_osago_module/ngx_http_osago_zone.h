@@ -71,7 +71,8 @@ struct ngx_http_osago_shctx_s {
      * worker that has not cached such a key yet, after a reload or because
      * another worker served it, never refuses it as over
      * osago_partner_lookup_rate.  Written under the zone mutex, read
-     * without it: a torn read can only miss a key, never invent one.
+     * without it: a read torn by a write may mix the halves of two keys,
+     * which matches a third only by a 128-bit collision.
      */
     volatile uint64_t              *known_keys;
     ngx_uint_t                      known_mask;        /* slots - 1 */

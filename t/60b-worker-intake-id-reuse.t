@@ -81,7 +81,7 @@ my $replies = OsagoStack::resp_pipeline($r, [ 'MULTI' ],
 is(ref $replies->[-1], 'ARRAY', 'two entries for one id added in one transaction');
 ok(OsagoStack::wait_completed($pg, [$y], 30), "application $y completed");
 ok(OsagoStack::wait_until(sub { OsagoStack::pending_count($r) == 0 && reuses_of($y) }, 10, 0.1),
-   'both entries acknowledged, the second named as a repeat');
+   'both entries acknowledged, one named as a repeat');
 is(scalar(reuses_of($y)), 1, '  once');
 my $stored = $J->encode(OsagoStack::application($pg, $y)->{payload});
 ok((grep { $stored eq $J->encode($J->decode($_)) } @payloads), 'the row holds one of the payloads');
@@ -95,6 +95,30 @@ is(scalar(grep { $J->encode($_->{event}{data}{payload}) ne $stored } @tasks), 0,
 my $qy = OsagoStack::quotes_of($pg, [$y])->{$y};
 is(join(',', map { "$_:$qy->{$_}{status}/$qy->{$_}{attempt}" } sort keys %$qy),
    join(',', map { "$_:ok/1" } sort @CODES), 'each insurer quoted once, on the first attempt');
+
+# --- a stored id's copy and another partner's entry in one batch ----------------------------------
+# Each is compared with the row as itself: only the rival is named, and neither carries its own.
+my $before = () = reuses_of($x);
+$replies = OsagoStack::resp_pipeline($r, [ 'MULTI' ],
+    [ 'XADD', 'osago:intake', '*', 'app_id', $x, 'partner', 'rival', 'payload', $rival,
+      'trace', OsagoStack::traceparent() ],
+    [ 'XADD', 'osago:intake', '*', 'app_id', $x, 'partner', 'acme', 'payload', $own,
+      'trace', OsagoStack::traceparent() ],
+    [ 'EXEC' ]);
+my ($rival_entry, $copy_entry) = @{ $replies->[-1] || [] };
+ok(OsagoStack::wait_until(sub { OsagoStack::pending_count($r) == 0 && reuses_of($x) > $before },
+                          10, 0.1), 'the rival entry and the copy are acknowledged');
+my @named = map { $_->{msg} } (reuses_of($x))[ $before .. scalar(reuses_of($x)) - 1 ];
+is(scalar @named, 1, '  one repeat named');
+like($named[0] // '', qr/entry \Q$rival_entry\E /, '  the rival entry, not the copy');
+@created = created_for($x);
+is(scalar @created, 4, 'four Created events for the id in all');
+is(scalar(grep { $_->{event}{data}{partner} ne 'acme'
+                 || $J->encode($_->{event}{data}{payload}) ne $J->encode($J->decode($own)) }
+          @created), 0, '  every one carrying the stored application');
+my ($trace_x) = $pg->psql("SELECT trace FROM applications WHERE id = '$x'");
+is_deeply([ map { $_->{event}{traceparent} } @created ], [ ($trace_x) x 4 ],
+          '  and its trace');
 
 OsagoStack::check_all_done($pg, $r, [ $x, $y ], \@CODES);
 $w->stop;

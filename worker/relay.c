@@ -269,7 +269,7 @@ static const char relay_insert_sql[] =
  * entry must not carry its payload under an id that is not its own.
  */
 static const char relay_stored_sql[] =
-    "SELECT a.id::text, a.partner, a.payload::text, a.trace,"
+    "SELECT e->>'n', a.partner, a.payload::text, a.trace,"
     "       a.partner = e->>'partner' AND a.payload = (e->>'payload')::jsonb"
     " FROM jsonb_array_elements($1::jsonb) AS e"
     " JOIN applications AS a ON a.id = (e->>'id')::uuid";
@@ -281,9 +281,12 @@ static int gen_kv(yajl_gen g, const char *k, const char *v)
            ? 0 : -1;
 }
 
-static int gen_entry(yajl_gen g, const relay_entry_t *e)
+/* n: the entry's place in the batch, by which relay_stored_sql's rows find it */
+static int gen_entry(yajl_gen g, const relay_entry_t *e, int n)
 {
     return yajl_gen_map_open(g) == yajl_gen_status_ok
+           && yajl_gen_string(g, (const unsigned char *) "n", 1) == yajl_gen_status_ok
+           && yajl_gen_integer(g, n) == yajl_gen_status_ok
            && gen_kv(g, "id", e->ev.application_id) == 0
            && gen_kv(g, "partner", e->ev.partner) == 0
            && gen_kv(g, "payload", e->ev.payload) == 0
@@ -310,7 +313,7 @@ static yajl_gen relay_gen_entries(relay_t *r, int (*keep)(const relay_t *, int, 
     for (int i = 0; i < r->n; i++) {
         if (!r->entries[i].valid || !keep(r, i, arg))
             continue;
-        if (gen_entry(g, &r->entries[i]) < 0)
+        if (gen_entry(g, &r->entries[i], i) < 0)
             goto failed;
         any = 1;
     }
@@ -341,16 +344,25 @@ static int keep_not_stored(const relay_t *r, int i, int unused)
     return !r->entries[i].stored;
 }
 
-/* The first entry of an id still to be accounted for: a batch may hold an id twice. */
-static relay_entry_t *relay_unsettled_entry_of(relay_t *r, const char *application_id)
+/*
+ * The entry the insert's row for this id came from. An id twice in the batch gives one row, and
+ * which entry it came from is not said: both entries are left to relay_adopt_stored, which
+ * compares each with the row.
+ */
+static relay_entry_t *relay_inserted_entry(relay_t *r, const char *application_id)
 {
+    relay_entry_t *found = NULL;
+
     for (int i = 0; i < r->n; i++) {
         relay_entry_t *e = &r->entries[i];
 
-        if (e->valid && !e->stored && strcmp(e->ev.application_id, application_id) == 0)
-            return e;
+        if (e->valid && strcmp(e->ev.application_id, application_id) == 0) {
+            if (found != NULL)
+                return NULL;
+            found = e;
+        }
     }
-    return NULL;
+    return found;
 }
 
 /* 0 stored; 1 PostgreSQL refused the data itself (a retry cannot help); -1 try again later.
@@ -368,7 +380,7 @@ static int relay_insert(relay_t *r, int only, char *why, size_t whylen)
                            &r->w->pg_wait);
     if (PQresultStatus(res) == PGRES_TUPLES_OK) {
         for (int row = 0; row < PQntuples(res); row++) {
-            relay_entry_t *e = relay_unsettled_entry_of(r, PQgetvalue(res, row, 0));
+            relay_entry_t *e = relay_inserted_entry(r, PQgetvalue(res, row, 0));
 
             if (e != NULL)
                 e->stored = 1;
@@ -389,7 +401,8 @@ static int relay_insert(relay_t *r, int only, char *why, size_t whylen)
     return rc;
 }
 
-/* The entry takes the stored application's partner, payload and trace. */
+/* The entry takes the stored application's trace, and its partner and payload where they differ
+ * from the entry's. */
 static int relay_take_stored(relay_entry_t *e, PGresult *res, int row)
 {
     const char *payload = PQgetvalue(res, row, 2);
@@ -397,6 +410,8 @@ static int relay_take_stored(relay_entry_t *e, PGresult *res, int row)
     char        why[160];
     char       *copy;
 
+    if (event_traceparent_valid(trace))
+        snprintf(e->ev.traceparent, sizeof(e->ev.traceparent), "%s", trace);
     if (strcmp(PQgetvalue(res, row, 4), "t") == 0)
         return 0;                     /* read again: the entry is the stored application */
     wlog(LOG_WARN, RELAY_ROLE, e->ev.traceparent, "intake_id_reused",
@@ -413,8 +428,6 @@ static int relay_take_stored(relay_entry_t *e, PGresult *res, int row)
     free(e->ev.payload);
     e->ev.payload = copy;
     snprintf(e->ev.partner, sizeof(e->ev.partner), "%s", PQgetvalue(res, row, 1));
-    if (event_traceparent_valid(trace))
-        snprintf(e->ev.traceparent, sizeof(e->ev.traceparent), "%s", trace);
     return 0;
 }
 
@@ -436,17 +449,23 @@ static int relay_adopt_stored(relay_t *r)
         return -1;
     }
     for (int row = 0; row < PQntuples(res) && rc == 0; row++) {
-        relay_entry_t *e = relay_unsettled_entry_of(r, PQgetvalue(res, row, 0));
+        int            n = atoi(PQgetvalue(res, row, 0));
+        relay_entry_t *e = n >= 0 && n < r->n ? &r->entries[n] : NULL;
 
-        if (e != NULL) {
+        if (e != NULL && e->valid && !e->stored) {
             rc = relay_take_stored(e, res, row);
             e->stored = 1;
         }
     }
-    /* a row removed since the insert met it: the next round inserts the entry anew */
+    /* a row removed since the insert met it (nothing removes them): the next round inserts
+     * the entry anew */
     for (int i = 0; i < r->n && rc == 0; i++)
-        if (r->entries[i].valid && !r->entries[i].stored)
+        if (r->entries[i].valid && !r->entries[i].stored) {
+            wlog(LOG_WARN, RELAY_ROLE, r->entries[i].ev.traceparent, "pg_error",
+                 "application %s of entry %s neither inserted nor found; tried again",
+                 r->entries[i].ev.application_id, r->entries[i].id);
             rc = -1;
+        }
     PQclear(res);
     yajl_gen_free(g);
     return rc;
