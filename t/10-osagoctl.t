@@ -241,6 +241,7 @@ my @usage = (
     [[],                                 qr/missing command/],
     [[qw(--frob partner list)],          qr/unknown option "--frob"/],
     [[qw(--db x partner list)],          qr/invalid database "x"/],
+    [[qw(--db 65536 partner list)],      qr/invalid database "65536"/],
 );
 for my $case (@usage) {
     my ($args, $msg) = @$case;

@@ -36,7 +36,7 @@ static const struct opt config_opts[] = {
     { "--kafka-linger-ms", "OSAGO_KAFKA_LINGER_MS", OPT_INT, OFF(kafka_linger_ms), 0, 1000, "2" },
     { "--redis", "OSAGO_REDIS", OPT_REDIS, 0, 0, 0, "127.0.0.1:6380" },
     { NULL, "OSAGO_REDIS_PASSWORD", OPT_STR, OFF(redis_password), 0, 0, NULL },
-    { "--redis-db", "OSAGO_REDIS_DB", OPT_INT, OFF(redis_db), 0, 255, "0" },
+    { "--redis-db", "OSAGO_REDIS_DB", OPT_INT, OFF(redis_db), 0, 65535, "0" },
     { "--pg", "OSAGO_PG", OPT_PG, OFF(pg_conninfo), 0, 0,
       "host=127.0.0.1 port=5433 dbname=osago user=osago" },
     { "--pg-answer-timeout-ms", "OSAGO_PG_ANSWER_TIMEOUT_MS", OPT_INT, OFF(pg_answer_timeout_ms),

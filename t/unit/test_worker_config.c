@@ -271,7 +271,7 @@ static void test_numbers(void **state)
         { "--kafka-session-timeout-ms", "OSAGO_KAFKA_SESSION_TIMEOUT_MS", 6000, 1800000 },
         { "--kafka-fetch-wait-ms", "OSAGO_KAFKA_FETCH_WAIT_MS", 1, 1000 },
         { "--kafka-linger-ms", "OSAGO_KAFKA_LINGER_MS", 0, 1000 },
-        { "--redis-db", "OSAGO_REDIS_DB", 0, 255 },
+        { "--redis-db", "OSAGO_REDIS_DB", 0, 65535 },
         { "--pg-answer-timeout-ms", "OSAGO_PG_ANSWER_TIMEOUT_MS", 0, 3600000 },
         { "--insurer-timeout-ms", "OSAGO_INSURER_TIMEOUT_MS", 1, 600000 },
         { "--max-attempts", "OSAGO_MAX_ATTEMPTS", 1, 10 },

@@ -106,7 +106,7 @@ int config_resolve(struct osagoctl_config *cfg, const char *redis_flag,
     if (db != NULL) {
         /* Redis' own ceiling for "databases" is INT_MAX; let the server
          * reject an index it does not have. */
-        if (!parse_bounded(db, 0, 2147483647L, &cfg->db))
+        if (!parse_bounded(db, 0, 65535, &cfg->db))
             return diag_usage("invalid database %s (from %s): expected a number from 0 up",
                               diag_quote(db, q), db_origin);
         cfg->db_set = true;
