@@ -3,7 +3,8 @@ SHELL := /bin/bash
 #   make          build the nginx module and the tools into build/
 #   make run      install what is missing, build, start the local stack (foreground)
 #   make test     install what is missing, build, run every test
-#   make bench    run the benchmarks in bench/ (minutes; figures go to docs/BENCHMARKS.md)
+#   make bench    run the benchmarks in bench/ (minutes; figures go to build/bench/*.md,
+#                 the sessions' records are in docs/BENCHMARKS.md)
 
 NGX_SRC    ?= /usr/share/nginx/src
 BUILD      := build

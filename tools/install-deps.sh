@@ -5,7 +5,7 @@ set -eu
 
 PACKAGES="librdkafka-dev libmicrohttpd-dev kcat postgresql libpq-dev libcurl4-openssl-dev build-essential nginx nginx-dev libpcre2-dev libssl-dev zlib1g-dev
           libhiredis-dev redis-server wrk perl libnginx-mod-nchan
-          libyajl-dev libcmocka-dev clang valgrind"
+          libyajl-dev libcmocka-dev clang valgrind curl"
 
 missing=""
 for p in $PACKAGES; do

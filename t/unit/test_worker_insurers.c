@@ -116,7 +116,7 @@ static void test_shipped_file(void **state)
     if (insurers_load("conf/insurers.json", 60000, &list, err, sizeof(err)) != 0)
         fail_msg("%s", err);
     assert_int_equal(list.n, 5);
-    const char *codes[] = { "alfa", "ingos", "reso", "vsk", "rgs" };
+    const char *codes[] = { "alfa", "ingos", "reso", "vsk", "rosgosstrakh" };
     for (int i = 0; i < 5; i++) {
         const insurer_t *ins = insurers_find(&list, codes[i]);
         assert_non_null(ins);

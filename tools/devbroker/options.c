@@ -23,8 +23,9 @@ void options_usage(FILE *out)
             "                 [--topics a,b,c] [--control 127.0.0.1:PORT]\n"
             "Kafka for the local stack: librdkafka's mock cluster behind a fixed bootstrap\n"
             "address. Prints \"devbroker: ready bootstrap=HOST:PORT\" when usable.\n"
-            "Control port commands: ping, broker down|up N, broker rtt N MS,\n"
-            "topic error TOPIC ERRNAME|clear, quit (N: broker id or all).\n");
+            "Control port commands: ping, stats, broker down|up N, broker rtt N MS,\n"
+            "topic error TOPIC ERRNAME|clear, request error API ERRNAME [COUNT], quit\n"
+            "(N: broker id or all).\n");
 }
 
 /* Only loopback: this is a development and test broker with no authentication. */
