@@ -75,7 +75,8 @@ typedef enum {
     NGX_HTTP_OSAGO_POLL_BAD_LATEST,
     NGX_HTTP_OSAGO_POLL_NOT_FOUND,
     NGX_HTTP_OSAGO_POLL_UNAVAILABLE,
-    NGX_HTTP_OSAGO_POLL_METHOD
+    NGX_HTTP_OSAGO_POLL_METHOD,
+    NGX_HTTP_OSAGO_POLL_BODY
 } ngx_http_osago_poll_problem_e;
 
 
@@ -106,6 +107,11 @@ static ngx_http_osago_problem_t  ngx_http_osago_poll_problems[] = {
       ngx_string("urn:osago:problem:method-not-allowed"),
       ngx_string("Method not allowed"),
       ngx_string("an application is read with GET"),
+      ngx_null_string },
+    { NGX_HTTP_BAD_REQUEST,
+      ngx_string("urn:osago:problem:unexpected-body"),
+      ngx_string("Unexpected request body"),
+      ngx_string("a GET of an application carries no body"),
       ngx_null_string }
 };
 
@@ -881,6 +887,16 @@ ngx_http_osago_poll_handler(ngx_http_request_t *r)
     rc = ngx_http_discard_request_body(r);
     if (rc != NGX_OK) {
         return rc;
+    }
+
+    /*
+     * nginx goes on discarding a body that has not all arrived after the
+     * handler returns, in place of the read handler that notices a client
+     * going away, and under lingering_timeout: a parked request would miss
+     * its client's leaving, or be closed unanswered.
+     */
+    if (r->headers_in.content_length_n > 0 || r->headers_in.chunked) {
+        return ngx_http_osago_poll_problem(r, NGX_HTTP_OSAGO_POLL_BODY);
     }
 
     olcf = ngx_http_get_module_loc_conf(r, ngx_http_osago_module);

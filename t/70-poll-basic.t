@@ -209,6 +209,17 @@ for my $m (qw(POST PUT DELETE PATCH)) {
     is($p->{type}, 'urn:osago:problem:method-not-allowed', "$m: the intake's problem type");
     like(hdr($res, 'allow') // '', qr/^GET,\s*HEAD$/, "$m: Allow: GET, HEAD (RFC 9110 15.5.6)");
 }
+# A body that has not all arrived would be discarded after the handler returns, in place of the
+# watch for the client's leaving (parked, such a request was closed unanswered at
+# lingering_timeout): refused instead.
+for my $case ([ 'Content-Length: 10', 'a body of 10 bytes, none sent' ],
+              [ 'Transfer-Encoding: chunked', 'a chunked body, none sent' ]) {
+    $res = OsagoTest::raw_http($n->port, "GET /osago/application/$ID?latest=1700000000123 HTTP/1.1\r\n"
+        . "Host: x\r\nX-API-Key: $ACME\r\n$case->[0]\r\nConnection: close\r\n\r\n", timeout => 5);
+    is($res->{status}, 400, "GET with $case->[1]: 400, not parked");
+    is((OsagoTest::problem($res) || {})->{type}, 'urn:osago:problem:unexpected-body',
+       '  unexpected-body');
+}
 $res = poll_get($n, $ID);
 is_problem($res, 401, 'api-key-missing', 'no X-API-Key');
 $res = poll_get($n, $ID, key => OsagoTest::random_key());
