@@ -658,6 +658,7 @@ ngx_http_osago_intake_reply(void *data, ngx_http_osago_redis_status_e status,
         if (p == NULL) {
             ctx->problem = &ngx_http_osago_intake_problems[
                                         NGX_HTTP_OSAGO_INTAKE_UNAVAILABLE];
+            ctx->retry_after = 1;
             goto done;
         }
 
