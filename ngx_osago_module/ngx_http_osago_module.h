@@ -90,6 +90,8 @@ typedef struct {
     ngx_event_t                      poll_exit_watch;
     ngx_uint_t                       poll_parked;       /* this worker */
     ngx_uint_t                       poll_epoch;        /* subscriptions made */
+    ngx_queue_t                      poll_recheck;      /* ids to read again */
+    ngx_event_t                      poll_recheck_next; /* the next slice */
 } ngx_http_osago_main_conf_t;
 
 

@@ -16,7 +16,8 @@
  * node (announced), and a request whose read came back older than the
  * announced version is not parked blind but woken at once.  When the
  * subscription is (re)confirmed, every id with parked requests is read
- * again: what was published while nobody listened is found that way; and
+ * again, a slice at a time: what was published while nobody listened is
+ * found that way; and
  * a request whose read was in flight across that re-check is read again
  * once parked (the subscription's epoch changed under it).
  */
@@ -29,6 +30,8 @@
 #define NGX_HTTP_OSAGO_POLL_ID_LEN      36      /* a UUID, 8-4-4-4-12 */
 #define NGX_HTTP_OSAGO_POLL_EXIT_WATCH  250     /* ms */
 #define NGX_HTTP_OSAGO_POLL_WAKE_RETRY  1000    /* ms */
+#define NGX_HTTP_OSAGO_POLL_RECHECK_SLICE  128   /* ids read again at once */
+#define NGX_HTTP_OSAGO_POLL_RECHECK_PAUSE  10    /* ms between slices */
 
 
 struct ngx_http_osago_poll_node_s {
@@ -40,7 +43,9 @@ struct ngx_http_osago_poll_node_s {
     uint64_t                         announced_us;
     ngx_http_osago_redis_cmd_t      *wake;      /* the read for everyone */
     ngx_event_t                      retry;     /* that read failed: again */
+    ngx_queue_t                      recheck;   /* in omcf->poll_recheck */
     unsigned                         wake_again:1;
+    unsigned                         rechecking:1;
     u_char                           id[NGX_HTTP_OSAGO_POLL_ID_LEN];
 };
 
@@ -124,6 +129,7 @@ static void ngx_http_osago_poll_wake(ngx_http_osago_main_conf_t *omcf,
 static void ngx_http_osago_poll_node_release(
     ngx_http_osago_main_conf_t *omcf, ngx_http_osago_poll_node_t *node);
 static void ngx_http_osago_poll_wake_retry(ngx_event_t *ev);
+static void ngx_http_osago_poll_recheck_slice(ngx_event_t *ev);
 
 
 static uint64_t
@@ -258,6 +264,10 @@ ngx_http_osago_poll_node_release(ngx_http_osago_main_conf_t *omcf,
 
     if (node->retry.timer_set) {
         ngx_del_timer(&node->retry);
+    }
+
+    if (node->rechecking) {
+        ngx_queue_remove(&node->recheck);
     }
 
     ngx_rbtree_delete(&omcf->poll_tree, &node->sn.node);
@@ -794,7 +804,12 @@ ngx_http_osago_poll_message(void *data, u_char *text, size_t len)
 }
 
 
-/* every id with parked requests, read again */
+/*
+ * Every id with parked requests, read again, a slice at a time: after an
+ * outage there may be tens of thousands, and their reads, all sent at once,
+ * would queue on the connection the limiter and the intake share ahead of
+ * those commands' deadlines.  An id already waiting for its turn keeps it.
+ */
 static void
 ngx_http_osago_poll_recheck(ngx_http_osago_main_conf_t *omcf)
 {
@@ -814,10 +829,44 @@ ngx_http_osago_poll_recheck(ngx_http_osago_main_conf_t *omcf)
     {
         node = (ngx_http_osago_poll_node_t *) rn;
 
+        if (node->nparked && !node->rechecking) {
+            ngx_queue_insert_tail(&omcf->poll_recheck, &node->recheck);
+            node->rechecking = 1;
+        }
+    }
+
+    if (!omcf->poll_recheck_next.timer_set) {
+        ngx_http_osago_poll_recheck_slice(&omcf->poll_recheck_next);
+    }
+}
+
+
+static void
+ngx_http_osago_poll_recheck_slice(ngx_event_t *ev)
+{
+    ngx_uint_t                   n;
+    ngx_queue_t                 *q;
+    ngx_http_osago_poll_node_t  *node;
+    ngx_http_osago_main_conf_t  *omcf = ev->data;
+
+    for (n = 0;
+         n < NGX_HTTP_OSAGO_POLL_RECHECK_SLICE
+         && !ngx_queue_empty(&omcf->poll_recheck);
+         n++)
+    {
+        q = ngx_queue_head(&omcf->poll_recheck);
+        ngx_queue_remove(q);
+        node = ngx_queue_data(q, ngx_http_osago_poll_node_t, recheck);
+        node->rechecking = 0;
+
         if (node->nparked) {
             node->announced_us = ngx_http_osago_poll_now_us();
             ngx_http_osago_poll_wake(omcf, node);
         }
+    }
+
+    if (!ngx_queue_empty(&omcf->poll_recheck)) {
+        ngx_add_timer(ev, NGX_HTTP_OSAGO_POLL_RECHECK_PAUSE);
     }
 }
 
@@ -1029,6 +1078,12 @@ ngx_http_osago_poll_init_worker(ngx_http_osago_main_conf_t *omcf,
     omcf->poll_exit_watch.log = log;
     omcf->poll_exit_watch.cancelable = 1;
 
+    ngx_queue_init(&omcf->poll_recheck);
+    omcf->poll_recheck_next.handler = ngx_http_osago_poll_recheck_slice;
+    omcf->poll_recheck_next.data = omcf;
+    omcf->poll_recheck_next.log = log;
+    omcf->poll_recheck_next.cancelable = 1;
+
     if (!omcf->poll_used) {
         return NGX_OK;
     }
@@ -1062,5 +1117,9 @@ ngx_http_osago_poll_exit_worker(ngx_http_osago_main_conf_t *omcf)
 
     if (omcf->poll_exit_watch.timer_set) {
         ngx_del_timer(&omcf->poll_exit_watch);
+    }
+
+    if (omcf->poll_recheck_next.timer_set) {
+        ngx_del_timer(&omcf->poll_recheck_next);
     }
 }

@@ -4,7 +4,8 @@
 # after the PUBLISH; osago_poll_reads_total), and every one gets the new document. Then mixed
 # versions (only the requests the new version is news to are answered, the others stay parked
 # until the next change, again one read per worker), and a burst of duplicate PUBLISHes (reads
-# coalesced: at most one more per worker while one is in flight).
+# coalesced: at most one more per worker while one is in flight). Last, 800 ids changed while the
+# subscription was cut: the re-check finds them, reading 128 ids at a time per worker.
 use strict;
 use warnings;
 use FindBin;
@@ -162,6 +163,51 @@ cmp_ok(scalar @dup, '<=', 2 * $holding,
        'at most two per worker (one, and one more for messages heard while it was in flight), '
        . 'not one per message: ' . scalar @dup);
 is(wait_parked($n, 0, 3), 0, 'osago_poll_parked back to 0');
+
+# --- the re-check after the subscription is re-made goes in slices ------------------------------
+# Each id changed while the subscription was cut, unheard: the re-check finds every one. Its
+# reads go out 128 at a time, 10 ms apart, per worker (each worker's command connection is one
+# client in MONITOR), not all at once ahead of the other commands on that connection.
+my $M = $N < 800 ? $N : 800;
+my @ids = map { uuid4() } 1 .. $M;
+$c->pipeline(map { [ 'HSET', "osago:app:$_", 'doc', app_doc($_, updated_at => 1000), 'owner', 'acme',
+                     'updated_at', 1000 ] } @ids);
+my %newer = map { $_ => app_doc($_, updated_at => 2000, status => 'in_progress') } @ids;
+@reqs = map { { path => poll_path($_, latest => 1000), key => $KEY, id => $_ } } @ids;
+my $cut;
+my $cmds = $r->monitor(sub {
+    many(port => $n->port, requests => \@reqs, timeout => 14, max_connecting => 300,
+         actions => [ when_parked($n, $M, sub {
+             $c->pipeline(map { [ 'HSET', "osago:app:$_", 'doc', $newer{$_}, 'updated_at', 2000 ] } @ids);
+             $cut = time;
+             $r->cli('CLIENT', 'KILL', 'TYPE', 'pubsub');
+             return;
+         }) ]);
+}, settle => 0.3, times => 1);
+is(scalar(grep { $_->{status} == 200 && $_->{content} eq $newer{ $_->{id} } } @reqs), $M,
+   "$M ids changed while the subscription was cut: every request answered with its change");
+my %per_client;
+my %want = map { ("osago:app:$_" => 1) } @ids;
+for my $cmd (@$cmds) {
+    my ($at, $client, $name, $key) = @$cmd;
+    next unless $name eq 'hmget' && $want{$key} && $at >= $cut;
+    push @{ $per_client{$client} }, $at;
+}
+my ($busiest) = sort { @{ $per_client{$b} } <=> @{ $per_client{$a} } } keys %per_client;
+my @at = @{ $per_client{$busiest} || [] };
+is(scalar(map { @$_ } values %per_client), $M, "one re-check read per id ($M)");
+my @bursts = (0);
+for my $i (1 .. $#at) {
+    push @bursts, 0 if $at[$i] - $at[ $i - 1 ] >= 0.004;
+    $bursts[-1]++;
+}
+$bursts[0]++;
+my $slices = int((@at + 127) / 128);
+diag sprintf 'the busiest worker re-read %d ids in %d bursts over %.0f ms: %s', scalar @at,
+             scalar @bursts, 1000 * ($at[-1] - $at[0]), join(' ', @bursts);
+cmp_ok(scalar @bursts, '>=', $slices - 1, "  its reads in bursts: at least " . ($slices - 1));
+cmp_ok($at[-1] - $at[0], '>=', 0.8 * ($slices - 1) * 0.010,
+       sprintf('  spread over at least %.0f ms (%d slices, 10 ms apart)', 8 * ($slices - 1), $slices));
 
 unlike($n->error_log, qr/\[(alert|emerg|crit)\]/, 'error.log: no alert');
 diag sprintf 'took %.1f s', time - $T0;

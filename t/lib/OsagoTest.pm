@@ -525,7 +525,8 @@ sub cli {
 
 # monitor(sub { ... }, settle => s): the commands Redis received while the code ran and for
 # `settle` seconds after (0.2 unless given), from MONITOR, as [ [client, command, args...], ... ];
-# client is "lua" for commands a script called. Redis may still hold the end of that output when
+# client is "lua" for commands a script called; with times => 1 each entry starts with the time
+# Redis ran it ([ epoch seconds, client, command, args... ]). Redis may still hold the end of that output when
 # the time is up (a busy machine, a large capture): an ECHO sent last marks where it ends, and
 # the capture is read up to it.
 sub monitor {
@@ -565,11 +566,11 @@ sub monitor {
     my @cmds;
     for my $line (split /\r\n/, $buf) {
         last if index($line, $mark) >= 0;
-        next unless $line =~ /^\+\d+\.\d+ \[\d+ ([^\]]+)\] (.*)$/;
-        my ($client, $rest) = ($1, $2);
+        next unless $line =~ /^\+(\d+\.\d+) \[\d+ ([^\]]+)\] (.*)$/;
+        my ($at, $client, $rest) = ($1, $2, $3);
         my @args = $rest =~ /"((?:[^"\\]|\\.)*)"/g;
         $args[0] = lc $args[0] if @args;
-        push @cmds, [ $client =~ /lua/ ? 'lua' : $client, @args ];
+        push @cmds, [ ($o{times} ? ($at) : ()), $client =~ /lua/ ? 'lua' : $client, @args ];
     }
     return \@cmds;
 }
