@@ -9,7 +9,7 @@
  * ids it waits for (a node per id).  A message "{id} {updated_at}" for a
  * node with parked requests sends ONE read of the read model, whatever the
  * number of requests parked on it, and answers every request the new
- * version is news to.
+ * version is news to, a slice per event-loop turn.
  *
  * No lost wake-ups.  A request's own read is registered on its node while
  * it is in flight; a message that arrives meanwhile is remembered on the
@@ -32,6 +32,7 @@
 #define NGX_HTTP_OSAGO_POLL_WAKE_RETRY  1000    /* ms */
 #define NGX_HTTP_OSAGO_POLL_RECHECK_SLICE  128   /* ids read again at once */
 #define NGX_HTTP_OSAGO_POLL_RECHECK_PAUSE  10    /* ms between slices */
+#define NGX_HTTP_OSAGO_POLL_OFFER_SLICE    256   /* requests offered a turn */
 
 
 struct ngx_http_osago_poll_node_s {
@@ -44,8 +45,19 @@ struct ngx_http_osago_poll_node_s {
     ngx_http_osago_redis_cmd_t      *wake;      /* the read for everyone */
     ngx_event_t                      retry;     /* that read failed: again */
     ngx_queue_t                      recheck;   /* in omcf->poll_recheck */
+
+    /* the newest read, offered to the parked requests a slice a turn */
+    ngx_queue_t                      offered;   /* still to be offered it */
+    ngx_event_t                      offer;     /* posted: the next slice */
+    u_char                          *doc;
+    size_t                           doc_len;
+    uint64_t                         doc_updated_at;
+
     unsigned                         wake_again:1;
     unsigned                         rechecking:1;
+    unsigned                         offering:1;
+    unsigned                         doc_found:1;
+    unsigned                         doc_completed:1;
     u_char                           id[NGX_HTTP_OSAGO_POLL_ID_LEN];
 };
 
@@ -54,7 +66,7 @@ typedef struct {
     ngx_http_request_t              *request;
     ngx_http_osago_main_conf_t      *omcf;
     ngx_http_osago_poll_node_t      *node;
-    ngx_queue_t                      queue;     /* in node->parked */
+    ngx_queue_t                      queue;     /* node->parked, offered */
     ngx_http_osago_redis_cmd_t      *read;      /* its first read */
     ngx_event_t                      timeout;
     ngx_str_t                        partner;
@@ -130,6 +142,11 @@ static void ngx_http_osago_poll_node_release(
     ngx_http_osago_main_conf_t *omcf, ngx_http_osago_poll_node_t *node);
 static void ngx_http_osago_poll_wake_retry(ngx_event_t *ev);
 static void ngx_http_osago_poll_recheck_slice(ngx_event_t *ev);
+static void ngx_http_osago_poll_offer_next(ngx_event_t *ev);
+static ngx_int_t ngx_http_osago_poll_keep_doc(ngx_http_osago_poll_node_t *node,
+    ngx_http_osago_poll_doc_t *doc);
+static void ngx_http_osago_poll_offer(ngx_http_osago_main_conf_t *omcf,
+    ngx_http_osago_poll_node_t *node);
 
 
 static uint64_t
@@ -237,6 +254,10 @@ ngx_http_osago_poll_node_get(ngx_http_osago_main_conf_t *omcf, u_char *id)
     node->retry.data = node;
     node->retry.log = ngx_cycle->log;
     node->retry.cancelable = 1;
+    node->offer.handler = ngx_http_osago_poll_offer_next;
+    node->offer.data = node;
+    node->offer.log = ngx_cycle->log;
+    ngx_queue_init(&node->offered);
     node->sn.str.data = node->id;
     node->sn.str.len = NGX_HTTP_OSAGO_POLL_ID_LEN;
     node->sn.node.key = ngx_crc32_short(node->id, NGX_HTTP_OSAGO_POLL_ID_LEN);
@@ -513,6 +534,11 @@ ngx_http_osago_poll_exit_watch(ngx_event_t *ev)
         /* the node goes away with its last request: hold it meanwhile */
         node->reads++;
 
+        /* a document being offered goes to the rest of its requests now */
+        while (!ngx_queue_empty(&node->offered)) {
+            ngx_http_osago_poll_offer(omcf, node);
+        }
+
         while (!ngx_queue_empty(&node->parked)) {
             q = ngx_queue_head(&node->parked);
             ctx = ngx_queue_data(q, ngx_http_osago_poll_ctx_t, queue);
@@ -639,10 +665,7 @@ static void
 ngx_http_osago_poll_wake_read(void *data, ngx_http_osago_redis_status_e status,
     redisReply *reply)
 {
-    ngx_int_t                    rc;
-    ngx_queue_t                 *q, *next;
     ngx_http_osago_poll_doc_t    doc;
-    ngx_http_osago_poll_ctx_t   *ctx;
     ngx_http_osago_poll_node_t  *node = data;
     ngx_http_osago_main_conf_t  *omcf;
 
@@ -677,44 +700,151 @@ ngx_http_osago_poll_wake_read(void *data, ngx_http_osago_redis_status_e status,
         return;
     }
 
-    /* hold the node while its requests go */
-    node->reads++;
+    if (ngx_http_osago_poll_keep_doc(node, &doc) != NGX_OK) {
+        if (node->nparked && !node->retry.timer_set) {
+            ngx_add_timer(&node->retry, NGX_HTTP_OSAGO_POLL_WAKE_RETRY);
+        }
 
-    for (q = ngx_queue_head(&node->parked);
-         q != ngx_queue_sentinel(&node->parked);
-         q = next)
+        ngx_http_osago_poll_node_release(omcf, node);
+        return;
+    }
+
+    /* every request parked now is offered the new version */
+    if (!ngx_queue_empty(&node->parked)) {
+        ngx_queue_add(&node->offered, &node->parked);
+        ngx_queue_init(&node->parked);
+    }
+
+    if (node->wake_again) {
+        node->wake_again = 0;
+        ngx_http_osago_poll_wake(omcf, node);
+    }
+
+    if (!node->offering) {
+        /* hold the node while its requests go */
+        node->offering = 1;
+        node->reads++;
+    }
+
+    ngx_http_osago_poll_offer(omcf, node);
+}
+
+
+/* The node keeps a copy of what was read: the reply goes with this turn. */
+static ngx_int_t
+ngx_http_osago_poll_keep_doc(ngx_http_osago_poll_node_t *node,
+    ngx_http_osago_poll_doc_t *doc)
+{
+    u_char  *copy = NULL;
+
+    if (doc->found) {
+        copy = ngx_alloc(ngx_max(doc->doc.len, 1), ngx_cycle->log);
+        if (copy == NULL) {
+            return NGX_ERROR;
+        }
+
+        ngx_memcpy(copy, doc->doc.data, doc->doc.len);
+    }
+
+    if (node->doc) {
+        ngx_free(node->doc);
+    }
+
+    node->doc = copy;
+    node->doc_len = doc->doc.len;
+    node->doc_updated_at = doc->updated_at;
+    node->doc_found = doc->found;
+    node->doc_completed = doc->completed;
+
+    return NGX_OK;
+}
+
+
+/*
+ * Offers the node's document to at most a slice of the requests waiting
+ * for it, then lets the event loop turn: a crowd parked on one id (a
+ * partner's poll loop gone wrong) is answered over several turns, and the
+ * Redis replies and requests that arrive meanwhile are not held up behind
+ * it.  The node may be freed here.
+ */
+static void
+ngx_http_osago_poll_offer(ngx_http_osago_main_conf_t *omcf,
+    ngx_http_osago_poll_node_t *node)
+{
+    ngx_int_t                   rc;
+    ngx_str_t                   doc;
+    ngx_uint_t                  n;
+    ngx_queue_t                *q;
+    ngx_http_osago_poll_ctx_t  *ctx;
+
+    doc.data = node->doc;
+    doc.len = node->doc_len;
+
+    for (n = 0;
+         n < NGX_HTTP_OSAGO_POLL_OFFER_SLICE
+         && !ngx_queue_empty(&node->offered);
+         n++)
     {
-        next = ngx_queue_next(q);
+        q = ngx_queue_head(&node->offered);
         ctx = ngx_queue_data(q, ngx_http_osago_poll_ctx_t, queue);
 
-        if (!doc.found) {
+        if (!node->doc_found) {
             /* expired or removed meanwhile */
             ngx_http_osago_poll_unpark(ctx);
             rc = ngx_http_osago_poll_problem(ctx->request,
                                              NGX_HTTP_OSAGO_POLL_NOT_FOUND);
 
-        } else if (doc.updated_at > ctx->latest || doc.completed) {
+        } else if (node->doc_updated_at > ctx->latest || node->doc_completed) {
             ngx_http_osago_poll_unpark(ctx);
             ngx_http_osago_metrics_poll(omcf, NGX_HTTP_OSAGO_POLL_WOKEN,
                 (ngx_uint_t) (ngx_http_osago_poll_now_us()
                               - node->announced_us));
-            rc = ngx_http_osago_poll_send_doc(ctx->request, &doc.doc);
+            rc = ngx_http_osago_poll_send_doc(ctx->request, &doc);
 
         } else {
-            continue;       /* not news to this one */
+            /* not news to this one */
+            ngx_queue_remove(q);
+            ngx_queue_insert_tail(&node->parked, q);
+            continue;
         }
 
         ngx_http_osago_poll_finish(ctx, rc);
     }
 
-    node->reads--;
-
-    if (node->wake_again && node->nparked) {
-        node->wake_again = 0;
-        ngx_http_osago_poll_wake(omcf, node);
+    if (!ngx_queue_empty(&node->offered)) {
+        /* the next turn, after the events that arrive meanwhile: posted to
+         * ngx_posted_events it would run before the loop polls again */
+        ngx_post_event(&node->offer, &ngx_posted_next_events);
+        return;
     }
 
+    if (node->offer.posted) {
+        /* finished by a caller other than the posted event (worker exit) */
+        ngx_delete_posted_event(&node->offer);
+    }
+
+    if (node->doc) {
+        ngx_free(node->doc);
+        node->doc = NULL;
+    }
+
+    node->offering = 0;
+    node->reads--;
+
     ngx_http_osago_poll_node_release(omcf, node);
+}
+
+
+static void
+ngx_http_osago_poll_offer_next(ngx_event_t *ev)
+{
+    ngx_http_osago_poll_node_t  *node = ev->data;
+    ngx_http_osago_main_conf_t  *omcf;
+
+    omcf = ngx_http_cycle_get_module_main_conf(ngx_cycle,
+                                               ngx_http_osago_module);
+
+    ngx_http_osago_poll_offer(omcf, node);
 }
 
 

@@ -5,7 +5,8 @@
 # versions (only the requests the new version is news to are answered, the others stay parked
 # until the next change, again one read per worker), and a burst of duplicate PUBLISHes (reads
 # coalesced: at most one more per worker while one is in flight). Last, 800 ids changed while the
-# subscription was cut: the re-check finds them, reading 128 ids at a time per worker.
+# subscription was cut: the re-check finds them, reading 128 ids at a time per worker; and a crowd
+# of 1,000 on one id is answered 256 a turn, so another id's answer goes between them.
 use strict;
 use warnings;
 use FindBin;
@@ -208,6 +209,36 @@ diag sprintf 'the busiest worker re-read %d ids in %d bursts over %.0f ms: %s', 
 cmp_ok(scalar @bursts, '>=', $slices - 1, "  its reads in bursts: at least " . ($slices - 1));
 cmp_ok($at[-1] - $at[0], '>=', 0.8 * ($slices - 1) * 0.010,
        sprintf('  spread over at least %.0f ms (%d slices, 10 ms apart)', 8 * ($slices - 1), $slices));
+
+# --- a crowd on one id is answered over several turns ------------------------------------------
+# One worker, 1,000 requests parked on id A and one on id B, both changed and published together:
+# A's read comes back first. Answered in one turn, all of A's requests went before B's (the access
+# log, written as each request ends, keeps that order); offered 256 a turn, B's answer goes
+# between them.
+my $n1 = OsagoTest::Nginx->new(redis => $r, workers => 1, http => poll_http(
+    timeout => '10s',
+    http_extra => "    osago_redis_timeout 2s;\n    log_format order '\$uri';",
+    extra => '        access_log logs/order.log order;'));
+my ($A, $B) = (uuid4(), uuid4());
+put_app($r, $_, owner => 'acme', updated_at => 1000) for $A, $B;
+my $CROWD = $N < 1000 ? $N : 1000;
+my @crowd = ((map { { path => poll_path($A, latest => 1000), key => $KEY } } 1 .. $CROWD),
+             { path => poll_path($B, latest => 1000), key => $KEY });
+many(port => $n1->port, requests => \@crowd, timeout => 14, max_connecting => 300,
+     actions => [ when_parked($n1, $CROWD + 1, sub {
+         $c->pipeline((map { [ 'HSET', "osago:app:$_", 'doc', app_doc($_, updated_at => 2000),
+                               'updated_at', 2000 ] } $A, $B),
+                      [ 'PUBLISH', 'osago:app-updates', "$A 2000" ],
+                      [ 'PUBLISH', 'osago:app-updates', "$B 2000" ]);
+         return;
+     }) ]);
+is(scalar(grep { $_->{status} == 200 } @crowd), $CROWD + 1, 'all answered 200');
+my @order = split /\n/, OsagoTest::_slurp($n1->prefix . '/logs/order.log');
+my ($b_at) = grep { $order[$_] =~ /\Q$B\E/ } 0 .. $#order;
+my $a_after = defined $b_at ? grep({ $order[$_] =~ /\Q$A\E/ } $b_at + 1 .. $#order) : -1;
+diag "of $CROWD answers on A, $a_after came after B's";
+cmp_ok($a_after, '>=', $CROWD - 2 * 256, "B answered within two turns of A's crowd, not after all of it");
+$n1->stop;
 
 unlike($n->error_log, qr/\[(alert|emerg|crit)\]/, 'error.log: no alert');
 diag sprintf 'took %.1f s', time - $T0;
