@@ -701,6 +701,8 @@ ngx_http_osago_poll_wake_read(void *data, ngx_http_osago_redis_status_e status,
     }
 
     if (ngx_http_osago_poll_keep_doc(node, &doc) != NGX_OK) {
+        node->wake_again = 0;
+
         if (node->nparked && !node->retry.timer_set) {
             ngx_add_timer(&node->retry, NGX_HTTP_OSAGO_POLL_WAKE_RETRY);
         }
@@ -715,9 +717,9 @@ ngx_http_osago_poll_wake_read(void *data, ngx_http_osago_redis_status_e status,
         ngx_queue_init(&node->parked);
     }
 
-    if (node->wake_again) {
-        node->wake_again = 0;
-        ngx_http_osago_poll_wake(omcf, node);
+    if (node->offer.posted) {
+        /* the next slice comes in its turn, with the newer document */
+        return;
     }
 
     if (!node->offering) {
@@ -812,8 +814,8 @@ ngx_http_osago_poll_offer(ngx_http_osago_main_conf_t *omcf,
     }
 
     if (!ngx_queue_empty(&node->offered)) {
-        /* the next turn, after the events that arrive meanwhile: posted to
-         * ngx_posted_events it would run before the loop polls again */
+        /* a later turn of the event loop: posted to ngx_posted_events it
+         * would run in this one, before the loop polls again */
         ngx_post_event(&node->offer, &ngx_posted_next_events);
         return;
     }
@@ -826,6 +828,15 @@ ngx_http_osago_poll_offer(ngx_http_osago_main_conf_t *omcf,
     if (node->doc) {
         ngx_free(node->doc);
         node->doc = NULL;
+    }
+
+    if (node->wake_again) {
+        /* the read offered may have predated a change heard meanwhile */
+        node->wake_again = 0;
+
+        if (node->nparked) {
+            ngx_http_osago_poll_wake(omcf, node);
+        }
     }
 
     node->offering = 0;
@@ -978,6 +989,11 @@ ngx_http_osago_poll_recheck_slice(ngx_event_t *ev)
     ngx_queue_t                 *q;
     ngx_http_osago_poll_node_t  *node;
     ngx_http_osago_main_conf_t  *omcf = ev->data;
+
+    if (!ngx_http_osago_redis_is_up(omcf->redis_conn)) {
+        /* the reads would be refused: the connection's return goes on */
+        return;
+    }
 
     for (n = 0;
          n < NGX_HTTP_OSAGO_POLL_RECHECK_SLICE
