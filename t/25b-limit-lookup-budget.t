@@ -119,21 +119,36 @@ is(get($late)->{status}, 200, 'a new partner, once the bucket refilled: 200');
 # are still looked up, since Redis said they name a partner; a key Redis no longer knows is
 # forgotten and draws from the budget again.
 $n->reload;
+# The bucket refills a lookup every 200 ms: on a slow machine one may come back between the
+# spending and the request that follows it, so each question is asked three times.
 sub spend_budget { my %s; $s{ get(OsagoTest::random_key())->{status} }++ for 1 .. 2 * $RATE; \%s }
-my $spent = spend_budget();
-my $after = get($steady);
-my $made_up = get(OsagoTest::random_key());
-ok(($spent->{503} // 0) > 0, 'after a reload, the new worker\'s budget spent on made-up keys')
-    or diag explain $spent;
-is($after->{status}, 200, '  a partner\'s key is still looked up: 200');
-is($after->{headers}{'x-limit-status'}, 'allowed', '  and limited as usual ($osago_limit_status)');
-is($made_up->{status}, 503, '  while a made-up key right after it is refused (503)');
+my (@spent, @after, @made_up);
+for (1 .. 3) {
+    push @spent, spend_budget();
+    push @after, get($steady);
+    push @made_up, get(OsagoTest::random_key())->{status};
+}
+ok(!grep({ !$_->{503} } @spent), 'after a reload, the new worker\'s budget spent on made-up keys, 3 times')
+    or diag explain \@spent;
+is_deeply([ map { $_->{status} } @after ], [ 200, 200, 200 ],
+          '  a partner\'s key is still looked up each time: 200');
+is_deeply([ map { $_->{headers}{'x-limit-status'} } @after ], [ ('allowed') x 3 ],
+          '  and limited as usual ($osago_limit_status)');
+cmp_ok(scalar(grep { $_ == 503 } @made_up), '>=', 2,
+       '  while a made-up key right after it is refused (503), at least 2 times of 3')
+    or diag "@made_up";
 
 $r->cli('DEL', 'osago:partner:' . OsagoTest::key_hash($late));
 is(get($late)->{status}, 401, 'a partner\'s key removed from Redis: 401 (the new worker asks)');
-sleep $TTL + 0.1;
-spend_budget();
-is(get($late)->{status}, 503, '  and forgotten: with the budget spent, it is refused like any other');
+my @late;
+for (1 .. 3) {
+    sleep $TTL + 0.1;               # its entry, "no partner", goes stale
+    spend_budget();
+    push @late, get($late)->{status};
+}
+cmp_ok(scalar(grep { $_ == 503 } @late), '>=', 2,
+       '  and forgotten: with the budget spent, it is refused like any other (at least 2 of 3)')
+    or diag "@late";
 
 # --- Redis away ----------------------------------------------------------------------------------------
 $r->stop;

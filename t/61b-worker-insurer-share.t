@@ -20,7 +20,7 @@ OsagoStack::need_bins(qw(devbroker insurer-sim osago-worker));
 my @FAST = qw(alfa ingos);
 my @CODES = (@FAST, 'mute');
 my $N = 12;
-my $MUTE_TIMEOUT_MS = 6000;
+my $MUTE_TIMEOUT_MS = 10000;
 
 my $pg  = OsagoStack::Postgres->new;
 my $r   = OsagoTest::Redis->new;

@@ -30,7 +30,8 @@ my $front = OsagoStack::Worker->new(pg => $pg, redis => $r, kafka => $kb, insure
                                     name => 'stalled-front',
                                     roles => 'relay,orchestrator,executor,sweeper');
 my $results = OsagoStack::Worker->new(pg => $via, redis => $r, kafka => $kb, insurers => $sim,
-                                      name => 'stalled-results', roles => 'results');
+                                      name => 'stalled-results', roles => 'results',
+                                      args => [ '--log-level', 'debug' ]);    # pg_waiting
 
 my $warm = OsagoStack::intake_entry($r);
 ok(OsagoStack::wait_completed($pg, [$warm], 60), 'through the proxy: an application completes');
@@ -41,11 +42,14 @@ my $id = OsagoStack::intake_entry($r);
 ok(OsagoStack::wait_until(sub {
        ((OsagoStack::read_model($r, $id)->{doc} || {})->{status} // '') eq 'in_progress' }, 20, 0.02),
    'the next application started, in Redis');
+my $stalled_from = scalar @{ $results->log_lines };
 $proxy->stall;
 ok(OsagoStack::wait_until(sub {
        (OsagoStack::metric_of($front->metrics, 'insurer_ok') // 0) >= 2 * @CODES }, 20, 0.05),
    'PostgreSQL silent to results: the next application\'s answers are in');
-sleep 0.5;    # results has them, and waits for PostgreSQL
+ok(OsagoStack::wait_logged($results, $stalled_from, 10,
+                           sub { ($_[0]{event} // '') eq 'pg_waiting' }),
+   '  results has them, and waits for PostgreSQL (pg_waiting)');
 is(scalar $pg->psql("SELECT status FROM applications WHERE id = '$id'"), 'in_progress',
    '  and nothing of them is applied');
 

@@ -108,7 +108,8 @@ my @done = sort { $a <=> $b } map { $_->{done_abs} // 9e9 } @reqs;
 my $last = $done[-1] - $f->{t_pub};
 diag sprintf 'wake: first answer %.1f ms, last %.1f ms after the PUBLISH',
              ($done[0] - $f->{t_pub}) * 1000, $last * 1000;
-cmp_ok($last, '<', 2, sprintf 'all %d answered within 2 s of the PUBLISH (%.3f s)', $N, $last);
+# the client's own loop over its 1,000 sockets is part of this time: 5 s, half the poll timeout
+cmp_ok($last, '<', 5, sprintf 'all %d answered within 5 s of the PUBLISH (%.3f s)', $N, $last);
 is(wait_parked($n, 0, 3), 0, 'osago_poll_parked back to 0');
 
 # --- mixed versions: only those the change is news to; the rest on the next change ---------------

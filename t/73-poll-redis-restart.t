@@ -117,30 +117,29 @@ sub update_cmds {
         return;
     };
     many(port => $n->port, requests => $reqs, timeout => $TIMEOUT + 6, actions => [
-        [ 0.3, sub {
+        when_parked($n, $N, sub {
+            my ($now) = @_;
             $s{parked_before} = parked($n);
             $r->stop;
             $s{stopped} = time;
-            return;
-        } ],
-        [ 0.6, sub {
-            my $m = poll_metrics($n);
-            $s{parked_down} = OsagoTest::prom_sum($m, 'osago_poll_parked');
-            $s{sub_down} = OsagoTest::prom_sum($m, 'osago_poll_subscribed');
-            $s{up_down} = OsagoTest::prom_sum($m, 'osago_redis_up');
-            $down503 = poll_get($n, $ids->{W}[0], key => $KEY, latest => 1000, timeout => 5);
-            $down503b = poll_get($n, $ids->{W}[0], key => $KEY, timeout => 5);
-            return;
-        } ],
-        [ 2.4, sub {
-            $r->start;
-            $s{started} = time;
-            my $c = rconn($r);
-            my $rep = $c->pipeline(update_cmds(\%docs, @{ $ids->{X} }), [ 'CLIENT', 'LIST' ]);
-            $s{x_written} = time;
-            $s{nobody_listened} = ($rep->[-1] // '') !~ /\bsub=[1-9]/;
-            return [ 0, $check ];
-        } ],
+            return ([ $now + 0.3, sub {
+                my $m = poll_metrics($n);
+                $s{parked_down} = OsagoTest::prom_sum($m, 'osago_poll_parked');
+                $s{sub_down} = OsagoTest::prom_sum($m, 'osago_poll_subscribed');
+                $s{up_down} = OsagoTest::prom_sum($m, 'osago_redis_up');
+                $down503 = poll_get($n, $ids->{W}[0], key => $KEY, latest => 1000, timeout => 5);
+                $down503b = poll_get($n, $ids->{W}[0], key => $KEY, timeout => 5);
+                return;
+            } ], [ $now + 2.1, sub {
+                $r->start;
+                $s{started} = time;
+                my $c = rconn($r);
+                my $rep = $c->pipeline(update_cmds(\%docs, @{ $ids->{X} }), [ 'CLIENT', 'LIST' ]);
+                $s{x_written} = time;
+                $s{nobody_listened} = ($rep->[-1] // '') !~ /\bsub=[1-9]/;
+                return [ 0, $check ];
+            } ]);
+        }),
     ]);
     undef $check;
 
@@ -221,17 +220,22 @@ sub update_cmds {
         } ];
     };
     my $port = $r->port;
+    my $restart = sub {
+        $r = OsagoTest::Redis->new(port => $port, args => [
+            '--appendonly', 'yes', '--user', qw(default on nopass ~* &* +@all -script) ]);
+        my $c = rconn($r);
+        $c->pipeline(map { [ 'HSET', "osago:app:$_", 'doc', app_doc($_, updated_at => 1000),
+                             'owner', 'acme', 'updated_at', 1000 ] } @{ $ids->{P} });
+        $c->pipeline(update_cmds(\%docs, @{ $ids->{P} }));
+        return [ 0, $wait_sub ];
+    };
     many(port => $n->port, requests => $reqs, timeout => $TIMEOUT + 4, actions => [
-        [ 0.2, sub { $s{parked} = parked($n); $r->stop; return } ],
-        [ 0.9, sub {
-            $r = OsagoTest::Redis->new(port => $port, args => [
-                '--appendonly', 'yes', '--user', qw(default on nopass ~* &* +@all -script) ]);
-            my $c = rconn($r);
-            $c->pipeline(map { [ 'HSET', "osago:app:$_", 'doc', app_doc($_, updated_at => 1000),
-                                 'owner', 'acme', 'updated_at', 1000 ] } @{ $ids->{P} });
-            $c->pipeline(update_cmds(\%docs, @{ $ids->{P} }));
-            return [ 0, $wait_sub ];
-        } ],
+        when_parked($n, scalar @$reqs, sub {
+            my ($now) = @_;
+            $s{parked} = parked($n);
+            $r->stop;
+            return [ $now + 0.7, $restart ];
+        }),
     ]);
     undef $wait_sub;
     rconn($r)->cmd('ACL', 'SETUSER', 'default', '+script');    # whatever happened
@@ -255,7 +259,7 @@ sub update_cmds {
 }
 
 # --- part 3: Redis hangs; the PUBLISH arrives while the command connection reconnects -------------
-# Redis is held (SIGSTOP) for 0.4 s; a request arriving meanwhile makes its worker's command
+# Redis is held (SIGSTOP) until a request arriving meanwhile has made its worker's command
 # connection time out and drop (osago_redis_timeout 200ms); the other worker is the control. The update is written while Redis is
 # held, so its message reaches the subscribers (which never noticed anything) the moment Redis
 # resumes, while that worker's command connection is still being re-made.
@@ -265,8 +269,27 @@ sub update_cmds {
     my $c = rconn($r);
     my $log_from = length $n->error_log;
     my @kids;
+    my ($resume, $dropped_yet);
+    $resume = sub {
+        $c->send(update_cmds(\%docs, @{ $ids->{H} }));
+        $r->resume;
+        $s{resumed} = time;
+        $c->replies;
+        return;
+    };
+    # resumed once a command connection has given up on the held Redis (or after 3 s)
+    $dropped_yet = sub {
+        my ($rel) = @_;
+        $s{held} //= $rel;
+        return [ $rel + 0.02, $dropped_yet ]
+            if !grep({ $_ eq 'cmd-dropped' } map { conn_events($_, $log_from) } @W)
+               && $rel - $s{held} < 3;
+        undef $dropped_yet;
+        return [ $rel + 0.05, $resume ];
+    };
     many(port => $n->port, requests => $reqs, timeout => $TIMEOUT + 4, actions => [
-        [ 0.2, sub {
+        when_parked($n, scalar @$reqs, sub {
+            my ($now) = @_;
             $s{parked} = parked($n);
             $r->pause;
             # a request that stalls on the held Redis, in a child (the loop must go on)
@@ -277,15 +300,8 @@ sub update_cmds {
                 POSIX::_exit(0);
             }
             push @kids, $pid;
-            return;
-        } ],
-        [ 0.6, sub {
-            $c->send(update_cmds(\%docs, @{ $ids->{H} }));
-            $r->resume;
-            $s{resumed} = time;
-            $c->replies;
-            return;
-        } ],
+            return [ $now + 0.2, $dropped_yet ];
+        }),
     ]);
     waitpid($_, 0) for @kids;
     is($s{parked}, scalar @$reqs, scalar(@$reqs) . ' requests parked');

@@ -650,11 +650,11 @@ int pg_pipe_collect(PGconn *conn, pg_pipe_t *p, int *want_write)
     return PQstatus(conn) == CONNECTION_OK ? 0 : -1;
 }
 
-int pg_pipe_wait(PGconn *conn, pg_pipe_t *p, const pg_wait_t *wait)
+int pg_pipe_wait(PGconn *conn, const char *role, pg_pipe_t *p, const pg_wait_t *wait)
 {
     volatile int *stop = pg_stop_of(wait);
     long long     deadline = pg_deadline_of(wait);
-    int           rc = pg_pipe_sync(conn), want_write = rc == 1;
+    int           rc = pg_pipe_sync(conn), want_write = rc == 1, waited = 0;
 
     while (rc >= 0) {
         struct pollfd pfd = { PQsocket(conn), (short) (POLLIN | (want_write ? POLLOUT : 0)), 0 };
@@ -665,8 +665,12 @@ int pg_pipe_wait(PGconn *conn, pg_pipe_t *p, const pg_wait_t *wait)
             return PG_GIVEN_UP;
         if ((n = poll(&pfd, 1, 100)) < 0 && errno != EINTR)
             return -1;
-        if (n <= 0)
+        if (n <= 0) {
+            if (n == 0 && !waited++)
+                wlog(LOG_DEBUG, role, NULL, "pg_waiting", "no answer to a transaction of %d"
+                     " statements yet", p->n);
             continue;
+        }
         rc = pg_pipe_collect(conn, p, &want_write);
         if (rc == 1)
             return 0;

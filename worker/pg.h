@@ -153,7 +153,7 @@ int pg_pipe_collect(PGconn *conn, pg_pipe_t *p, int *want_write);
  * set or wait->answer_ms passed while waiting. After either, the round trip is abandoned and
  * the connection must be closed. */
 #define PG_GIVEN_UP (-2)
-int pg_pipe_wait(PGconn *conn, pg_pipe_t *p, const pg_wait_t *wait);
+int pg_pipe_wait(PGconn *conn, const char *role, pg_pipe_t *p, const pg_wait_t *wait);
 
 /* Clears the results; the pipe can be used again. */
 void pg_pipe_clear(pg_pipe_t *p);

@@ -247,7 +247,7 @@ static int res_round(results_t *r, pg_pipe_t *p, const res_stmt_t *s, int n)
 
     for (int i = 0; ok && i < n; i++)
         ok = pg_pipe_stmt(r->pg, p, s[i].name, s[i].sql, s[i].nparams, s[i].params) == 0;
-    if (ok && (rc = pg_pipe_wait(r->pg, p, &r->w->pg_wait)) == 0)
+    if (ok && (rc = pg_pipe_wait(r->pg, RES_ROLE, p, &r->w->pg_wait)) == 0)
         return 0;
     snprintf(why, sizeof(why), "%s", PQerrorMessage(r->pg));
     why[strcspn(why, "\n")] = '\0';
