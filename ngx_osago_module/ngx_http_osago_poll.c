@@ -17,9 +17,9 @@
  * announced version is not parked blind but woken at once.  When the
  * subscription is (re)confirmed, every id with parked requests is read
  * again, a slice at a time: what was published while nobody listened is
- * found that way; and
- * a request whose read was in flight across that re-check is read again
- * once parked (the subscription's epoch changed under it).
+ * found that way; and a request whose read was in flight across that
+ * re-check is read again once parked (the subscription's epoch changed
+ * under it).
  */
 
 #include <time.h>

@@ -260,13 +260,14 @@ kafka_batch_t *kafka_produce_start(kafka_producer_t *p, const osago_event_t *con
         if (json[i] == NULL) {
             char why[256], what[200];
 
-            if (event_validate(evs[i], why, sizeof(why)) != 0)
-                ;
-            else if (evs[i]->payload != NULL
-                     && event_payload_check(evs[i]->payload, what, sizeof(what)) != 0)
-                snprintf(why, sizeof(why), "payload is %s", what);
-            else
-                snprintf(why, sizeof(why), "out of memory");
+            /* event_encode says only that it failed: the checks it makes say why */
+            if (event_validate(evs[i], why, sizeof(why)) == 0) {
+                if (evs[i]->payload != NULL
+                    && event_payload_check(evs[i]->payload, what, sizeof(what)) != 0)
+                    snprintf(why, sizeof(why), "payload is %s", what);
+                else
+                    snprintf(why, sizeof(why), "out of memory");
+            }
             wlog(LOG_ERROR, "kafka", evs[i]->traceparent, "kafka_encode_failed",
                  "%s for application %s not produced: %s", event_type_name(evs[i]->type),
                  evs[i]->application_id, why);
