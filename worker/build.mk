@@ -18,7 +18,7 @@ WORKER_LIBS     := -lrdkafka -lpq -lhiredis -lyajl -lcurl -lmicrohttpd -lpthread
 # Each unit test links only the file it tests: the pure parts of the worker stay pure.
 WORKER_UNITS      := event retry config quote_state insurers pg_hosts
 WORKER_UNIT_BINS  := $(patsubst %,$(BUILD)/san/test_worker_%,$(WORKER_UNITS))
-WORKER_UNIT_LIBS  := -lcmocka -lyajl -lpq
+WORKER_UNIT_LIBS  := -lcmocka -lyajl -lpq -lcurl
 
 .PHONY: worker worker-unit
 

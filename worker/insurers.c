@@ -1,7 +1,8 @@
 /*
  * The insurer list file: a JSON array of {code, name, url, timeout_ms, auth_header}, the format
  * tools/insurer-sim --write-insurers produces. Unknown members are errors: a misspelt
- * "timeout" silently falling back to the default would be found only in production.
+ * "timeout" silently falling back to the default would be found only in production; so are
+ * repeated members.
  */
 #include "insurers.h"
 
@@ -10,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <curl/curl.h>
 #include <yajl/yajl_tree.h>
 
 #define INSURERS_FILE_MAX (1024 * 1024)
@@ -47,6 +49,47 @@ static int auth_header_valid(const char *s)
     return 1;
 }
 
+/* An http:// or https:// URL with a host, printable ASCII only, that curl parses: a URL curl
+ * cannot use would fail every call to that insurer, found only once quotes end in errors. */
+static int url_valid(const char *s)
+{
+    CURLU *u;
+    char  *host = NULL;
+    int    ok;
+
+    if (strncmp(s, "http://", 7) != 0 && strncmp(s, "https://", 8) != 0)
+        return 0;
+    /* curl reads "http:///x" as the host "x": the text itself must name a host */
+    if (strchr("/?#", s[s[4] == 's' ? 8 : 7]) != NULL)
+        return 0;
+    for (const unsigned char *p = (const unsigned char *)s; *p != '\0'; p++)
+        if (*p <= ' ' || *p >= 0x7f)
+            return 0;
+    u = curl_url();
+    if (u == NULL)
+        return 0;
+    ok = curl_url_set(u, CURLUPART_URL, s, 0) == CURLUE_OK
+         && curl_url_get(u, CURLUPART_HOST, &host, 0) == CURLUE_OK && host[0] != '\0';
+    curl_free(host);
+    curl_url_cleanup(u);
+    return ok;
+}
+
+/* Whether a JSON text escapes a NUL (\u0000) in a string: yajl's tree hands strings over
+ * NUL-terminated, so "alfa\u0000x" would load as "alfa" without a word. */
+static int escapes_nul(const char *text)
+{
+    for (const char *p = text; *p != '\0'; p++) {
+        if (*p != '\\')
+            continue;
+        if (p[1] == 'u' && strncmp(p + 2, "0000", 4) == 0)
+            return 1;
+        if (p[1] != '\0')
+            p++;                    /* the escaped character, a backslash included */
+    }
+    return 0;
+}
+
 static char *read_file(const char *path, char *err, size_t errlen)
 {
     FILE *f = fopen(path, "rb");
@@ -69,7 +112,7 @@ static char *read_file(const char *path, char *err, size_t errlen)
         return NULL;
     }
     buf[n] = '\0';
-    if (memchr(buf, '\0', n) != NULL) {
+    if (memchr(buf, '\0', n) != NULL || escapes_nul(buf)) {
         snprintf(err, errlen, "%s: not a JSON text (contains a NUL byte)", path);
         free(buf);
         return NULL;
@@ -88,6 +131,8 @@ static char *read_file(const char *path, char *err, size_t errlen)
 static int load_one(const char *path, int i, yajl_val obj, int default_timeout_ms,
                     insurer_t *ins, char *err, size_t errlen)
 {
+    static const char *const members[] = { "code", "name", "url", "timeout_ms", "auth_header" };
+    unsigned seen = 0;
     int have_code = 0, have_url = 0;
 
     if (!YAJL_IS_OBJECT(obj))
@@ -98,6 +143,16 @@ static int load_one(const char *path, int i, yajl_val obj, int default_timeout_m
     for (size_t k = 0; k < obj->u.object.len; k++) {
         const char *key = obj->u.object.keys[k];
         yajl_val v = obj->u.object.values[k];
+        size_t m = 0;
+
+        /* yajl keeps both of a repeated member: which one wins would be a guess */
+        while (m < sizeof(members) / sizeof(members[0]) && strcmp(key, members[m]) != 0)
+            m++;
+        if (m < sizeof(members) / sizeof(members[0])) {
+            if (seen & (1u << m))
+                FAIL_AT(i, "/%s: given twice", key);
+            seen |= 1u << m;
+        }
 
         if (strcmp(key, "timeout_ms") == 0) {
             if (!YAJL_IS_INTEGER(v) || YAJL_GET_INTEGER(v) < 1 || YAJL_GET_INTEGER(v) > 600000)
@@ -122,8 +177,7 @@ static int load_one(const char *path, int i, yajl_val obj, int default_timeout_m
                 FAIL_AT(i, "/name: must be 1..%zu bytes", sizeof(ins->name) - 1);
             strcpy(ins->name, s);
         } else if (strcmp(key, "url") == 0) {
-            if ((strncmp(s, "http://", 7) != 0 && strncmp(s, "https://", 8) != 0) ||
-                strlen(s) >= sizeof(ins->url) || strlen(s) <= 8 || strpbrk(s, " \t\r\n") != NULL)
+            if (strlen(s) >= sizeof(ins->url) || !url_valid(s))
                 FAIL_AT(i, "/url: must be an http:// or https:// URL of at most %zu bytes",
                         sizeof(ins->url) - 1);
             strcpy(ins->url, s);

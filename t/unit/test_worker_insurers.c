@@ -143,6 +143,14 @@ static void test_file_errors(void **state)
                  "malformed JSON: parse error: invalid object key (must be a string)");
     expect_error("{\"insurers\":[]}", "must be a JSON array of insurers");
     expect_error("[]", "must list 1..64 insurers, has 0");
+    /* an escaped NUL would cut the string short where yajl's tree hands it over */
+    expect_error("[{\"code\":\"a\\u0000x\",\"url\":\"http://h/\"}]",
+                 "not a JSON text (contains a NUL byte)");
+    expect_error("[{\"code\":\"a\",\"url\":\"http://h/\",\"name\":\"\\\\\\u0000\"}]",
+                 "not a JSON text (contains a NUL byte)");
+    /* an escaped backslash followed by the letters u0000 is no NUL */
+    assert_string_equal(load_ok("[{\"code\":\"a\",\"url\":\"http://h/\",\"name\":\"x\\\\u0000\"}]")
+                            ->items[0].name, "x\\u0000");
 
     char many[65 * 40 + 8] = "[";
     for (int i = 0; i < INSURERS_MAX + 1; i++)
@@ -175,7 +183,10 @@ static void test_entry_errors(void **state)
 
     /* url */
     const char *bad_urls[] = { "\"ftp://h/quote\"", "\"127.0.0.1:8090/q\"", "\"http://\"",
-                               "\"https://\"", "\"http://h/a b\"", "\"HTTP://h/\"" };
+                               "\"https://\"", "\"http://h/a b\"", "\"HTTP://h/\"",
+                               "\"http:///quote\"", "\"https:///\"", "\"http://h/\\u0001\"",
+                               "\"http://h/\\u00e9\"", "\"http://[::1/q\"",
+                               "\"http://h:99999/q\"" };
     for (size_t i = 0; i < sizeof(bad_urls) / sizeof(bad_urls[0]); i++) {
         char text[256];
         snprintf(text, sizeof(text), "[{\"code\":\"a\",\"url\":%s}]", bad_urls[i]);
@@ -186,6 +197,14 @@ static void test_entry_errors(void **state)
     strcat(longurl, "\"}]");
     expect_error(longurl, "/0/url: must be an http:// or https:// URL of at most 511 bytes");
     expect_error("[{\"code\":\"a\",\"url\":null}]", "/0/url: must be a string");
+    assert_string_equal(load_ok("[{\"code\":\"a\",\"url\":\"http://a\"}]")->items[0].url, "http://a");
+    assert_string_equal(load_ok("[{\"code\":\"a\",\"url\":\"http://[::1]:8090/q?x=1\"}]")->items[0].url,
+                        "http://[::1]:8090/q?x=1");
+
+    /* a member given twice: yajl keeps both, and neither may silently win */
+    expect_error(ONE(",\"url\":\"http:///x\""), "/0/url: given twice");
+    expect_error(ONE(",\"timeout_ms\":5,\"timeout_ms\":600"), "/0/timeout_ms: given twice");
+    expect_error("[{\"code\":\"a\",\"code\":\"b\",\"url\":\"http://h/\"}]", "/0/code: given twice");
 
     /* timeout_ms */
     const char *bad_timeouts[] = { "0", "-1", "600001", "1.5", "\"100\"", "true", "1e3" };
