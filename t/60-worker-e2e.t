@@ -9,6 +9,8 @@ use FindBin;
 use lib "$FindBin::Bin/lib";
 use Test::More;
 use JSON::PP ();
+use File::Copy ();
+use File::Temp ();
 use Time::HiRes qw(time sleep);
 use OsagoTest;
 use OsagoStack;
@@ -62,6 +64,19 @@ like("$out$err", qr/"event":"migrate_encoding".*encoding is SQL_ASCII; osago nee
      '  with the reason logged');
 is(scalar $pg->psql("SELECT to_regclass('public.applications') IS NULL", db => 'osago_ascii'),
    't', '  and no table created there');
+# A migration of comments only (a placeholder, a body commented out) is applied and recorded:
+# PostgreSQL answers it with an empty query, which is no error.
+{
+    my $dir = File::Temp::tempdir('osago-migrations-XXXXXX', DIR => '/tmp', CLEANUP => 1);
+    File::Copy::copy($_, $dir) or die "copy $_: $!" for @files;
+    OsagoTest::_spew("$dir/900_placeholder.sql", "-- nothing yet: the next release fills this\n");
+    $pg->psql("CREATE DATABASE osago_placeholder OWNER osago", user => 'postgres', db => 'postgres');
+    (my $ph = $pg->conninfo) =~ s/dbname=osago\b/dbname=osago_placeholder/;
+    ($code, $out, $err) = OsagoStack::Worker->migrate($ph, migrations => $dir);
+    is($code, 0, 'migrate with a comments-only file: exit 0') or diag "$out$err";
+    is(scalar $pg->psql("SELECT count(*) FROM $mtable WHERE version = 900", db => 'osago_placeholder'),
+       1, '  and the file is recorded as applied');
+}
 
 # --- the worker -----------------------------------------------------------------------------------
 my $sub = OsagoStack::RedisWatch->new($r, 'SUBSCRIBE', 'osago:app-updates');

@@ -139,7 +139,9 @@ static int apply_one(PGconn *c, const char *dir, const struct migration *m)
     /* PQexec (simple protocol): a migration file holds several statements */
     r = PQexec(c, sql);
     free(sql);
-    if (PQresultStatus(r) != PGRES_COMMAND_OK && PQresultStatus(r) != PGRES_TUPLES_OK) {
+    /* a file of comments only (a placeholder, a body commented out) is an empty query */
+    if (PQresultStatus(r) != PGRES_COMMAND_OK && PQresultStatus(r) != PGRES_TUPLES_OK
+        && PQresultStatus(r) != PGRES_EMPTY_QUERY) {
         const char *state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
         const char *msg = PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY);
         wlog(LOG_ERROR, "migrate", NULL, "migrate_failed", "%s: SQLSTATE %s: %s", m->name,
