@@ -7,6 +7,9 @@
 #include "ngx_http_osago_scripts.h"
 
 
+#define NGX_HTTP_OSAGO_USER_LIMIT_PERIOD  60000     /* osago_user_limit N: per minute */
+
+
 static ngx_int_t ngx_http_osago_preconfiguration(ngx_conf_t *cf);
 static ngx_int_t ngx_http_osago_postconfiguration(ngx_conf_t *cf);
 static void *ngx_http_osago_create_main_conf(ngx_conf_t *cf);
@@ -16,6 +19,7 @@ static char *ngx_http_osago_merge_loc_conf(ngx_conf_t *cf, void *parent,
     void *child);
 static ngx_int_t ngx_http_osago_init_process(ngx_cycle_t *cycle);
 static void ngx_http_osago_exit_process(ngx_cycle_t *cycle);
+
 
 static char *ngx_http_osago_redis_server(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
@@ -27,6 +31,8 @@ static char *ngx_http_osago_at_least_one(ngx_conf_t *cf, void *post,
     void *data);
 static char *ngx_http_osago_positive_msec(ngx_conf_t *cf, void *post,
     void *data);
+static char *ngx_http_osago_positive_sec(ngx_conf_t *cf, void *post,
+    void *data);
 static char *ngx_http_osago_zone_size_check(ngx_conf_t *cf, void *post,
     void *data);
 
@@ -35,6 +41,8 @@ static ngx_conf_post_handler_pt  ngx_http_osago_at_least_one_p =
     ngx_http_osago_at_least_one;
 static ngx_conf_post_handler_pt  ngx_http_osago_positive_msec_p =
     ngx_http_osago_positive_msec;
+static ngx_conf_post_handler_pt  ngx_http_osago_positive_sec_p =
+    ngx_http_osago_positive_sec;
 static ngx_conf_post_handler_pt  ngx_http_osago_zone_size_p =
     ngx_http_osago_zone_size_check;
 
@@ -145,7 +153,7 @@ static ngx_command_t  ngx_http_osago_commands[] = {
       ngx_conf_set_sec_slot,
       NGX_HTTP_MAIN_CONF_OFFSET,
       offsetof(ngx_http_osago_main_conf_t, app_ttl),
-      NULL },
+      &ngx_http_osago_positive_sec_p },
 
     { ngx_string("osago_intake"),
       NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
@@ -173,7 +181,7 @@ static ngx_command_t  ngx_http_osago_commands[] = {
       ngx_conf_set_sec_slot,
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_osago_loc_conf_t, idempotency_ttl),
-      NULL },
+      &ngx_http_osago_positive_sec_p },
 
     { ngx_string("osago_user_id"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
@@ -446,7 +454,8 @@ ngx_http_osago_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_value(conf->idempotency_ttl, prev->idempotency_ttl, 86400);
     ngx_conf_merge_uint_value(conf->user_limit, prev->user_limit, 1);
     ngx_conf_merge_msec_value(conf->user_limit_period,
-                              prev->user_limit_period, 60000);
+                              prev->user_limit_period,
+                              NGX_HTTP_OSAGO_USER_LIMIT_PERIOD);
     ngx_conf_merge_msec_value(conf->poll_timeout, prev->poll_timeout, 30000);
 
     if (ngx_http_osago_merge_value(cf, &conf->api_key, &prev->api_key,
@@ -557,6 +566,9 @@ ngx_http_osago_user_limit(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     olcf->user_limit = n;
 
+    /* a lower level's limit replaces an outer one whole: its period too */
+    olcf->user_limit_period = NGX_HTTP_OSAGO_USER_LIMIT_PERIOD;
+
     if (cf->args->nelts == 3) {
         olcf->user_limit_period = ngx_parse_time(&value[2], 0);
         if (olcf->user_limit_period == (ngx_msec_t) NGX_ERROR
@@ -591,6 +603,20 @@ ngx_http_osago_positive_msec(ngx_conf_t *cf, void *post, void *data)
     ngx_msec_t  *mp = data;
 
     if (*mp == 0) {
+        return "must be greater than 0";
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+/* a TTL of 0 would have Redis drop the key as it is written */
+static char *
+ngx_http_osago_positive_sec(ngx_conf_t *cf, void *post, void *data)
+{
+    time_t  *tp = data;
+
+    if (*tp == 0) {
         return "must be greater than 0";
     }
 

@@ -88,6 +88,8 @@ my @bad = (
     [ loc  => 'osago_limit on off;',               'osago_limit' ],
     [ loc  => 'osago_redis_server 127.0.0.1:6379;', 'osago_redis_server' ],   # http only
     [ http => 'osago_metrics;',                    'osago_metrics' ],         # location only
+    [ http => 'osago_app_ttl 0;',                  'osago_app_ttl' ],   # Redis would drop the key at once
+    [ loc  => 'osago_idempotency_ttl 0s;',         'osago_idempotency_ttl' ],
 );
 for my $b (@bad) {
     my ($where, $text, $directive) = @$b;

@@ -34,6 +34,12 @@ my $n = OsagoTest::Nginx->new(redis => $r, workers => 2, http => <<'HTTP');
             osago_user_id $http_x_end_user;
         }
     }
+    server {
+        listen 127.0.0.1:%%PORT4%%;
+        osago_user_limit 5 10m;
+        # a limit given again replaces the outer one whole: 1 per minute, not 1 per 10 minutes
+        location = /osago/application { osago_limit on; osago_intake; osago_user_limit 1; }
+    }
 HTTP
 
 my $acme = OsagoTest::add_partner($r, name => 'acme', rate => 1000, burst => 1000);
@@ -135,9 +141,18 @@ my $later = submit($n, url => $url3, key => $acme, idem => $k3[2], body => $b3[2
 is($later->{status}, 202, 'after Retry-After, the refused application (same key) is accepted');
 ok(!defined hdr($later, 'idempotent-replayed'), 'as a new acceptance, not a replay of the 429');
 
+# --- osago_user_limit 1 inside a server's osago_user_limit 5 10m ---------------------------------
+my $url4 = 'http://127.0.0.1:' . $n->port_n(4) . '/osago/application';
+is(submit($n, url => $url4, key => $acme, idem => idem_key('n4'), body => fresh(), user => 'dora')->{status},
+   202, 'limit 1 under an outer 5 per 10m: first application 202');
+my $fourth = submit($n, url => $url4, key => $acme, idem => idem_key('n4'), body => fresh(), user => 'dora');
+$limited++;
+is_problem($fourth, 429, 'user-rate-limited', '  second: 429, with the rest of the minute to wait',
+           retry_after => [ 1, 60 ]);
+
 # --- what landed --------------------------------------------------------------------------------
 my $f = footprint($r);
-my $accepted = 1 + 1 + 1 + 3 + 2 + 1 + 5 + 2 + 1 + 1;
+my $accepted = 1 + 1 + 1 + 3 + 2 + 1 + 5 + 2 + 1 + 1 + 1;
 is($f->{xlen}, $accepted, "one stream entry per accepted application ($accepted)");
 is(scalar @{ $f->{idem} }, $accepted, 'one idempotency record each, none for a 429');
 
