@@ -243,6 +243,17 @@ ngx_http_osago_metrics_histogram(u_char *p, const char *name,
                         bounds[i] / 1000000, bounds[i] % 1000000, cumulative);
     }
 
+    /*
+     * an observation lands in its bucket before the count moves, and other
+     * workers go on observing while this one reads: a count read earlier
+     * than the buckets may be short of them, and +Inf must not be
+     */
+    cumulative += buckets[n - 1];
+
+    if (count < cumulative) {
+        count = cumulative;
+    }
+
     return ngx_sprintf(p,
                        "%s_bucket{le=\"+Inf\"} %uA\n"
                        "%s_sum %uA.%06uA\n"
