@@ -379,10 +379,13 @@ ngx_http_osago_redis_release_conn(ngx_http_osago_redis_t *redis)
         (void) ngx_del_event(c->write, NGX_WRITE_EVENT, NGX_CLOSE_EVENT);
     }
 
-    /* stale events of this fd in the current epoll batch are now skipped */
-    c->fd = (ngx_socket_t) -1;
-
+    /*
+     * freed first, as ngx_close_connection() does: the free clears the
+     * fd's slot in cycle->files (poll, select); the -1 after it makes
+     * stale events of this fd in the current epoll batch skipped
+     */
     ngx_free_connection(c);
+    c->fd = (ngx_socket_t) -1;
 }
 
 
