@@ -1058,19 +1058,30 @@ ngx_http_osago_redis_send(ngx_http_osago_redis_t *redis,
 }
 
 
-/* A command just written joins the in-flight queue, with its deadline. */
+/*
+ * A command just written joins the in-flight queue, with its deadline.  One
+ * written while the connection is being made waits for it: the connect
+ * timeout bounds the connect and the handshake together, and a handshake
+ * held to the command timeout instead dropped every connection slower
+ * than that.
+ */
 static void
 ngx_http_osago_redis_track(ngx_http_osago_redis_t *redis,
     ngx_http_osago_redis_cmd_t *cmd)
 {
+    ngx_msec_t  timeout;
+
+    timeout = (redis->state == NGX_HTTP_OSAGO_REDIS_CONNECTING)
+              ? redis->conf->connect_timeout : redis->conf->command_timeout;
+
     cmd->sent_us = ngx_http_osago_redis_now_us();
-    cmd->deadline = ngx_current_msec + redis->conf->command_timeout;
+    cmd->deadline = ngx_current_msec + timeout;
     cmd->in_flight = 1;
 
     ngx_queue_insert_tail(&redis->in_flight, &cmd->queue);
 
     if (!redis->command_timer.timer_set) {
-        ngx_add_timer(&redis->command_timer, redis->conf->command_timeout);
+        ngx_add_timer(&redis->command_timer, timeout);
     }
 }
 

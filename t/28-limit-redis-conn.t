@@ -6,6 +6,7 @@ use warnings;
 use FindBin;
 use lib "$FindBin::Bin/lib";
 use Test::More;
+use Time::HiRes ();
 use OsagoTest;
 
 sub limited_server {
@@ -58,6 +59,31 @@ $res = get($n, $key);
 is($res->{status}, 503, 'wrong password: closed mode answers 503 (Redis unusable)');
 like($res->{headers}{'content-type'} // '', qr{^application/problem\+json}, 'problem+json');
 ok($res->{elapsed} < 1.5, sprintf 'and quickly (%.2f s)', $res->{elapsed});
+undef $n;
+
+# --- a handshake slower than osago_redis_timeout, within osago_redis_connect_timeout ---
+# The connect timeout bounds the connect and its handshake together: a Redis that takes 800 ms to
+# answer the first commands (here: hung while nginx starts) is waited for, not dropped at 200 ms
+# and retried.
+$r->pause;
+$n = OsagoTest::Nginx->new(redis => $r, workers => 1, http => <<'HTTP' . limited_server());
+    osago_redis_server %%REDIS%%;
+    osago_redis_password "pa$$ word";
+    osago_redis_database 3;
+    osago_redis_connect_timeout 3s;
+    osago_redis_timeout 200ms;
+HTTP
+Time::HiRes::sleep(0.8);
+$r->resume;
+OsagoTest::wait_for(sub { $n->error_log =~ /osago redis: connected to/ }, 5);
+$res = get($n, $key);
+is($res->{status}, 200, 'slow handshake (800 ms, connect timeout 3 s): the partner is found')
+    or diag explain $res;
+my $log = $n->error_log;
+unlike($log, qr/no reply within the timeout|handshake got no answer|connect timed out/,
+       '  and the connection was not dropped while it waited') or diag $log;
+my @connected = $log =~ /osago redis: connected to/g;
+is(scalar @connected, 1, '  one connection, made once') or diag $log;
 undef $n;
 
 # --- unix socket ---
