@@ -9,6 +9,7 @@ use warnings;
 use FindBin;
 use lib "$FindBin::Bin/lib";
 use Test::More;
+use IO::Socket::INET;
 use Time::HiRes qw(time sleep);
 use OsagoTest;
 use OsagoStack;
@@ -104,6 +105,31 @@ sub mid_run {
     kill 'CONT', $backend;
     ok(OsagoStack::wait_completed($pg, \@b, 60),
        sprintf('claim hang: the second batch completes once the backend is gone (%.1f s)', time - $t));
+}
+
+# --- Redis hung: /readyz waits out its probe, /healthz and /metrics answer meanwhile ---------------
+# Each /readyz spends its 1-s Redis probe; four at once must not hold back a liveness check.
+{
+    $r->pause;
+    my $t = time;
+    my @socks = map {
+        my $s = IO::Socket::INET->new(PeerAddr => "127.0.0.1:$w->{port}", Timeout => 2)
+            or die "connect: $!";
+        print {$s} "GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+        $s;
+    } 1 .. 4;
+    sleep 0.1;
+    my $h = OsagoTest::http(GET => $w->url('/healthz'), timeout => 5);
+    my $m = OsagoTest::http(GET => $w->url('/metrics'), timeout => 5);
+    my @ready = map { local $/; my $x = <$_>; close $_; $x // '' } @socks;
+    my $ready_s = time - $t;
+    $r->resume;
+    is($h->{status}, 200, 'Redis hung, four /readyz probing: /healthz 200');
+    is($m->{status}, 200, '  and /metrics 200');
+    cmp_ok($h->{elapsed}, '<', 0.25 * $ready_s,
+           sprintf '  /healthz in %.2f s, not after the probes (%.2f s)', $h->{elapsed}, $ready_s);
+    is(scalar(grep { m{^HTTP/1\.[01] 503} } @ready), 4, '  each /readyz 503 (Redis failed its probe)')
+        or diag join "\n---\n", @ready;
 }
 
 # --- Redis restarted mid-run (append-only: the stream and the group survive) ----------------------

@@ -1,6 +1,8 @@
 /*
- * /metrics, /healthz and /readyz on libmicrohttpd's own threads (a small pool, so a /readyz
- * probe that waits up to 3 s never delays a /metrics scrape).
+ * /metrics, /healthz and /readyz on libmicrohttpd, a thread per connection (up to
+ * HTTP_MAX_CONNECTIONS): a /readyz probe waits up to 3 s when a dependency hangs, and with a
+ * shared pool two such probes at once held back /healthz, which a liveness check then took for
+ * a dead worker in the middle of the outage.
  *
  * /readyz probes Redis (PING), Kafka (metadata) and PostgreSQL (SELECT 1) on fresh connections,
  * each within 1 s: a probe then says what a new connection would meet, not what an old one
@@ -33,6 +35,7 @@
 #define PROBE_PG_ADDRESSES 8      /* a standby list's addresses probed at once */
 #define PROBE_PG_STAGGER_MS 250   /* the next address joins when those before say nothing */
 #define PROBE_INTERVAL_MS  5000
+#define HTTP_MAX_CONNECTIONS 64   /* each a thread: scrapers and probes, not the public */
 
 struct http_server {
     struct MHD_Daemon *daemon;
@@ -359,15 +362,15 @@ struct http_server *http_start(worker_t *w, char *err, size_t errlen)
         return NULL;
     }
     s->w = w;
-    /* epoll, not MHD's default select(): under load the worker holds well over 1,024
+    /* poll, not MHD's default select(): under load the worker holds well over 1,024
      * descriptors (a connection per insurer call), and select() cannot watch a socket numbered
      * above that, so /metrics and the probes went unanswered exactly when they mattered */
-    s->daemon = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL |
-                                     MHD_USE_ERROR_LOG | (v6 ? MHD_USE_IPv6 : 0),
+    s->daemon = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION |
+                                     MHD_USE_POLL | MHD_USE_ERROR_LOG | (v6 ? MHD_USE_IPv6 : 0),
                                  0, NULL, NULL, handler, s,
                                  MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,   /* first */
                                  MHD_OPTION_LISTEN_SOCKET, fd,
-                                 MHD_OPTION_THREAD_POOL_SIZE, 2,
+                                 MHD_OPTION_CONNECTION_LIMIT, (unsigned) HTTP_MAX_CONNECTIONS,
                                  MHD_OPTION_CONNECTION_TIMEOUT, 10,
                                  MHD_OPTION_END);
     if (s->daemon == NULL) {
