@@ -37,6 +37,15 @@ sub ctl_on {
 }
 sub ctl { ctl_on($r, @_) }
 
+# UTF-8 as RFC 3629 has it (no surrogates, nothing over U+10FFFF, no overlongs), which Perl's
+# own decoding is laxer than and Encode's "UTF-8" stricter (it refuses noncharacters).
+sub is_strict_utf8 {
+    return $_[0] =~ /\A(?:[\x00-\x7f] | [\xc2-\xdf][\x80-\xbf] | \xe0[\xa0-\xbf][\x80-\xbf]
+                        | [\xe1-\xec\xee\xef][\x80-\xbf]{2} | \xed[\x80-\x9f][\x80-\xbf]
+                        | \xf0[\x90-\xbf][\x80-\xbf]{2} | [\xf1-\xf3][\x80-\xbf]{3}
+                        | \xf4[\x80-\x8f][\x80-\xbf]{2})*\z/x;
+}
+
 # osagoctl without the harness' --redis, to see the environment defaults at work.
 sub ctl_bare {
     my (@args) = @_;
@@ -385,6 +394,24 @@ for my $cmd (qw(enable disable rotate-key delete)) {
     my ($jodd) = grep { $_->{name} eq 'odd' } @{ $jo || [] };
     is(($jodd || {})->{pool}, "go\tld\x1b[31m\x{fffd}\x{e9}",
        'list --json: still JSON; the byte that is not UTF-8 is U+FFFD') or diag $out;
+    # Lead bytes a lax decoder takes: beyond U+10FFFF (glibc's mbrtowc decodes up to U+1FFFFF),
+    # and an encoded surrogate. No byte of them starts a UTF-8 character: each is a '?' or U+FFFD.
+    for my $case ([ "\xf4\x90\x80\x80", 'U+110000' ], [ "\xf7\xbf\xbf\xbf", 'U+1FFFFF' ],
+                  [ "\xed\xa0\x80", 'the surrogate U+D800' ]) {
+        my ($bytes, $what) = @$case;
+        my $n = length $bytes;
+        $r->cli('HSET', 'osago:partner:' . sha256_hex($odd_key), 'pool', "a${bytes}b");
+        ($code, $out) = ctl('partner', 'list');
+        my ($line) = grep { /^odd\t/ } split /\n/, $out;
+        is((split /\t/, $line // '', -1)[3], 'a' . '?' x $n . 'b', "list: $what shows as '?' x $n");
+        ($code, $out) = ctl('partner', 'list', '--json');
+        ok(is_strict_utf8($out), "list --json: $what: the output is UTF-8 (RFC 3629)")
+            or diag unpack('H*', $out);
+        my $js = eval { JSON::PP::decode_json($out) };
+        my ($jp) = grep { $_->{name} eq 'odd' } @{ $js || [] };
+        is(($jp || {})->{pool}, "a" . "\x{fffd}" x $n . "b", "list --json: $what is U+FFFD x $n")
+            or diag $out;
+    }
     ($code) = ctl('partner', 'delete', 'odd');
     is($code, 0, 'the odd partner deleted');
 }

@@ -5,47 +5,63 @@
  * is a control character, never reaches the output as it is. */
 #include "partner_format.h"
 
-#include <locale.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <string.h>
-#include <wchar.h>
 
-/* The length of the UTF-8 character s starts with (*wc set), or 0 when s
- * does not start with one; the C library decodes, in a UTF-8 locale of its
- * own (the process's may be "C"). */
-static size_t utf8_char(locale_t utf8, const char *s, wchar_t *wc)
+/* The length of the UTF-8 character s starts with (*cp set), or 0 when s
+ * does not start with one. Strict RFC 3629 rather than the C library's
+ * mbrtowc: glibc's accepts 4-byte forms up to U+1FFFFF, which would reach
+ * the JSON output as they are and make it invalid UTF-8. */
+static size_t utf8_char(const char *s, uint32_t *cp)
 {
-    mbstate_t st;
-    size_t n;
-    locale_t was;
+    /* The least code point each length may encode: below it is overlong */
+    static const uint32_t min[] = { 0, 0, 0x80, 0x800, 0x10000 };
+    const unsigned char *u = (const unsigned char *)s;
+    size_t len;
+    uint32_t c;
 
-    if ((unsigned char)*s < 0x80) {
-        *wc = (unsigned char)*s;
+    if (u[0] < 0x80) {
+        *cp = u[0];
         return 1;
     }
-    if (utf8 == (locale_t)0)
+    if ((u[0] & 0xe0) == 0xc0) {
+        len = 2;
+        c = u[0] & 0x1f;
+    } else if ((u[0] & 0xf0) == 0xe0) {
+        len = 3;
+        c = u[0] & 0x0f;
+    } else if ((u[0] & 0xf8) == 0xf0) {
+        len = 4;
+        c = u[0] & 0x07;
+    } else {
         return 0;
-    memset(&st, 0, sizeof(st));
-    was = uselocale(utf8);
-    n = mbrtowc(wc, s, strnlen(s, 4), &st);     /* UTF-8: 4 bytes at most */
-    uselocale(was);
-    return n == (size_t)-1 || n == (size_t)-2 || n == 0 ? 0 : n;
+    }
+    for (size_t i = 1; i < len; i++) {
+        if ((u[i] & 0xc0) != 0x80)      /* so never reads past the NUL */
+            return 0;
+        c = c << 6 | (u[i] & 0x3f);
+    }
+    if (c < min[len] || c > 0x10ffff || (c >= 0xd800 && c <= 0xdfff))
+        return 0;
+    *cp = c;
+    return len;
 }
 
 /* A table cell: a tab or newline would shift the columns and an escape
  * sequence would reach the terminal, so control characters and bytes that
  * are not UTF-8 show as '?'. */
-static void tsv_cell(FILE *out, locale_t utf8, const char *s)
+static void tsv_cell(FILE *out, const char *s)
 {
     if (s == NULL) {
         fputc('-', out);
         return;
     }
     while (*s != '\0') {
-        wchar_t wc;
-        size_t n = utf8_char(utf8, s, &wc);
+        uint32_t cp;
+        size_t n = utf8_char(s, &cp);
 
-        if (n == 0 || wc < 0x20 || (wc >= 0x7f && wc < 0xa0)) {
+        if (n == 0 || cp < 0x20 || (cp >= 0x7f && cp < 0xa0)) {
             fputc('?', out);
             s += n > 0 ? n : 1;
         } else {
@@ -67,8 +83,6 @@ static void key_id(const char *hash, char out[KEY_ID_LEN + 1])
 
 void format_partners_tsv(FILE *out, const struct partner_list *list)
 {
-    locale_t utf8 = newlocale(LC_CTYPE_MASK, "C.UTF-8", (locale_t)0);
-
     fputs("name\trate\tburst\tpool\tenabled\tkey_id\n", out);
     for (size_t i = 0; i < list->count; i++) {
         const struct partner_row *p = &list->rows[i];
@@ -76,20 +90,18 @@ void format_partners_tsv(FILE *out, const struct partner_list *list)
         char id[KEY_ID_LEN + 1];
 
         for (size_t c = 0; c < sizeof(cells) / sizeof(cells[0]); c++) {
-            tsv_cell(out, utf8, cells[c]);
+            tsv_cell(out, cells[c]);
             fputc('\t', out);
         }
         key_id(p->key_hash, id);
-        tsv_cell(out, utf8, id[0] ? id : NULL);
+        tsv_cell(out, id[0] ? id : NULL);
         fputc('\n', out);
     }
-    if (utf8 != (locale_t)0)
-        freelocale(utf8);
 }
 
 /* A JSON string: control characters escaped, and bytes that are not UTF-8
  * (JSON text must be) written as U+FFFD. */
-static void json_string(FILE *out, locale_t utf8, const char *s)
+static void json_string(FILE *out, const char *s)
 {
     if (s == NULL) {
         fputs("null", out);
@@ -98,7 +110,7 @@ static void json_string(FILE *out, locale_t utf8, const char *s)
     fputc('"', out);
     while (*s != '\0') {
         unsigned char c = (unsigned char)*s;
-        wchar_t wc;
+        uint32_t cp;
         size_t n;
 
         if (c == '"' || c == '\\') {
@@ -107,7 +119,7 @@ static void json_string(FILE *out, locale_t utf8, const char *s)
         } else if (c < 0x20 || c == 0x7f) {
             fprintf(out, "\\u%04x", c);
             s++;
-        } else if ((n = utf8_char(utf8, s, &wc)) == 0) {
+        } else if ((n = utf8_char(s, &cp)) == 0) {
             fputs("\\ufffd", out);
             s++;
         } else {
@@ -141,28 +153,26 @@ static bool is_plain_number(const char *s)
     return *p == '\0';
 }
 
-static void json_number(FILE *out, locale_t utf8, const char *s)
+static void json_number(FILE *out, const char *s)
 {
     if (s != NULL && is_plain_number(s))
         fputs(s, out);
     else
-        json_string(out, utf8, s);
+        json_string(out, s);
 }
 
-static void json_enabled(FILE *out, locale_t utf8, const char *s)
+static void json_enabled(FILE *out, const char *s)
 {
     if (s != NULL && strcmp(s, "1") == 0)
         fputs("true", out);
     else if (s != NULL && strcmp(s, "0") == 0)
         fputs("false", out);
     else
-        json_string(out, utf8, s);
+        json_string(out, s);
 }
 
 void format_partners_json(FILE *out, const struct partner_list *list)
 {
-    locale_t utf8 = newlocale(LC_CTYPE_MASK, "C.UTF-8", (locale_t)0);
-
     fputc('[', out);
     for (size_t i = 0; i < list->count; i++) {
         const struct partner_row *p = &list->rows[i];
@@ -170,20 +180,18 @@ void format_partners_json(FILE *out, const struct partner_list *list)
 
         key_id(p->key_hash, id);
         fputs(i == 0 ? "\n  {\"name\": " : ",\n  {\"name\": ", out);
-        json_string(out, utf8, p->name);
+        json_string(out, p->name);
         fputs(", \"rate\": ", out);
-        json_number(out, utf8, p->rate);
+        json_number(out, p->rate);
         fputs(", \"burst\": ", out);
-        json_number(out, utf8, p->burst);
+        json_number(out, p->burst);
         fputs(", \"pool\": ", out);
-        json_string(out, utf8, p->pool);
+        json_string(out, p->pool);
         fputs(", \"enabled\": ", out);
-        json_enabled(out, utf8, p->enabled);
+        json_enabled(out, p->enabled);
         fputs(", \"key_id\": ", out);
-        json_string(out, utf8, id[0] ? id : NULL);
+        json_string(out, id[0] ? id : NULL);
         fputc('}', out);
     }
     fputs(list->count > 0 ? "\n]\n" : "]\n", out);
-    if (utf8 != (locale_t)0)
-        freelocale(utf8);
 }
