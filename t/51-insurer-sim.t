@@ -391,8 +391,14 @@ for my $case ([ [ '--listen', '10.0.0.1:8090' ], 'a non-loopback address' ],
               [ [ '--insurer-opts', 'alfa:error=0.6,timeout=0.6' ], 'rates adding up over 1' ],
               [ [ '--insurer-opts', 'alfa:status=200' ], 'a non-error status' ],
               [ [ '--latency-ms', '200-100' ], 'an empty latency range' ],
-              [ [ '--insurers', 'Alfa!' ], 'a bad insurer code' ]) {
-    my ($c, undef, $e) = OsagoTest::run_cmd($BIN, '--listen', '127.0.0.1:0', @{ $case->[0] });
+              [ [ '--insurers', 'Alfa!' ], 'a bad insurer code' ],
+              [ [ '--seed', '-5' ], 'a negative seed' ],
+              [ [ '--seed', ' -5' ], 'a negative seed after a blank (strtoull skips it)' ],
+              [ [ '--seed', ' 5' ], 'a seed with a leading blank' ],
+              [ [ '--seed', '+5' ], 'a seed with a sign' ]) {
+    # Under a timeout: a flag wrongly accepted starts a server that never exits (124, a failure)
+    my ($c, undef, $e) = OsagoTest::run_cmd('timeout', 10, $BIN, '--listen', '127.0.0.1:0',
+                                            @{ $case->[0] });
     is($c, 2, "rejects $case->[1]") or diag($e);
 }
 

@@ -290,7 +290,9 @@ int options_parse(int argc, char **argv, struct sim_config *cfg)
             char *end;
             errno = 0;
             cfg->seed = strtoull(value, &end, 10);
-            if (errno != 0 || *end != '\0' || end == value || value[0] == '-') {
+            /* A digit first: strtoull skips blanks and takes a sign, and " -5"
+             * would wrap to 2^64-5 */
+            if (errno != 0 || *end != '\0' || !(value[0] >= '0' && value[0] <= '9')) {
                 fprintf(stderr, "insurer-sim: --seed must be a non-negative integer\n");
                 return OPTIONS_BAD;
             }
