@@ -23,6 +23,7 @@
 
 #define EVENT_MAX_ATTEMPT 10
 #define EVENT_MAX_DEPTH   64   /* the edge's payloads are a few levels deep; this bounds recursion */
+#define EVENT_BAD_TEXT    "holds a string that is not UTF-8 text (a NUL, a surrogate, an overlong form)"
 
 static const char *const event_topics[] = {
     "osago.application.created",
@@ -134,34 +135,53 @@ static int fits(const char *s, size_t cap)
     return memchr(s, '\0', cap) != NULL;
 }
 
+/* The length of the UTF-8 sequence at p (avail bytes there) as RFC 3629 has it: no overlong
+ * form, no surrogate, nothing above U+10FFFF; 0 when p holds none. yajl checks only the shape
+ * of a sequence, and decodes the escape of a lone surrogate into one. */
+static size_t utf8_seq(const unsigned char *p, size_t avail)
+{
+    unsigned cp, min;
+    size_t   need, k;
+
+    if (p[0] < 0x80)
+        return 1;
+    if ((p[0] & 0xE0) == 0xC0)
+        need = 1, min = 0x80;
+    else if ((p[0] & 0xF0) == 0xE0)
+        need = 2, min = 0x800;
+    else if ((p[0] & 0xF8) == 0xF0)
+        need = 3, min = 0x10000;
+    else
+        return 0;
+    cp = p[0] & (0x3Fu >> need);
+    for (k = 1; k <= need && k < avail && (p[k] & 0xC0) == 0x80; k++)
+        cp = (cp << 6) | (p[k] & 0x3F);
+    if (k <= need || cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
+        return 0;
+    return need + 1;
+}
+
+/* Whether s[len] is text every consumer takes: UTF-8 by utf8_seq, and no NUL, which yajl
+ * decodes from \u0000 and which PostgreSQL, and every C string after it, cannot hold. */
+static int text_ok(const unsigned char *s, size_t len)
+{
+    for (size_t i = 0, n; i < len; i += n)
+        if (s[i] == '\0' || (n = utf8_seq(s + i, len - i)) == 0)
+            return 0;
+    return 1;
+}
+
 void event_utf8_sanitize(char *s)
 {
     unsigned char *p = (unsigned char *)s;
-    size_t i = 0;
-    while (p[i] != '\0') {
-        unsigned c = p[i], cp, min;
-        size_t need, k;
-        if (c < 0x80) {
-            i++;
-            continue;
-        }
-        if ((c & 0xE0) == 0xC0)
-            need = 1, min = 0x80;
-        else if ((c & 0xF0) == 0xE0)
-            need = 2, min = 0x800;
-        else if ((c & 0xF8) == 0xF0)
-            need = 3, min = 0x10000;
+    size_t len = strlen(s), i = 0, n;
+
+    while (i < len) {
+        n = utf8_seq(p + i, len - i);
+        if (n == 0)
+            p[i++] = '?';
         else
-            goto bad;
-        cp = c & (0x3Fu >> need);
-        for (k = 1; k <= need && (p[i + k] & 0xC0) == 0x80; k++)
-            cp = (cp << 6) | (p[i + k] & 0x3F);
-        if (k <= need || cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
-            goto bad;
-        i += need + 1;
-        continue;
-    bad:
-        p[i++] = '?';
+            i += n;
     }
 }
 
@@ -432,6 +452,7 @@ struct forward {
     int      tokens;
     int      not_object;
     int      too_deep;
+    int      bad_text;      /* a string or name that text_ok refuses */
     size_t   growth;        /* number_growth of its numbers */
 };
 
@@ -474,10 +495,19 @@ static int fw_number(void *ctx, const char *s, size_t len)
     return fw_begin(f, 0) && yajl_gen_number(f->g, s, len) == yajl_gen_status_ok;
 }
 
+static int fw_text(struct forward *f, const unsigned char *s, size_t len)
+{
+    if (!text_ok(s, len)) {
+        f->bad_text = 1;
+        return 0;
+    }
+    return yajl_gen_string(f->g, s, len) == yajl_gen_status_ok;
+}
+
 static int fw_string(void *ctx, const unsigned char *s, size_t len)
 {
     struct forward *f = ctx;
-    return fw_begin(f, 0) && yajl_gen_string(f->g, s, len) == yajl_gen_status_ok;
+    return fw_begin(f, 0) && fw_text(f, s, len);
 }
 
 static int fw_start_map(void *ctx)
@@ -488,8 +518,7 @@ static int fw_start_map(void *ctx)
 
 static int fw_map_key(void *ctx, const unsigned char *s, size_t len)
 {
-    struct forward *f = ctx;
-    return yajl_gen_string(f->g, s, len) == yajl_gen_status_ok;
+    return fw_text(ctx, s, len);
 }
 
 static int fw_end_map(void *ctx)
@@ -559,6 +588,8 @@ static int gen_payload(yajl_gen g, const char *payload, int as_member, char *err
             snprintf(err, errlen, "not a JSON object");
         } else if (f.too_deep) {
             snprintf(err, errlen, "nested deeper than %d levels", EVENT_MAX_DEPTH);
+        } else if (f.bad_text) {
+            snprintf(err, errlen, "%s", EVENT_BAD_TEXT);
         } else {
             unsigned char *msg = yajl_get_error(h, 0, (const unsigned char *)payload, len);
 
@@ -715,6 +746,7 @@ struct decoder {
     osago_event_t *ev;
     int       depth;            /* containers open, for the depth limit */
     int       too_deep;
+    int       bad_text;         /* a payload string or name that text_ok refuses */
     int       root_object;      /* the event is an object (its first token opened a map) */
     int       in_data;          /* at the top level of the data object */
     int       in_insurers;      /* at the top level of data.insurers */
@@ -760,7 +792,7 @@ static int integer_text(const char *s, size_t len, long long *out)
 /* A string member's value into dst[cap] when it fits. */
 static int take_string(const unsigned char *s, size_t len, char *dst, size_t cap)
 {
-    if (len >= cap)
+    if (len >= cap || !text_ok(s, len))
         return V_BAD;
     memcpy(dst, s, len);
     dst[len] = '\0';
@@ -840,7 +872,7 @@ static int dec_token(struct decoder *d, const unsigned char *s, size_t len, int 
         return 1;   /* forwarded by the caller */
     if (d->in_insurers) {
         size_t i = d->n_insurers++;
-        if (s == NULL || number || len >= sizeof(d->ev->insurers[0])) {
+        if (s == NULL || number || len >= sizeof(d->ev->insurers[0]) || !text_ok(s, len)) {
             if (d->bad_insurer < 0)
                 d->bad_insurer = (long)i;
         } else if (i < EVENT_MAX_INSURERS) {
@@ -877,11 +909,21 @@ static int dec_number(void *ctx, const char *s, size_t len)
            (d->payload_depth == 0 || yajl_gen_number(d->g, s, len) == yajl_gen_status_ok);
 }
 
+/* A string or member name of the payload, copied into gen. */
+static int dec_payload_text(struct decoder *d, const unsigned char *s, size_t len)
+{
+    if (!text_ok(s, len)) {
+        d->bad_text = 1;
+        return 0;
+    }
+    return yajl_gen_string(d->g, s, len) == yajl_gen_status_ok;
+}
+
 static int dec_string(void *ctx, const unsigned char *s, size_t len)
 {
     struct decoder *d = ctx;
     return dec_token(d, s, len, 0) &&
-           (d->payload_depth == 0 || yajl_gen_string(d->g, s, len) == yajl_gen_status_ok);
+           (d->payload_depth == 0 || dec_payload_text(d, s, len));
 }
 
 static int dec_open(struct decoder *d, int is_map)
@@ -965,7 +1007,7 @@ static int dec_map_key(void *ctx, const unsigned char *s, size_t len)
     if (d->skip > 0)
         return 1;
     if (d->payload_depth > 0)
-        return yajl_gen_string(d->g, s, len) == yajl_gen_status_ok;
+        return dec_payload_text(d, s, len);
     if (d->in_data)
         d->key = field_named(data_names, sizeof(data_names) / sizeof(data_names[0]), s, len);
     else
@@ -1097,6 +1139,8 @@ int event_decode(const char *json, size_t len, osago_event_t *ev, char *err, siz
         st = yajl_complete_parse(h);
     if (st == yajl_status_client_canceled && d.too_deep) {
         snprintf(err, errlen, "malformed JSON: nested deeper than %d levels", EVENT_MAX_DEPTH);
+    } else if (st == yajl_status_client_canceled && d.bad_text) {
+        snprintf(err, errlen, "data.payload %s", EVENT_BAD_TEXT);
     } else if (st != yajl_status_ok) {
         unsigned char *msg = yajl_get_error(h, 0, NULL, 0);
         snprintf(err, errlen, "malformed JSON: %s", msg != NULL ? (char *)msg : "parse error");

@@ -72,8 +72,8 @@ void event_free(osago_event_t *ev);
  * refuses an event that would not decode (so nothing invalid reaches Kafka). 0, or -1 + err. */
 int  event_validate(const osago_event_t *ev, char *err, size_t errlen);
 
-/* Whether event_encode would carry payload (a JSON object, at most 64 levels deep, valid
- * UTF-8, at most EVENT_MAX_PAYLOAD bytes with its numbers written out): 0, or -1 with the
+/* Whether event_encode would carry payload (a JSON object, at most 64 levels deep, strings and
+ * names strict UTF-8 without a NUL, at most EVENT_MAX_PAYLOAD bytes with its numbers written out): 0, or -1 with the
  * reason in err ("nested deeper than 64 levels"). */
 int  event_payload_check(const char *payload, char *err, size_t errlen);
 

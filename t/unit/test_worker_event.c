@@ -553,6 +553,7 @@ static void test_decode_envelope_errors(void **state)
     CASE(type, NULL, "type must be a known event type");
     CASE(type, Q("OsagoApplicationDeleted"), "type must be a known event type");
     CASE(type, "1", "type must be a known event type");
+    CASE(type, Q("OsagoApplicationTask\\u0000"), "type must be a known event type");
     CASE(version, NULL, "version must be 1");
     CASE(version, "2", "version must be 1");
     CASE(version, Q("1"), "version must be 1");
@@ -681,6 +682,9 @@ static void test_decode_started_errors(void **state)
                       "data.insurers[1] must be an insurer code ([a-z0-9_-]{1,32})");
     expect_data_error(t, "{\"insurers\":[\"abcdefghijabcdefghijabcdefghijabc\"]}",
                       "data.insurers[0] must be an insurer code ([a-z0-9_-]{1,32})");
+    /* yajl hands over the escaped NUL as a byte: the code must not decode as its prefix */
+    expect_data_error(t, "{\"insurers\":[\"alfa\",\"reso\\u0000evil\"]}",
+                      "data.insurers[1] must be an insurer code ([a-z0-9_-]{1,32})");
 }
 
 static void test_decode_task_errors(void **state)
@@ -705,6 +709,18 @@ static void test_decode_task_errors(void **state)
     expect_data_error(t, "{\"insurer\":\"reso\",\"attempt\":1}", "data.payload must be an object");
     expect_data_error(t, "{\"insurer\":\"reso\",\"attempt\":1,\"payload\":null}",
                       "data.payload must be an object");
+    expect_data_error(t, "{\"insurer\":\"alfa\\u0000evil\",\"attempt\":1,\"payload\":{}}",
+                      "data.insurer must be an insurer code ([a-z0-9_-]{1,32})");
+    /* text an insurer or PostgreSQL would get as it is: a NUL, a lone surrogate, its bytes */
+    const char *bad_text[] = {
+        "{\"insurer\":\"reso\",\"attempt\":1,\"payload\":{\"n\":\"a\\u0000b\"}}",
+        "{\"insurer\":\"reso\",\"attempt\":1,\"payload\":{\"n\":[\"\\udc00\"]}}",
+        "{\"insurer\":\"reso\",\"attempt\":1,\"payload\":{\"n\":\"\xed\xa0\x80\"}}",
+        "{\"insurer\":\"reso\",\"attempt\":1,\"payload\":{\"a\\u0000\":1}}",
+    };
+    for (size_t i = 0; i < sizeof(bad_text) / sizeof(bad_text[0]); i++)
+        expect_data_error(t, bad_text[i], "data.payload holds a string that is not UTF-8 text "
+                                          "(a NUL, a surrogate, an overlong form)");
 }
 
 static void test_decode_result_errors(void **state)
@@ -738,6 +754,12 @@ static void test_decode_result_errors(void **state)
                       "data.error must be a non-empty string");
     expect_data_error(t, "{\"insurer\":\"vsk\",\"attempt\":0,\"status\":\"ok\",\"premium_rub\":\"1\"}",
                       "data.attempt must be 1..10");
+    expect_data_error(t, "{\"insurer\":\"vsk\",\"attempt\":1,\"status\":\"ok\","
+                         "\"premium_rub\":\"8734.12\\u0000x\"}",
+                      "data.premium_rub must be a decimal string such as \"8734.12\"");
+    expect_data_error(t, "{\"insurer\":\"vsk\",\"attempt\":1,\"status\":\"ok\\u0000\","
+                         "\"premium_rub\":\"1\"}",
+                      "data.status must be \"ok\" or \"error\"");
 }
 
 /* ---- encoding refuses what would not decode ----------------------------------------------- */
@@ -795,6 +817,12 @@ static void test_payload_check_agrees_with_encode(void **state)
         { spaced, NULL },
         { "{\"x\": [1e524263, 1e1]}", NULL },
         { "{\"x\": [1e524263, 1e2]}", "over 524288 bytes with its numbers written out (524289)" },
+        { "{\"n\":\"a\\u0000b\"}", "holds a string that is not UTF-8 text" },
+        { "{\"n\":\"\\udc00\"}", "holds a string that is not UTF-8 text" },   /* yajl: ED B0 80 */
+        { "{\"n\":\"\xed\xa0\x80\"}", "holds a string that is not UTF-8 text" },
+        { "{\"n\":\"\xf4\x90\x80\x80\"}", "holds a string that is not UTF-8 text" },
+        { "{\"a\\u0000\":1}", "holds a string that is not UTF-8 text" },
+        { "{\"n\":\"\\ud83d\\ude00 \\u00e9\"}", NULL },   /* a surrogate pair: U+1F600 */
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         int   rc = event_payload_check(cases[i].payload, err, sizeof(err));
