@@ -252,8 +252,10 @@ static int rm_round(redisContext *redis, read_model_doc_t *docs, int n, int ttl_
         if (docs[i].done)
             continue;
         if (rm_append(redis, use_eval ? "EVAL" : "EVALSHA", use_eval ? rm_script : rm_script_sha,
-                      &docs[i], ttl_s) != 0)
+                      &docs[i], ttl_s) != 0) {
+            redis_abandon(redis, "out of memory mid-pipeline");
             return -1;
+        }
         sent++;
     }
     for (int i = 0; i < n && sent > 0; i++) {

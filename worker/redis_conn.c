@@ -91,11 +91,16 @@ int redis_failed_over(redisContext *c, const redisReply *r)
     /* anywhere in the message: Redis 6 wraps a script's as "ERR Error running script ... " */
     if (r == NULL || r->type != REDIS_REPLY_ERROR || strstr(r->str, "READONLY") == NULL)
         return 0;
+    redis_abandon(c, "the node is a replica now (READONLY)");
+    return 1;
+}
+
+void redis_abandon(redisContext *c, const char *why)
+{
     if (c->err == 0) {
         c->err = REDIS_ERR_OTHER;
-        snprintf(c->errstr, sizeof(c->errstr), "%s", "the node is a replica now (READONLY)");
+        snprintf(c->errstr, sizeof(c->errstr), "%s", why);
     }
-    return 1;
 }
 
 int redis_ensure(redisContext **c, const worker_config_t *cfg, const char *role,

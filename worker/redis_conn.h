@@ -24,4 +24,9 @@ int redis_ensure(redisContext **c, const worker_config_t *cfg, const char *role,
  */
 int redis_failed_over(redisContext *c, const redisReply *r);
 
+/* Marks c failed, as after an I/O error (why: for the reconnect's log line), so that the next
+ * redis_ensure replaces it: for a pipeline given up half-written, whose replies would be read as
+ * the answers to later commands. */
+void redis_abandon(redisContext *c, const char *why);
+
 #endif

@@ -548,8 +548,10 @@ static int relay_ack(relay_t *r)
         ids += r->entries[i].id[0] != '\0';
     if (ids == 0)
         return 0;
-    if (relay_append_ids(r, "XACK", 1) < 0 || relay_append_ids(r, "XDEL", 0) < 0)
+    if (relay_append_ids(r, "XACK", 1) < 0 || relay_append_ids(r, "XDEL", 0) < 0) {
+        redis_abandon(r->redis, "out of memory mid-pipeline");
         return -1;
+    }
     for (int i = 0; i < 2; i++) {
         redisReply *reply = NULL;
 
