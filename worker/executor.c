@@ -615,7 +615,7 @@ static const struct {
  * when its stop flag is already set). The loop connects without blocking (ex_connect_start). */
 static int ex_pg_blocking(executor_t *x)
 {
-    volatile int    stopping = 1;
+    atomic_int      stopping = 1;
     const pg_wait_t once = { &stopping, x->w->cfg->pg_answer_timeout_ms };
 
     if (x->pg != NULL && PQstatus(x->pg) == CONNECTION_OK)

@@ -30,11 +30,9 @@
 
 #define MALLOC_TRIM_SECONDS 60
 
-/* Set by the main thread when SIGINT or SIGTERM arrives, read by every role through
- * worker_t.stop. */
-static volatile sig_atomic_t stop_flag;
-
-_Static_assert(sizeof(sig_atomic_t) == sizeof(int), "worker_t.stop is a volatile int *");
+/* Set by the main thread when SIGINT or SIGTERM arrives (sigwait: no handler), read by every
+ * role's thread through worker_t.stop: atomic, as any flag shared between threads must be. */
+static atomic_int stop_flag;
 
 struct role_thread {
     const char *name;
@@ -134,8 +132,8 @@ static int run(const worker_config_t *cfg)
     struct http_server *http = NULL;
     kafka_producer_t *producer = NULL;
     worker_t w = { .cfg = cfg, .insurers = insurers, .metrics = metrics,
-                   .stop = (volatile int *)&stop_flag,
-                   .pg_wait = { (volatile int *)&stop_flag, cfg->pg_answer_timeout_ms } };
+                   .stop = &stop_flag,
+                   .pg_wait = { &stop_flag, cfg->pg_answer_timeout_ms } };
     sigset_t stop_set;
     char err[512], names[128];
     int rc = 1;

@@ -29,7 +29,7 @@ static long long now_ms(void)
 }
 
 /* Sleeps ms in short slices, so a stop request is honoured within 50 ms. */
-static void nap(int ms, volatile int *stop)
+static void nap(int ms, atomic_int *stop)
 {
     while (ms > 0 && (stop == NULL || !*stop)) {
         int slice = ms < 50 ? ms : 50;
@@ -191,7 +191,7 @@ void pg_connecting_free(pg_connecting_t *at)
  * NULL: never).
  */
 static PGconn *pg_attempt(const char *conninfo, const char *role, int skip, int statement_ms,
-                          volatile int *stop, int *passed, int *n, char *why, size_t whylen)
+                          atomic_int *stop, int *passed, int *n, char *why, size_t whylen)
 {
     pg_connecting_t           at;
     PGconn                   *c = pg_connect_start(conninfo, role, skip, statement_ms, &at);
@@ -247,14 +247,14 @@ static PGconn *pg_attempt(const char *conninfo, const char *role, int skip, int 
 
 PGconn *pg_connect(const char *conninfo, const char *role, const pg_wait_t *wait, int *start)
 {
-    volatile int *stop = wait != NULL ? wait->stop : NULL;
+    atomic_int *stop = wait != NULL ? wait->stop : NULL;
     int           statement_ms = wait != NULL ? wait->answer_ms : 0;
     long long     deadline = now_ms() + PG_NO_STOP_DEADLINE_MS;
     int           backoff = PG_BACKOFF_MIN_MS, attempts = 0, round = 0;
     int           skip = start != NULL ? *start : 0;
     /* already stopping (the executor's hand-back): one round of the addresses, which the flag
      * does not end */
-    volatile int *cut = stop != NULL && !*stop ? stop : NULL;
+    atomic_int *cut = stop != NULL && !*stop ? stop : NULL;
 
     for (;;) {
         char    msg[512];
@@ -352,7 +352,7 @@ PostgresPollingStatusType pg_connect_poll(PGconn *conn, const char *role)
  * a lost connection applies. NULL when given up (logged) or out of memory; an answer complete
  * in libpq's buffer when given up is still returned (the statement did run).
  */
-static PGresult *pg_await(PGconn *conn, const char *role, const char *what, volatile int *stop,
+static PGresult *pg_await(PGconn *conn, const char *role, const char *what, atomic_int *stop,
                           long long deadline_ms)
 {
     PGresult *kept = NULL, *r;
@@ -401,7 +401,7 @@ static PGresult *pg_await(PGconn *conn, const char *role, const char *what, vola
 
 /* The answer to what was just sent (sent: whether libpq took it), or the send's error. */
 static PGresult *pg_answer(PGconn *conn, int sent, const char *role, const char *what,
-                           volatile int *stop, long long deadline_ms)
+                           atomic_int *stop, long long deadline_ms)
 {
     return sent ? pg_await(conn, role, what, stop, deadline_ms)
                 : PQmakeEmptyPGresult(conn, PGRES_FATAL_ERROR);
@@ -409,7 +409,7 @@ static PGresult *pg_answer(PGconn *conn, int sent, const char *role, const char 
 
 /* Whether a statement that failed was given up (stop, deadline) or failed on a connection
  * given up earlier: said already, not worth an error line more. */
-static int pg_given_up(PGconn *conn, const PGresult *res, volatile int *stop,
+static int pg_given_up(PGconn *conn, const PGresult *res, atomic_int *stop,
                        long long deadline_ms)
 {
     int out_of_time = (stop != NULL && *stop) || (deadline_ms > 0 && now_ms() >= deadline_ms);
@@ -425,7 +425,7 @@ static int pg_nonblocking(PGconn *conn)
 }
 
 /* A role's stop flag, and the deadline of an answer to what it sends now (0: none). */
-static volatile int *pg_stop_of(const pg_wait_t *wait)
+static atomic_int *pg_stop_of(const pg_wait_t *wait)
 {
     return wait != NULL ? wait->stop : NULL;
 }
@@ -451,7 +451,7 @@ static int pg_lost_already(PGconn *conn, const char *role, const char *what)
 PGresult *pg_exec(PGconn *conn, const char *role, const char *sql, int nparams,
                   const char *const *params, const pg_wait_t *wait)
 {
-    volatile int  *stop = pg_stop_of(wait);
+    atomic_int  *stop = pg_stop_of(wait);
     long long      deadline = pg_deadline_of(wait);
     int            sent;
 
@@ -491,7 +491,7 @@ static int pg_unprepared(const PGresult *res)
 
 static PGresult *pg_prepared(PGconn *conn, const char *role, const char *name,
                              const char *sql, int nparams, const char *const *params,
-                             volatile int *stop, long long deadline_ms)
+                             atomic_int *stop, long long deadline_ms)
 {
     int       sent = pg_nonblocking(conn)
                      && PQsendQueryPrepared(conn, name, nparams, params, NULL, NULL, 0);
@@ -525,7 +525,7 @@ PGresult *pg_exec_prepared(PGconn *conn, const char *role, const char *name, con
 
 /* pg_prepared, with an error logged and turned into NULL */
 static PGresult *pg_run(PGconn *conn, const char *role, const char *name, const char *sql,
-                        int nparams, const char *const *params, volatile int *stop,
+                        int nparams, const char *const *params, atomic_int *stop,
                         long long deadline_ms)
 {
     PGresult      *res;
@@ -652,7 +652,7 @@ int pg_pipe_collect(PGconn *conn, pg_pipe_t *p, int *want_write)
 
 int pg_pipe_wait(PGconn *conn, const char *role, pg_pipe_t *p, const pg_wait_t *wait)
 {
-    volatile int *stop = pg_stop_of(wait);
+    atomic_int *stop = pg_stop_of(wait);
     long long     deadline = pg_deadline_of(wait);
     int           rc = pg_pipe_sync(conn), want_write = rc == 1, waited = 0;
 

@@ -2,6 +2,8 @@
 #ifndef OSAGO_WORKER_PG_H
 #define OSAGO_WORKER_PG_H
 
+#include <stdatomic.h>
+
 #include <libpq-fe.h>
 
 #include "pg_hosts.h"
@@ -20,7 +22,7 @@
  * address of a list if this one stays silent.
  */
 typedef struct {
-    volatile int *stop;        /* the role's stop flag (NULL: none) */
+    atomic_int *stop;        /* the role's stop flag (NULL: none) */
     int           answer_ms;   /* a statement's answer awaited at most this long (0: no limit) */
 } pg_wait_t;
 

@@ -16,7 +16,7 @@
 #define REDIS_BACKOFF_MIN_MS  100
 #define REDIS_BACKOFF_MAX_MS  2000
 
-static void nap(int ms, volatile int *stop)
+static void nap(int ms, atomic_int *stop)
 {
     while (ms > 0 && (stop == NULL || !*stop)) {
         int slice = ms < 50 ? ms : 50;
@@ -52,7 +52,7 @@ static int setup(redisContext *c, const worker_config_t *cfg, char *why, size_t 
     return 0;
 }
 
-redisContext *redis_connect(const worker_config_t *cfg, const char *role, volatile int *stop)
+redisContext *redis_connect(const worker_config_t *cfg, const char *role, atomic_int *stop)
 {
     struct timeval tv = { REDIS_TIMEOUT_MS / 1000, (REDIS_TIMEOUT_MS % 1000) * 1000 };
     int backoff = REDIS_BACKOFF_MIN_MS, attempts = 0;
@@ -104,7 +104,7 @@ void redis_abandon(redisContext *c, const char *why)
 }
 
 int redis_ensure(redisContext **c, const worker_config_t *cfg, const char *role,
-                 volatile int *stop)
+                 atomic_int *stop)
 {
     /* hiredis sets err on I/O errors and timeouts (never on a -ERR reply); after that the
      * context is unusable, a reply may still be in flight */

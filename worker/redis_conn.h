@@ -2,6 +2,8 @@
 #ifndef OSAGO_WORKER_REDIS_CONN_H
 #define OSAGO_WORKER_REDIS_CONN_H
 
+#include <stdatomic.h>
+
 #include <hiredis/hiredis.h>
 
 #include "config.h"
@@ -9,11 +11,11 @@
 /* Connects (2 s timeout), retrying with backoff until *stop; NULL when stopping.
  * Backoff 100 ms doubling to 2 s; commands time out after 2 s too (then c->err is set and
  * redis_ensure reconnects). stop == NULL or *stop already set: a single attempt. */
-redisContext *redis_connect(const worker_config_t *cfg, const char *role, volatile int *stop);
+redisContext *redis_connect(const worker_config_t *cfg, const char *role, atomic_int *stop);
 
 /* A usable connection, reconnecting when the last command failed at the connection level. */
 int redis_ensure(redisContext **c, const worker_config_t *cfg, const char *role,
-                 volatile int *stop);
+                 atomic_int *stop);
 
 /*
  * Whether r is a replica's refusal of a write (READONLY). After a failover behind the address we

@@ -15,7 +15,7 @@ typedef struct {
     const insurer_list_t  *insurers;
     kafka_producer_t      *producer;
     metrics_t             *metrics;
-    volatile int          *stop;        /* set by SIGINT/SIGTERM: roles finish and return */
+    atomic_int            *stop;        /* set by SIGINT/SIGTERM: roles finish and return */
     pg_wait_t              pg_wait;     /* how statements wait: stop, --pg-answer-timeout-ms */
 } worker_t;
 
