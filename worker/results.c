@@ -30,6 +30,7 @@
 #include <librdkafka/rdkafka.h>
 #include <yajl/yajl_gen.h>
 
+#include "completed_ring.h"
 #include "event.h"
 #include "kafka.h"
 #include "log.h"
@@ -46,6 +47,10 @@
 #define RES_POLL_MS   500
 #define RES_APP_TTL_S (7 * 24 * 3600)
 #define RES_OWED_MAX  20000   /* results kept for Redis before results stops taking more */
+#define RES_REASSERT_MS 60000 /* completed read models written again after a new connection:
+                               * those written this long before the last write known to have
+                               * gone through (a replica's lag is well under it) */
+#define RES_PING_MS   5000    /* an idle results role asks Redis this often whether it is there */
 
 typedef struct {
     rd_kafka_message_t *msg;
@@ -89,6 +94,14 @@ typedef struct {
     /* The read models of the applications the batch changed, built from its transactions */
     read_model_doc_t docs[RES_BATCH];
     int              n_docs;
+    /* Applications completed lately, written again when Redis is reached on a new connection
+     * (res_reassert): a failover may have lost them. */
+    completed_ring_t completed;
+    int              redis_once;         /* connected before: a new connection is a reconnect */
+    int64_t          redis_wrote_ms;     /* the last read models written */
+    int64_t          redis_used_ms;      /* the last command that went through */
+    int64_t          reassert_since_ms;  /* > 0: completed since then are to be written again */
+    int64_t          reassert_try_ms;
 } results_t;
 
 static int64_t res_now_ms(void)
@@ -661,6 +674,31 @@ static void res_account(results_t *r)
     }
 }
 
+/* redis_ensure, noting a connection lost after one was made: from then the read models completed
+ * shortly before the last write that went through are owed again (res_reassert). */
+static int res_redis(results_t *r)
+{
+    if ((r->redis == NULL || r->redis->err != 0) && r->redis_once && r->reassert_since_ms == 0)
+        r->reassert_since_ms = (r->redis_wrote_ms > 0 ? r->redis_wrote_ms : res_now_ms())
+                               - RES_REASSERT_MS;
+    if (redis_ensure(&r->redis, r->w->cfg, RES_ROLE, NULL) != 0)
+        return -1;
+    r->redis_once = 1;
+    return 0;
+}
+
+/* The applications items[0..n) made completed, whose read models were just written. */
+static void res_remember_completed(results_t *r, const res_item_t *items, int n)
+{
+    int64_t now = res_now_ms();
+
+    r->redis_wrote_ms = r->redis_used_ms = now;
+    for (int i = 0; i < n; i++)
+        if (items[i].completed && completed_ring_add(&r->completed, items[i].ev.application_id,
+                                                     now) != 0)
+            return;     /* out of memory: a failover may leave these behind, as before */
+}
+
 static int res_has_doc(const read_model_doc_t *docs, int n_docs, const char *app)
 {
     for (int i = 0; i < n_docs; i++)
@@ -679,8 +717,7 @@ static int res_publish(results_t *r, const res_item_t *items, int n, read_model_
     if (n_docs > 0) {
         int rc;
 
-        if (redis_ensure(&r->redis, r->w->cfg, RES_ROLE, NULL) != 0
-            || (rc = read_model_write(r->redis, docs, n_docs, RES_APP_TTL_S)) < 0)
+        if (res_redis(r) != 0 || (rc = read_model_write(r->redis, docs, n_docs, RES_APP_TTL_S)) < 0)
             return -1;
         atomic_fetch_add(&r->w->metrics->publish_total, (unsigned long) rc);
     }
@@ -704,7 +741,7 @@ static int res_publish(results_t *r, const res_item_t *items, int n, read_model_
         if (k == 0)
             continue;
         if (pg_ensure(&r->pg, &r->pg_start, r->w->cfg->pg_conninfo, RES_ROLE, &r->w->pg_wait) != 0
-            || redis_ensure(&r->redis, r->w->cfg, RES_ROLE, NULL) != 0)
+            || res_redis(r) != 0)
             return -1;
         rc = read_model_publish_many(r->pg, r->redis, r->w->insurers, ids, traces, k,
                                      RES_APP_TTL_S, &r->w->pg_wait);
@@ -808,6 +845,7 @@ static void res_settle(results_t *r)
         return;
     wlog(LOG_INFO, RES_ROLE, NULL, "read_model_settled", "owed read models of %d results "
          "written", r->n_owed);
+    res_remember_completed(r, r->owed, r->n_owed);
     for (int i = 0; i < r->n_owed; i++)
         kafka_done(r->consumer, r->owed[i].msg);
     res_items_free(r->owed, &r->n_owed);
@@ -831,6 +869,7 @@ static void res_batch(results_t *r)
         if (res_apply_all(r) == 0) {
             res_account(r);
             if (r->n_owed == 0 && res_publish(r, r->items, r->n, r->docs, r->n_docs) == 0) {
+                res_remember_completed(r, r->items, r->n);
                 for (int i = 0; i < r->n; i++)
                     kafka_done(r->consumer, r->items[i].msg);
                 return;
@@ -841,6 +880,61 @@ static void res_batch(results_t *r)
         }
         res_nap(r, RES_RETRY_MS);
     }
+}
+
+/*
+ * After Redis was reached on a new connection: the read models of the applications completed
+ * since reassert_since_ms are written again where Redis is behind PostgreSQL (the script writes
+ * nothing, and publishes nothing, where it is current). Once a second until it went through.
+ */
+static void res_reassert(results_t *r)
+{
+    int64_t now = res_now_ms();
+    int     pos = 0, checked = 0, written = 0, k;
+
+    if (r->reassert_since_ms == 0 || r->n_owed > 0 || now - r->reassert_try_ms < RES_RETRY_MS)
+        return;
+    r->reassert_try_ms = now;
+    for (;;) {
+        const char *ids[RES_BATCH];
+        int         rc;
+
+        if ((k = completed_ring_since(&r->completed, r->reassert_since_ms, &pos, ids,
+                                      RES_BATCH)) == 0)
+            break;
+        if (pg_ensure(&r->pg, &r->pg_start, r->w->cfg->pg_conninfo, RES_ROLE, &r->w->pg_wait) != 0
+            || res_redis(r) != 0
+            || (rc = read_model_publish_many(r->pg, r->redis, r->w->insurers, ids, NULL, k,
+                                             RES_APP_TTL_S, &r->w->pg_wait)) < 0)
+            return;     /* the next try starts again from the oldest */
+        checked += k;
+        written += rc;
+    }
+    atomic_fetch_add(&r->w->metrics->publish_total, (unsigned long) written);
+    if (written > 0)
+        wlog(LOG_WARN, RES_ROLE, NULL, "read_model_reasserted", "Redis on a new connection had "
+             "lost the read models of %d of the %d applications completed lately: written again",
+             written, checked);
+    else
+        wlog(LOG_INFO, RES_ROLE, NULL, "read_model_reasserted", "Redis on a new connection "
+             "holds the read models of the %d applications completed lately", checked);
+    r->redis_used_ms = res_now_ms();
+    r->reassert_since_ms = 0;
+}
+
+/* An idle results role would notice a Redis gone away (a failover) only with its next result:
+ * a PING now and then finds it, so that res_reassert runs without waiting for traffic. */
+static void res_ping(results_t *r)
+{
+    redisReply *reply;
+
+    if (r->redis == NULL || r->redis->err != 0 || res_now_ms() - r->redis_used_ms < RES_PING_MS)
+        return;
+    r->redis_used_ms = res_now_ms();
+    reply = redisCommand(r->redis, "PING");   /* an I/O error marks the context failed */
+    freeReplyObject(reply);
+    if (r->redis->err != 0)
+        res_redis(r);
 }
 
 /* ---- the thread ------------------------------------------------------------------------------ */
@@ -877,6 +971,8 @@ void *results_main(void *arg)
 
     while (!*w->stop) {
         res_settle(r);
+        res_ping(r);
+        res_reassert(r);
         res_poll(r);
         if (r->n > 0)
             res_batch(r);
@@ -886,6 +982,7 @@ void *results_main(void *arg)
     res_batch_free(r);
     res_items_free(r->owed, &r->n_owed);   /* not done: redelivered, applied as duplicates */
     free(r->owed);
+    completed_ring_free(&r->completed);
     if (r->consumer != NULL) {
         rd_kafka_consumer_close(r->consumer);
         rd_kafka_destroy(r->consumer);
