@@ -281,8 +281,9 @@ for my $id (@ids) {
     my @wr = grep { exists $_->{doc} } @{ $writes{$id} || [] };
     shift @wr if @wr && $wr[0]{doc} =~ /"status":"accepted"/ && $wr[0]{doc} =~ /"insurers":\[\]/;  # ours
     my $final = OsagoStack::read_model($r, $id)->{doc}{updated_at} // '';
-    push @pub_bad, "$id: " . scalar(@p) . ' publishes, fewer than 2 (in progress, completed)'
-        if @p < 2;
+    # in progress, then completed; or completed alone, when Started and every result reached
+    # results in one batch (a loaded machine): one change, one PUBLISH
+    push @pub_bad, "$id: no publish" if @p < 1;
     push @pub_bad, "$id: " . scalar(@wr) . ' read-model writes but ' . scalar(@p) . ' publishes'
         if @wr != @p;
     push @pub_bad, "$id: publish/write updated_at mismatch: [@p] vs ["
