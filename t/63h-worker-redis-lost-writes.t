@@ -6,7 +6,7 @@
 # unfinished for the read model's 7 days. The worker notices the connection it lost (an idle
 # results role asks Redis now and then), and on the new connection writes again, where Redis is
 # behind PostgreSQL, the read models of the applications it completed lately, each with its
-# PUBLISH; the others are left as they are.
+# PUBLISH; the others are left as they are. Then the same with the primary demoted, not killed.
 use strict;
 use warnings;
 use FindBin;
@@ -73,8 +73,38 @@ like($said->{msg} // '', qr/lost the read models of 3 of the 4 applications comp
 my $next = OsagoStack::intake_entry($new);
 ok(OsagoStack::wait_completed($pg, [$next], 30), 'the next application completes on the new primary');
 OsagoStack::check_all_done($pg, $new, [ $first, @lost, $next ], \@CODES);
+$sub->stop;
 
-$_->stop for $sub, $w;
+# --- the primary demoted rather than killed: its connections stay open and answer reads ----------
+# A third node replicates the primary through a link that lags; two more complete; the third is
+# promoted and the old primary made its replica (a resync that drops what the third lacks). The
+# worker's idle connections still reach the demoted node; ROLE tells it so.
+my $third = OsagoTest::Redis->new;
+$third->cli('CONFIG', 'SET', 'repl-diskless-sync-delay', '0');
+my $link2 = OsagoStack::TcpProxy->new(to => $new->port);
+is($third->cli('REPLICAOF', '127.0.0.1', $link2->port), 'OK', 'a third node replicates the primary');
+ok(OsagoStack::wait_until(sub { $status_on->($third, $next) eq 'completed' }, 10, 0.05),
+   '  and has caught up');
+$link2->stall;
+my @lost2 = map { scalar OsagoStack::intake_entry($new) } 1 .. 2;
+ok(OsagoStack::wait_completed($pg, \@lost2, 30), 'two more complete while its link lags');
+ok(OsagoStack::wait_until(sub { !grep { $status_on->($new, $_) ne 'completed' } @lost2 }, 10, 0.05),
+   '  their read models are on the primary');
+sleep 0.5;    # the worker idle: nothing but its own checks goes to Redis from here
+is($third->cli('REPLICAOF', 'NO', 'ONE'), 'OK', 'failover: the third node is the primary');
+$link2->stop;
+is($new->cli('REPLICAOF', '127.0.0.1', $third->port), 'OK', '  the old primary is its replica');
+$vip->to($third->port);    # connections open stay on the demoted node
+$t0 = time;
+ok(OsagoStack::wait_until(sub { !grep { $status_on->($third, $_) ne 'completed' } @lost2 }, 20, 0.1),
+   sprintf('the worker leaves the demoted node and writes the two again (%.1f s, no new traffic)',
+           time - $t0))
+    or diag substr($w->log_text, -3000);
+ok(scalar(grep { ($_->{event} // '') eq 'redis_reconnect' && ($_->{msg} // '') =~ /\(ROLE\)/ }
+          @{ $w->log_lines }),
+   '  having asked it its role') or diag substr($w->log_text, -3000);
+
+$w->stop;
 $vip->stop;
 
 done_testing;

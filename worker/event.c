@@ -23,7 +23,8 @@
 
 #define EVENT_MAX_ATTEMPT 10
 #define EVENT_MAX_DEPTH   64   /* the edge's payloads are a few levels deep; this bounds recursion */
-#define EVENT_BAD_TEXT    "holds a string that is not UTF-8 text (a NUL, a surrogate, an overlong form)"
+#define EVENT_BAD_TEXT \
+    "holds a string that is not UTF-8 text (a NUL, a surrogate, an overlong form)"
 
 static const char *const event_topics[] = {
     "osago.application.created",
@@ -165,9 +166,13 @@ static size_t utf8_seq(const unsigned char *p, size_t avail)
  * decodes from \u0000 and which PostgreSQL, and every C string after it, cannot hold. */
 static int text_ok(const unsigned char *s, size_t len)
 {
-    for (size_t i = 0, n; i < len; i += n)
+    for (size_t i = 0, n; i < len; i += n) {
+        n = 1;
+        if (s[i] != '\0' && s[i] < 0x80)
+            continue;           /* ASCII, most of any payload: no call */
         if (s[i] == '\0' || (n = utf8_seq(s + i, len - i)) == 0)
             return 0;
+    }
     return 1;
 }
 

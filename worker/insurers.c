@@ -113,7 +113,8 @@ static char *read_file(const char *path, char *err, size_t errlen)
     }
     buf[n] = '\0';
     if (memchr(buf, '\0', n) != NULL || escapes_nul(buf)) {
-        snprintf(err, errlen, "%s: not a JSON text (contains a NUL byte)", path);
+        snprintf(err, errlen, "%s: not a JSON text (contains a NUL byte, raw or as \\u0000)",
+                 path);
         free(buf);
         return NULL;
     }

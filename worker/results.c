@@ -50,7 +50,8 @@
 #define RES_REASSERT_MS 60000 /* completed read models written again after a new connection:
                                * those written this long before the last write known to have
                                * gone through (a replica's lag is well under it) */
-#define RES_PING_MS   5000    /* an idle results role asks Redis this often whether it is there */
+#define RES_PRIMARY_CHECK_MS 5000   /* an idle results role asks Redis this often (ROLE) */
+#define RES_REASSERT_BACKOFF_MAX_MS 30000
 
 typedef struct {
     rd_kafka_message_t *msg;
@@ -101,7 +102,9 @@ typedef struct {
     int64_t          redis_wrote_ms;     /* the last read models written */
     int64_t          redis_used_ms;      /* the last command that went through */
     int64_t          reassert_since_ms;  /* > 0: completed since then are to be written again */
-    int64_t          reassert_try_ms;
+    int64_t          reassert_next_ms;   /* not tried again before */
+    int64_t          reassert_backoff_ms;
+    const char      *reassert_ids[RES_BATCH];
 } results_t;
 
 static int64_t res_now_ms(void)
@@ -885,28 +888,35 @@ static void res_batch(results_t *r)
 /*
  * After Redis was reached on a new connection: the read models of the applications completed
  * since reassert_since_ms are written again where Redis is behind PostgreSQL (the script writes
- * nothing, and publishes nothing, where it is current). Once a second until it went through.
+ * nothing, and publishes nothing, where it is current). Tried until it went through: once a
+ * second, and while Redis stays away from an idle role, less and less often.
  */
 static void res_reassert(results_t *r)
 {
     int64_t now = res_now_ms();
     int     pos = 0, checked = 0, written = 0, k;
 
-    if (r->reassert_since_ms == 0 || r->n_owed > 0 || now - r->reassert_try_ms < RES_RETRY_MS)
+    if (r->reassert_since_ms == 0 || r->n_owed > 0 || now < r->reassert_next_ms)
         return;
-    r->reassert_try_ms = now;
-    for (;;) {
-        const char *ids[RES_BATCH];
-        int         rc;
+    if (res_redis(r) != 0) {
+        r->reassert_backoff_ms = r->reassert_backoff_ms == 0 ? RES_RETRY_MS
+                                                             : r->reassert_backoff_ms * 2;
+        if (r->reassert_backoff_ms > RES_REASSERT_BACKOFF_MAX_MS)
+            r->reassert_backoff_ms = RES_REASSERT_BACKOFF_MAX_MS;
+        r->reassert_next_ms = now + r->reassert_backoff_ms;
+        return;
+    }
+    r->reassert_backoff_ms = 0;
+    while ((k = completed_ring_since(&r->completed, r->reassert_since_ms, &pos, r->reassert_ids,
+                                     RES_BATCH)) > 0) {
+        int rc;
 
-        if ((k = completed_ring_since(&r->completed, r->reassert_since_ms, &pos, ids,
-                                      RES_BATCH)) == 0)
-            break;
         if (pg_ensure(&r->pg, &r->pg_start, r->w->cfg->pg_conninfo, RES_ROLE, &r->w->pg_wait) != 0
-            || res_redis(r) != 0
-            || (rc = read_model_publish_many(r->pg, r->redis, r->w->insurers, ids, NULL, k,
-                                             RES_APP_TTL_S, &r->w->pg_wait)) < 0)
-            return;     /* the next try starts again from the oldest */
+            || (rc = read_model_publish_many(r->pg, r->redis, r->w->insurers, r->reassert_ids, NULL,
+                                             k, RES_APP_TTL_S, &r->w->pg_wait)) < 0) {
+            r->reassert_next_ms = res_now_ms() + RES_RETRY_MS;   /* from the oldest again */
+            return;
+        }
         checked += k;
         written += rc;
     }
@@ -915,23 +925,31 @@ static void res_reassert(results_t *r)
         wlog(LOG_WARN, RES_ROLE, NULL, "read_model_reasserted", "Redis on a new connection had "
              "lost the read models of %d of the %d applications completed lately: written again",
              written, checked);
-    else
+    else if (checked > 0)
         wlog(LOG_INFO, RES_ROLE, NULL, "read_model_reasserted", "Redis on a new connection "
              "holds the read models of the %d applications completed lately", checked);
     r->redis_used_ms = res_now_ms();
     r->reassert_since_ms = 0;
 }
 
-/* An idle results role would notice a Redis gone away (a failover) only with its next result:
- * a PING now and then finds it, so that res_reassert runs without waiting for traffic. */
-static void res_ping(results_t *r)
+/*
+ * An idle results role would notice a failover only with its next result: ROLE now and then
+ * finds a node gone (an I/O error) or demoted to a replica, whose connection stays open and
+ * answers reads, so that res_reassert runs without waiting for traffic. A ROLE refused (renamed,
+ * an ACL) tells nothing and is let be.
+ */
+static void res_check_primary(results_t *r)
 {
     redisReply *reply;
 
-    if (r->redis == NULL || r->redis->err != 0 || res_now_ms() - r->redis_used_ms < RES_PING_MS)
+    if (r->redis == NULL || r->redis->err != 0 || res_now_ms() - r->redis_used_ms < RES_PRIMARY_CHECK_MS)
         return;
     r->redis_used_ms = res_now_ms();
-    reply = redisCommand(r->redis, "PING");   /* an I/O error marks the context failed */
+    reply = redisCommand(r->redis, "ROLE");   /* an I/O error marks the context failed */
+    if (reply != NULL && reply->type == REDIS_REPLY_ARRAY && reply->elements > 0
+        && reply->element[0]->type == REDIS_REPLY_STRING
+        && strcmp(reply->element[0]->str, "master") != 0)
+        redis_abandon(r->redis, "the node is a replica now (ROLE)");
     freeReplyObject(reply);
     if (r->redis->err != 0)
         res_redis(r);
@@ -971,7 +989,7 @@ void *results_main(void *arg)
 
     while (!*w->stop) {
         res_settle(r);
-        res_ping(r);
+        res_check_primary(r);
         res_reassert(r);
         res_poll(r);
         if (r->n > 0)

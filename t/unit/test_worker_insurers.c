@@ -145,9 +145,9 @@ static void test_file_errors(void **state)
     expect_error("[]", "must list 1..64 insurers, has 0");
     /* an escaped NUL would cut the string short where yajl's tree hands it over */
     expect_error("[{\"code\":\"a\\u0000x\",\"url\":\"http://h/\"}]",
-                 "not a JSON text (contains a NUL byte)");
+                 "not a JSON text (contains a NUL byte, raw or as \\u0000)");
     expect_error("[{\"code\":\"a\",\"url\":\"http://h/\",\"name\":\"\\\\\\u0000\"}]",
-                 "not a JSON text (contains a NUL byte)");
+                 "not a JSON text (contains a NUL byte, raw or as \\u0000)");
     /* an escaped backslash followed by the letters u0000 is no NUL */
     assert_string_equal(load_ok("[{\"code\":\"a\",\"url\":\"http://h/\",\"name\":\"x\\\\u0000\"}]")
                             ->items[0].name, "x\\u0000");
