@@ -99,6 +99,8 @@ static void ngx_http_osago_redis_schedule_reconnect(
     ngx_http_osago_redis_t *redis);
 static void ngx_http_osago_redis_release_conn(ngx_http_osago_redis_t *redis);
 static void ngx_http_osago_redis_set_ready(ngx_http_osago_redis_t *redis);
+static void ngx_http_osago_redis_shorten_deadlines(
+    ngx_http_osago_redis_t *redis);
 static void ngx_http_osago_redis_keepalive(ngx_http_osago_redis_t *redis,
     ngx_socket_t fd);
 static void ngx_http_osago_redis_subscribe_channel(
@@ -477,6 +479,43 @@ ngx_http_osago_redis_on_disconnect(const redisAsyncContext *ac, int status)
 }
 
 
+/*
+ * Commands queued behind a connect were given its timeout (see _track).
+ * Once it is made, none is allowed more than a command's: the deadlines stay
+ * in the order of the queue, which the timeout handler relies on, and a
+ * Redis that stalls right after the handshake costs what it always did.
+ */
+static void
+ngx_http_osago_redis_shorten_deadlines(ngx_http_osago_redis_t *redis)
+{
+    ngx_msec_t                   limit;
+    ngx_queue_t                 *q;
+    ngx_http_osago_redis_cmd_t  *cmd;
+
+    limit = ngx_current_msec + redis->conf->command_timeout;
+
+    for (q = ngx_queue_head(&redis->in_flight);
+         q != ngx_queue_sentinel(&redis->in_flight);
+         q = ngx_queue_next(q))
+    {
+        cmd = ngx_queue_data(q, ngx_http_osago_redis_cmd_t, queue);
+
+        if ((ngx_msec_int_t) (cmd->deadline - limit) > 0) {
+            cmd->deadline = limit;
+        }
+    }
+
+    if (!ngx_queue_empty(&redis->in_flight)) {
+        cmd = ngx_queue_data(ngx_queue_head(&redis->in_flight),
+                             ngx_http_osago_redis_cmd_t, queue);
+
+        ngx_add_timer(&redis->command_timer,
+                      (ngx_msec_int_t) (cmd->deadline - ngx_current_msec) > 0
+                      ? cmd->deadline - ngx_current_msec : 0);
+    }
+}
+
+
 static void
 ngx_http_osago_redis_set_ready(ngx_http_osago_redis_t *redis)
 {
@@ -494,6 +533,8 @@ ngx_http_osago_redis_set_ready(ngx_http_osago_redis_t *redis)
     if (redis->connect_timer.timer_set) {
         ngx_del_timer(&redis->connect_timer);
     }
+
+    ngx_http_osago_redis_shorten_deadlines(redis);
 
     ngx_log_error(NGX_LOG_INFO, redis->log, 0,
                   "osago redis: connected to %V%s", &redis->conf->server,
@@ -878,7 +919,8 @@ ngx_http_osago_redis_connect_timeout_handler(ngx_event_t *ev)
 
 /*
  * Commands share one timeout and are sent in order, so the oldest one in
- * flight always expires first: one timer for all of them.
+ * flight always expires first: one timer for all of them (those queued
+ * behind a connect have its timeout, cut to a command's once it is made).
  */
 static void
 ngx_http_osago_redis_command_timeout_handler(ngx_event_t *ev)
