@@ -650,7 +650,8 @@ ngx_http_osago_limit_join_batch(ngx_http_osago_main_conf_t *omcf,
  * Such lookups draw from a bucket of osago_partner_lookup_rate a second (as
  * many at once); partners' keys, cached or stale, and requests that join a
  * lookup already on its way never do, nor any while Redis is away (the
- * fallback answers, and Redis is not asked).  Once the bucket is empty, a
+ * fallback answers, and Redis is not asked).  Lookups queued behind a
+ * worker's first connect do draw: they reach Redis once it is made.  Once the bucket is empty, a
  * key that named a partner when last asked (by any worker, before a reload
  * too: the zone remembers) is still looked up.
  */
@@ -667,7 +668,7 @@ ngx_http_osago_limit_may_look_up(ngx_http_osago_main_conf_t *omcf,
             && (partner->batch
                 || partner->state == NGX_HTTP_OSAGO_PARTNER_KNOWN
                 || partner->state == NGX_HTTP_OSAGO_PARTNER_DISABLED))
-        || !ngx_http_osago_redis_is_up(omcf->redis_conn))
+        || !ngx_http_osago_redis_takes_commands(omcf->redis_conn))
     {
         return 1;
     }

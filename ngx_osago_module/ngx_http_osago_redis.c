@@ -1254,6 +1254,13 @@ ngx_http_osago_redis_is_up(ngx_http_osago_redis_t *redis)
 }
 
 
+ngx_uint_t
+ngx_http_osago_redis_takes_commands(ngx_http_osago_redis_t *redis)
+{
+    return ngx_http_osago_redis_accepts(redis);
+}
+
+
 /* per-worker instance */
 
 

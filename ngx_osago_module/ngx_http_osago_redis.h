@@ -110,6 +110,8 @@ ngx_http_osago_redis_t *ngx_http_osago_redis_subscribe(
     ngx_http_osago_redis_observer_t *obs, ngx_log_t *log);
 void ngx_http_osago_redis_destroy(ngx_http_osago_redis_t *redis);
 ngx_uint_t ngx_http_osago_redis_is_up(ngx_http_osago_redis_t *redis);
+/* whether a command queued now goes to Redis: up, or behind a first connect */
+ngx_uint_t ngx_http_osago_redis_takes_commands(ngx_http_osago_redis_t *redis);
 
 /*
  * Queue a command.  Returns the command handle (for cancelling), or NULL

@@ -11,11 +11,13 @@
 #     in the shared zone) are still looked up; a key Redis no longer knows is forgotten.
 #   - While Redis is away nothing is asked of it, and the budget does not apply: the `open`
 #     fallback still admits every key.
+#   - Lookups queued behind a worker's first connect reach Redis once it is made: they draw.
 use strict;
 use warnings;
 use FindBin;
 use lib "$FindBin::Bin/lib";
 use Test::More;
+use IO::Socket::INET;
 use Time::HiRes qw(time sleep);
 use OsagoTest;
 
@@ -42,8 +44,9 @@ sub get {
                            headers => { 'X-API-Key' => $key });
 }
 sub lookups {
+    my ($redis) = @_;
     my %calls = map { /^cmdstat_(evalsha|eval):calls=(\d+)/ ? ($1 => $2) : () }
-                split /\r?\n/, scalar $r->cli('INFO', 'commandstats');
+                split /\r?\n/, scalar(($redis // $r)->cli('INFO', 'commandstats'));
     return ($calls{evalsha} // 0) + ($calls{eval} // 0);
 }
 sub busy_count {
@@ -158,5 +161,40 @@ is_deeply(\%open, { 200 => 30 }, 'Redis away, fallback open: 30 new keys all adm
     or diag explain \%open;
 
 unlike($n->error_log, qr/\[(alert|emerg|crit)\]|exited on signal/, 'no alerts in error.log');
+undef $n;
+
+# --- a worker's first connect -----------------------------------------------------------------------
+# Lookups queued behind it reach Redis once it is made: they draw from the budget like any other.
+# Redis hangs while nginx starts; 30 made-up keys arrive at once; Redis comes back.
+my $r2 = OsagoTest::Redis->new;
+$r2->pause;
+my $n2 = OsagoTest::Nginx->new(redis => $r2, workers => 1, http => <<"HTTP");
+    osago_redis_server %%REDIS%%;
+    osago_redis_connect_timeout 3s;
+    osago_partner_lookup_rate $RATE;
+    server {
+        listen 127.0.0.1:%%PORT%%;
+        location / { osago_limit on; empty_gif; }
+    }
+HTTP
+my @socks = map {
+    my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1:' . $n2->port, Timeout => 2) or die "connect: $!";
+    print {$s} "GET / HTTP/1.1\r\nHost: x\r\nX-API-Key: " . OsagoTest::random_key()
+        . "\r\nConnection: close\r\n\r\n";
+    $s;
+} 1 .. 30;
+sleep 0.5;
+$r2->resume;
+my %first;
+for my $s (@socks) {
+    local $/;
+    my $x = <$s> // '';
+    close $s;
+    $first{ $x =~ m{^HTTP/1\.[01] (\d+)} ? $1 : 'none' }++;
+}
+my $asked = lookups($r2);    # a new Redis: every EVALSHA it ran is one of these lookups
+cmp_ok($asked, '<=', $RATE + 1, "30 made-up keys behind the first connect: Redis asked $asked times")
+    or diag explain \%first;
+cmp_ok($first{503} // 0, '>=', 30 - $RATE - 1, '  the others refused (503)') or diag explain \%first;
 
 done_testing;
