@@ -193,8 +193,9 @@ for my $s (@socks) {
     $first{ $x =~ m{^HTTP/1\.[01] (\d+)} ? $1 : 'none' }++;
 }
 my $asked = lookups($r2);    # a new Redis: every EVALSHA it ran is one of these lookups
-cmp_ok($asked, '<=', $RATE + 1, "30 made-up keys behind the first connect: Redis asked $asked times")
+# the bucket's 5, and what it refills (one per 200 ms) while the 30 arrive on a loaded machine
+cmp_ok($asked, '<=', $RATE + 5, "30 made-up keys behind the first connect: Redis asked $asked times")
     or diag explain \%first;
-cmp_ok($first{503} // 0, '>=', 30 - $RATE - 1, '  the others refused (503)') or diag explain \%first;
+cmp_ok($first{503} // 0, '>=', 30 - $RATE - 5, '  the others refused (503)') or diag explain \%first;
 
 done_testing;
