@@ -543,10 +543,16 @@ static const char ex_lock_sql[] =
     " WHERE (application_id, insurer_code) IN (SELECT * FROM unnest($1::uuid[], $2::text[]))"
     " FOR UPDATE SKIP LOCKED";
 
+/* Two tasks of one quote in a claim (a retry, and the sweeper's re-drive of the attempt before
+ * it, when the topic lags): the newest attempt is the one claimed. An UPDATE joined to both
+ * would change the row once, from whichever its plan met first, and could run the older
+ * attempt again: an insurer call past the three. */
 static const char ex_claim_sql[] =
     "UPDATE quotes q SET status = 'running', attempt = t.attempt, heartbeat_at = now(),"
     " updated_at = now()"
-    " FROM unnest($1::uuid[], $2::text[], $3::int[]) AS t(app, ins, attempt)"
+    " FROM (SELECT app, ins, max(attempt) AS attempt"
+    "       FROM unnest($1::uuid[], $2::text[], $3::int[]) AS u(app, ins, attempt)"
+    "       GROUP BY app, ins) t"
     " WHERE q.application_id = t.app AND q.insurer_code = t.ins"
     "  AND ((q.status = 'pending' AND q.attempt <= t.attempt)"
     "       OR (q.status = 'running' AND q.attempt < t.attempt))"
