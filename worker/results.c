@@ -104,7 +104,6 @@ typedef struct {
     int64_t          reassert_since_ms;  /* > 0: completed since then are to be written again */
     int64_t          reassert_next_ms;   /* not tried again before */
     int64_t          reassert_backoff_ms;
-    const char      *reassert_ids[RES_BATCH];
 } results_t;
 
 static int64_t res_now_ms(void)
@@ -893,8 +892,9 @@ static void res_batch(results_t *r)
  */
 static void res_reassert(results_t *r)
 {
-    int64_t now = res_now_ms();
-    int     pos = 0, checked = 0, written = 0, k;
+    int64_t     now = res_now_ms();
+    int         pos = 0, checked = 0, written = 0, k;
+    const char *ids[RES_BATCH];
 
     if (r->reassert_since_ms == 0 || r->n_owed > 0 || now < r->reassert_next_ms)
         return;
@@ -907,13 +907,13 @@ static void res_reassert(results_t *r)
         return;
     }
     r->reassert_backoff_ms = 0;
-    while ((k = completed_ring_since(&r->completed, r->reassert_since_ms, &pos, r->reassert_ids,
+    while ((k = completed_ring_since(&r->completed, r->reassert_since_ms, &pos, ids,
                                      RES_BATCH)) > 0) {
         int rc;
 
         if (pg_ensure(&r->pg, &r->pg_start, r->w->cfg->pg_conninfo, RES_ROLE, &r->w->pg_wait) != 0
-            || (rc = read_model_publish_many(r->pg, r->redis, r->w->insurers, r->reassert_ids, NULL,
-                                             k, RES_APP_TTL_S, &r->w->pg_wait)) < 0) {
+            || (rc = read_model_publish_many(r->pg, r->redis, r->w->insurers, ids, NULL, k,
+                                             RES_APP_TTL_S, &r->w->pg_wait)) < 0) {
             r->reassert_next_ms = res_now_ms() + RES_RETRY_MS;   /* from the oldest again */
             return;
         }
