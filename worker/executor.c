@@ -165,6 +165,7 @@ typedef struct {
     const PGconn     *prepared_conn;  /* the connection ex_stmts are prepared on */
     int               prepared_pid;
     part_t           *parts;
+    kafka_rebalance_hook_t rebalance;  /* forgets the tickets of revoked partitions */
     call_list_t       lists[ST_N];
     int64_t           polled_ms;     /* the last consumer poll */
     int               more_queued;   /* the last ex_consume stopped at its batch, with room */
@@ -366,9 +367,9 @@ static part_t *ex_part(executor_t *x, const char *topic, int32_t partition)
     return p;
 }
 
-/* The message's place in its partition's order. A rewind (the partition came back after a
- * rebalance, from its committed offset) starts the queue afresh: the earlier tickets can no
- * longer be stored by us, their tasks are redelivered anyway. */
+/* The message's place in its partition's order. A rewind (a partition that came back after a
+ * rebalance, from its committed offset, or that librdkafka reset) starts the queue afresh as a
+ * revoke does. */
 static ticket_t *ex_ticket(executor_t *x, const rd_kafka_message_t *m)
 {
     part_t   *p = ex_part(x, rd_kafka_topic_name(m->rkt), m->partition);
@@ -426,6 +427,23 @@ static void ex_store_offsets(executor_t *x)
     /* a partition revoked meanwhile refuses the store: its new owner redoes those tasks */
     (void) rd_kafka_offsets_store(x->consumer, list);
     rd_kafka_topic_partition_list_destroy(list);
+}
+
+/* A partition taken away in a rebalance: its tickets can no longer be stored by us (their tasks
+ * are redelivered to its next owner). Kept, they would be, once it came back: perhaps after
+ * its other owner had stored offsets past them, which would then move the group back. */
+static void ex_partitions_revoked(void *arg, const rd_kafka_topic_partition_list_t *parts)
+{
+    executor_t *x = arg;
+
+    ex_store_offsets(x);     /* what is done goes with the commit librdkafka makes at a revoke */
+    for (int i = 0; i < parts->cnt; i++)
+        for (part_t *p = x->parts; p != NULL; p = p->next)
+            if (p->partition == parts->elems[i].partition
+                && strcmp(p->topic, parts->elems[i].topic) == 0) {
+                ex_part_reset(p);
+                p->last_offset = -1;
+            }
 }
 
 /* ---- consuming ------------------------------------------------------------------------------ */
@@ -1885,7 +1903,10 @@ static int ex_init(executor_t *x)
     /* keep a connection per concurrent call alive between calls */
     curl_multi_setopt(x->multi, CURLMOPT_MAXCONNECTS, (long) x->w->cfg->max_in_flight);
     while (!*x->w->stop) {
-        x->consumer = kafka_consumer_new(x->w->cfg, EX_GROUP, topics, 1, err, sizeof(err));
+        x->rebalance.revoked = ex_partitions_revoked;
+        x->rebalance.arg = x;
+        x->consumer = kafka_consumer_new(x->w->cfg, EX_GROUP, topics, 1, &x->rebalance, err,
+                                         sizeof(err));
         if (x->consumer != NULL)
             break;
         wlog(LOG_ERROR, EX_ROLE, NULL, "kafka_error", "consumer not created: %s", err);

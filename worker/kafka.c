@@ -120,12 +120,12 @@ static void log_cb(const rd_kafka_t *rk, int level, const char *fac, const char 
  * producer id, a fenced epoch): every role would fail its batches for ever while /healthz said
  * fine. The process stops instead and exits 1 (main.c), so its supervisor starts a new one with
  * a new producer; what was not confirmed is not acknowledged and is done again. Only the
- * producer has the opaque: consumers raise fatal errors only with static group membership
- * (group.instance.id), which the worker does not use.
+ * producer's opaque is a producer: consumers raise fatal errors only with static group
+ * membership (group.instance.id), which the worker does not use.
  */
 static void error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
 {
-    kafka_producer_t *p = opaque;
+    kafka_producer_t *p = rd_kafka_type(rk) == RD_KAFKA_PRODUCER ? opaque : NULL;
 
     if (err == RD_KAFKA_RESP_ERR__FATAL) {
         char why[512];
@@ -381,8 +381,69 @@ int kafka_produce_events(kafka_producer_t *p, const osago_event_t *const *evs, i
     return state == 0 ? 0 : -1;
 }
 
+/* "topic [0,1,3]; topic2 [2]" into buf, for the rebalance's log line. */
+static void partitions_text(const rd_kafka_topic_partition_list_t *parts, char *buf, size_t len)
+{
+    size_t used = 0;
+
+    buf[0] = '\0';
+    for (int i = 0; i < parts->cnt && used < len; i++) {
+        const rd_kafka_topic_partition_t *tp = &parts->elems[i];
+        int same = i > 0 && strcmp(parts->elems[i - 1].topic, tp->topic) == 0;
+        int n = same ? snprintf(buf + used, len - used, ",%d", (int)tp->partition)
+                     : snprintf(buf + used, len - used, "%s%s [%d", i > 0 ? "]; " : "",
+                                tp->topic, (int)tp->partition);
+        if (n < 0)
+            break;
+        used += (size_t)n;
+    }
+    if (parts->cnt > 0 && used < len)
+        snprintf(buf + used, len - used, "]");
+}
+
+/* librdkafka's own handling, plus the role's hook before partitions go, and a log line either
+ * way (which partitions a member holds is the first question about a stuck partition). */
+static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+                         rd_kafka_topic_partition_list_t *parts, void *opaque)
+{
+    const kafka_rebalance_hook_t *hook = opaque;
+    int cooperative = strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE") == 0;
+    char list[512];
+    rd_kafka_error_t *error = NULL;
+    rd_kafka_resp_err_t e = RD_KAFKA_RESP_ERR_NO_ERROR;
+
+    partitions_text(parts, list, sizeof(list));
+    if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+        wlog(LOG_INFO, "kafka", NULL, "partitions_assigned", "%s: %s", rd_kafka_name(rk), list);
+        if (cooperative)
+            error = rd_kafka_incremental_assign(rk, parts);
+        else
+            e = rd_kafka_assign(rk, parts);
+    } else {
+        if (err != RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS)
+            wlog(LOG_WARN, "kafka", NULL, "rebalance_error", "%s: %s", rd_kafka_name(rk),
+                 rd_kafka_err2str(err));
+        wlog(LOG_INFO, "kafka", NULL, "partitions_revoked", "%s: %s", rd_kafka_name(rk), list);
+        if (hook != NULL && hook->revoked != NULL)
+            hook->revoked(hook->arg, parts);
+        if (cooperative)
+            error = rd_kafka_incremental_unassign(rk, parts);
+        else
+            e = rd_kafka_assign(rk, NULL);
+    }
+    if (error != NULL) {
+        e = rd_kafka_error_code(error);
+        rd_kafka_error_destroy(error);
+    }
+    if (e != RD_KAFKA_RESP_ERR_NO_ERROR)
+        wlog(LOG_ERROR, "kafka", NULL, "kafka_error", "%s: %s failed: %s", rd_kafka_name(rk),
+             err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS ? "assign" : "unassign",
+             rd_kafka_err2str(e));
+}
+
 rd_kafka_t *kafka_consumer_new(const worker_config_t *cfg, const char *group,
-                               const char *const *topics, int ntopics, char *err, size_t errlen)
+                               const char *const *topics, int ntopics,
+                               kafka_rebalance_hook_t *hook, char *err, size_t errlen)
 {
     char why[512], num[16], wait[16], client_id[192];
     int session = cfg->kafka_session_timeout_ms > 0 ? cfg->kafka_session_timeout_ms : 10000;
@@ -417,6 +478,9 @@ rd_kafka_t *kafka_consumer_new(const worker_config_t *cfg, const char *group,
         rd_kafka_conf_destroy(conf);
         return NULL;
     }
+
+    rd_kafka_conf_set_rebalance_cb(conf, rebalance_cb);
+    rd_kafka_conf_set_opaque(conf, hook);
 
     rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, why, sizeof(why));
     if (rk == NULL) {

@@ -41,10 +41,23 @@ void           kafka_batch_release(kafka_batch_t *b);
 int kafka_produce_events(kafka_producer_t *p, const osago_event_t *const *evs, int n,
                          int timeout_ms);
 
+/*
+ * What a role must forget when partitions are taken from it in a rebalance: revoked(arg,
+ * parts) runs on the polling thread before they go, while an offset can still be stored for
+ * them. A role whose work on a partition outlives a poll needs it: once the partition is back,
+ * perhaps at an offset another member reached meanwhile, an offset stored for work read before
+ * would move the group back.
+ */
+typedef struct {
+    void (*revoked)(void *arg, const rd_kafka_topic_partition_list_t *parts);
+    void  *arg;
+} kafka_rebalance_hook_t;
+
 /* A consumer in group "osago-worker-<role>" (so every role sees every event) on the topics,
- * with enable.auto.offset.store=false. */
+ * with enable.auto.offset.store=false. hook (may be NULL) must outlive the consumer. */
 rd_kafka_t *kafka_consumer_new(const worker_config_t *cfg, const char *group,
-                               const char *const *topics, int ntopics, char *err, size_t errlen);
+                               const char *const *topics, int ntopics,
+                               kafka_rebalance_hook_t *hook, char *err, size_t errlen);
 
 /* Marks msg as done: its offset + 1 is committed by the next auto-commit. */
 void kafka_done(rd_kafka_t *consumer, const rd_kafka_message_t *msg);

@@ -382,7 +382,8 @@ static rd_kafka_t *orch_consumer(orch_t *o)
     char                     err[256];
 
     while (!*o->w->stop) {
-        rd_kafka_t *c = kafka_consumer_new(o->w->cfg, ORCH_GROUP, topics, 1, err, sizeof(err));
+        rd_kafka_t *c = kafka_consumer_new(o->w->cfg, ORCH_GROUP, topics, 1, NULL, err,
+                                           sizeof(err));
 
         if (c != NULL)
             return c;

@@ -964,7 +964,8 @@ static rd_kafka_t *res_consumer(results_t *r)
     char                     err[256];
 
     while (!*r->w->stop) {
-        rd_kafka_t *c = kafka_consumer_new(r->w->cfg, RES_GROUP, topics, 2, err, sizeof(err));
+        rd_kafka_t *c = kafka_consumer_new(r->w->cfg, RES_GROUP, topics, 2, NULL, err,
+                                           sizeof(err));
 
         if (c != NULL)
             return c;
