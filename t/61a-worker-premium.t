@@ -32,8 +32,11 @@ my $file = $sim->write_insurers("$sim->{dir}/insurers.premium.json",
                                 add => [ map { $rec{$_}->entry } sort keys %rec ]);
 my @CODES = map { $_->{code} } @{ $J->decode(OsagoTest::_slurp($file)) };
 
+# a lifetime for the read models other than the default, which the entries below start with
+my $TTL_S = 86400;
 my $w = OsagoStack::Worker->new(pg => $pg, redis => $r, kafka => $kb, insurers => $file,
-                                migrate => 1, name => 'premium-1');
+                                migrate => 1, name => 'premium-1',
+                                args => [ OsagoStack::worker_flags(app_ttl_s => $TTL_S) ]);
 my @ids = map { scalar OsagoStack::intake_entry($r) } 1 .. 2;
 ok(OsagoStack::wait_completed($pg, \@ids, 60), 'both applications completed')
     or diag explain [ $pg->psql('SELECT application_id, insurer_code, status, attempt FROM quotes') ];
@@ -54,6 +57,10 @@ for my $id (@ids) {
 }
 is(scalar(@{ $rec{roundup}->calls }), 3 * @ids, 'each malformed premium was asked for exactly 3 times');
 OsagoStack::check_all_done($pg, $r, \@ids, \@CODES);
+my @ttl = map { OsagoStack::read_model($r, $_)->{ttl} } @ids;
+is_deeply([ grep { !($_ > $TTL_S - 60 && $_ <= $TTL_S) } @ttl ], [],
+          "the read models the worker rewrote live --app-ttl-s ($TTL_S s), not the edge's 7 days")
+    or diag "TTLs: @ttl";
 my $pg_errors = grep { ($_->{event} // '') eq 'pg_error' } @{ $w->log_lines };
 is($pg_errors, 0, 'no statement failed in PostgreSQL');
 $w->stop;

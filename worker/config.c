@@ -62,6 +62,7 @@ static const struct opt config_opts[] = {
     { "--heartbeat-s", "OSAGO_HEARTBEAT_S", OPT_INT, OFF(heartbeat_s), 1, 3600, "15" },
     { "--claim-idle-ms", "OSAGO_CLAIM_IDLE_MS", OPT_INT, OFF(claim_idle_ms),
       100, 86400000, "30000" },
+    { "--app-ttl-s", "OSAGO_APP_TTL_S", OPT_INT, OFF(app_ttl_s), 1, 31536000, "604800" },
     { "--log-level", "OSAGO_LOG_LEVEL", OPT_LEVEL, OFF(log_level), 0, 0, "info" },
 };
 
@@ -358,6 +359,7 @@ void config_usage(const char *prog)
            "  --redrive-after-s N           OSAGO_REDRIVE_AFTER_S; 600\n"
            "  --heartbeat-s N               OSAGO_HEARTBEAT_S; 15\n"
            "  --claim-idle-ms N             OSAGO_CLAIM_IDLE_MS; 30000\n"
+           "  --app-ttl-s N                 OSAGO_APP_TTL_S; 604800 (the read models' lifetime)\n"
            "  --log-level LEVEL             OSAGO_LOG_LEVEL; info (debug, info, warn, error)\n"
            "Flags override the environment, which overrides the defaults.\n",
            prog, prog);

@@ -82,6 +82,8 @@ typedef struct {
                                        untouched this long lost its event */
     int         heartbeat_s;        /* default 15: executor refreshes running tasks */
     int         claim_idle_ms;      /* default 30000: XAUTOCLAIM entries idle this long */
+    int         app_ttl_s;          /* default 604800: the read models results writes (as the
+                                       edge's osago_app_ttl for the one it writes) */
     const char *log_level;          /* debug|info|warn|error, default info */
 
     char        name_buf[128];

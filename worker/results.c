@@ -45,7 +45,6 @@
 #define RES_BATCH     256
 #define RES_RETRY_MS  1000
 #define RES_POLL_MS   500
-#define RES_APP_TTL_S (7 * 24 * 3600)
 #define RES_OWED_MAX  20000   /* results kept for Redis before results stops taking more */
 #define RES_REASSERT_MS 60000 /* completed read models written again after a new connection:
                                * those written this long before the last write known to have
@@ -719,7 +718,8 @@ static int res_publish(results_t *r, const res_item_t *items, int n, read_model_
     if (n_docs > 0) {
         int rc;
 
-        if (res_redis(r) != 0 || (rc = read_model_write(r->redis, docs, n_docs, RES_APP_TTL_S)) < 0)
+        if (res_redis(r) != 0
+            || (rc = read_model_write(r->redis, docs, n_docs, r->w->cfg->app_ttl_s)) < 0)
             return -1;
         atomic_fetch_add(&r->w->metrics->publish_total, (unsigned long) rc);
     }
@@ -746,7 +746,7 @@ static int res_publish(results_t *r, const res_item_t *items, int n, read_model_
             || res_redis(r) != 0)
             return -1;
         rc = read_model_publish_many(r->pg, r->redis, r->w->insurers, ids, traces, k,
-                                     RES_APP_TTL_S, &r->w->pg_wait);
+                                     r->w->cfg->app_ttl_s, &r->w->pg_wait);
         if (rc < 0)
             return -1;
         atomic_fetch_add(&r->w->metrics->publish_total, (unsigned long) rc);
@@ -913,7 +913,7 @@ static void res_reassert(results_t *r)
 
         if (pg_ensure(&r->pg, &r->pg_start, r->w->cfg->pg_conninfo, RES_ROLE, &r->w->pg_wait) != 0
             || (rc = read_model_publish_many(r->pg, r->redis, r->w->insurers, ids, NULL, k,
-                                             RES_APP_TTL_S, &r->w->pg_wait)) < 0) {
+                                             r->w->cfg->app_ttl_s, &r->w->pg_wait)) < 0) {
             r->reassert_next_ms = res_now_ms() + RES_RETRY_MS;   /* from the oldest again */
             return;
         }

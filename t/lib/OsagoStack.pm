@@ -122,6 +122,7 @@ our %WORKER_FLAG = (
     redrive_after_s          => '--redrive-after-s',
     heartbeat_s              => '--heartbeat-s',
     claim_idle_ms            => '--claim-idle-ms',
+    app_ttl_s                => '--app-ttl-s',
     log_level                => '--log-level',
 );
 

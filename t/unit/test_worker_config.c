@@ -24,7 +24,7 @@ static const char *const env_names[] = {
     "OSAGO_HTTP", "OSAGO_NAME", "OSAGO_INSURER_TIMEOUT_MS", "OSAGO_MAX_ATTEMPTS",
     "OSAGO_RETRY_BASE_MS", "OSAGO_RETRY_MAX_MS", "OSAGO_MAX_IN_FLIGHT", "OSAGO_SWEEP_INTERVAL_S",
     "OSAGO_STALE_AFTER_S", "OSAGO_REDRIVE_AFTER_S", "OSAGO_HEARTBEAT_S", "OSAGO_CLAIM_IDLE_MS",
-    "OSAGO_LOG_LEVEL",
+    "OSAGO_APP_TTL_S", "OSAGO_LOG_LEVEL",
 };
 
 static int clean_env(void **state)
@@ -101,6 +101,7 @@ static void test_defaults(void **state)
     assert_int_equal(cfg.redrive_after_s, 600);
     assert_int_equal(cfg.heartbeat_s, 15);
     assert_int_equal(cfg.claim_idle_ms, 30000);
+    assert_int_equal(cfg.app_ttl_s, 7 * 86400);
     assert_string_equal(cfg.log_level, "info");
 
     /* the consumer name: hostname-pid, so two instances on one host differ */
@@ -139,6 +140,7 @@ static void test_environment(void **state)
     setenv("OSAGO_REDRIVE_AFTER_S", "30", 1);
     setenv("OSAGO_HEARTBEAT_S", "1", 1);
     setenv("OSAGO_CLAIM_IDLE_MS", "500", 1);
+    setenv("OSAGO_APP_TTL_S", "86400", 1);
     setenv("OSAGO_LOG_LEVEL", "debug", 1);
     PARSE_OK(&cfg, "run");
 
@@ -168,6 +170,7 @@ static void test_environment(void **state)
     assert_int_equal(cfg.redrive_after_s, 30);
     assert_int_equal(cfg.heartbeat_s, 1);
     assert_int_equal(cfg.claim_idle_ms, 500);
+    assert_int_equal(cfg.app_ttl_s, 86400);
     assert_string_equal(cfg.log_level, "debug");
 }
 
@@ -284,6 +287,7 @@ static void test_numbers(void **state)
         { "--redrive-after-s", "OSAGO_REDRIVE_AFTER_S", 1, 604800 },
         { "--heartbeat-s", "OSAGO_HEARTBEAT_S", 1, 3600 },
         { "--claim-idle-ms", "OSAGO_CLAIM_IDLE_MS", 100, 86400000 },
+        { "--app-ttl-s", "OSAGO_APP_TTL_S", 1, 31536000 },
     };
     (void)state;
     for (size_t i = 0; i < sizeof(nums) / sizeof(nums[0]); i++) {
