@@ -32,6 +32,8 @@ deps:
 
 # configure is slow (~20 s): rerun it only when the addon script changes.
 build/nginx/Makefile: config
+	$(if $(word 2,$(CURDIR)),$(error nginx's configure cannot build from a path with spaces \
+	    ($(CURDIR)): clone the repository into a path without))
 	@mkdir -p $(NGX_BUILD)
 	cd $(NGX_SRC) && . ./conf_flags && ./configure "$${NGX_CONF_FLAGS[@]}" \
 	    --add-dynamic-module=$(CURDIR) --builddir=$(NGX_BUILD) > $(NGX_BUILD)/configure.log
