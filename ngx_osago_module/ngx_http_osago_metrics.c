@@ -128,11 +128,14 @@ ngx_http_osago_metrics_poll(ngx_http_osago_main_conf_t *omcf,
         break;
 
     case NGX_HTTP_OSAGO_POLL_PARKED:
-        (void) ngx_atomic_fetch_add(&sh->poll_parked, 1);
+        (void) ngx_atomic_fetch_add(omcf->poll_slot ? &omcf->poll_slot->parked
+                                                    : &sh->poll_parked, 1);
         break;
 
     case NGX_HTTP_OSAGO_POLL_UNPARKED:
-        (void) ngx_atomic_fetch_add(&sh->poll_parked, (ngx_atomic_int_t) -1);
+        (void) ngx_atomic_fetch_add(omcf->poll_slot ? &omcf->poll_slot->parked
+                                                    : &sh->poll_parked,
+                                    (ngx_atomic_int_t) -1);
         break;
 
     case NGX_HTTP_OSAGO_POLL_TIMED_OUT:
@@ -140,11 +143,14 @@ ngx_http_osago_metrics_poll(ngx_http_osago_main_conf_t *omcf,
         break;
 
     case NGX_HTTP_OSAGO_POLL_ID_HELD:
-        (void) ngx_atomic_fetch_add(&sh->poll_ids, 1);
+        (void) ngx_atomic_fetch_add(omcf->poll_slot ? &omcf->poll_slot->ids
+                                                    : &sh->poll_ids, 1);
         break;
 
     case NGX_HTTP_OSAGO_POLL_ID_FREED:
-        (void) ngx_atomic_fetch_add(&sh->poll_ids, (ngx_atomic_int_t) -1);
+        (void) ngx_atomic_fetch_add(omcf->poll_slot ? &omcf->poll_slot->ids
+                                                    : &sh->poll_ids,
+                                    (ngx_atomic_int_t) -1);
         break;
 
     case NGX_HTTP_OSAGO_POLL_WOKEN:
@@ -159,6 +165,59 @@ ngx_http_osago_metrics_poll(ngx_http_osago_main_conf_t *omcf,
         (void) ngx_atomic_fetch_add(&sh->wake_sum_us, usec);
         break;
     }
+}
+
+
+static ngx_uint_t
+ngx_http_osago_pid_alive(ngx_pid_t pid)
+{
+    return pid != 0 && (kill(pid, 0) == 0 || ngx_errno != NGX_ESRCH);
+}
+
+
+/*
+ * Takes a slot for this process's parked requests and held ids: a free one,
+ * or one whose process is gone (its counts go with it).  The exposition
+ * sums the slots of live processes only, so a worker that died with
+ * requests parked stops counting at once.  Past the slots (more processes
+ * at once than NGX_HTTP_OSAGO_POLL_SLOTS) a process counts in the shared
+ * totals, which such a death would leave behind.  A slot under this
+ * process's own pid was a dead process's (the pid came round again): it is
+ * taken first, or it would count as alive.
+ */
+void
+ngx_http_osago_metrics_poll_slot(ngx_http_osago_main_conf_t *omcf)
+{
+    ngx_uint_t                   i, pass;
+    ngx_atomic_uint_t            pid, self;
+    ngx_http_osago_shctx_t      *sh = ngx_http_osago_zone_ctx(omcf);
+    ngx_http_osago_poll_slot_t  *slot;
+
+    self = (ngx_atomic_uint_t) ngx_pid;
+
+    for (pass = 0; pass < 2; pass++) {
+        for (i = 0; i < NGX_HTTP_OSAGO_POLL_SLOTS; i++) {
+            slot = &sh->poll_slot[i];
+            pid = slot->pid;
+
+            if (pass == 0 ? pid != self
+                          : ngx_http_osago_pid_alive((ngx_pid_t) pid))
+            {
+                continue;
+            }
+
+            if (!ngx_atomic_cmp_set(&slot->pid, pid, self)) {
+                continue;
+            }
+
+            slot->parked = 0;
+            slot->ids = 0;
+            omcf->poll_slot = slot;
+            return;
+        }
+    }
+
+    omcf->poll_slot = NULL;
 }
 
 
@@ -271,6 +330,7 @@ ngx_http_osago_metrics_handler(ngx_http_request_t *r)
     ngx_int_t                      rc;
     ngx_buf_t                     *b;
     ngx_uint_t                     i, n, workers;
+    ngx_atomic_uint_t              parked, ids;
     ngx_queue_t                   *q;
     ngx_core_conf_t               *ccf;
     ngx_http_osago_zone_t         *ozone;
@@ -403,6 +463,16 @@ ngx_http_osago_metrics_handler(ngx_http_request_t *r)
             ngx_http_osago_parse_bounds, sh->parse_bucket,
             NGX_HTTP_OSAGO_PARSE_BUCKETS, sh->parse_count, sh->parse_sum_us);
 
+    parked = sh->poll_parked;
+    ids = sh->poll_ids;
+
+    for (i = 0; i < NGX_HTTP_OSAGO_POLL_SLOTS; i++) {
+        if (ngx_http_osago_pid_alive((ngx_pid_t) sh->poll_slot[i].pid)) {
+            parked += sh->poll_slot[i].parked;
+            ids += sh->poll_slot[i].ids;
+        }
+    }
+
     p = ngx_sprintf(p,
             "# HELP osago_poll_parked Status requests parked now, waiting "
             "for a change.\n"
@@ -422,7 +492,7 @@ ngx_http_osago_metrics_handler(ngx_http_request_t *r)
             "status requests (one per wake-up, however many wait).\n"
             "# TYPE osago_poll_reads_total counter\n"
             "osago_poll_reads_total %uA\n",
-            sh->poll_parked, sh->poll_ids, sh->poll_at_once, sh->poll_woken,
+            parked, ids, sh->poll_at_once, sh->poll_woken,
             sh->poll_timed_out, sh->poll_reads);
 
     p = ngx_http_osago_metrics_histogram(p, "osago_poll_wake_seconds",

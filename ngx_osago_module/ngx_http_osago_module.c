@@ -694,6 +694,7 @@ ngx_http_osago_init_process(ngx_cycle_t *cycle)
     observer.data = omcf;
 
     ngx_http_osago_metrics_redis_state(omcf, 0);
+    ngx_http_osago_metrics_poll_slot(omcf);
 
     ngx_http_osago_limit_init_worker(omcf, cycle->log);
     ngx_http_osago_intake_init_worker(omcf);

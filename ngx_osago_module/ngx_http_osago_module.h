@@ -40,6 +40,7 @@ typedef enum {
 
 typedef struct ngx_http_osago_partner_cache_s  ngx_http_osago_partner_cache_t;
 typedef struct ngx_http_osago_shm_partner_s    ngx_http_osago_shm_partner_t;
+typedef struct ngx_http_osago_poll_slot_s      ngx_http_osago_poll_slot_t;
 typedef struct ngx_http_osago_shctx_s          ngx_http_osago_shctx_t;
 typedef struct ngx_http_osago_poll_node_s      ngx_http_osago_poll_node_t;
 
@@ -89,6 +90,8 @@ typedef struct {
     ngx_http_osago_redis_subscription_t  poll_subscription;
     ngx_event_t                      poll_exit_watch;
     ngx_uint_t                       poll_parked;       /* this worker */
+    ngx_http_osago_poll_slot_t      *poll_slot;         /* its counts in the
+                                                           zone; NULL: none */
     ngx_uint_t                       poll_epoch;        /* subscriptions made */
     ngx_queue_t                      poll_recheck;      /* ids to read again */
     ngx_event_t                      poll_recheck_next; /* the next slice */
@@ -238,6 +241,7 @@ typedef enum {
 
 void ngx_http_osago_metrics_poll(ngx_http_osago_main_conf_t *omcf,
     ngx_uint_t event, ngx_uint_t usec);
+void ngx_http_osago_metrics_poll_slot(ngx_http_osago_main_conf_t *omcf);
 void ngx_http_osago_metrics_poll_subscriber(void *data, ngx_uint_t up);
 void ngx_http_osago_metrics_redis_rtt(void *data, ngx_uint_t usec);
 void ngx_http_osago_metrics_redis_state(void *data, ngx_uint_t up);

@@ -17,6 +17,19 @@
 #define NGX_HTTP_OSAGO_PARSE_BUCKETS 8
 #define NGX_HTTP_OSAGO_WAKE_BUCKETS  12
 #define NGX_HTTP_OSAGO_KEY_PROBES    8   /* slots a known key may sit in */
+#define NGX_HTTP_OSAGO_POLL_SLOTS    128 /* processes counting parked requests:
+                                            twice the workers, for a reload */
+
+
+/*
+ * A process's own count of the parked requests and held ids: one that dies
+ * without unparking them (a crash, SIGKILL) must not leave them counted.
+ */
+struct ngx_http_osago_poll_slot_s {
+    ngx_atomic_t                    pid;        /* 0: never taken */
+    ngx_atomic_t                    parked;
+    ngx_atomic_t                    ids;
+};
 
 
 struct ngx_http_osago_shm_partner_s {
@@ -57,10 +70,12 @@ struct ngx_http_osago_shctx_s {
 
     ngx_atomic_t                    poll_reads;
     ngx_atomic_t                    poll_at_once;
-    ngx_atomic_t                    poll_parked;       /* now, all workers */
+    ngx_atomic_t                    poll_parked;       /* processes past
+                                                          the slots */
     ngx_atomic_t                    poll_woken;
     ngx_atomic_t                    poll_timed_out;
-    ngx_atomic_t                    poll_ids;          /* nodes held now, all workers */
+    ngx_atomic_t                    poll_ids;          /* likewise */
+    ngx_http_osago_poll_slot_t      poll_slot[NGX_HTTP_OSAGO_POLL_SLOTS];
     ngx_atomic_t                    wake_bucket[NGX_HTTP_OSAGO_WAKE_BUCKETS];
     ngx_atomic_t                    wake_sum_us;
     ngx_atomic_t                    poll_subscribed[NGX_HTTP_OSAGO_MAX_WORKERS];
