@@ -215,7 +215,7 @@ ngx_http_osago_intake_check_type(ngx_http_request_t *r)
     ct = &r->headers_in.content_type->value;
     last = ct->data + ct->len;
 
-    for (p = ct->data; p < last && *p != ';' && *p != ' '; p++) {
+    for (p = ct->data; p < last && *p != ';' && *p != ' ' && *p != '\t'; p++) {
         /* void */
     }
 
@@ -226,7 +226,12 @@ ngx_http_osago_intake_check_type(ngx_http_request_t *r)
         return NGX_ERROR;
     }
 
-    return NGX_OK;
+    /* RFC 9110: the media type, then only parameters, each after OWS ";" */
+    while (p < last && (*p == ' ' || *p == '\t')) {
+        p++;
+    }
+
+    return (p == last || *p == ';') ? NGX_OK : NGX_ERROR;
 }
 
 

@@ -201,7 +201,9 @@ nothing_landed('Idempotency-Key refusals');
 
 # --- media type -------------------------------------------------------------------------------
 for my $ct (undef, 'text/plain', 'application/x-www-form-urlencoded', 'application/jsonp',
-            'application/json-seq', 'application/problem+json', 'text/json', 'multipart/form-data') {
+            'application/json-seq', 'application/problem+json', 'text/json', 'multipart/form-data',
+            # a media type, then anything but parameters
+            'application/json x', 'application/json text/html', "application/json\tcharset=utf-8") {
     $res = submit($n, key => $P, idem => idem_key('ct'), body => $good, type => $ct);
     is_problem($res, 415, 'unsupported-media-type', 'Content-Type ' . ($ct // '(none)'));
     $want{media_type}++;
@@ -323,6 +325,10 @@ my @accept = (
     [ 'Content-Type application/json; charset=utf-8', body => $good, type => 'application/json; charset=utf-8' ],
     [ 'Content-Type application/json;charset=UTF-8', body => app_json(vehicle => { power_hp => 151 }),
       type => 'application/json;charset=UTF-8' ],
+    [ 'Content-Type application/json, a tab, then a parameter (RFC 9110 OWS)',
+      body => app_json(vehicle => { power_hp => 157 }), type => "application/json\t; charset=utf-8" ],
+    [ 'Content-Type application/json, a space, then a parameter',
+      body => app_json(vehicle => { power_hp => 158 }), type => 'application/json ; charset=utf-8' ],
     [ 'Content-Type Application/JSON (case-insensitive)', body => app_json(vehicle => { power_hp => 152 }),
       type => 'Application/JSON' ],
     [ 'Idempotency-Key of 64 characters', body => app_json(vehicle => { power_hp => 153 }),
