@@ -931,7 +931,8 @@ app_on_string(void *ctx, const unsigned char *s, size_t len)
             if (!c->lim->any_start_date
                 && (days < c->today_days || days > c->today_days + APP_START_AHEAD))
             {
-                c->start_window = !c->failed;
+                /* only a date behind the window was inside it on an earlier day */
+                c->start_window = !c->failed && days < c->today_days;
                 break;
             }
             c->start = dt;

@@ -35,7 +35,7 @@ typedef struct {
     const char *type;          /* problem type suffix: "malformed-json", "invalid-utf8", "too-deep", "unknown-field", "duplicate-field", "missing-field", "invalid-field", "empty-body" */
     char pointer[192];         /* RFC 6901 JSON pointer to the offending value ("" for the whole document), '~' and '/' escaped */
     char detail[256];          /* one human sentence, e.g. "power_hp must be an integer from 1 to 1500" */
-    int  start_window;         /* 1: the error is a real start_date outside today's window (and nothing
+    int  start_window;         /* 1: the error is a real start_date behind today's window (and nothing
                                 * else failed before it): with any_start_date the body may still be valid */
 } osago_app_error_t;
 
