@@ -4,6 +4,7 @@
 # body is now outside today's start_date window, but it is the very payload the key holds, so
 # the answer is the original 202 (Idempotent-Replayed), as at any other time of day. The same
 # body under a key that holds nothing, or holds another payload, is not a replay: 400 and 422.
+# A start_date past the window is its 400 under any key.
 # "Yesterday's" record is written into Redis as the intake writes it (the fingerprint is
 # sha256 of the canonical payload, which only differs from today's in the date).
 use strict;
@@ -68,6 +69,12 @@ $res = submit($n, key => $acme, idem => $K,
 is_problem($res, 400, 'invalid-field', 'a body with another error besides the date: 400, not a'
            . ' replay (the first error in the document, as on any day)', pointer => '/start_date');
 
+# a date past today's window never was inside it: the key holds yesterday's payload, but no
+# replay is looked for (it used to be, and answered 422)
+$res = submit($n, key => $acme, idem => $K, body => app_json(start_date => date_from_today(100)));
+is_problem($res, 400, 'invalid-field', 'a start_date past the window under the key: its 400, not a'
+           . ' 422', pointer => '/start_date');
+
 my $f = footprint($r);
 is($f->{xlen}, $xlen0, 'no stream entry for any of them');
 is(scalar(grep { !/:\Q$K\E$/ } @{ $f->{idem} }), 1, 'no idempotency record but today\'s and yesterday\'s');
@@ -77,8 +84,8 @@ is(resp($r, 'HGET', "osago:idem:acme:$K", 'fingerprint'), sha256_hex($canonical_
 my $m1 = metrics($n);
 is(metric_delta($m0, $m1, 'osago_intake_requests_total', result => 'replayed'), 1,
    'osago_intake_requests_total{result=replayed} +1');
-is(metric_delta($m0, $m1, 'osago_intake_rejected_total', reason => 'invalid_body'), 2,
-   'osago_intake_rejected_total{reason=invalid_body} +2');
+is(metric_delta($m0, $m1, 'osago_intake_rejected_total', reason => 'invalid_body'), 3,
+   'osago_intake_rejected_total{reason=invalid_body} +3');
 is(metric_delta($m0, $m1, 'osago_intake_rejected_total', reason => 'idempotency_key_reused'), 1,
    'osago_intake_rejected_total{reason=idempotency_key_reused} +1');
 unlike($n->error_log, qr/\[(alert|emerg|crit)\]|exited on signal/, 'no alerts in error.log');
