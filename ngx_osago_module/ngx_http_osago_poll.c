@@ -355,7 +355,9 @@ ngx_http_osago_poll_doc(redisReply *reply, ngx_http_osago_poll_doc_t *doc)
         return NGX_OK;
     }
 
+    /* an empty doc is no document: nginx would not send a body of 0 bytes */
     if (el[0]->type != REDIS_REPLY_STRING
+        || el[0]->len == 0
         || el[1]->type != REDIS_REPLY_STRING
         || el[2]->type != REDIS_REPLY_STRING
         || ngx_http_osago_poll_parse_ms((u_char *) el[2]->str, el[2]->len,
@@ -1079,19 +1081,21 @@ ngx_http_osago_poll_handler(ngx_http_request_t *r)
         return ngx_http_osago_poll_problem(r, NGX_HTTP_OSAGO_POLL_METHOD);
     }
 
-    rc = ngx_http_discard_request_body(r);
-    if (rc != NGX_OK) {
-        return rc;
-    }
-
     /*
      * nginx goes on discarding a body that has not all arrived after the
      * handler returns, in place of the read handler that notices a client
      * going away, and under lingering_timeout: a parked request would miss
-     * its client's leaving, or be closed unanswered.
+     * its client's leaving, or be closed unanswered.  Asked before the
+     * discard, which counts down the length by what has arrived: the answer
+     * must not depend on how the bytes were cut into packets.
      */
     if (r->headers_in.content_length_n > 0 || r->headers_in.chunked) {
         return ngx_http_osago_poll_problem(r, NGX_HTTP_OSAGO_POLL_BODY);
+    }
+
+    rc = ngx_http_discard_request_body(r);
+    if (rc != NGX_OK) {
+        return rc;
     }
 
     olcf = ngx_http_get_module_loc_conf(r, ngx_http_osago_module);

@@ -212,13 +212,22 @@ for my $m (qw(POST PUT DELETE PATCH)) {
 # A body that has not all arrived would be discarded after the handler returns, in place of the
 # watch for the client's leaving (parked, such a request was closed unanswered at
 # lingering_timeout): refused instead.
+# Whether the body came with the headers or not (it used to be parked when it did).
 for my $case ([ 'Content-Length: 10', 'a body of 10 bytes, none sent' ],
-              [ 'Transfer-Encoding: chunked', 'a chunked body, none sent' ]) {
+              [ 'Transfer-Encoding: chunked', 'a chunked body, none sent' ],
+              [ "Content-Length: 3\r\nConnection: close\r\n\r\nabc",
+                'a body of 3 bytes sent with the headers', 1 ],
+              [ "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n0\r\n\r\n",
+                'an empty chunked body sent with the headers', 1 ]) {
+    my $tail = $case->[2] ? '' : "Connection: close\r\n\r\n";
+    my $t0 = time;
     $res = OsagoTest::raw_http($n->port, "GET /osago/application/$ID?latest=1700000000123 HTTP/1.1\r\n"
-        . "Host: x\r\nX-API-Key: $ACME\r\n$case->[0]\r\nConnection: close\r\n\r\n", timeout => 5);
+        . "Host: x\r\nX-API-Key: $ACME\r\n$case->[0]\r\n$tail", timeout => 5);
     is($res->{status}, 400, "GET with $case->[1]: 400, not parked");
     is((OsagoTest::problem($res) || {})->{type}, 'urn:osago:problem:unexpected-body',
        '  unexpected-body');
+    # (a body still owed is awaited by nginx's lingering close before it closes)
+    cmp_ok(time - $t0, '<', 1, '  at once, not after the poll timeout') if $case->[2];
 }
 $res = poll_get($n, $ID);
 is_problem($res, 401, 'api-key-missing', 'no X-API-Key');
@@ -241,7 +250,10 @@ my $JUNK = uuid4();
 $r->cli('HSET', "osago:app:$JUNK", doc => '{}', owner => 'acme', updated_at => 'soon');
 my $WRONG = uuid4();
 $r->cli('SET', "osago:app:$WRONG", 'a string, not a hash');
-for my $case ([ 'updated_at not a number', $JUNK ], [ 'not a hash (WRONGTYPE)', $WRONG ]) {
+my $EMPTY = uuid4();    # nginx refuses to send a body of 0 bytes: it used to close unanswered
+$r->cli('HSET', "osago:app:$EMPTY", doc => '', owner => 'acme', updated_at => 5);
+for my $case ([ 'updated_at not a number', $JUNK ], [ 'not a hash (WRONGTYPE)', $WRONG ],
+              [ 'an empty doc', $EMPTY ]) {
     $res = poll_get($n, $case->[1], key => $ACME);
     is_problem($res, 503, 'unavailable', "read model $case->[0]", retry_after => [ 1, 1 ]);
 }
