@@ -68,7 +68,22 @@ ngx_http_osago_problem_send(ngx_http_request_t *r,
     /*
      * The body of a refused request is of no interest, keep-alive is; and
      * a client that asked "Expect: 100-continue" is not invited to send it.
+     * Such a client may then never send it, and what it sends next on the
+     * connection would be discarded as the body: the connection closes
+     * after the answer, as after nginx's own 413.
      */
+    if (!r->expect_tested
+        && r->request_body == NULL
+        && r->headers_in.expect != NULL
+        && r->headers_in.expect->value.len == sizeof("100-continue") - 1
+        && ngx_strncasecmp(r->headers_in.expect->value.data,
+                           (u_char *) "100-continue",
+                           sizeof("100-continue") - 1) == 0
+        && (r->headers_in.content_length_n > 0 || r->headers_in.chunked))
+    {
+        r->keepalive = 0;
+    }
+
     r->expect_tested = 1;
 
     rc = ngx_http_discard_request_body(r);

@@ -237,6 +237,18 @@ $res = OsagoTest::raw_http($n->port, post_request(key => $P, idem => idem_key('e
 is($res->{status}, 413, 'Expect: 100-continue, Content-Length 1 MiB: 413 without 100 Continue')
     or diag substr($res->{content}, 0, 200);
 $want{too_large}++;
+# on a keep-alive connection: the client was not invited to send the body and may never do; what
+# it sends next must not be discarded as that body, so the connection closes after the answer
+for my $case ([ 'over the limit', 1048576, 413 ], [ 'and no Idempotency-Key', 500, 400 ]) {
+    my $req = post_request(key => $P, idem => $case->[2] == 400 ? undef : idem_key('expect-ka'),
+                           body => '', headers => { Expect => '100-continue' });
+    $req =~ s/Content-Length: 0/Content-Length: $case->[1]/;
+    $req =~ s/Connection: close/Connection: keep-alive/;
+    $res = OsagoTest::raw_http($n->port, $req, timeout => 1);
+    is($res->{status}, $case->[2], "Expect: 100-continue, keep-alive, $case->[0]: $case->[2]");
+    is(lc(hdr($res, 'connection') // ''), 'close', '  Connection: close');
+    $want{ $case->[2] == 413 ? 'too_large' : 'idempotency_key_missing' }++;
+}
 
 my $big_chunks = [ map { ' ' x 10_000 } 1 .. 10 ];
 $big_chunks->[0] = $good . substr($big_chunks->[0], length $good);
