@@ -69,7 +69,8 @@ static ngx_http_osago_problem_t
         "_ -, a UUID is recommended)"),
     ngx_http_osago_problem_entry(NGX_HTTP_BAD_REQUEST,
         "idempotency-key-malformed", "Idempotency-Key malformed",
-        "an Idempotency-Key is 1 to 64 characters of A-Z a-z 0-9 _ -"),
+        "send one Idempotency-Key header of 1 to 64 characters of "
+        "A-Z a-z 0-9 _ -"),
     ngx_http_osago_problem_entry(NGX_HTTP_UNSUPPORTED_MEDIA_TYPE,
         "unsupported-media-type", "Unsupported media type",
         "the body must be application/json"),
@@ -147,23 +148,30 @@ ngx_http_osago_intake_problem(ngx_http_request_t *r, ngx_uint_t which,
 }
 
 
+/*
+ * The header, when sent once; *twice is set when it was sent more than once
+ * (which of two keys, or of two traces, the client meant is anyone's guess).
+ */
 static ngx_table_elt_t *
-ngx_http_osago_intake_find_header(ngx_http_request_t *r, char *name)
+ngx_http_osago_intake_find_header(ngx_http_request_t *r, char *name,
+    ngx_uint_t *twice)
 {
     size_t            len;
     ngx_uint_t        i;
     ngx_list_part_t  *part;
-    ngx_table_elt_t  *h;
+    ngx_table_elt_t  *h, *found;
 
     len = ngx_strlen(name);
     part = &r->headers_in.headers.part;
     h = part->elts;
+    found = NULL;
+    *twice = 0;
 
     for (i = 0; /* void */ ; i++) {
 
         if (i >= part->nelts) {
             if (part->next == NULL) {
-                return NULL;
+                return *twice ? NULL : found;
             }
 
             part = part->next;
@@ -174,7 +182,12 @@ ngx_http_osago_intake_find_header(ngx_http_request_t *r, char *name)
         if (h[i].key.len == len
             && ngx_strncasecmp(h[i].key.data, (u_char *) name, len) == 0)
         {
-            return &h[i];
+            *twice = (found != NULL);
+            found = &h[i];
+
+            if (*twice) {
+                return NULL;
+            }
         }
     }
 }
@@ -293,13 +306,15 @@ static ngx_int_t
 ngx_http_osago_intake_traceparent(ngx_http_request_t *r, u_char *dst)
 {
     u_char            rnd[24], trace[32];
+    ngx_uint_t        twice;
     ngx_table_elt_t  *h;
 
     if (RAND_bytes(rnd, sizeof(rnd)) != 1) {
         return NGX_ERROR;
     }
 
-    h = ngx_http_osago_intake_find_header(r, "traceparent");
+    /* W3C Trace Context: more than one traceparent is as good as none */
+    h = ngx_http_osago_intake_find_header(r, "traceparent", &twice);
 
     if (h && h->value.len == NGX_HTTP_OSAGO_TRACE_LEN
         && ngx_strncmp(h->value.data, "00-", 3) == 0
@@ -330,6 +345,7 @@ static ngx_int_t
 ngx_http_osago_intake_handler(ngx_http_request_t *r)
 {
     ngx_int_t                     rc;
+    ngx_uint_t                    twice;
     ngx_table_elt_t              *h;
     ngx_pool_cleanup_t           *cln;
     ngx_http_osago_loc_conf_t    *olcf;
@@ -342,7 +358,12 @@ ngx_http_osago_intake_handler(ngx_http_request_t *r)
 
     olcf = ngx_http_get_module_loc_conf(r, ngx_http_osago_module);
 
-    h = ngx_http_osago_intake_find_header(r, "Idempotency-Key");
+    h = ngx_http_osago_intake_find_header(r, "Idempotency-Key", &twice);
+
+    if (twice) {
+        return ngx_http_osago_intake_problem(r,
+                                     NGX_HTTP_OSAGO_INTAKE_KEY_MALFORMED, 0);
+    }
 
     if (h == NULL) {
         return ngx_http_osago_intake_problem(r,

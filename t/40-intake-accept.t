@@ -250,6 +250,22 @@ for my $what (sort keys %bad_tp) {
     ok(defined $t && $t !~ /^0+$/ && $t ne $tid && lc($bad_tp{$what}) !~ /\Q$t\E/,
        "traceparent $what: a new trace id") or diag explain $x;
 }
+# two traceparents, each valid: W3C Trace Context takes that as none (the first used to win)
+my $tid2 = 'aaf92f3577b34da6a3ce929d0e0e4736';
+$res = OsagoTest::raw_http($n->port, post_request(key => $acme, idem => idem_key('twotp'),
+    body => app_json(vehicle => { power_hp => 99 }),
+    headers => { traceparent => "00-$tid-00f067aa0ba902b7-01",
+                 Traceparent => "00-$tid2-00f067aa0ba902b7-01" }));
+is($res->{status}, 202, 'two traceparent headers: still accepted');
+$parsed++;
+$seen{accepted}++ if $res->{status} == 202;
+{
+    my $aid = (jdec($res->{content}) || {})->{id} // '';
+    my ($x) = grep { ($_->{fields}{app_id} // '') eq $aid } @{ footprint($r)->{entries} };
+    my ($t) = (($x->{fields}{trace} // '') =~ trace_re());
+    ok(defined $t && $t ne $tid && $t ne $tid2, '  a new trace id, neither of theirs')
+        or diag explain $x;
+}
 
 # --- expiry of the idempotency record (osago_idempotency_ttl 2s) -------------------------------
 my $K2 = idem_key('expire');
@@ -275,7 +291,7 @@ is_problem($post_exp, 422, 'idempotency-key-reused', 'the renewed key is bound t
 
 # --- the whole stream ----------------------------------------------------------------------------
 $f = footprint($r);
-my $accepted = 2 + 1 + 1 + (keys %bad_tp) + 2;    # acme, beta, plate, traceparent, bad traceparents, expiry x2
+my $accepted = 2 + 1 + 1 + (keys %bad_tp) + 1 + 2;    # acme, beta, plate, traceparent, bad traceparents, two traceparents, expiry x2
 is($seen{accepted}, $accepted, "$accepted requests answered 202 without Idempotent-Replayed");
 is($f->{xlen}, $accepted, "stream: one entry per accepted application ($accepted)");
 my %ids;

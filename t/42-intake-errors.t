@@ -197,6 +197,13 @@ for my $raw ([ 'empty' => '' ], [ 'non-ASCII (UTF-8)' => "\xd0\xba\xd0\xbb\xd1\x
     is_problem($res, 400, 'idempotency-key-malformed', "Idempotency-Key $what");
     $want{idempotency_key_malformed}++;
 }
+# two keys, each valid: which one the client meant is anyone's guess (the first used to win)
+$res = OsagoTest::raw_http($n->port, post_request(key => $P, idem => idem_key('first'), body => $good,
+                                                 headers => { 'idempotency-key' => idem_key('second') }));
+is_problem($res, 400, 'idempotency-key-malformed', 'two Idempotency-Key headers');
+like((OsagoTest::problem($res) || {})->{detail} // '', qr/one Idempotency-Key header/,
+     '  the detail says to send one');
+$want{idempotency_key_malformed}++;
 nothing_landed('Idempotency-Key refusals');
 
 # --- media type -------------------------------------------------------------------------------
