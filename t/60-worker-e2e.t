@@ -439,6 +439,8 @@ my @raw = grep { exists $_->{_raw} && $_->{_raw} !~ /^\s*$/ } @$logs;
 ok(!@raw, 'every log line is one JSON object') or diag join "\n", map { $_->{_raw} } @raw[0 .. 5];
 my @shape = grep { !exists $_->{_raw} && !(defined $_->{ts} && defined $_->{level} && defined $_->{msg}) } @$logs;
 ok(!@shape, 'each with ts, level and msg') or diag explain $shape[0];
+ok(!(grep { ($_->{level} // '') =~ /^(?:warn|error)$/ && ($_->{event} // '') eq 'claim_idle_short' }
+     @$logs), 'the default --claim-idle-ms draws no warning');
 my $tid = (split /-/, $trace{ $ids[1] })[1];
 ok((grep { ($_->{trace_id} // '') eq $tid } @$logs), 'an application\'s trace id is in the log');
 

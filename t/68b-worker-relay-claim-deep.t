@@ -83,6 +83,8 @@ waitpid $keeper, 0;
 my %pending = %{ OsagoStack::pending_by_consumer($r) };
 is($pending{live}, $BUSY, 'the busy ones are still "live"\'s') or diag explain \%pending;
 ok(!$pending{dead}, '  nothing is left with "dead"');
+like($w->log_text, qr/"event":"claim_idle_short"[^\n]*--claim-idle-ms $IDLE_MS /,
+     'the relay warned at start that --claim-idle-ms is below its wait for Kafka');
 $w->stop;
 
 done_testing;

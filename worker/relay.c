@@ -821,6 +821,11 @@ void *relay_main(void *arg)
     snprintf(r->claim_cursor, sizeof(r->claim_cursor), "0-0");
     wlog(LOG_INFO, RELAY_ROLE, NULL, "role_started", "consumer %s of %s, group %s",
          w->cfg->consumer_name, RELAY_STREAM, RELAY_GROUP);
+    if (w->cfg->claim_idle_ms <= RELAY_PRODUCE_TIMEOUT_MS)
+        wlog(LOG_WARN, RELAY_ROLE, NULL, "claim_idle_short",
+             "--claim-idle-ms %d is not above the relay's %d-ms wait for Kafka: live relays "
+             "may take each other's entries (nothing is lost, but Created goes out twice)",
+             w->cfg->claim_idle_ms, RELAY_PRODUCE_TIMEOUT_MS);
 
     while (!*w->stop) {
         if (!relay_connected(r)) {
