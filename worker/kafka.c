@@ -407,7 +407,8 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                          rd_kafka_topic_partition_list_t *parts, void *opaque)
 {
     const kafka_rebalance_hook_t *hook = opaque;
-    int cooperative = strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE") == 0;
+    const char *protocol = rd_kafka_rebalance_protocol(rk);
+    int cooperative = protocol != NULL && strcmp(protocol, "COOPERATIVE") == 0;
     char list[512];
     rd_kafka_error_t *error = NULL;
     rd_kafka_resp_err_t e = RD_KAFKA_RESP_ERR_NO_ERROR;
@@ -424,8 +425,7 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
             wlog(LOG_WARN, "kafka", NULL, "rebalance_error", "%s: %s", rd_kafka_name(rk),
                  rd_kafka_err2str(err));
         wlog(LOG_INFO, "kafka", NULL, "partitions_revoked", "%s: %s", rd_kafka_name(rk), list);
-        if (hook != NULL && hook->revoked != NULL)
-            hook->revoked(hook->arg, parts);
+        hook->revoked(hook->arg, parts);
         if (cooperative)
             error = rd_kafka_incremental_unassign(rk, parts);
         else
@@ -479,8 +479,12 @@ rd_kafka_t *kafka_consumer_new(const worker_config_t *cfg, const char *group,
         return NULL;
     }
 
-    rd_kafka_conf_set_rebalance_cb(conf, rebalance_cb);
-    rd_kafka_conf_set_opaque(conf, hook);
+    /* only with a hook: a callback makes a rebalance wait for the role's next poll, where
+     * librdkafka would otherwise assign and revoke on its own thread */
+    if (hook != NULL) {
+        rd_kafka_conf_set_rebalance_cb(conf, rebalance_cb);
+        rd_kafka_conf_set_opaque(conf, hook);
+    }
 
     rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, why, sizeof(why));
     if (rk == NULL) {

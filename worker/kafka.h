@@ -46,7 +46,8 @@ int kafka_produce_events(kafka_producer_t *p, const osago_event_t *const *evs, i
  * parts) runs on the polling thread before they go, while an offset can still be stored for
  * them. A role whose work on a partition outlives a poll needs it: once the partition is back,
  * perhaps at an offset another member reached meanwhile, an offset stored for work read before
- * would move the group back.
+ * would move the group back. A role with a hook must poll often: the rebalance waits for it
+ * (librdkafka's max.poll.interval.ms at most).
  */
 typedef struct {
     void (*revoked)(void *arg, const rd_kafka_topic_partition_list_t *parts);
@@ -54,7 +55,8 @@ typedef struct {
 } kafka_rebalance_hook_t;
 
 /* A consumer in group "osago-worker-<role>" (so every role sees every event) on the topics,
- * with enable.auto.offset.store=false. hook (may be NULL) must outlive the consumer. */
+ * with enable.auto.offset.store=false. hook (may be NULL; revoked is then required) must
+ * outlive the consumer; with one, the partitions given and lost are logged. */
 rd_kafka_t *kafka_consumer_new(const worker_config_t *cfg, const char *group,
                                const char *const *topics, int ntopics,
                                kafka_rebalance_hook_t *hook, char *err, size_t errlen);

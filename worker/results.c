@@ -61,6 +61,7 @@ typedef struct {
     int                 completed;   /* it made its application completed */
     int                 skip;        /* no such quote, or data PostgreSQL refuses */
     int                 counted;     /* in the metrics already */
+    int                 revoked;     /* its partition was taken away since: not ours to store */
 } res_item_t;
 
 /* A locked quote as the batch sees it, with what the batch decided for it. */
@@ -90,6 +91,7 @@ typedef struct {
      * the order consumed: their offsets are stored once the read models are written. */
     res_item_t   *owed;
     int           n_owed, cap_owed;
+    kafka_rebalance_hook_t rebalance;   /* marks the revoked among items and owed */
     int64_t       owed_try_ms;
     /* The read models of the applications the batch changed, built from its transactions */
     read_model_doc_t docs[RES_BATCH];
@@ -793,6 +795,30 @@ static void res_poll(results_t *r)
     }
 }
 
+static void res_mark_revoked(res_item_t *items, int n,
+                             const rd_kafka_topic_partition_list_t *parts)
+{
+    for (int i = 0; i < n; i++)
+        for (int k = 0; k < parts->cnt; k++)
+            if (items[i].msg->partition == parts->elems[k].partition
+                && strcmp(rd_kafka_topic_name(items[i].msg->rkt), parts->elems[k].topic) == 0)
+                items[i].revoked = 1;
+}
+
+/*
+ * Partitions taken away in a rebalance: the results read from them and not yet stored (the
+ * owed ones wait for Redis across polls) are redelivered to the next owner, where they change
+ * nothing. Their read models are still written here, but their offsets are no longer ours:
+ * stored once the partition came back, past them, they would move the group back.
+ */
+static void res_partitions_revoked(void *arg, const rd_kafka_topic_partition_list_t *parts)
+{
+    results_t *r = arg;
+
+    res_mark_revoked(r->items, r->n, parts);
+    res_mark_revoked(r->owed, r->n_owed, parts);
+}
+
 static void res_items_free(res_item_t *items, int *n)
 {
     for (int i = 0; i < *n; i++) {
@@ -849,7 +875,8 @@ static void res_settle(results_t *r)
          "written", r->n_owed);
     res_remember_completed(r, r->owed, r->n_owed);
     for (int i = 0; i < r->n_owed; i++)
-        kafka_done(r->consumer, r->owed[i].msg);
+        if (!r->owed[i].revoked)
+            kafka_done(r->consumer, r->owed[i].msg);
     res_items_free(r->owed, &r->n_owed);
     /* an outage's worth (up to RES_OWED_MAX decoded events, tens of MB) is not kept for the next */
     free(r->owed);
@@ -873,7 +900,8 @@ static void res_batch(results_t *r)
             if (r->n_owed == 0 && res_publish(r, r->items, r->n, r->docs, r->n_docs) == 0) {
                 res_remember_completed(r, r->items, r->n);
                 for (int i = 0; i < r->n; i++)
-                    kafka_done(r->consumer, r->items[i].msg);
+                    if (!r->items[i].revoked)
+                        kafka_done(r->consumer, r->items[i].msg);
                 return;
             }
             if (r->n_owed < RES_OWED_MAX && res_owe(r) == 0)
@@ -964,8 +992,11 @@ static rd_kafka_t *res_consumer(results_t *r)
     char                     err[256];
 
     while (!*r->w->stop) {
-        rd_kafka_t *c = kafka_consumer_new(r->w->cfg, RES_GROUP, topics, 2, NULL, err,
-                                           sizeof(err));
+        rd_kafka_t *c;
+
+        r->rebalance.revoked = res_partitions_revoked;
+        r->rebalance.arg = r;
+        c = kafka_consumer_new(r->w->cfg, RES_GROUP, topics, 2, &r->rebalance, err, sizeof(err));
 
         if (c != NULL)
             return c;
