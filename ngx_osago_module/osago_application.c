@@ -931,8 +931,15 @@ app_on_string(void *ctx, const unsigned char *s, size_t len)
             if (!c->lim->any_start_date
                 && (days < c->today_days || days > c->today_days + APP_START_AHEAD))
             {
-                /* only a date behind the window was inside it on an earlier day */
-                c->start_window = !c->failed && days < c->today_days;
+                /*
+                 * Only a date behind the window was inside it on an earlier day;
+                 * and the day after its end may have been inside it on an edge
+                 * whose clock is already on tomorrow (a retry landing elsewhere
+                 * around UTC midnight).
+                 */
+                c->start_window = !c->failed
+                                  && (days < c->today_days
+                                      || days == c->today_days + APP_START_AHEAD + 1);
                 break;
             }
             c->start = dt;

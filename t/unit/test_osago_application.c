@@ -989,7 +989,12 @@ test_dates(void **state)
         m = run(BASE, strlen(BASE), &LIM, again, sizeof(again), &err);
         assert_true(n > 0 && n == m);
         assert_memory_equal(out, again, (size_t) n);
-        /* a date past the window never was inside it: nothing to replay */
+        /* the day after the window's end: inside it where the clock is on tomorrow already */
+        assert_int_equal(run(WITH("2025-06-20", "2025-08-25"), strlen(BASE), &later, out,
+                             sizeof(out), &err), -1);
+        assert_string_equal(err.pointer, "/start_date");
+        assert_int_equal(err.start_window, 1);
+        /* later still, a date past the window never was inside it: nothing to replay */
         assert_int_equal(run(WITH("2025-06-20", "2025-09-01"), strlen(BASE), &later, out,
                              sizeof(out), &err), -1);
         assert_string_equal(err.pointer, "/start_date");
