@@ -213,7 +213,7 @@ is($rl_key, 'osago:rl:partner:zed', 'GCRA state under osago:rl:partner:zed');
 
 # --- limited: rate 2/s, burst 4 ---
 my $slow = OsagoTest::add_partner($r, name => 'slow', rate => 2, burst => 4);
-my (@r, @t);
+my (@r, @t, @limited);
 my $t0 = time;
 my @st;
 for my $i (1 .. 8) {
@@ -223,6 +223,7 @@ for my $i (1 .. 8) {
     push @r, $p->{limit}{r};
     push @t, $p->{limit}{t};
     $res = $x if $i == 5;
+    push @limited, $x if $x->{status} == 429;
 }
 my $burst_time = time - $t0;
 my $pttl = $r->cli('PTTL', 'osago:rl:partner:slow');
@@ -232,16 +233,20 @@ my $tat = $r->cli('GET', 'osago:rl:partner:slow');
 like($tat, qr/^\d{16}$/, 'GCRA state is µs since the epoch');
 my ($rs, $rus) = $r->cli('TIME');
 my $ahead = ($tat - ($rs * 1e6 + $rus)) / 1e6;
-ok($ahead > 1 && $ahead <= 2.001, "TAT ahead of Redis TIME by at most burst / rate = 2 s ($ahead)");
+ok($ahead > 0 && $ahead <= 2.001, "TAT ahead of Redis TIME by at most burst / rate = 2 s ($ahead)");
 SKIP: {
-    skip "8 requests took ${burst_time}s (machine too slow for exact counts)", 3 if $burst_time > 0.4;
+    # a request refills every 0.5 s: slower, and the counts below are not the point any more
+    skip "8 requests took ${burst_time}s (machine too slow for exact counts)", 5 if $burst_time > 0.4;
     is("@st", '200 200 200 200 429 429 429 429', 'burst 4 then 429');
     is("@r[0..3]", '3 2 1 0', 'RateLimit r counts down');
     ok(!grep({ !defined $_ || $_ != 0 } @r[4..7]), 'r=0 while limited');
+    ok($ahead > 1, "  the TAT more than 1 s ahead ($ahead)");
+    is($res->{status}, 429, '  the 5th request limited');
 }
 ok(!grep({ !defined $_ || !/^\d+$/ } @t), "t is always delta-seconds (@{[map { $_ // 'undef' } @t]})");
 ok($t[3] >= 1 && $t[3] <= 2, "after the burst, t ~ 2 s ($t[3])");
-is_problem($res, 429, 'rate-limited', '5th request');
+$res = $limited[0] // $res;    # the first 429, whichever request it was
+is_problem($res, 429, 'rate-limited', 'the first limited request');
 is(hdr($res, 'ratelimit-policy'), '"partner";q=4;w=2', '429 carries RateLimit-Policy');
 my $ra = hdr($res, 'retry-after');
 like($ra // '', qr/^\d+$/, 'Retry-After in seconds');

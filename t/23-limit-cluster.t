@@ -63,7 +63,8 @@ ok(($by{0} // 0) > 0 && ($by{1} // 0) > 0, 'both instances admitted some');
 cmp_ok($admitted, '<', 1.5 * $expected, 'far below what two separate limits would give');
 
 # a reload of one edge: the new workers limit from the same Redis state, nothing leaks
-my $k2 = OsagoTest::add_partner($r, name => 'after-reload', rate => 1, burst => 2);
+# rate 0.001/s: nothing refills while the reload takes its time
+my $k2 = OsagoTest::add_partner($r, name => 'after-reload', rate => 0.001, burst => 2);
 is(OsagoTest::http(GET => $n[0]->url('/'), headers => { 'X-API-Key' => $k2 })->{status}, 200,
    'before reload: 1st admitted');
 $n[0]->reload;

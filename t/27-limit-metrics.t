@@ -117,8 +117,9 @@ OsagoTest::wait_for(sub {
     (undef, $m2) = scrape();
     !grep { $m2->{$_} != 0 } grep { /^osago_redis_up\{/ } keys %$m2;
 }, 3);
-ok(!grep({ $m2->{$_} != 0 } grep { /^osago_redis_up\{/ } keys %$m2), 'osago_redis_up 0 after Redis stops')
-    or diag explain $m2;
+my @down = grep { /^osago_redis_up\{/ } keys %$m2;
+ok(@down == $WORKERS && !grep({ $m2->{$_} != 0 } @down),
+   "osago_redis_up 0 after Redis stops, on all $WORKERS workers") or diag explain $m2;
 @st = ();
 push @st, req('/open', $P)->{status} for 1 .. 2;          # open fallback: fallback_allowed
 push @st, req('/', OsagoTest::random_key())->{status};    # never seen: unavailable

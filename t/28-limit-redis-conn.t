@@ -88,7 +88,7 @@ undef $n;
 
 # --- unix socket ---
 my $u = OsagoTest::Redis->new(unixsocket => 1);
-my $ukey = OsagoTest::add_partner($u, name => 'viasocket', rate => 10, burst => 2);
+my $ukey = OsagoTest::add_partner($u, name => 'viasocket', rate => 0.001, burst => 2);
 $n = OsagoTest::Nginx->new(workers => 2, http => 'osago_redis_server unix:' . $u->socket . ";\n"
                                                  . limited_server());
 my @st = map { get($n, $ukey)->{status} } 1 .. 3;

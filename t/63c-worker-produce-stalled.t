@@ -46,8 +46,8 @@ ok(OsagoStack::wait_until(sub { (OsagoStack::metric_of($w->metrics, 'insurer_cal
                           30, 0.1), 'the executor took its first tasks');
 sleep 1;
 my $calls = OsagoStack::metric_of($w->metrics, 'insurer_calls') // -1;
-my @refused = grep { ($_->{role} // '') eq 'executor' && ($_->{level} // '') =~ /warn|error/ }
-              @{ $w->log_lines };
+my @refused = grep { ($_->{role} // '') eq 'executor' && ($_->{event} // '') eq 'kafka_error'
+                     && ($_->{msg} // '') =~ /^outcomes not confirmed/ } @{ $w->log_lines };
 ok(@refused, 'the executor\'s outcomes were refused meanwhile') or diag substr($w->log_text, -2000);
 # the calls' slots and the outcomes' own, plus the one task a full executor may take over with
 # its poll once a second

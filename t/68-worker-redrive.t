@@ -99,7 +99,7 @@ is(OsagoStack::metric_of($m, 'applications_redriven'), 2,
    'applications_redriven: the two accepted applications, once each');
 is(OsagoStack::metric_of($m, 'tasks_redriven'), 4 + 2,
    'tasks_redriven: the 4 pending quotes of one application and 2 of the other, once each');
-is(OsagoStack::metric_of($m, 'tasks_swept') // 0, 0, 'tasks_swept: none (nothing was running)');
+is(OsagoStack::metric_of($m, 'tasks_swept'), 0, 'tasks_swept: none (nothing was running)');
 
 my $q = OsagoStack::quotes_of($pg, \@old);
 is_deeply([ @{ $q->{$pend2}{alfa} }{qw(status attempt premium)} ], [ 'ok', 1, '1234.56' ],

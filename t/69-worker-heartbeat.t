@@ -78,7 +78,7 @@ cmp_ok($max_age, '<', $HEARTBEAT_S + 1.5,
 ok(OsagoStack::wait_completed($pg, \@ids, 60), 'every application completed')
     or diag explain [ $pg->psql("SELECT status, count(*) FROM quotes GROUP BY 1") ];
 my $m = $w->metrics;
-is(OsagoStack::metric_of($m, 'tasks_swept') // 0, 0,
+is(OsagoStack::metric_of($m, 'tasks_swept'), 0,
    'the sweeper took no task: every running quote kept a fresh heartbeat');
 is(OsagoStack::metric_of($m, 'insurer_calls'), @ids * @CODES,
    'one insurer call per task, none repeated');

@@ -111,7 +111,7 @@ my $direct = OsagoStack::Worker->new(pg => $pg, redis => $r, kafka => $kb, insur
 ok(OsagoStack::wait_completed($pg, [$handed], 30),
    '  and the next executor completes them at once (redelivered, not left to the sweeper)');
 
-is(OsagoStack::metric_of($front->metrics, 'tasks_swept') // 0, 0, 'no task swept');
+is(OsagoStack::metric_of($front->metrics, 'tasks_swept'), 0, 'no task swept');
 OsagoStack::check_all_done($pg, $r, [$first, $id, $last, $handed], \@CODES);
 $direct->stop;
 $front->stop;

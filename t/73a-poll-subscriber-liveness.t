@@ -44,7 +44,7 @@ $r->{opt}{password} = 'not-the-edges';
 $r->cli('CLIENT', 'KILL', 'TYPE', 'pubsub');
 my $t_refused = time;
 ok(OsagoTest::wait_for(sub { subscribed() == 0 }, 5), 'the subscription is lost');
-sleep 3.5 - (time - $t_refused);
+OsagoTest::sleep_until($t_refused + 3.5);
 
 my %attempts;
 for my $l (split /\n/, substr($n->error_log, $from)) {

@@ -137,8 +137,9 @@ put_app($r, $_, owner => 'acme', updated_at => 1000) for @ids;
     is($state->{parked_after}, 0, 'osago_poll_parked 0 afterwards');
     is(metric_delta($state->{m0}, $state->{m1}, 'osago_poll_answered_total', how => $_), 0,
        "answered $_ +0") for qw(at_once woken timed_out);
+    is(scalar(grep { ($_->[1] // '') eq 'publish' } @$cmds), 1, 'MONITOR saw the PUBLISH for the id');
     is(scalar(grep { is_app_read($_) } after_publish($cmds)), 0,
-       'a PUBLISH for the id afterwards reads nothing (its node is gone)');
+       '  and it read nothing (its node is gone)');
     ok(!worker_crashed($n), 'no worker crashed') or diag $n->error_log;
     my $res = poll_get($n, $ids[0], key => $KEY);
     is($res->{status}, 200, 'a new request afterwards: 200');

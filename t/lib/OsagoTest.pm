@@ -97,6 +97,13 @@ sub pid_alive {
 }
 
 # Poll $cond every $step seconds until it returns true or $timeout passes; returns its last value.
+# Sleeps until the epoch time $t (at once when it has passed).
+sub sleep_until {
+    my ($t) = @_;
+    my $d = $t - Time::HiRes::time();
+    Time::HiRes::sleep($d) if $d > 0;
+}
+
 sub wait_for {
     my ($cond, $timeout, $step) = @_;
     $timeout //= 5;
@@ -143,6 +150,7 @@ sub run_cmd {
     my (@cmd) = @_;
     my ($in, $out, $err) = (undef, '', '');
     my $errfh = gensym;
+    local $SIG{PIPE} = 'DEFAULT';    # what the command starts keeps the usual disposition
     my $pid = open3($in, my $outfh, $errfh, @cmd);
     close $in;
     # Read both without deadlock: stderr is usually small, but use select anyway.
@@ -496,9 +504,9 @@ sub start {
     croak "redis-server failed ($code): $out$err" if $code;
     my $ok = OsagoTest::wait_for(sub {
         -s $pidfile && ($self->_cli_raw('PING'))[1] =~ /PONG/ }, 10);
+    # stop() ends what started, answering or not
+    ($self->{pid}) = (OsagoTest::_slurp($pidfile) // '') =~ /(\d+)/;
     croak "redis on port $self->{port} did not answer PING:\n" . $self->log unless $ok;
-    my ($pid) = OsagoTest::_slurp($pidfile) =~ /(\d+)/;
-    $self->{pid} = $pid;
     $self->{paused} = 0;
     return $self;
 }
@@ -727,6 +735,8 @@ sub start {
             . "\n--- nginx.conf:\n$self->{conf}";
     }
     my $ok = OsagoTest::wait_for(sub { $self->master_pid }, 10);
+    # a master that writes its pid file late is still ended by stop()
+    $self->{pid_file_late} = 1 unless $ok;
     croak "nginx wrote no pid file\n" . $self->error_log unless $ok;
     $self->{pid} = $self->master_pid;
     my $up = OsagoTest::wait_for(sub { OsagoTest::port_open($self->port) }, 10);
@@ -787,7 +797,8 @@ sub reload {
 
 sub stop {
     my ($self) = @_;
-    my $pid = $self->{pid} or return;
+    my $pid = $self->{pid} // ($self->{pid_file_late} ? $self->master_pid : undef) or return;
+    $self->{pid} = $pid;
     my @kids = $self->all_children;
     if (OsagoTest::pid_alive($pid)) {
         kill 'QUIT', $pid;
@@ -917,5 +928,8 @@ END {
 for my $sig (qw(INT TERM HUP)) {
     $SIG{$sig} = sub { die "caught SIG$sig\n" } unless $SIG{$sig};
 }
+# a peer that closed first (a write to a socket or pipe) is an error to handle, not a death
+# that skips END and leaves the test's daemons running
+$SIG{PIPE} = 'IGNORE' unless $SIG{PIPE};
 
 1;
