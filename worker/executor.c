@@ -1189,12 +1189,17 @@ static void ex_succeeded(executor_t *x, call_t *c, const char *premium, long ms)
 }
 
 /* A failed attempt: retried after the backoff while attempts remain (and retrying can help).
+ * reason is stored with an error result, which partners read: what went wrong, not where
+ * (hosts, ports, this worker's settings); detail, when given, is what the log says instead.
  * retry_level: how the retry is logged (a call not sent for its insurer's share is one of
  * many, reported by ex_limited_report instead). */
-static void ex_failed_as(executor_t *x, call_t *c, const char *reason, int retryable,
-                         enum log_level retry_level)
+static void ex_failed_as(executor_t *x, call_t *c, const char *reason, const char *detail,
+                         int retryable, enum log_level retry_level)
 {
     const worker_config_t *cfg = x->w->cfg;
+
+    if (detail == NULL)
+        detail = reason;
 
     if (retryable && retry_allowed(c->attempt, cfg->max_attempts)) {
         int64_t delay = retry_delay_ms(c->attempt + 1, cfg->retry_base_ms, cfg->retry_max_ms,
@@ -1203,7 +1208,7 @@ static void ex_failed_as(executor_t *x, call_t *c, const char *reason, int retry
         c->due_ms = ex_now_ms() + delay;
         wlog(retry_level, EX_ROLE, c->traceparent, "insurer_error",
              "%s/%s attempt %d of %d: %s; retry in %lld ms", c->app_id, c->insurer, c->attempt,
-             cfg->max_attempts, reason, (long long) delay);
+             cfg->max_attempts, detail, (long long) delay);
         ex_move(x, c, ST_RETRY);
         return;
     }
@@ -1212,13 +1217,20 @@ static void ex_failed_as(executor_t *x, call_t *c, const char *reason, int retry
     snprintf(c->out.error, sizeof(c->out.error), "%s", reason);
     event_utf8_sanitize(c->out.error);
     wlog(LOG_WARN, EX_ROLE, c->traceparent, "task_failed", "%s/%s attempt %d of %d: %s; final",
-         c->app_id, c->insurer, c->attempt, cfg->max_attempts, reason);
+         c->app_id, c->insurer, c->attempt, cfg->max_attempts, detail);
     ex_move(x, c, ST_OUTBOX);
 }
 
 static void ex_failed(executor_t *x, call_t *c, const char *reason, int retryable)
 {
-    ex_failed_as(x, c, reason, retryable, LOG_WARN);
+    ex_failed_as(x, c, reason, NULL, retryable, LOG_WARN);
+}
+
+/* An insurer's refusal of the request itself (4xx) meets every retry the same way; but for a
+ * timeout, a request too early or too many (408, 425, 429), which a retry may get past. */
+static int ex_status_retryable(long status)
+{
+    return status < 400 || status >= 500 || status == 408 || status == 425 || status == 429;
 }
 
 /* The premium of a 200 answer, as "%.2f"; or why the answer cannot be used. */
@@ -1234,11 +1246,27 @@ static int ex_premium(const char *answer, size_t len, char *premium, size_t cap,
         snprintf(why, whylen, "empty body");
         return -1;
     }
+    if (strlen(answer) != len) {     /* the parser would stop at it, taking a prefix */
+        snprintf(why, whylen, "a NUL byte in the body");
+        return -1;
+    }
     if ((root = yajl_tree_parse(answer, err, sizeof(err))) == NULL) {
         snprintf(why, whylen, "not JSON");
         return -1;
     }
     v = YAJL_IS_OBJECT(root) ? yajl_tree_get(root, path, yajl_t_any) : NULL;
+    if (v != NULL) {
+        int copies = 0;
+
+        /* yajl keeps both copies of a member, and the lookup takes the first */
+        for (size_t i = 0; i < root->u.object.len; i++)
+            copies += strcmp(root->u.object.keys[i], "premium_rub") == 0;
+        if (copies > 1) {
+            snprintf(why, whylen, "premium_rub given %d times", copies);
+            yajl_tree_free(root);
+            return -1;
+        }
+    }
     if (v == NULL || !YAJL_IS_NUMBER(v)) {
         snprintf(why, whylen, "%s", YAJL_IS_OBJECT(root) ? "no premium_rub number"
                                                          : "not a JSON object");
@@ -1266,8 +1294,10 @@ static void ex_call_done(executor_t *x, call_t *c, CURLcode rc)
     long       status = 0, ms = (long) (ex_now_ms() - c->started_ms);
     char       reason[200], why[128], premium[32];
     int        timeout = rc == CURLE_OPERATION_TIMEDOUT;
+    long       sent = 0;     /* request bytes: none, and the connection was never made */
 
     curl_easy_getinfo(c->easy, CURLINFO_RESPONSE_CODE, &status);
+    curl_easy_getinfo(c->easy, CURLINFO_REQUEST_SIZE, &sent);
     curl_multi_remove_handle(x->multi, c->easy);
     ex_easy_put(x, c->easy);
     c->easy = NULL;
@@ -1281,21 +1311,31 @@ static void ex_call_done(executor_t *x, call_t *c, CURLcode rc)
                       sizeof(premium), why, sizeof(why)) == 0) {
         ex_succeeded(x, c, premium, ms);
     } else {
-        if (timeout)
+        const char *detail = NULL;
+        int         retryable = 1;
+
+        if (timeout && sent == 0) {
+            snprintf(reason, sizeof(reason), "no connection within %d ms",
+                     c->ins->connect_timeout_ms);
+        } else if (timeout) {
             snprintf(reason, sizeof(reason), "timeout after %d ms", c->ins->timeout_ms);
-        else if (c->answer_over)
-            snprintf(reason, sizeof(reason), "malformed answer: over %d bytes", EX_MAX_ANSWER);
-        else if (rc != CURLE_OK)
-            snprintf(reason, sizeof(reason), "%.180s",
-                     c->errbuf[0] ? c->errbuf : curl_easy_strerror(rc));
-        else if (status != 200)
+        } else if (status != 0 && status != 200) {     /* whatever the body (too long, cut) */
             snprintf(reason, sizeof(reason), "HTTP %ld", status);
-        else
+            retryable = ex_status_retryable(status);
+        } else if (c->answer_over) {
+            snprintf(reason, sizeof(reason), "malformed answer: over %d bytes", EX_MAX_ANSWER);
+        } else if (rc != CURLE_OK) {
+            /* curl's own text names the host, port or address: for the log only */
+            snprintf(reason, sizeof(reason), "%.180s", curl_easy_strerror(rc));
+            if (c->errbuf[0] != '\0')
+                detail = c->errbuf;
+        } else {
             snprintf(reason, sizeof(reason), "malformed answer: %s", why);
+        }
         atomic_fetch_add(&m->insurer_errors, 1);
         if (timeout)
             atomic_fetch_add(&m->insurer_timeouts, 1);
-        ex_failed(x, c, reason, 1);
+        ex_failed_as(x, c, reason, detail, retryable, LOG_WARN);
     }
     free(c->answer);
     c->answer = NULL;
@@ -1475,6 +1515,8 @@ static int ex_start(executor_t *x, call_t *c)
     curl_easy_setopt(e, CURLOPT_HTTPHEADER, c->headers);
     curl_easy_setopt(e, CURLOPT_WRITEDATA, c);
     curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long) c->ins->timeout_ms);
+    /* an address that drops connection attempts fails in seconds, not the whole timeout */
+    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long) c->ins->connect_timeout_ms);
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, c->errbuf);
     curl_easy_setopt(e, CURLOPT_PRIVATE, c);
     if (curl_multi_add_handle(x->multi, e) != CURLM_OK)
@@ -1520,7 +1562,8 @@ static void ex_start_calls(executor_t *x)
             snprintf(reason, sizeof(reason), "not sent: %d calls to %s in flight, its share of "
                      "the executor's %d (--insurer-share-pct %d)", share, c->insurer,
                      cfg->max_in_flight, cfg->insurer_share_pct);
-            ex_failed_as(x, c, reason, 1, LOG_DEBUG);
+            ex_failed_as(x, c, "not sent: too many calls to the insurer in flight", reason, 1,
+                         LOG_DEBUG);
             continue;
         }
         rc = ex_start(x, c);

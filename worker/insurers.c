@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include <curl/curl.h>
 #include <yajl/yajl_tree.h>
@@ -49,6 +50,23 @@ static int auth_header_valid(const char *s)
     return 1;
 }
 
+/* A header that frames or routes the request, or carries the trace: curl would send it in
+ * place of its own (a Content-Length of the header's, then the whole body). */
+static int auth_header_reserved(const char *s)
+{
+    static const char *const reserved[] = {
+        "Host", "Content-Length", "Transfer-Encoding", "Content-Type", "Expect", "Connection",
+        "Keep-Alive", "TE", "Trailer", "Upgrade", "Proxy-Connection", "traceparent",
+        "tracestate"
+    };
+    size_t n = strcspn(s, ":");
+
+    for (size_t r = 0; r < sizeof(reserved) / sizeof(reserved[0]); r++)
+        if (strlen(reserved[r]) == n && strncasecmp(s, reserved[r], n) == 0)
+            return 1;
+    return 0;
+}
+
 /* An http:// or https:// URL with a host, printable ASCII only, that curl parses: a URL curl
  * cannot use would fail every call to that insurer, found only once quotes end in errors. */
 static int url_valid(const char *s)
@@ -70,6 +88,13 @@ static int url_valid(const char *s)
         return 0;
     ok = curl_url_set(u, CURLUPART_URL, s, 0) == CURLUE_OK
          && curl_url_get(u, CURLUPART_HOST, &host, 0) == CURLUE_OK && host[0] != '\0';
+    if (ok) {
+        /* credentials in the URL would be logged with it: they belong in auth_header */
+        char *user = NULL;
+
+        ok = curl_url_get(u, CURLUPART_USER, &user, 0) == CURLUE_NO_USER;
+        curl_free(user);
+    }
     curl_free(host);
     curl_url_cleanup(u);
     return ok;
@@ -132,7 +157,8 @@ static char *read_file(const char *path, char *err, size_t errlen)
 static int load_one(const char *path, int i, yajl_val obj, int default_timeout_ms,
                     insurer_t *ins, char *err, size_t errlen)
 {
-    static const char *const members[] = { "code", "name", "url", "timeout_ms", "auth_header" };
+    static const char *const members[] = { "code", "name", "url", "timeout_ms", "auth_header",
+                                           "connect_timeout_ms" };
     unsigned seen = 0;
     int have_code = 0, have_url = 0;
 
@@ -155,15 +181,17 @@ static int load_one(const char *path, int i, yajl_val obj, int default_timeout_m
             seen |= 1u << m;
         }
 
-        if (strcmp(key, "timeout_ms") == 0) {
+        if (strcmp(key, "timeout_ms") == 0 || strcmp(key, "connect_timeout_ms") == 0) {
             if (!YAJL_IS_INTEGER(v) || YAJL_GET_INTEGER(v) < 1 || YAJL_GET_INTEGER(v) > 600000)
-                FAIL_AT(i, "/timeout_ms: must be an integer 1..600000");
-            ins->timeout_ms = (int)YAJL_GET_INTEGER(v);
+                FAIL_AT(i, "/%s: must be an integer 1..600000", key);
+            *(key[0] == 't' ? &ins->timeout_ms : &ins->connect_timeout_ms)
+                = (int)YAJL_GET_INTEGER(v);
             continue;
         }
         if (strcmp(key, "code") != 0 && strcmp(key, "name") != 0 && strcmp(key, "url") != 0 &&
             strcmp(key, "auth_header") != 0)
-            FAIL_AT(i, ": unknown member \"%s\" (code, name, url, timeout_ms, auth_header)", key);
+            FAIL_AT(i, ": unknown member \"%s\" (code, name, url, timeout_ms, "
+                    "connect_timeout_ms, auth_header)", key);
         if (!YAJL_IS_STRING(v))
             FAIL_AT(i, "/%s: must be a string", key);
         const char *s = v->u.string;
@@ -187,6 +215,9 @@ static int load_one(const char *path, int i, yajl_val obj, int default_timeout_m
             if (strlen(s) >= sizeof(ins->auth_header) || !auth_header_valid(s))
                 FAIL_AT(i, "/auth_header: must be \"Name: value\" (at most %zu bytes)",
                         sizeof(ins->auth_header) - 1);
+            if (auth_header_reserved(s))
+                FAIL_AT(i, "/auth_header: %.*s is the request's own header, not an "
+                        "authorization", (int)strcspn(s, ":"), s);
             strcpy(ins->auth_header, s);
         }
     }
@@ -196,6 +227,10 @@ static int load_one(const char *path, int i, yajl_val obj, int default_timeout_m
         FAIL_AT(i, ": \"url\" is missing");
     if (ins->name[0] == '\0')
         strcpy(ins->name, ins->code);   /* the read model always shows a name */
+    if (ins->connect_timeout_ms == 0)
+        ins->connect_timeout_ms = INSURERS_CONNECT_TIMEOUT_MS;
+    if (ins->connect_timeout_ms > ins->timeout_ms)
+        ins->connect_timeout_ms = ins->timeout_ms;     /* the whole call's bound comes first */
     return 0;
 }
 

@@ -5,12 +5,14 @@
 #include <stddef.h>
 
 #define INSURERS_MAX 64
+#define INSURERS_CONNECT_TIMEOUT_MS 5000
 
 typedef struct {
     char code[33];            /* [a-z0-9_-]{1,32} */
     char name[128];
     char url[512];            /* http:// or https:// */
     int  timeout_ms;          /* default: the worker's insurer_timeout_ms */
+    int  connect_timeout_ms;  /* default: INSURERS_CONNECT_TIMEOUT_MS, at most timeout_ms */
     char auth_header[256];    /* optional, "Name: value" */
 } insurer_t;
 

@@ -1196,7 +1196,7 @@ use Time::HiRes qw(time sleep);
 
 # new(code => 'rec', mode => 'status' (answers status => 500) | 'hang' (never answers) |
 #     'garbage' (200, not JSON) | 'ok' (200 with premium => 1234.56, or premium_text => the
-#     number as written), delay_s => answer after):
+#     number as written), body => the answer's bytes instead, delay_s => answer after):
 # a forked HTTP server; every request is recorded (time, path, traceparent, body) before the
 # answer. One process per connection, in the server's own process group, stopped by its id.
 sub new {
@@ -1275,6 +1275,7 @@ sub _serve {
                        $opt->{code} // 'rec', (ref $j eq 'HASH' ? $j->{application_id} // '' : ''),
                        $opt->{premium_text} // sprintf('%.2f', $opt->{premium} // 1234.56);
     }
+    $out = $opt->{body} if defined $opt->{body};    # bytes as given, whatever the mode
     print {$c} "HTTP/1.1 $status X\r\nContent-Type: $type\r\nContent-Length: " . length($out)
              . "\r\nConnection: close\r\n\r\n$out";
     close $c;

@@ -84,6 +84,9 @@ static void test_valid(void **state)
     assert_string_equal(l->items[1].name, "rgs_2-x");
     assert_int_equal(l->items[1].timeout_ms, 60000);
     assert_string_equal(l->items[1].auth_header, "Authorization: Bearer abc.def");
+    /* the connect timeout: 5 s, never beyond the call's own */
+    assert_int_equal(l->items[1].connect_timeout_ms, 5000);
+    assert_int_equal(l->items[0].connect_timeout_ms, 1500);
 
     assert_ptr_equal(insurers_find(l, "rgs_2-x"), &l->items[1]);
     assert_ptr_equal(insurers_find(l, "alfa"), &l->items[0]);
@@ -93,6 +96,10 @@ static void test_valid(void **state)
     /* bounds */
     l = load_ok(ONE(",\"timeout_ms\":1"));
     assert_int_equal(l->items[0].timeout_ms, 1);
+    l = load_ok(ONE(",\"connect_timeout_ms\":250,\"timeout_ms\":2000"));
+    assert_int_equal(l->items[0].connect_timeout_ms, 250);
+    l = load_ok(ONE(",\"connect_timeout_ms\":9000,\"timeout_ms\":2000"));
+    assert_int_equal(l->items[0].connect_timeout_ms, 2000);
     l = load_ok(ONE(",\"timeout_ms\":600000"));
     assert_int_equal(l->items[0].timeout_ms, 600000);
 
@@ -167,7 +174,8 @@ static void test_entry_errors(void **state)
     expect_error("[{\"url\":\"http://h/\"}]", "/0: \"code\" is missing");
     expect_error("[{\"code\":\"alfa\"}]", "/0: \"url\" is missing");
     expect_error(ONE(",\"timeout\":5"),
-                 "/0: unknown member \"timeout\" (code, name, url, timeout_ms, auth_header)");
+                 "/0: unknown member \"timeout\" (code, name, url, timeout_ms, "
+                 "connect_timeout_ms, auth_header)");
 
     /* code */
     const char *bad_codes[] = { "\"\"", "\"Alfa\"", "\"al fa\"", "\"alfa.ru\"",
@@ -186,7 +194,9 @@ static void test_entry_errors(void **state)
                                "\"https://\"", "\"http://h/a b\"", "\"HTTP://h/\"",
                                "\"http:///quote\"", "\"https:///\"", "\"http://h/\\u0001\"",
                                "\"http://h/\\u00e9\"", "\"http://[::1/q\"",
-                               "\"http://h:99999/q\"" };
+                               "\"http://h:99999/q\"",
+                               /* credentials in the URL would be logged with it */
+                               "\"https://user:secret@h/q\"", "\"http://user@h/q\"" };
     for (size_t i = 0; i < sizeof(bad_urls) / sizeof(bad_urls[0]); i++) {
         char text[256];
         snprintf(text, sizeof(text), "[{\"code\":\"a\",\"url\":%s}]", bad_urls[i]);
@@ -212,6 +222,8 @@ static void test_entry_errors(void **state)
         char text[256];
         snprintf(text, sizeof(text), ONE(",\"timeout_ms\":%s"), bad_timeouts[i]);
         expect_error(text, "/0/timeout_ms: must be an integer 1..600000");
+        snprintf(text, sizeof(text), ONE(",\"connect_timeout_ms\":%s"), bad_timeouts[i]);
+        expect_error(text, "/0/connect_timeout_ms: must be an integer 1..600000");
     }
 
     /* auth_header */
@@ -223,6 +235,18 @@ static void test_entry_errors(void **state)
         snprintf(text, sizeof(text), ONE(",\"auth_header\":%s"), bad_auth[i]);
         expect_error(text, "/0/auth_header: must be \"Name: value\" (at most 255 bytes)");
     }
+    /* a header of the request's own: curl would send it in place of its own */
+    const char *own[] = { "Content-Length: 5", "transfer-encoding: chunked", "Host: evil",
+                          "Traceparent: 00-x", "Expect: 100-continue" };
+    for (size_t i = 0; i < sizeof(own) / sizeof(own[0]); i++) {
+        char text[256], want[128];
+        snprintf(text, sizeof(text), ONE(",\"auth_header\":\"%s\""), own[i]);
+        snprintf(want, sizeof(want), "/0/auth_header: %.*s is the request's own header, not an "
+                 "authorization", (int)strcspn(own[i], ":"), own[i]);
+        expect_error(text, want);
+    }
+    assert_string_equal(load_ok(ONE(",\"auth_header\":\"X-Api-Key: k\""))->items[0].auth_header,
+                        "X-Api-Key: k");
 
     /* name */
     expect_error(ONE(",\"name\":\"\""), "/0/name: must be 1..127 bytes");
