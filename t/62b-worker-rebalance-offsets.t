@@ -38,27 +38,7 @@ my $executor = sub {
                             name => $name, roles => 'executor', args => [ @common, @more ]);
 };
 
-# "[partition] offset N" of every message the worker could not decode, from its log
-my $invalid = sub {
-    my ($w) = @_;
-    return map { $_->{msg} =~ /^\[(\d+)\] offset (\d+) /
-                     ? "$1:$2" : "?:$_->{msg}" }
-           grep { ($_->{event} // '') eq 'event_invalid' } @{ $w->log_lines };
-};
-my $markers = sub {
-    my ($label) = @_;
-    for my $p (0 .. $PARTITIONS - 1) {
-        my ($code, undef, $err) = OsagoTest::kcat($kb->bootstrap, \"not an event ($label)\n",
-                                                  '-P', '-t', $TOPIC, '-p', $p);
-        is($code, 0, "marker $label produced on partition $p") or diag $err;
-    }
-};
-# the executor's assignments (the log line names the consumer's topic)
-my $assigned = sub {
-    my ($w) = @_;
-    return grep { ($_->{event} // '') eq 'partitions_assigned' && ($_->{msg} // '') =~ /\Q$TOPIC\E \[/ }
-           @{ $w->log_lines };
-};
+my $mk = OsagoStack::Markers->new($kb, $TOPIC, partitions => $PARTITIONS);
 
 my @ids = map { scalar OsagoStack::intake_entry($r) } 1 .. $N;
 my $in = OsagoStack::_in(\@ids);
@@ -68,20 +48,20 @@ ok(OsagoStack::wait_until(sub { $running->() == $N * @CODES }, 20, 0.1),
    'A runs all ' . $N * @CODES . ' tasks');
 
 my $B = $executor->('ro-B');
-ok(OsagoStack::wait_until(sub { $assigned->($B) }, 15, 0.1),
+ok(OsagoStack::wait_until(sub { $mk->assigned($B) }, 15, 0.1),
    'B joined and was given task partitions (logged: partitions_assigned)')
     or diag substr($B->log_text, -3000);
-$markers->('first');
+$mk->produce('first');
 my @first;
-ok(OsagoStack::wait_until(sub { (@first = ($invalid->($A), $invalid->($B))) == $PARTITIONS },
+ok(OsagoStack::wait_until(sub { (@first = ($mk->read_by($A), $mk->read_by($B))) == $PARTITIONS },
                           15, 0.1),
    'A and B read every partition up to its marker (one event_invalid each)')
     or diag explain \@first;
-cmp_ok(scalar $invalid->($B), '>', 0, '  B read some of them');
+cmp_ok(scalar $mk->read_by($B), '>', 0, '  B read some of them');
 sleep 1.5;    # B's stored offsets reach the group (auto-commit, every second)
-my $a_assigned = () = $assigned->($A);
+my $a_assigned = () = $mk->assigned($A);
 $B->stop;
-ok(OsagoStack::wait_until(sub { $assigned->($A) > $a_assigned }, 15, 0.1),
+ok(OsagoStack::wait_until(sub { $mk->assigned($A) > $a_assigned }, 15, 0.1),
    'B stopped; A was given the partitions again');
 is($running->(), $N * @CODES, 'all this while A\'s calls are still out (every quote running)');
 
@@ -93,18 +73,7 @@ $A->stop;
 
 # at debug: a task read again is logged (task_skipped)
 my $C = $executor->('ro-C', OsagoStack::worker_flags(log_level => 'debug'));
-ok(OsagoStack::wait_until(sub { $assigned->($C) }, 15, 0.1),
-   'C joined alone and was given every task partition');
-$markers->('second');
-my @second;
-ok(OsagoStack::wait_until(sub { (@second = $invalid->($C)) >= $PARTITIONS }, 15, 0.1),
-   'C read every partition up to the new marker');
-sleep 0.5;    # anything more C would read
-my %first = map { $_ => 1 } @first;
-is_deeply([ grep { $first{$_} } $invalid->($C) ], [],
-          'C read no marker from before: the group\'s offsets never went back')
-    or diag explain { first => \@first, read_by_C => [ $invalid->($C) ] };
-is(scalar $invalid->($C), $PARTITIONS, '  C read each new marker once');
+$mk->check_fresh_member($C, \@first);
 unlike($C->log_text, qr/"event":"task_skipped"/,
        '  nor any task again') or diag substr($C->log_text, -2000);
 $C->stop;

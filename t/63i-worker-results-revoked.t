@@ -43,20 +43,7 @@ my $logged = sub {
     my ($w, $event) = @_;
     return grep { ($_->{event} // '') eq $event } @{ $w->log_lines };
 };
-# "topic [partition] offset N" of every result message the member could not decode
-my $invalid = sub {
-    return map { $_->{msg} =~ /^\Q$TOPIC\E \[(\d+)\] offset (\d+) / ? "$1:$2" : () }
-           $logged->($_[0], 'event_invalid');
-};
-my $assigned = sub { grep { $_->{msg} =~ /\Q$TOPIC\E \[/ } $logged->($_[0], 'partitions_assigned') };
-my $markers = sub {
-    my ($label) = @_;
-    for my $p (0 .. $PARTITIONS - 1) {
-        my ($code, undef, $err) = OsagoTest::kcat($kb->bootstrap, \"not an event ($label)\n",
-                                                  '-P', '-t', $TOPIC, '-p', $p);
-        is($code, 0, "marker $label produced on partition $p") or diag $err;
-    }
-};
+my $mk = OsagoStack::Markers->new($kb, $TOPIC, partitions => $PARTITIONS);
 
 my @ids = map { scalar OsagoStack::intake_entry($r) } 1 .. $N;
 my $in = OsagoStack::_in(\@ids);
@@ -71,18 +58,18 @@ ok(OsagoStack::wait_until(sub { $logged->($A, 'read_model_owed') }, 10, 0.1),
    '  and A owes their read models');
 
 my $B = $member->('rv-B');
-ok(OsagoStack::wait_until(sub { $assigned->($B) }, 15, 0.1),
+ok(OsagoStack::wait_until(sub { $mk->assigned($B) }, 15, 0.1),
    'B joined the results group and was given partitions');
-$markers->('first');
+$mk->produce('first');
 my @first;
-ok(OsagoStack::wait_until(sub { (@first = ($invalid->($A), $invalid->($B))) == $PARTITIONS }, 15,
+ok(OsagoStack::wait_until(sub { (@first = ($mk->read_by($A), $mk->read_by($B))) == $PARTITIONS }, 15,
                           0.1),
    'A and B read every partition up to its marker') or diag explain \@first;
-cmp_ok(scalar $invalid->($B), '>', 0, '  B read some of them');
+cmp_ok(scalar $mk->read_by($B), '>', 0, '  B read some of them');
 sleep 1.5;    # B's offsets reach the group (auto-commit, every second)
-my $a_assigned = () = $assigned->($A);
+my $a_assigned = () = $mk->assigned($A);
 $B->stop;
-ok(OsagoStack::wait_until(sub { $assigned->($A) > $a_assigned }, 15, 0.1),
+ok(OsagoStack::wait_until(sub { $mk->assigned($A) > $a_assigned }, 15, 0.1),
    'B stopped; A was given the partitions again');
 
 $front->pass;
@@ -93,18 +80,7 @@ sleep 1.5;    # whatever A stored reaches the group
 $A->stop;
 
 my $C = $member->('rv-C');
-ok(OsagoStack::wait_until(sub { $assigned->($C) }, 15, 0.1),
-   'C joined alone and was given every partition');
-$markers->('second');
-my @second;
-ok(OsagoStack::wait_until(sub { (@second = $invalid->($C)) >= $PARTITIONS }, 15, 0.1),
-   'C read every partition up to the new marker');
-sleep 0.5;    # anything more C would read
-my %first = map { $_ => 1 } @first;
-is_deeply([ grep { $first{$_} } $invalid->($C) ], [],
-          'C read no marker from before: the group\'s offsets never went back')
-    or diag explain { first => \@first, read_by_C => [ $invalid->($C) ] };
-is(scalar $invalid->($C), $PARTITIONS, '  C read each new marker once');
+$mk->check_fresh_member($C, \@first);
 is(OsagoStack::metric_of($C->metrics, 'results_duplicate'), 0, '  nor any result again');
 $C->stop;
 

@@ -16,7 +16,8 @@ OsagoStack::need_bins(qw(devbroker insurer-sim osago-worker));
 
 my $HELD = 1100;
 chomp(my $limit = `sh -c 'ulimit -n'`);
-BAIL_OUT("this test needs an open-file limit above " . ($HELD + 200) . " (ulimit -n is $limit)")
+# make test raises the soft limit to the hard one; below this, the test cannot hold its sockets
+plan skip_all => "needs an open-file limit above " . ($HELD + 200) . " (ulimit -n is $limit)"
     if $limit ne 'unlimited' && $limit < $HELD + 200;
 
 my $pg  = OsagoStack::Postgres->new;

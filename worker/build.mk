@@ -41,6 +41,6 @@ $(WORKER_UNIT_BINS): $(BUILD)/san/test_worker_%: t/unit/test_worker_%.c worker/%
 	    t/unit/test_worker_$*.c worker/$*.c $(WORKER_UNIT_LIBS)
 
 all: $(BUILD)/osago-worker
-test: $(WORKER_UNIT_BINS) $(BUILD)/san/osago-worker
+TEST_BINS += $(WORKER_UNIT_BINS) $(BUILD)/san/osago-worker
 
 .DEFAULT_GOAL := $(WORKER_SAVED_GOAL)

@@ -37,6 +37,11 @@ package OsagoStack;
 #                           held (connections held unanswered) stall (its connections
 #                           kept open, nothing forwarded, new ones held) port stop
 #                           conninfo($pg, connect_timeout => S) ($pg's, through the proxy)
+#   OsagoStack::Markers     new($devbroker, $topic, partitions => 4): one undecodable message per
+#                           partition, to see where a consumer group's offsets stand;
+#                           produce($label) read_by($worker) assigned($worker)
+#                           check_fresh_member($worker, \@read_before) (a test per
+#                           partition, then four)
 #   intake_entry($redis, %fields) -> app id (list: app id, stream entry id, payload, trace)
 #   intake_entries($redis, $n, %fields) -> app ids (one MULTI/EXEC: read in one batch)
 #   raw_entry($redis, field => value, ...) -> stream entry id (no read model)
@@ -401,16 +406,22 @@ use Carp qw(croak);
 use File::Path qw(remove_tree);
 use Time::HiRes qw(time sleep);
 
-our $PGBIN = $ENV{OSAGO_PGBIN} || '/usr/lib/postgresql/15/bin';
+# the newest installed server (Debian 12: 15)
+our $PGBIN = $ENV{OSAGO_PGBIN}
+    || (sort { ($a =~ m{/(\d+)/bin$})[0] <=> ($b =~ m{/(\d+)/bin$})[0] }
+        glob '/usr/lib/postgresql/*/bin')[-1] || '/usr/lib/postgresql/15/bin';
 
-# new(port => P, settings => ['-c x=y', ...]): initdb (as postgres) into a temp dir, start on a
+# new(port => P, settings => ['-c x=y', ...]): initdb into a temp dir (as postgres when the
+# tests run as root, which initdb refuses to be; as the tests' own user otherwise), start on a
 # free port, create role osago and database osago.
 sub new {
     my ($class, %opt) = @_;
     my $dir = OsagoTest::_tempdir('pg');     # 0755 under /tmp (o+x all the way)
-    my ($uid, $gid) = (getpwnam('postgres'))[2, 3];
-    croak 'no postgres user' unless defined $uid;
-    chown $uid, $gid, $dir or croak "chown $dir: $!";
+    if ($> == 0) {
+        my ($uid, $gid) = (getpwnam('postgres'))[2, 3];
+        croak 'no postgres user' unless defined $uid;
+        chown $uid, $gid, $dir or croak "chown $dir: $!";
+    }
     my $self = bless { dir => $dir, port => $opt{port} // OsagoTest::free_port(), opt => \%opt,
                        owner => $$ }, $class;
     OsagoTest::_register($self);
@@ -429,7 +440,7 @@ sub new {
 
 sub _as_postgres {
     my ($self, @cmd) = @_;
-    return OsagoTest::run_cmd('runuser', '-u', 'postgres', '--', @cmd);
+    return OsagoTest::run_cmd($> == 0 ? ('runuser', '-u', 'postgres', '--') : (), @cmd);
 }
 
 sub port     { $_[0]{port} }
@@ -607,6 +618,67 @@ sub DESTROY {
     local ($?, $!, $@);
     eval { $self->stop };
     remove_tree($self->{dir}) if $self->{dir} && -d $self->{dir} && !$ENV{OSAGO_KEEP};
+}
+
+# --- markers: where a consumer group's offsets stand ---------------------------------------------
+
+package OsagoStack::Markers;
+
+# A message no role can decode, produced on every partition of a topic: each member that reads
+# one logs it (event_invalid, with its partition and offset), so a member's log shows how far it
+# read, and a member reading one twice shows the group's offsets went back.
+
+use strict;
+use warnings;
+
+sub new {
+    my ($class, $kb, $topic, %o) = @_;
+    return bless { kb => $kb, topic => $topic, partitions => $o{partitions} // 4 }, $class;
+}
+
+sub produce {
+    my ($self, $label) = @_;
+    for my $p (0 .. $self->{partitions} - 1) {
+        my ($code, undef, $err) = OsagoTest::kcat($self->{kb}->bootstrap,
+                                                  \"not an event ($label)\n", '-P',
+                                                  '-t', $self->{topic}, '-p', $p);
+        Test::More::is($code, 0, "marker $label produced on partition $p")
+            or Test::More::diag($err);
+    }
+}
+
+# "partition:offset" of every message of the topic the worker could not decode (the executor's
+# lines name no topic: it reads one)
+sub read_by {
+    my ($self, $w) = @_;
+    return map { $_->{msg} =~ /^(?:\Q$self->{topic}\E )?\[(\d+)\] offset (\d+) / ? "$1:$2" : () }
+           grep { ($_->{event} // '') eq 'event_invalid' } @{ $w->log_lines };
+}
+
+# the worker's log lines saying it was given partitions of the topic
+sub assigned {
+    my ($self, $w) = @_;
+    return grep { ($_->{event} // '') eq 'partitions_assigned'
+                  && ($_->{msg} // '') =~ /\Q$self->{topic}\E \[/ } @{ $w->log_lines };
+}
+
+# $w, alone in its group once the others stopped, reads a new marker on every partition and
+# none of @$before (markers read by the others): the group's offsets never went back.
+sub check_fresh_member {
+    my ($self, $w, $before) = @_;
+    my $n = $self->{partitions};
+    Test::More::ok(OsagoStack::wait_until(sub { $self->assigned($w) }, 15, 0.1),
+                   "$w->{name} joined alone and was given every partition");
+    $self->produce('fresh');
+    Test::More::ok(OsagoStack::wait_until(sub { $self->read_by($w) >= $n }, 15, 0.1),
+                   "$w->{name} read every partition up to the new marker");
+    Time::HiRes::sleep(0.5);    # anything more it would read
+    my %before = map { $_ => 1 } @$before;
+    my @read = $self->read_by($w);
+    Test::More::is_deeply([ grep { $before{$_} } @read ], [],
+                          "$w->{name} read no marker from before: the offsets never went back")
+        or Test::More::diag(Test::More::explain({ before => $before, read => \@read }));
+    Test::More::is(scalar @read, $n, "  $w->{name} read each new marker once");
 }
 
 # --- a TCP proxy that can go silent ---------------------------------------------------------------

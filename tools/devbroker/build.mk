@@ -20,4 +20,4 @@ $(BUILD)/san/test_devbroker_kproto: t/unit/test_devbroker_kproto.c tools/devbrok
 	$(CC) $(TOOL_FLAGS) $(CFLAGS) $(SAN_FLAGS) -Itools/devbroker -o $@ \
 	    t/unit/test_devbroker_kproto.c tools/devbroker/kproto.c -lcmocka
 
-test: $(BUILD)/san/test_devbroker_kproto
+TEST_BINS += $(BUILD)/san/test_devbroker_kproto
