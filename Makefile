@@ -31,12 +31,13 @@ deps:
 	@tools/install-deps.sh
 
 # configure is slow (~20 s): rerun it only when the addon script changes.
-build/nginx/Makefile: config
+build/nginx/Makefile: config $(wildcard $(NGX_SRC)/conf_flags)
 	$(if $(word 2,$(CURDIR)),$(error nginx's configure cannot build from a path with spaces \
 	    ($(CURDIR)): clone the repository into a path without))
 	@mkdir -p $(NGX_BUILD)
 	cd $(NGX_SRC) && . ./conf_flags && ./configure "$${NGX_CONF_FLAGS[@]}" \
-	    --add-dynamic-module=$(CURDIR) --builddir=$(NGX_BUILD) > $(NGX_BUILD)/configure.log
+	    --add-dynamic-module=$(CURDIR) --builddir=$(NGX_BUILD) > $(NGX_BUILD)/configure.log \
+	    || { tail -n 20 $(NGX_BUILD)/configure.log >&2; exit 1; }
 	@touch $@
 
 $(MODULE): build/nginx/Makefile $(MODULE_SRCS)
