@@ -94,8 +94,9 @@ my @at = map { my @t = ($_->{ts} // '') =~ /^(\d+)-(\d+)-(\d+)T(\d+):(\d+):(\d+(
                @t ? timegm(int $t[5], $t[4], $t[3], $t[2], $t[1] - 1, $t[0]) + $t[5] - int $t[5]
                   : undef } @reports;
 my @gaps = map { $at[$_] - $at[ $_ - 1 ] } 1 .. $#at;
-ok(!grep({ !defined } @at) && !grep({ $_ < 0.9 } @gaps),
-   '  not once per call: the reports at least 0.9 s apart') or diag explain [ \@at, \@gaps ];
+# (a second apart by the executor's clock; the log's time is read a moment later)
+ok(!grep({ !defined } @at) && !grep({ $_ < 0.8 } @gaps),
+   '  not once per call: the reports about a second apart') or diag explain [ \@at, \@gaps ];
 OsagoStack::check_all_done($pg, $r, $c->{ids}, \@CODES);
 $c->{w}->stop;
 

@@ -37,7 +37,9 @@ POLICY=/usr/sbin/policy-rc.d
 if [ ! -e "$POLICY" ]; then
     trap '$SUDO rm -f "$POLICY"' EXIT
     # dash runs no EXIT trap when a signal ends it: the file would block every service for good
-    trap 'exit 130' INT TERM HUP
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+    trap 'exit 129' HUP
     printf '#!/bin/sh\n# install-deps.sh: no service starts while it installs\nexit 101\n' \
         | $SUDO tee "$POLICY" >/dev/null
     $SUDO chmod 755 "$POLICY"

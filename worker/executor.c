@@ -1292,7 +1292,7 @@ static void ex_call_done(executor_t *x, call_t *c, CURLcode rc)
 {
     metrics_t *m = x->w->metrics;
     long       status = 0, ms = (long) (ex_now_ms() - c->started_ms);
-    char       reason[200], why[128], premium[32];
+    char       reason[200], why[128] = "", premium[32];
     int        timeout = rc == CURLE_OPERATION_TIMEDOUT;
     long       sent = 0;     /* request bytes: none, and the connection was never made */
 
@@ -1322,6 +1322,8 @@ static void ex_call_done(executor_t *x, call_t *c, CURLcode rc)
         } else if (status != 0 && status != 200) {     /* whatever the body (too long, cut) */
             snprintf(reason, sizeof(reason), "HTTP %ld", status);
             retryable = ex_status_retryable(status);
+        } else if (status == 0 && rc == CURLE_OK) {
+            snprintf(reason, sizeof(reason), "no HTTP status");
         } else if (c->answer_over) {
             snprintf(reason, sizeof(reason), "malformed answer: over %d bytes", EX_MAX_ANSWER);
         } else if (rc != CURLE_OK) {

@@ -102,7 +102,7 @@ sub need_bins {
     }
     my ($kc) = OsagoTest::run_cmd('sh', '-c', 'command -v kcat');
     push @missing, 'kcat (apt-get install kcat)' if $kc;
-    push @missing, 'PostgreSQL 15 (initdb)' unless -x "$OsagoStack::Postgres::PGBIN/initdb";
+    push @missing, 'PostgreSQL (initdb, in /usr/lib/postgresql/N/bin)' unless -x "$OsagoStack::Postgres::PGBIN/initdb";
     return unless @missing;
     die 'not built/installed: ' . join(', ', @missing)
         . " (make build/devbroker build/insurer-sim build/san/osago-worker)\n";
@@ -409,7 +409,8 @@ use Time::HiRes qw(time sleep);
 # the newest installed server (Debian 12: 15)
 our $PGBIN = $ENV{OSAGO_PGBIN}
     || (sort { ($a =~ m{/(\d+)/bin$})[0] <=> ($b =~ m{/(\d+)/bin$})[0] }
-        glob '/usr/lib/postgresql/*/bin')[-1] || '/usr/lib/postgresql/15/bin';
+        grep { -x "$_/initdb" } glob '/usr/lib/postgresql/*/bin')[-1]
+    || '/usr/lib/postgresql/15/bin';
 
 # new(port => P, settings => ['-c x=y', ...]): initdb into a temp dir (as postgres when the
 # tests run as root, which initdb refuses to be; as the tests' own user otherwise), start on a

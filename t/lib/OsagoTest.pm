@@ -96,7 +96,6 @@ sub pid_alive {
     return !(defined $state && ($state eq 'Z' || $state eq 'X'));
 }
 
-# Poll $cond every $step seconds until it returns true or $timeout passes; returns its last value.
 # Sleeps until the epoch time $t (at once when it has passed).
 sub sleep_until {
     my ($t) = @_;
@@ -104,6 +103,7 @@ sub sleep_until {
     Time::HiRes::sleep($d) if $d > 0;
 }
 
+# Poll $cond every $step seconds until it returns true or $timeout passes; returns its last value.
 sub wait_for {
     my ($cond, $timeout, $step) = @_;
     $timeout //= 5;
@@ -735,8 +735,6 @@ sub start {
             . "\n--- nginx.conf:\n$self->{conf}";
     }
     my $ok = OsagoTest::wait_for(sub { $self->master_pid }, 10);
-    # a master that writes its pid file late is still ended by stop()
-    $self->{pid_file_late} = 1 unless $ok;
     croak "nginx wrote no pid file\n" . $self->error_log unless $ok;
     $self->{pid} = $self->master_pid;
     my $up = OsagoTest::wait_for(sub { OsagoTest::port_open($self->port) }, 10);
@@ -797,8 +795,7 @@ sub reload {
 
 sub stop {
     my ($self) = @_;
-    my $pid = $self->{pid} // ($self->{pid_file_late} ? $self->master_pid : undef) or return;
-    $self->{pid} = $pid;
+    my $pid = $self->{pid} or return;
     my @kids = $self->all_children;
     if (OsagoTest::pid_alive($pid)) {
         kill 'QUIT', $pid;
