@@ -17,10 +17,7 @@ use OsagoStack;
 my $T0 = time;
 my $old = OsagoTest::Redis->new;
 my $new = OsagoTest::Redis->new;
-# Redis 7 waits 5 s before a full sync to a new replica (for more replicas to join): not here,
-# where that wait raced the test's own on a loaded machine
-$old->cli('CONFIG', 'SET', 'repl-diskless-sync-delay', '0');
-is($new->cli('REPLICAOF', '127.0.0.1', $old->port), 'OK', 'the standby replicates the primary');
+OsagoStack::replicate($new, $old);
 
 # the moving address: a proxy whose new connections go where it is pointed
 my $vip = OsagoStack::TcpProxy->new(to => $old->port);

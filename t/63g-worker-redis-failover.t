@@ -22,9 +22,7 @@ my @CODES = qw(alfa ingos);
 my $pg  = OsagoStack::Postgres->new;
 my $old = OsagoTest::Redis->new;
 my $new = OsagoTest::Redis->new;
-# Redis 7 waits 5 s before a full sync to a new replica (for more replicas to join): not here
-$_->cli('CONFIG', 'SET', 'repl-diskless-sync-delay', '0') for $old, $new;
-is($new->cli('REPLICAOF', '127.0.0.1', $old->port), 'OK', 'the standby replicates the primary');
+OsagoStack::replicate($new, $old);
 my $kb  = OsagoStack::Devbroker->new;
 my $sim = OsagoStack::InsurerSim->new(insurers => \@CODES, latency => '50-100');
 my ($mc, $mo, $me) = OsagoStack::Worker->migrate($pg);

@@ -22,10 +22,9 @@ my @CODES = qw(alfa ingos);
 my $pg  = OsagoStack::Postgres->new;
 my $old = OsagoTest::Redis->new;
 my $new = OsagoTest::Redis->new;
-$_->cli('CONFIG', 'SET', 'repl-diskless-sync-delay', '0') for $old, $new;
 # the replication link goes through a proxy that can stop forwarding: a link that lags
 my $link = OsagoStack::TcpProxy->new(to => $old->port);
-is($new->cli('REPLICAOF', '127.0.0.1', $link->port), 'OK', 'the standby replicates the primary');
+OsagoStack::replicate($new, $old, port => $link->port);
 my $kb  = OsagoStack::Devbroker->new;
 my $sim = OsagoStack::InsurerSim->new(insurers => \@CODES, latency => '20-50');
 my ($mc, $mo, $me) = OsagoStack::Worker->migrate($pg);
@@ -80,9 +79,9 @@ $sub->stop;
 # promoted and the old primary made its replica (a resync that drops what the third lacks). The
 # worker's idle connections still reach the demoted node; ROLE tells it so.
 my $third = OsagoTest::Redis->new;
-$third->cli('CONFIG', 'SET', 'repl-diskless-sync-delay', '0');
 my $link2 = OsagoStack::TcpProxy->new(to => $new->port);
-is($third->cli('REPLICAOF', '127.0.0.1', $link2->port), 'OK', 'a third node replicates the primary');
+OsagoStack::replicate($third, $new, port => $link2->port,
+                      what => 'a third node replicates the primary');
 ok(OsagoStack::wait_until(sub { $status_on->($third, $next) eq 'completed' }, 10, 0.05),
    '  and has caught up');
 $link2->stall;

@@ -42,6 +42,7 @@ package OsagoStack;
 #                           produce($label) read_by($worker) assigned($worker)
 #                           check_fresh_member($worker, \@read_before) (a test per
 #                           partition, then four)
+#   replicate($replica, $primary, port => P, what => '...') (one test)
 #   intake_entry($redis, %fields) -> app id (list: app id, stream entry id, payload, trace)
 #   intake_entries($redis, $n, %fields) -> app ids (one MULTI/EXEC: read in one batch)
 #   raw_entry($redis, field => value, ...) -> stream entry id (no read model)
@@ -162,6 +163,16 @@ sub _iso_ms {
     my @t = gmtime(int($ms / 1000));
     return sprintf '%04d-%02d-%02dT%02d:%02d:%02d.%03dZ', $t[5] + 1900, $t[4] + 1, $t[3],
         $t[2], $t[1], $t[0], $ms % 1000;
+}
+
+# One test: $replica replicates $primary, through port => P when given (a proxy that can lag).
+# Redis 7 waits 5 s before a full sync to a new replica (for more to join): that wait would race
+# the tests' own, so it is turned off.
+sub replicate {
+    my ($replica, $primary, %o) = @_;
+    $_->cli('CONFIG', 'SET', 'repl-diskless-sync-delay', '0') for $primary, $replica;
+    Test::More::is($replica->cli('REPLICAOF', '127.0.0.1', $o{port} // $primary->port), 'OK',
+                   $o{what} // 'the standby replicates the primary');
 }
 
 # intake_entry($redis, app_id => .., partner => 'acme', payload => string | hashref of
