@@ -44,6 +44,10 @@ static const struct opt config_opts[] = {
     { "--insurers", "OSAGO_INSURERS", OPT_STR, OFF(insurers_file), 0, 0, "conf/insurers.json" },
     { "--migrations", "OSAGO_MIGRATIONS", OPT_STR, OFF(migrations_dir), 0, 0,
       "worker/migrations" },
+    { "--migrate-lock-timeout-ms", "OSAGO_MIGRATE_LOCK_TIMEOUT_MS", OPT_INT,
+      OFF(migrate_lock_timeout_ms), 0, 600000, "2000" },
+    { "--migrate-attempts", "OSAGO_MIGRATE_ATTEMPTS", OPT_INT, OFF(migrate_attempts), 1, 1000,
+      "30" },
     { "--http", "OSAGO_HTTP", OPT_HTTP, OFF(http_listen), 0, 0, "127.0.0.1:9464" },
     { "--name", "OSAGO_NAME", OPT_NAME, OFF(consumer_name), 0, 0, NULL },
     { "--insurer-timeout-ms", "OSAGO_INSURER_TIMEOUT_MS", OPT_INT, OFF(insurer_timeout_ms),
@@ -326,7 +330,8 @@ int config_parse(worker_config_t *cfg, int argc, char **argv, char *err, size_t 
 void config_usage(const char *prog)
 {
     printf("usage: %s [run] [flags]     start the roles (all by default)\n"
-           "       %s migrate [--pg CONNINFO] [--migrations DIR]\n"
+           "       %s migrate [--pg CONNINFO] [--migrations DIR] [--migrate-lock-timeout-ms N]\n"
+           "                  [--migrate-attempts N]\n"
            "\n"
            "flags (environment variable; default):\n"
            "  --roles LIST|all              OSAGO_ROLES; all (relay,orchestrator,executor,"
@@ -344,6 +349,10 @@ void config_usage(const char *prog)
            "statement unanswered that long: connect again)\n"
            "  --insurers FILE               OSAGO_INSURERS; conf/insurers.json\n"
            "  --migrations DIR              OSAGO_MIGRATIONS; worker/migrations\n"
+           "  --migrate-lock-timeout-ms N   OSAGO_MIGRATE_LOCK_TIMEOUT_MS; 2000 (0: wait as "
+           "long as it takes)\n"
+           "  --migrate-attempts N          OSAGO_MIGRATE_ATTEMPTS; 30 (a file given up on "
+           "for a lock, or a deadlock, is tried again)\n"
            "  --http HOST:PORT              OSAGO_HTTP; 127.0.0.1:9464 "
            "(/metrics, /healthz, /readyz)\n"
            "  --name NAME                   OSAGO_NAME; HOSTNAME-PID (Redis consumer name)\n"

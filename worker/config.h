@@ -65,6 +65,8 @@ typedef struct {
     int         pg_answer_timeout_ms; /* a statement's answer awaited at most this long (0: none) */
     const char *insurers_file;      /* --insurers / OSAGO_INSURERS, default conf/insurers.json */
     const char *migrations_dir;     /* --migrations, default worker/migrations */
+    int         migrate_lock_timeout_ms; /* a migration's wait for one lock (0: no limit) */
+    int         migrate_attempts;   /* tries of a file that waited too long or deadlocked */
     const char *http_listen;        /* --http HOST:PORT, default 127.0.0.1:9464 */
     char        http_host[64];
     int         http_port;

@@ -258,6 +258,6 @@ int main(int argc, char **argv)
     log_set_level(cfg.log_level);   /* validated by config_parse */
 
     if (strcmp(cfg.command, "migrate") == 0)
-        return migrate_run(cfg.pg_conninfo, cfg.migrations_dir) == 0 ? 0 : 1;
+        return migrate_run(&cfg) == 0 ? 0 : 1;
     return run(&cfg);
 }

@@ -6,6 +6,11 @@
  *
  * Files must not contain transaction control (BEGIN/COMMIT) nor statements that cannot run in
  * a transaction block (CREATE INDEX CONCURRENTLY).
+ *
+ * A file's wait for each lock is bounded (lock_timeout, local to its transaction): a DDL statement
+ * queued behind a long transaction would otherwise hold every later query on that table queued
+ * behind itself, intake's inserts included, for as long as that transaction lasts. A file given
+ * up on for a lock, or chosen as a deadlock's victim, has changed nothing and is tried again.
  */
 #include "migrate.h"
 
@@ -14,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "log.h"
 #include "pg.h"
@@ -21,6 +27,9 @@
 #define MIGRATE_LOCK_KEY "7305420866613592391"   /* arbitrary, fixed: "osago-worker migrate" */
 #define MIGRATE_MAX_FILES 1000
 #define MIGRATE_FILE_MAX  (16 * 1024 * 1024)
+#define MIGRATE_PAUSE_MAX_MS 10000      /* between tries of a file that could not have its locks */
+
+enum { APPLY_OK = 0, APPLY_FAILED = -1, APPLY_LOCKED = 1 };
 
 struct migration {
     int  version;
@@ -121,20 +130,42 @@ static int simple(PGconn *c, const char *sql)
     return r != NULL ? 0 : -1;
 }
 
-/* The file's statements, then its row, then COMMIT: one transaction. */
-static int apply_one(PGconn *c, const char *dir, const struct migration *m)
+/* lock_not_available (lock_timeout) and deadlock_detected: PostgreSQL rolled the file back
+ * because of other sessions' locks, not because of anything in it */
+static int is_lock_conflict(const char *state)
 {
-    char version[16];
+    return state != NULL && (strcmp(state, "55P03") == 0 || strcmp(state, "40P01") == 0);
+}
+
+/* The file's statements, then its row, then COMMIT: one transaction. APPLY_LOCKED: rolled back
+ * for a lock (the reason in *why), to be tried again. */
+static int apply_one(PGconn *c, const char *dir, const struct migration *m, int lock_timeout_ms,
+                     char *why, size_t whylen)
+{
+    char version[16], timeout[24];
     const char *params[2] = { version, m->name };
+    const char *timeout_param[1] = { timeout };
     char *sql = read_sql(dir, m->name);
     PGresult *r;
 
     if (sql == NULL)
-        return -1;
+        return APPLY_FAILED;
     snprintf(version, sizeof(version), "%d", m->version);
+    snprintf(timeout, sizeof(timeout), "%dms", lock_timeout_ms);
     if (simple(c, "BEGIN") < 0) {
         free(sql);
-        return -1;
+        return APPLY_FAILED;
+    }
+    /* local to this transaction: the session's advisory lock above waits as long as it takes */
+    if (lock_timeout_ms > 0) {
+        r = pg_exec(c, "migrate", "SELECT set_config('lock_timeout', $1, true)", 1, timeout_param,
+                    NULL);
+        if (r == NULL) {
+            free(sql);
+            simple(c, "ROLLBACK");
+            return APPLY_FAILED;
+        }
+        PQclear(r);
     }
     /* PQexec (simple protocol): a migration file holds several statements */
     r = PQexec(c, sql);
@@ -144,11 +175,16 @@ static int apply_one(PGconn *c, const char *dir, const struct migration *m)
         && PQresultStatus(r) != PGRES_EMPTY_QUERY) {
         const char *state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
         const char *msg = PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY);
-        wlog(LOG_ERROR, "migrate", NULL, "migrate_failed", "%s: SQLSTATE %s: %s", m->name,
-             state != NULL ? state : "none", msg != NULL ? msg : PQerrorMessage(c));
+        int locked = is_lock_conflict(state);
+
+        if (locked)
+            snprintf(why, whylen, "%s (SQLSTATE %s)", msg != NULL ? msg : "lock conflict", state);
+        else
+            wlog(LOG_ERROR, "migrate", NULL, "migrate_failed", "%s: SQLSTATE %s: %s", m->name,
+                 state != NULL ? state : "none", msg != NULL ? msg : PQerrorMessage(c));
         PQclear(r);
         simple(c, "ROLLBACK");
-        return -1;
+        return locked ? APPLY_LOCKED : APPLY_FAILED;
     }
     PQclear(r);
     r = pg_exec(c, "migrate", "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", 2,
@@ -156,12 +192,49 @@ static int apply_one(PGconn *c, const char *dir, const struct migration *m)
     if (r == NULL || simple(c, "COMMIT") < 0) {
         PQclear(r);
         simple(c, "ROLLBACK");
-        return -1;
+        return APPLY_FAILED;
     }
     PQclear(r);
     wlog(LOG_INFO, "migrate", NULL, "migrate_applied", "applied %s (version %d)", m->name,
          m->version);
-    return 0;
+    return APPLY_OK;
+}
+
+static void pause_ms(int ms)
+{
+    struct timespec ts = { ms / 1000, (long) (ms % 1000) * 1000000L };
+
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+        ;
+}
+
+/* One file, tried up to cfg->migrate_attempts times while other sessions' locks are in its way,
+ * with a pause that doubles from 1 s up to 10 s between tries: their transactions get to finish,
+ * and the queries queued behind this file's wait get to run. */
+static int apply_with_retries(PGconn *c, const worker_config_t *cfg, const struct migration *m)
+{
+    char why[512] = "";
+    int pause = 1000;
+
+    for (int attempt = 1;; attempt++) {
+        int rc = apply_one(c, cfg->migrations_dir, m, cfg->migrate_lock_timeout_ms, why,
+                           sizeof(why));
+
+        if (rc != APPLY_LOCKED)
+            return rc;
+        if (attempt >= cfg->migrate_attempts) {
+            wlog(LOG_ERROR, "migrate", NULL, "migrate_failed",
+                 "%s: not applied: %s, %d time(s) (another transaction holds a table it "
+                 "changes: see pg_locks and pg_stat_activity; --migrate-attempts, "
+                 "--migrate-lock-timeout-ms)", m->name, why, attempt);
+            return APPLY_FAILED;
+        }
+        wlog(LOG_WARN, "migrate", NULL, "migrate_lock_wait",
+             "%s: %s; attempt %d of %d, again in %d ms", m->name, why, attempt,
+             cfg->migrate_attempts, pause);
+        pause_ms(pause);
+        pause = pause * 2 > MIGRATE_PAUSE_MAX_MS ? MIGRATE_PAUSE_MAX_MS : pause * 2;
+    }
 }
 
 /* Payloads are UTF-8 text (a plate is Cyrillic). In a database of another encoding each one
@@ -187,15 +260,15 @@ static int is_applied(PGresult *applied, int version)
     return 0;
 }
 
-int migrate_run(const char *conninfo, const char *dir)
+int migrate_run(const worker_config_t *cfg)
 {
     struct migration *m = NULL;
     PGresult *applied = NULL;
     int n = 0, done = 0, rc = -1;
 
-    if (list_dir(dir, &m, &n) < 0)
+    if (list_dir(cfg->migrations_dir, &m, &n) < 0)
         return -1;
-    PGconn *c = pg_connect(conninfo, "migrate", NULL, NULL);
+    PGconn *c = pg_connect(cfg->pg_conninfo, "migrate", NULL, NULL);
     if (c == NULL) {
         free(m);
         return -1;
@@ -214,7 +287,7 @@ int migrate_run(const char *conninfo, const char *dir)
     for (int i = 0; i < n; i++) {
         if (is_applied(applied, m[i].version))
             continue;
-        if (apply_one(c, dir, &m[i]) < 0)
+        if (apply_with_retries(c, cfg, &m[i]) != APPLY_OK)
             goto unlock;
         done++;
     }

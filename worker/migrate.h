@@ -6,6 +6,8 @@
 #ifndef OSAGO_WORKER_MIGRATE_H
 #define OSAGO_WORKER_MIGRATE_H
 
-int migrate_run(const char *conninfo, const char *dir);   /* 0 ok; logs what it applied */
+#include "config.h"
+
+int migrate_run(const worker_config_t *cfg);   /* 0 ok; logs what it applied */
 
 #endif

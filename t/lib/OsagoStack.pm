@@ -948,15 +948,21 @@ sub _env {
     };
 }
 
-# migrate($pg, migrations => dir) -> (exit code, stdout, stderr)
+# migrate($pg, migrations => dir, args => [...]) -> (exit code, stdout, stderr)
 sub migrate {
+    my ($class, $pg, %o) = @_;
+    local %ENV = (%ENV, %{ _env() });
+    return OsagoTest::run_cmd(migrate_cmd($class, $pg, %o));
+}
+
+# The command line of migrate($pg, ...), for a test that runs it beside other work.
+sub migrate_cmd {
     my ($class, $pg, %o) = @_;
     my $bin = bin();
     croak "osago-worker not built: $bin" unless -x $bin;
     my $dir = $o{migrations} // File::Spec->catdir(OsagoTest::root(), 'worker', 'migrations');
-    local %ENV = (%ENV, %{ _env() });
-    return OsagoTest::run_cmd($bin, 'migrate', '--pg', ref $pg ? $pg->conninfo : $pg,
-                              '--migrations', $dir);
+    return ($bin, 'migrate', '--pg', ref $pg ? $pg->conninfo : $pg, '--migrations', $dir,
+            @{ $o{args} || [] });
 }
 
 # new(pg => $pg, redis => $redis, kafka => $devbroker, insurers => file | InsurerSim,

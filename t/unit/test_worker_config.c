@@ -87,6 +87,8 @@ static void test_defaults(void **state)
     assert_string_equal(cfg.pg_conninfo, "host=127.0.0.1 port=5433 dbname=osago user=osago");
     assert_string_equal(cfg.insurers_file, "conf/insurers.json");
     assert_string_equal(cfg.migrations_dir, "worker/migrations");
+    assert_int_equal(cfg.migrate_lock_timeout_ms, 2000);
+    assert_int_equal(cfg.migrate_attempts, 30);
     assert_string_equal(cfg.http_listen, "127.0.0.1:9464");
     assert_string_equal(cfg.http_host, "127.0.0.1");
     assert_int_equal(cfg.http_port, 9464);
@@ -209,6 +211,20 @@ static void test_commands(void **state)
     assert_string_equal(cfg.command, "migrate");
     assert_string_equal(cfg.pg_conninfo, "dbname=t");
     assert_string_equal(cfg.migrations_dir, "/tmp/m");
+    /* 0: a migration waits for its locks as long as it takes, as before the limit */
+    PARSE_OK(&cfg, "migrate", "--migrate-lock-timeout-ms", "0", "--migrate-attempts", "1");
+    assert_int_equal(cfg.migrate_lock_timeout_ms, 0);
+    assert_int_equal(cfg.migrate_attempts, 1);
+    setenv("OSAGO_MIGRATE_LOCK_TIMEOUT_MS", "250", 1);
+    setenv("OSAGO_MIGRATE_ATTEMPTS", "7", 1);
+    PARSE_OK(&cfg, "migrate");
+    assert_int_equal(cfg.migrate_lock_timeout_ms, 250);
+    assert_int_equal(cfg.migrate_attempts, 7);
+    unsetenv("OSAGO_MIGRATE_LOCK_TIMEOUT_MS");
+    unsetenv("OSAGO_MIGRATE_ATTEMPTS");
+    PARSE_ERR("--migrate-attempts must be 1..1000, got 0", "migrate", "--migrate-attempts", "0");
+    PARSE_ERR("--migrate-lock-timeout-ms must be 0..600000, got -1", "migrate",
+              "--migrate-lock-timeout-ms", "-1");
     PARSE_OK(&cfg, "--roles", "relay", "run");     /* the command may follow flags */
     assert_string_equal(cfg.command, "run");
     PARSE_OK(&cfg, "--help");
