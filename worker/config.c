@@ -331,7 +331,7 @@ void config_usage(const char *prog)
 {
     printf("usage: %s [run] [flags]     start the roles (all by default)\n"
            "       %s migrate [--pg CONNINFO] [--migrations DIR] [--migrate-lock-timeout-ms N]\n"
-           "                  [--migrate-attempts N]\n"
+           "                            [--migrate-attempts N]\n"
            "\n"
            "flags (environment variable; default):\n"
            "  --roles LIST|all              OSAGO_ROLES; all (relay,orchestrator,executor,"
