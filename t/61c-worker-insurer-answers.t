@@ -7,7 +7,8 @@
 #     took the first copy, or stopped at the NUL);
 #   - a connection refused is stored as curl's generic reason: the insurer's address and port
 #     are in the log, not in the read model partners get;
-#   - an address that never accepts fails after connect_timeout_ms, not the call's timeout.
+#   - an address that never accepts fails after connect_timeout_ms, not the call's timeout;
+#   - an auth_header bound for http:// beyond this machine is said at start (not refused).
 use strict;
 use warnings;
 use FindBin;
@@ -87,5 +88,23 @@ OsagoStack::check_all_done($pg, $r, [$id], \@CODES);
 $w->stop;
 $_->stop for values %fake;
 close $_ for grep { defined } @fillers;
+
+# A secret header sent over http:// is readable on the way; to this machine's loopback it is not.
+{
+    my $auth_file = $sim->write_insurers("$sim->{dir}/insurers.auth.json", add => [
+        { code => 'far', url => 'http://192.0.2.1:8080/quote', auth_header => 'X-Api-Key: s3cret-far' },
+        { code => 'near', url => 'http://127.0.0.1:' . $sim->port . '/insurers/alfa/quote',
+          auth_header => 'X-Api-Key: s3cret-near' },
+        { code => 'sealed', url => 'https://192.0.2.1/quote', auth_header => 'X-Api-Key: s3cret-tls' },
+    ]);
+    my $aw = OsagoStack::Worker->new(pg => $pg, redis => $r, kafka => $kb, insurers => $auth_file,
+                                     roles => 'executor', name => 'auth-clear');
+    my @said = grep { /"event":"insurer_auth_in_clear"/ } split /\n/, $aw->log_text;
+    is(scalar @said, 1, 'one insurer said to send its auth_header in clear') or diag $aw->log_text;
+    like($said[0] // '', qr/"level":"warn".*insurer far: its auth_header goes to 192\.0\.2\.1 over http:\/\//,
+         '  the one over http:// to another machine, by code and host');
+    unlike($aw->log_text, qr/s3cret/, '  and no header value is logged');
+    $aw->stop;
+}
 
 done_testing;

@@ -6,6 +6,7 @@
  */
 #include "insurers.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -290,4 +291,42 @@ const insurer_t *insurers_find(const insurer_list_t *list, const char *code)
         if (strcmp(list->items[i].code, code) == 0)
             return &list->items[i];
     return NULL;
+}
+
+static int host_is_loopback(const char *host)
+{
+    unsigned char a[16];
+    char v6[64];
+    size_t n = strlen(host);
+
+    if (strcasecmp(host, "localhost") == 0)
+        return 1;
+    if (inet_pton(AF_INET, host, a) == 1)
+        return a[0] == 127;
+    /* curl hands an IPv6 host over in its brackets */
+    if (n >= 2 && n - 2 < sizeof(v6) && host[0] == '[' && host[n - 1] == ']') {
+        memcpy(v6, host + 1, n - 2);
+        v6[n - 2] = '\0';
+        return inet_pton(AF_INET6, v6, a) == 1 && memcmp(a, &in6addr_loopback, 16) == 0;
+    }
+    return 0;
+}
+
+int insurers_auth_in_clear(const insurer_t *ins, char *host, size_t hostlen)
+{
+    CURLU *u;
+    char  *h = NULL;
+    int    clear = 0;
+
+    if (ins->auth_header[0] == '\0' || strncmp(ins->url, "http://", 7) != 0)
+        return 0;
+    u = curl_url();
+    if (u != NULL && curl_url_set(u, CURLUPART_URL, ins->url, 0) == CURLUE_OK
+        && curl_url_get(u, CURLUPART_HOST, &h, 0) == CURLUE_OK) {
+        clear = !host_is_loopback(h);
+        snprintf(host, hostlen, "%s", h);
+    }
+    curl_free(h);
+    curl_url_cleanup(u);
+    return clear;
 }

@@ -27,4 +27,9 @@ int insurers_load(const char *path, int default_timeout_ms, insurer_list_t *out,
 
 const insurer_t *insurers_find(const insurer_list_t *list, const char *code);
 
+/* 1 when the insurer's auth_header would cross a network in clear: an http:// URL whose host is
+ * not this machine's loopback (a name is taken at its word: only "localhost" counts). Its host,
+ * as curl parsed it, in host (may be truncated). */
+int insurers_auth_in_clear(const insurer_t *ins, char *host, size_t hostlen);
+
 #endif

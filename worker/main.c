@@ -117,6 +117,19 @@ static void raise_fd_limit(const worker_config_t *cfg)
              (unsigned long long) need);
 }
 
+/* Said at start, not refused: the path to the insurer may be a private network or a local
+ * TLS-terminating proxy under another name, which the worker cannot tell. */
+static void warn_auth_in_clear(const insurer_list_t *insurers)
+{
+    char host[256];
+
+    for (int i = 0; i < insurers->n; i++)
+        if (insurers_auth_in_clear(&insurers->items[i], host, sizeof(host)))
+            wlog(LOG_WARN, "main", NULL, "insurer_auth_in_clear",
+                 "insurer %s: its auth_header goes to %s over http://, readable by anyone on "
+                 "the way; use https://", insurers->items[i].code, host);
+}
+
 static int run(const worker_config_t *cfg)
 {
     struct role_thread roles[] = {
@@ -151,6 +164,7 @@ static int run(const worker_config_t *cfg)
             rc = 2;
             goto out;
         }
+        warn_auth_in_clear(insurers);
     }
     if (install_signals(&stop_set) < 0) {
         perror("osago-worker: sigaction");

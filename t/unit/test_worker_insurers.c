@@ -112,6 +112,40 @@ static void test_valid(void **state)
     assert_int_equal(l->n, INSURERS_MAX);
 }
 
+/* An auth_header over http:// beyond this machine is said at start. */
+static void test_auth_in_clear(void **state)
+{
+    static const struct {
+        const char *url, *auth;
+        int         clear;
+        const char *host;
+    } cases[] = {
+        { "http://10.1.2.3:8080/q", "Authorization: Bearer x", 1, "10.1.2.3" },
+        { "http://api.insurer.ru/q", "X-Api-Key: k", 1, "api.insurer.ru" },
+        { "http://[2001:db8::1]/q", "X-Api-Key: k", 1, "[2001:db8::1]" },
+        { "http://127.0.0.1:8090/q", "X-Api-Key: k", 0, "127.0.0.1" },
+        { "http://127.8.9.10/q", "X-Api-Key: k", 0, "127.8.9.10" },
+        { "http://LOCALHOST:8090/q", "X-Api-Key: k", 0, "LOCALHOST" },
+        { "http://[::1]:8090/q", "X-Api-Key: k", 0, "[::1]" },
+        { "http://[::ffff:10.0.0.1]/q", "X-Api-Key: k", 1, "[::ffff:10.0.0.1]" },
+        { "https://api.insurer.ru/q", "X-Api-Key: k", 0, "" },    /* encrypted */
+        { "http://api.insurer.ru/q", "", 0, "" },                  /* nothing to read */
+    };
+    (void)state;
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        insurer_t ins;
+        char host[64] = "";
+
+        memset(&ins, 0, sizeof(ins));
+        strcpy(ins.url, cases[i].url);
+        strcpy(ins.auth_header, cases[i].auth);
+        if (insurers_auth_in_clear(&ins, host, sizeof(host)) != cases[i].clear)
+            fail_msg("%s with \"%s\": expected %d", cases[i].url, cases[i].auth, cases[i].clear);
+        if (cases[i].clear)
+            assert_string_equal(host, cases[i].host);
+    }
+}
+
 /* The file shipped in conf/ (t/31 runs the tests from the repository root). */
 static void test_shipped_file(void **state)
 {
@@ -262,6 +296,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_valid, remove_file),
         cmocka_unit_test(test_shipped_file),
+        cmocka_unit_test(test_auth_in_clear),
         cmocka_unit_test_teardown(test_file_errors, remove_file),
         cmocka_unit_test_teardown(test_entry_errors, remove_file),
     };
