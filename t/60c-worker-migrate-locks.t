@@ -61,7 +61,7 @@ sub exit_code {
         return 0 unless waitpid($pid, POSIX::WNOHANG()) == $pid;
         $code = $? & 127 ? 128 + ($? & 127) : $? >> 8;
         return 1;
-    }, $secs, 0.05) or kill 'KILL', $pid;
+    }, $secs, 0.05) or do { kill 'KILL', $pid; waitpid($pid, 0) };
     return $code;
 }
 
@@ -80,7 +80,7 @@ my @holders;
     my $dir = migrations('900_a', "ALTER TABLE t_a ADD COLUMN y int;\n");
     my $hold_s = 6;
     my $holder = $pg->hold_lock('true', $hold_s, 't_a');
-    ok($holder, "another transaction holds t_a for $hold_s s") or BAIL_OUT('no lock holder');
+    ok($holder, "another transaction holds t_a for $hold_s s") or die 'no lock holder';
     push @holders, $holder;
     my $t0 = time;
     my ($pid, $out) = migrate_in_background(migrations => $dir,
@@ -116,7 +116,7 @@ my @holders;
     $pg->psql('CREATE TABLE t_b (x int)');
     my $dir = migrations('901_b', "ALTER TABLE t_b ADD COLUMN y int;\n");
     my $holder = $pg->hold_lock('true', 15, 't_b');
-    ok($holder, 'another transaction holds t_b for 15 s') or BAIL_OUT('no lock holder');
+    ok($holder, 'another transaction holds t_b for 15 s') or die 'no lock holder';
     push @holders, $holder;
     my $t0 = time;
     my ($code, $out, $err) = OsagoStack::Worker->migrate($pg, migrations => $dir,
@@ -139,15 +139,16 @@ my @holders;
     my $dir = migrations('902_c', "LOCK TABLE t_c1 IN ACCESS EXCLUSIVE MODE;\n"
                                   . "LOCK TABLE t_c2 IN ACCESS EXCLUSIVE MODE;\n"
                                   . "ALTER TABLE t_c1 ADD COLUMN z int;\n");
-    # PostgreSQL cancels the session whose deadlock_timeout passes first once the cycle exists:
-    # migrate's (5 s, from its wait) before the other's (60 s), whatever this machine's pace
-    $pg->psql("ALTER ROLE osago SET deadlock_timeout = '5s'", user => 'postgres');
+    # PostgreSQL checks a wait for a cycle once, deadlock_timeout after the wait began, and the
+    # session that finds one is cancelled: migrate's check (10 s into its wait) must come after
+    # the other session's request and before that session's own check (120 s)
+    $pg->psql("ALTER ROLE osago SET deadlock_timeout = '10s'", user => 'postgres');
     my $sout = "$tmp/deadlock-holder.out";
     open(my $s, '|-', 'sh', '-c', 'exec psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$1"'
                                   . ' -U postgres -d osago >"$2" 2>&1', 'psql', $pg->port, $sout)
         or die "psql: $!";
     $s->autoflush(1);
-    print {$s} "BEGIN;\nSET LOCAL deadlock_timeout = '60s';\n"
+    print {$s} "BEGIN;\nSET LOCAL deadlock_timeout = '120s';\n"
                . "LOCK TABLE t_c2 IN ACCESS EXCLUSIVE MODE;\n";
     ok(OsagoStack::wait_until(sub { locks_on('t_c2', 1) == 1 }, 10, 0.02),
        'another transaction holds t_c2');
@@ -157,7 +158,7 @@ my @holders;
     ok(OsagoStack::wait_until(sub { locks_on('t_c2', 0) == 1 }, 20, 0.02),
        'migrate holds t_c1 and waits for t_c2');
     print {$s} "LOCK TABLE t_c1 IN ACCESS EXCLUSIVE MODE;\nCOMMIT;\n";
-    my $code = exit_code($pid, 60);
+    my $code = exit_code($pid, 90);
     close $s;
     my $log = OsagoTest::_slurp($out);
     is($code, 0, 'migrate: exit 0 (the deadlock cost it one attempt)') or diag $log;
@@ -168,12 +169,13 @@ my @holders;
     $pg->psql('ALTER ROLE osago RESET deadlock_timeout', user => 'postgres');
 }
 
-# --- no limit: the file waits, as it did before the limit ------------------------------------------
+# --- no limit: the file waits, as it did before the limit, whatever the role's own setting says --
 {
+    $pg->psql("ALTER ROLE osago SET lock_timeout = '100ms'", user => 'postgres');
     $pg->psql('CREATE TABLE t_d (x int)');
     my $dir = migrations('903_d', "ALTER TABLE t_d ADD COLUMN y int;\n");
     my $holder = $pg->hold_lock('true', 2, 't_d');
-    ok($holder, 'another transaction holds t_d for 2 s') or BAIL_OUT('no lock holder');
+    ok($holder, 'another transaction holds t_d for 2 s') or die 'no lock holder';
     push @holders, $holder;
     my $t0 = time;
     my ($code, $out, $err) = OsagoStack::Worker->migrate($pg, migrations => $dir,
@@ -183,6 +185,7 @@ my @holders;
     unlike("$out$err", qr/migrate_lock_wait/, '  with no try given up on');
     cmp_ok($took, '>=', 1, sprintf('  having waited for the lock (%.1f s)', $took));
     is(recorded(903), 1, '  and the file recorded');
+    $pg->psql('ALTER ROLE osago RESET lock_timeout', user => 'postgres');
 }
 
 waitpid($_, 0) for @holders;

@@ -137,64 +137,71 @@ static int is_lock_conflict(const char *state)
     return state != NULL && (strcmp(state, "55P03") == 0 || strcmp(state, "40P01") == 0);
 }
 
-/* The file's statements, then its row, then COMMIT: one transaction. APPLY_LOCKED: rolled back
- * for a lock (the reason in *why), to be tried again. */
+/* One step of a file's transaction: APPLY_OK; APPLY_LOCKED, the reason in why; or APPLY_FAILED,
+ * logged. nparams < 0: sql may hold several statements (the simple protocol). */
+static int step(PGconn *c, const struct migration *m, const char *sql, int nparams,
+                const char *const *params, char *why, size_t whylen)
+{
+    PGresult       *r = nparams < 0 ? PQexec(c, sql)
+                                    : PQexecParams(c, sql, nparams, NULL, params, NULL, NULL, 0);
+    ExecStatusType  st = PQresultStatus(r);
+    const char     *state, *msg;
+    int             rc = APPLY_OK;
+
+    /* a file of comments only (a placeholder, a body commented out) is an empty query */
+    if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK && st != PGRES_EMPTY_QUERY) {
+        state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+        msg = PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY);
+        if (is_lock_conflict(state)) {
+            snprintf(why, whylen, "%s (SQLSTATE %s)", msg != NULL ? msg : "lock conflict", state);
+            rc = APPLY_LOCKED;
+        } else {
+            wlog(LOG_ERROR, "migrate", NULL, "migrate_failed", "%s: SQLSTATE %s: %.*s", m->name,
+                 state != NULL ? state : "none",
+                 msg != NULL ? (int) strlen(msg) : (int) strcspn(PQerrorMessage(c), "\n"),
+                 msg != NULL ? msg : PQerrorMessage(c));
+            rc = APPLY_FAILED;
+        }
+    }
+    PQclear(r);
+    return rc;
+}
+
+/* The file's statements, then its row, then COMMIT: one transaction, rolled back whole on any
+ * failure. APPLY_LOCKED: rolled back for other sessions' locks, to be tried again. */
 static int apply_one(PGconn *c, const char *dir, const struct migration *m, int lock_timeout_ms,
                      char *why, size_t whylen)
 {
-    char version[16], timeout[24];
-    const char *params[2] = { version, m->name };
-    const char *timeout_param[1] = { timeout };
-    char *sql = read_sql(dir, m->name);
-    PGresult *r;
+    char        version[16], timeout[24];
+    const char *row[2] = { version, m->name };
+    const char *limit[1] = { timeout };
+    char       *sql = read_sql(dir, m->name);
+    int         rc;
 
     if (sql == NULL)
         return APPLY_FAILED;
     snprintf(version, sizeof(version), "%d", m->version);
+    /* 0 is set too, as "no limit": a lock_timeout from the server's or the role's settings would
+     * otherwise apply */
     snprintf(timeout, sizeof(timeout), "%dms", lock_timeout_ms);
     if (simple(c, "BEGIN") < 0) {
         free(sql);
         return APPLY_FAILED;
     }
-    /* local to this transaction: the session's advisory lock above waits as long as it takes */
-    if (lock_timeout_ms > 0) {
-        r = pg_exec(c, "migrate", "SELECT set_config('lock_timeout', $1, true)", 1, timeout_param,
-                    NULL);
-        if (r == NULL) {
-            free(sql);
-            simple(c, "ROLLBACK");
-            return APPLY_FAILED;
-        }
-        PQclear(r);
-    }
-    /* PQexec (simple protocol): a migration file holds several statements */
-    r = PQexec(c, sql);
+    /* local to the transaction: the session's advisory lock (migrate_run) is not limited */
+    rc = step(c, m, "SELECT set_config('lock_timeout', $1, true)", 1, limit, why, whylen);
+    if (rc == APPLY_OK)
+        rc = step(c, m, sql, -1, NULL, why, whylen);
+    if (rc == APPLY_OK)
+        rc = step(c, m, "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", 2, row,
+                  why, whylen);
+    if (rc == APPLY_OK)
+        rc = step(c, m, "COMMIT", 0, NULL, why, whylen);
     free(sql);
-    /* a file of comments only (a placeholder, a body commented out) is an empty query */
-    if (PQresultStatus(r) != PGRES_COMMAND_OK && PQresultStatus(r) != PGRES_TUPLES_OK
-        && PQresultStatus(r) != PGRES_EMPTY_QUERY) {
-        const char *state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
-        const char *msg = PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY);
-        int locked = is_lock_conflict(state);
-
-        if (locked)
-            snprintf(why, whylen, "%s (SQLSTATE %s)", msg != NULL ? msg : "lock conflict", state);
-        else
-            wlog(LOG_ERROR, "migrate", NULL, "migrate_failed", "%s: SQLSTATE %s: %s", m->name,
-                 state != NULL ? state : "none", msg != NULL ? msg : PQerrorMessage(c));
-        PQclear(r);
-        simple(c, "ROLLBACK");
-        return locked ? APPLY_LOCKED : APPLY_FAILED;
+    if (rc != APPLY_OK) {
+        simple(c, "ROLLBACK");      /* after a failed COMMIT, a warning and nothing else */
+        return rc;
     }
-    PQclear(r);
-    r = pg_exec(c, "migrate", "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", 2,
-                params, NULL);
-    if (r == NULL || simple(c, "COMMIT") < 0) {
-        PQclear(r);
-        simple(c, "ROLLBACK");
-        return APPLY_FAILED;
-    }
-    PQclear(r);
     wlog(LOG_INFO, "migrate", NULL, "migrate_applied", "applied %s (version %d)", m->name,
          m->version);
     return APPLY_OK;
