@@ -74,14 +74,28 @@ sub locks_on {
 
 my @holders;
 
+# a new table that another transaction holds for $secs, and a migration that alters it
+sub table_held {
+    my ($table, $version, $secs) = @_;
+    $pg->psql("CREATE TABLE $table (x int)");
+    my $dir = migrations("${version}_$table", "ALTER TABLE $table ADD COLUMN y int;\n");
+    my $holder = $pg->hold_lock('true', $secs, $table);
+    ok($holder, "another transaction holds $table for $secs s") or die 'no lock holder';
+    push @holders, $holder;
+    return $dir;
+}
+
+# migrate, to its end: (exit code, its output, seconds taken)
+sub migrate_timed {
+    my $t0 = time;
+    my ($code, $out, $err) = OsagoStack::Worker->migrate($pg, @_);
+    return ($code, "$out$err", time - $t0);
+}
+
 # --- a lock held for a while: the file is tried again, and the table's readers are not held ------
 {
-    $pg->psql('CREATE TABLE t_a (x int)');
-    my $dir = migrations('900_a', "ALTER TABLE t_a ADD COLUMN y int;\n");
     my $hold_s = 6;
-    my $holder = $pg->hold_lock('true', $hold_s, 't_a');
-    ok($holder, "another transaction holds t_a for $hold_s s") or die 'no lock holder';
-    push @holders, $holder;
+    my $dir = table_held('t_a', 900, $hold_s);
     my $t0 = time;
     my ($pid, $out) = migrate_in_background(migrations => $dir,
         args => [ '--migrate-lock-timeout-ms', 300, '--migrate-attempts', 10 ]);
@@ -105,7 +119,7 @@ my @holders;
     my @waits = $log =~ /"event":"migrate_lock_wait"[^\n]*/g;
     cmp_ok(scalar @waits, '>=', 2, scalar(@waits) . ' tries given up on for the lock, each logged')
         or diag $log;
-    like($waits[0] // '', qr/\Q900_a.sql: canceling statement due to lock timeout (SQLSTATE 55P03); attempt 1 of 10, again in 1000 ms\E/, '  with the reason, the attempt and the pause');
+    like($waits[0] // '', qr/\Q900_t_a.sql: canceling statement due to lock timeout (SQLSTATE 55P03); attempt 1 of 10, again in 1000 ms\E/, '  with the reason, the attempt and the pause');
     like($waits[1] // '', qr/attempt 2 of 10, again in 2000 ms/, '  the pause doubling');
     is(has_column('t_a', 'y'), 1, 'the file is applied');
     is(recorded(900), 1, '  and recorded once');
@@ -113,19 +127,13 @@ my @holders;
 
 # --- held past the last attempt: not applied, not recorded, and said so -----------------------------
 {
-    $pg->psql('CREATE TABLE t_b (x int)');
-    my $dir = migrations('901_b', "ALTER TABLE t_b ADD COLUMN y int;\n");
-    my $holder = $pg->hold_lock('true', 15, 't_b');
-    ok($holder, 'another transaction holds t_b for 15 s') or die 'no lock holder';
-    push @holders, $holder;
-    my $t0 = time;
-    my ($code, $out, $err) = OsagoStack::Worker->migrate($pg, migrations => $dir,
+    my $dir = table_held('t_b', 901, 15);
+    my ($code, $out, $took) = migrate_timed(migrations => $dir,
         args => [ '--migrate-lock-timeout-ms', 200, '--migrate-attempts', 2 ]);
-    my $took = time - $t0;
-    is($code, 1, 'migrate: exit 1 after its last attempt') or diag "$out$err";
+    is($code, 1, 'migrate: exit 1 after its last attempt') or diag $out;
     cmp_ok($took, '<', 10, sprintf('  in %.1f s, while the lock was still held', $took));
-    like("$out$err", qr/"event":"migrate_failed"[^\n]*\Q901_b.sql: not applied: canceling statement due to lock timeout (SQLSTATE 55P03), 2 time(s) (another transaction holds a table it changes\E/,
-         '  saying why and how often') or diag "$out$err";
+    like($out, qr/"event":"migrate_failed"[^\n]*\Q901_t_b.sql: not applied: canceling statement due to lock timeout (SQLSTATE 55P03), 2 time(s) (another transaction holds a table it changes\E/,
+         '  saying why and how often') or diag $out;
     is(has_column('t_b', 'y'), 0, 'nothing of the file applied');
     is(recorded(901), 0, '  nor recorded');
     $pg->psql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE wait_event = 'PgSleep'",
@@ -172,17 +180,11 @@ my @holders;
 # --- no limit: the file waits, as it did before the limit, whatever the role's own setting says --
 {
     $pg->psql("ALTER ROLE osago SET lock_timeout = '100ms'", user => 'postgres');
-    $pg->psql('CREATE TABLE t_d (x int)');
-    my $dir = migrations('903_d', "ALTER TABLE t_d ADD COLUMN y int;\n");
-    my $holder = $pg->hold_lock('true', 2, 't_d');
-    ok($holder, 'another transaction holds t_d for 2 s') or die 'no lock holder';
-    push @holders, $holder;
-    my $t0 = time;
-    my ($code, $out, $err) = OsagoStack::Worker->migrate($pg, migrations => $dir,
+    my $dir = table_held('t_d', 903, 2);
+    my ($code, $out, $took) = migrate_timed(migrations => $dir,
         args => [ '--migrate-lock-timeout-ms', 0 ]);
-    my $took = time - $t0;
-    is($code, 0, '--migrate-lock-timeout-ms 0: exit 0') or diag "$out$err";
-    unlike("$out$err", qr/migrate_lock_wait/, '  with no try given up on');
+    is($code, 0, '--migrate-lock-timeout-ms 0: exit 0') or diag $out;
+    unlike($out, qr/migrate_lock_wait/, '  with no try given up on');
     cmp_ok($took, '>=', 1, sprintf('  having waited for the lock (%.1f s)', $took));
     is(recorded(903), 1, '  and the file recorded');
     $pg->psql('ALTER ROLE osago RESET lock_timeout', user => 'postgres');
