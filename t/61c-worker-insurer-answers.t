@@ -8,7 +8,8 @@
 #   - a connection refused is stored as curl's generic reason: the insurer's address and port
 #     are in the log, not in the read model partners get;
 #   - an address that never accepts fails after connect_timeout_ms, not the call's timeout;
-#   - an auth_header bound for http:// beyond this machine is said at start (not refused).
+#   - an auth_header bound for http:// beyond this machine, or through a proxy, is said at
+#     start (not refused).
 use strict;
 use warnings;
 use FindBin;
@@ -105,6 +106,15 @@ close $_ for grep { defined } @fillers;
          '  the one over http:// to another machine, by code and host');
     unlike($aw->log_text, qr/s3cret/, '  and no header value is logged');
     $aw->stop;
+    # through a proxy, even the loopback's calls cross a network (libcurl honours http_proxy)
+    my $pw = OsagoStack::Worker->new(pg => $pg, redis => $r, kafka => $kb, insurers => $auth_file,
+                                     roles => 'executor', name => 'auth-proxy',
+                                     env => { http_proxy => 'http://192.0.2.2:3128', no_proxy => '' });
+    @said = grep { /"event":"insurer_auth_in_clear"/ } split /\n/, $pw->log_text;
+    is(scalar @said, 2, 'with http_proxy set, two insurers said') or diag $pw->log_text;
+    like(join("\n", @said), qr/insurer near: its auth_header goes to 127\.0\.0\.1 over http:\/\/ through the proxy/,
+         '  the loopback one as going through the proxy');
+    $pw->stop;
 }
 
 done_testing;

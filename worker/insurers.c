@@ -307,7 +307,56 @@ static int host_is_loopback(const char *host)
     if (n >= 2 && n - 2 < sizeof(v6) && host[0] == '[' && host[n - 1] == ']') {
         memcpy(v6, host + 1, n - 2);
         v6[n - 2] = '\0';
-        return inet_pton(AF_INET6, v6, a) == 1 && memcmp(a, &in6addr_loopback, 16) == 0;
+        if (inet_pton(AF_INET6, v6, a) != 1)
+            return 0;
+        if (IN6_IS_ADDR_V4MAPPED((struct in6_addr *) a))
+            return a[12] == 127;
+        return memcmp(a, &in6addr_loopback, 16) == 0;
+    }
+    return 0;
+}
+
+/* libcurl's choice for an http:// URL: http_proxy (lowercase only: curl ignores HTTP_PROXY, which
+ * a CGI client could set), else all_proxy or ALL_PROXY */
+static const char *proxy_from_env(void)
+{
+    static const char *const names[] = { "http_proxy", "all_proxy", "ALL_PROXY" };
+
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        const char *v = getenv(names[i]);
+        if (v != NULL && *v != '\0')
+            return v;
+    }
+    return NULL;
+}
+
+/* Whether no_proxy (or NO_PROXY) lists the host itself, or "*": entries are compared whole (an
+ * IPv6 host without its brackets), which may miss an entry curl would honour, never the
+ * other way round. */
+static int no_proxy_lists(const char *host)
+{
+    const char *list = getenv("no_proxy");
+    char        bare[256];
+    size_t      hn = strlen(host);
+
+    if (list == NULL || *list == '\0')
+        list = getenv("NO_PROXY");
+    if (list == NULL)
+        return 0;
+    if (hn >= 2 && host[0] == '[' && hn - 2 < sizeof(bare)) {
+        memcpy(bare, host + 1, hn - 2);
+        bare[hn - 2] = '\0';
+        host = bare;
+        hn -= 2;
+    }
+    for (const char *p = list; *p != '\0';) {
+        size_t n;
+
+        p += strspn(p, " ,");
+        n = strcspn(p, " ,");
+        if ((n == 1 && *p == '*') || (n == hn && n > 0 && strncasecmp(p, host, n) == 0))
+            return 1;
+        p += n;
     }
     return 0;
 }
@@ -316,15 +365,18 @@ int insurers_auth_in_clear(const insurer_t *ins, char *host, size_t hostlen)
 {
     CURLU *u;
     char  *h = NULL;
-    int    clear = 0;
+    int    clear = AUTH_CLEAR_HOST;
 
     if (ins->auth_header[0] == '\0' || strncmp(ins->url, "http://", 7) != 0)
-        return 0;
+        return AUTH_SEALED;
+    snprintf(host, hostlen, "%s", "(a host curl could not read)");
     u = curl_url();
     if (u != NULL && curl_url_set(u, CURLUPART_URL, ins->url, 0) == CURLUE_OK
         && curl_url_get(u, CURLUPART_HOST, &h, 0) == CURLUE_OK) {
-        clear = !host_is_loopback(h);
         snprintf(host, hostlen, "%s", h);
+        if (host_is_loopback(h))
+            clear = proxy_from_env() != NULL && !no_proxy_lists(h) ? AUTH_CLEAR_PROXY
+                                                                    : AUTH_SEALED;
     }
     curl_free(h);
     curl_url_cleanup(u);

@@ -27,9 +27,13 @@ int insurers_load(const char *path, int default_timeout_ms, insurer_list_t *out,
 
 const insurer_t *insurers_find(const insurer_list_t *list, const char *code);
 
-/* 1 when the insurer's auth_header would cross a network in clear: an http:// URL whose host is
- * not this machine's loopback (a name is taken at its word: only "localhost" counts). Its host,
- * as curl parsed it, in host (may be truncated). */
+/* Whether the insurer's auth_header would cross a network in clear, with its http:// URL:
+ * AUTH_CLEAR_HOST, the host is not this machine's loopback (a name is taken at its word: only
+ * "localhost" counts); AUTH_CLEAR_PROXY, it is, but libcurl would send the call through the proxy
+ * that http_proxy or all_proxy names, no_proxy not listing the host (or "*"). The host, as curl
+ * parsed it, in host (may be truncated). Anything in doubt counts as in clear: a warning too many
+ * costs less than a secret sent unsaid. */
+enum { AUTH_SEALED = 0, AUTH_CLEAR_HOST, AUTH_CLEAR_PROXY };
 int insurers_auth_in_clear(const insurer_t *ins, char *host, size_t hostlen);
 
 #endif

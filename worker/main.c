@@ -123,11 +123,15 @@ static void warn_auth_in_clear(const insurer_list_t *insurers)
 {
     char host[256];
 
-    for (int i = 0; i < insurers->n; i++)
-        if (insurers_auth_in_clear(&insurers->items[i], host, sizeof(host)))
+    for (int i = 0; i < insurers->n; i++) {
+        int clear = insurers_auth_in_clear(&insurers->items[i], host, sizeof(host));
+
+        if (clear != AUTH_SEALED)
             wlog(LOG_WARN, "main", NULL, "insurer_auth_in_clear",
-                 "insurer %s: its auth_header goes to %s over http://, readable by anyone on "
-                 "the way; use https://", insurers->items[i].code, host);
+                 "insurer %s: its auth_header goes to %s over http://%s, readable by anyone on "
+                 "the way; use https://", insurers->items[i].code, host,
+                 clear == AUTH_CLEAR_PROXY ? " through the proxy in the environment" : "");
+    }
 }
 
 static int run(const worker_config_t *cfg)

@@ -112,38 +112,85 @@ static void test_valid(void **state)
     assert_int_equal(l->n, INSURERS_MAX);
 }
 
-/* An auth_header over http:// beyond this machine is said at start. */
+static int auth_in_clear(const char *url, const char *auth, char *host, size_t hostlen)
+{
+    insurer_t ins;
+
+    memset(&ins, 0, sizeof(ins));
+    strcpy(ins.url, url);
+    strcpy(ins.auth_header, auth);
+    host[0] = '\0';
+    return insurers_auth_in_clear(&ins, host, hostlen);
+}
+
+/* An auth_header over http:// beyond this machine, or through a proxy, is said at start. */
 static void test_auth_in_clear(void **state)
 {
+    static const char *const proxy_vars[] = { "http_proxy", "all_proxy", "ALL_PROXY",
+                                              "no_proxy", "NO_PROXY", "HTTP_PROXY" };
     static const struct {
         const char *url, *auth;
         int         clear;
-        const char *host;
+        const char *host;       /* as curl read it */
     } cases[] = {
-        { "http://10.1.2.3:8080/q", "Authorization: Bearer x", 1, "10.1.2.3" },
-        { "http://api.insurer.ru/q", "X-Api-Key: k", 1, "api.insurer.ru" },
-        { "http://[2001:db8::1]/q", "X-Api-Key: k", 1, "[2001:db8::1]" },
-        { "http://127.0.0.1:8090/q", "X-Api-Key: k", 0, "127.0.0.1" },
-        { "http://127.8.9.10/q", "X-Api-Key: k", 0, "127.8.9.10" },
-        { "http://LOCALHOST:8090/q", "X-Api-Key: k", 0, "LOCALHOST" },
-        { "http://[::1]:8090/q", "X-Api-Key: k", 0, "[::1]" },
-        { "http://[::ffff:10.0.0.1]/q", "X-Api-Key: k", 1, "[::ffff:10.0.0.1]" },
-        { "https://api.insurer.ru/q", "X-Api-Key: k", 0, "" },    /* encrypted */
-        { "http://api.insurer.ru/q", "", 0, "" },                  /* nothing to read */
+        { "http://10.1.2.3:8080/q", "Authorization: Bearer x", AUTH_CLEAR_HOST, "10.1.2.3" },
+        { "http://api.insurer.ru/q", "X-Api-Key: k", AUTH_CLEAR_HOST, "api.insurer.ru" },
+        { "http://[2001:db8::1]/q", "X-Api-Key: k", AUTH_CLEAR_HOST, "[2001:db8::1]" },
+        { "http://[::ffff:10.0.0.1]/q", "X-Api-Key: k", AUTH_CLEAR_HOST, "[::ffff:10.0.0.1]" },
+        { "http://[fe80::1%25eth0]/q", "X-Api-Key: k", AUTH_CLEAR_HOST, "[fe80::1]" },
+        /* in doubt, said: a trailing dot is another name to the resolver's search list */
+        { "http://localhost./q", "X-Api-Key: k", AUTH_CLEAR_HOST, "localhost." },
+        { "http://127.0.0.1:8090/q", "X-Api-Key: k", AUTH_SEALED, "127.0.0.1" },
+        { "http://127.8.9.10/q", "X-Api-Key: k", AUTH_SEALED, "127.8.9.10" },
+        { "http://2130706433/q", "X-Api-Key: k", AUTH_SEALED, "127.0.0.1" },   /* curl's reading */
+        { "http://LOCALHOST:8090/q", "X-Api-Key: k", AUTH_SEALED, "LOCALHOST" },
+        { "http://[::1]:8090/q", "X-Api-Key: k", AUTH_SEALED, "[::1]" },
+        { "http://[::1%25lo]/q", "X-Api-Key: k", AUTH_SEALED, "[::1]" },
+        { "http://[::ffff:127.0.0.1]/q", "X-Api-Key: k", AUTH_SEALED, "[::ffff:127.0.0.1]" },
+        { "https://api.insurer.ru/q", "X-Api-Key: k", AUTH_SEALED, "" },       /* encrypted */
+        { "http://api.insurer.ru/q", "", AUTH_SEALED, "" },                     /* nothing to read */
     };
+    char host[64];
     (void)state;
-    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-        insurer_t ins;
-        char host[64] = "";
 
-        memset(&ins, 0, sizeof(ins));
-        strcpy(ins.url, cases[i].url);
-        strcpy(ins.auth_header, cases[i].auth);
-        if (insurers_auth_in_clear(&ins, host, sizeof(host)) != cases[i].clear)
-            fail_msg("%s with \"%s\": expected %d", cases[i].url, cases[i].auth, cases[i].clear);
-        if (cases[i].clear)
-            assert_string_equal(host, cases[i].host);
+    for (size_t i = 0; i < sizeof(proxy_vars) / sizeof(proxy_vars[0]); i++)
+        unsetenv(proxy_vars[i]);
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        int clear = auth_in_clear(cases[i].url, cases[i].auth, host, sizeof(host));
+
+        if (clear != cases[i].clear)
+            fail_msg("%s with \"%s\": %d, expected %d", cases[i].url, cases[i].auth, clear,
+                     cases[i].clear);
+        assert_string_equal(host, cases[i].host);
     }
+
+    /* loopback, but libcurl would go through a proxy: unless no_proxy lists the host */
+    setenv("http_proxy", "http://proxy.corp:3128", 1);
+    assert_int_equal(auth_in_clear("http://127.0.0.1:8090/q", "X-Api-Key: k", host,
+                                   sizeof(host)), AUTH_CLEAR_PROXY);
+    assert_int_equal(auth_in_clear("http://10.1.2.3/q", "X-Api-Key: k", host, sizeof(host)),
+                     AUTH_CLEAR_HOST);
+    setenv("no_proxy", "example.ru, 127.0.0.1,::1", 1);
+    assert_int_equal(auth_in_clear("http://127.0.0.1:8090/q", "X-Api-Key: k", host,
+                                   sizeof(host)), AUTH_SEALED);
+    assert_int_equal(auth_in_clear("http://[::1]/q", "X-Api-Key: k", host, sizeof(host)),
+                     AUTH_SEALED);
+    assert_int_equal(auth_in_clear("http://localhost/q", "X-Api-Key: k", host, sizeof(host)),
+                     AUTH_CLEAR_PROXY);
+    setenv("no_proxy", "*", 1);
+    assert_int_equal(auth_in_clear("http://localhost/q", "X-Api-Key: k", host, sizeof(host)),
+                     AUTH_SEALED);
+    unsetenv("no_proxy");
+    unsetenv("http_proxy");
+    /* HTTP_PROXY in capitals is not curl's for http:// (a CGI client could set it) */
+    setenv("HTTP_PROXY", "http://proxy.corp:3128", 1);
+    assert_int_equal(auth_in_clear("http://127.0.0.1/q", "X-Api-Key: k", host, sizeof(host)),
+                     AUTH_SEALED);
+    unsetenv("HTTP_PROXY");
+    setenv("ALL_PROXY", "socks5://proxy.corp:1080", 1);
+    assert_int_equal(auth_in_clear("http://127.0.0.1/q", "X-Api-Key: k", host, sizeof(host)),
+                     AUTH_CLEAR_PROXY);
+    unsetenv("ALL_PROXY");
 }
 
 /* The file shipped in conf/ (t/31 runs the tests from the repository root). */
