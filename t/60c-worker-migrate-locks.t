@@ -11,6 +11,7 @@ use warnings;
 use FindBin;
 use lib "$FindBin::Bin/lib";
 use Test::More;
+use File::Temp ();
 use IO::Handle ();
 use POSIX ();
 use Time::HiRes qw(time sleep);
@@ -20,7 +21,8 @@ use OsagoStack;
 OsagoStack::need_bins(qw(osago-worker));
 
 my $pg = OsagoStack::Postgres->new;
-my $tmp = OsagoTest::_tempdir('migrate-locks');
+# the migration files and outputs, removed at the end
+my $tmp = File::Temp::tempdir('osago-migrate-locks-XXXXXX', TMPDIR => 1, CLEANUP => 1);
 
 # a directory holding one migration file
 sub migrations {
