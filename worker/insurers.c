@@ -293,62 +293,62 @@ const insurer_t *insurers_find(const insurer_list_t *list, const char *code)
     return NULL;
 }
 
+/* curl hands an IPv6 host over in its brackets; inet_pton and no_proxy entries have none */
+static const char *unbracketed(const char *host, char *buf, size_t cap)
+{
+    size_t n = strlen(host);
+
+    if (n < 2 || host[0] != '[' || host[n - 1] != ']' || n - 2 >= cap)
+        return host;
+    memcpy(buf, host + 1, n - 2);
+    buf[n - 2] = '\0';
+    return buf;
+}
+
 static int host_is_loopback(const char *host)
 {
     unsigned char a[16];
-    char v6[64];
-    size_t n = strlen(host);
+    char          bare[64];
 
     if (strcasecmp(host, "localhost") == 0)
         return 1;
     if (inet_pton(AF_INET, host, a) == 1)
         return a[0] == 127;
-    /* curl hands an IPv6 host over in its brackets */
-    if (n >= 2 && n - 2 < sizeof(v6) && host[0] == '[' && host[n - 1] == ']') {
-        memcpy(v6, host + 1, n - 2);
-        v6[n - 2] = '\0';
-        if (inet_pton(AF_INET6, v6, a) != 1)
-            return 0;
-        if (IN6_IS_ADDR_V4MAPPED((struct in6_addr *) a))
-            return a[12] == 127;
-        return memcmp(a, &in6addr_loopback, 16) == 0;
-    }
-    return 0;
+    if (inet_pton(AF_INET6, unbracketed(host, bare, sizeof(bare)), a) != 1)
+        return 0;
+    if (IN6_IS_ADDR_V4MAPPED((struct in6_addr *) a))
+        return a[12] == 127;
+    return memcmp(a, &in6addr_loopback, 16) == 0;
 }
 
-/* libcurl's choice for an http:// URL: http_proxy (lowercase only: curl ignores HTTP_PROXY, which
- * a CGI client could set), else all_proxy or ALL_PROXY */
-static const char *proxy_from_env(void)
+/* Whether libcurl would take an http:// URL through a proxy: http_proxy (lowercase only: curl
+ * ignores HTTP_PROXY, which a CGI client could set), all_proxy or ALL_PROXY */
+static int proxy_in_env(void)
 {
     static const char *const names[] = { "http_proxy", "all_proxy", "ALL_PROXY" };
 
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         const char *v = getenv(names[i]);
         if (v != NULL && *v != '\0')
-            return v;
+            return 1;
     }
-    return NULL;
+    return 0;
 }
 
-/* Whether no_proxy (or NO_PROXY) lists the host itself, or "*": entries are compared whole (an
- * IPv6 host without its brackets), which may miss an entry curl would honour, never the
- * other way round. */
+/* Whether no_proxy (or NO_PROXY) lists the host itself, or "*": entries are compared whole,
+ * which may miss an entry curl would honour, never the other way round. */
 static int no_proxy_lists(const char *host)
 {
     const char *list = getenv("no_proxy");
     char        bare[256];
-    size_t      hn = strlen(host);
+    size_t      hn;
 
     if (list == NULL || *list == '\0')
         list = getenv("NO_PROXY");
     if (list == NULL)
         return 0;
-    if (hn >= 2 && host[0] == '[' && hn - 2 < sizeof(bare)) {
-        memcpy(bare, host + 1, hn - 2);
-        bare[hn - 2] = '\0';
-        host = bare;
-        hn -= 2;
-    }
+    host = unbracketed(host, bare, sizeof(bare));
+    hn = strlen(host);
     for (const char *p = list; *p != '\0';) {
         size_t n;
 
@@ -375,8 +375,7 @@ int insurers_auth_in_clear(const insurer_t *ins, char *host, size_t hostlen)
         && curl_url_get(u, CURLUPART_HOST, &h, 0) == CURLUE_OK) {
         snprintf(host, hostlen, "%s", h);
         if (host_is_loopback(h))
-            clear = proxy_from_env() != NULL && !no_proxy_lists(h) ? AUTH_CLEAR_PROXY
-                                                                    : AUTH_SEALED;
+            clear = proxy_in_env() && !no_proxy_lists(h) ? AUTH_CLEAR_PROXY : AUTH_SEALED;
     }
     curl_free(h);
     curl_url_cleanup(u);
