@@ -18,7 +18,7 @@
 # BENCH_FETCH_WAIT_MS (the worker's default unless set), BENCH_MAX_IN_FLIGHT (1024: 500/s x 10 calls x 125 ms on average need 625),
 # BENCH_SIM_OPTS (default --threads 1: one MHD thread costs the least CPU per call on 2 cores),
 # BENCH_WORKER_OPTS, BENCH_BROKER_OPTS (devbroker's, e.g. --partitions 1), BENCH_PG_OPTS, BENCH_PG_STATEMENTS=1 (pg_stat_statements per application, WAL included),
-# BENCH_KEEP_LOGS=DIR.
+# BENCH_PG_SQL (SQL run after the migrations: a schema change to try), BENCH_KEEP_LOGS=DIR.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -67,7 +67,7 @@ cleanup() {
         kill -KILL "$p" 2>/dev/null && echo "bench/worker: pid $p did not stop in 10 s, killed" >&2
     done
     [ -n "$PG_UP" ] && runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$WORK/pg/data" -m fast -w stop >/dev/null 2>&1
-    [ -n "${BENCH_KEEP_LOGS:-}" ] && cp "$WORK/pg/log" "$WORK/worker.log" "$WORK/stages" "$WORK/latencies" "$BENCH_KEEP_LOGS/" 2>/dev/null
+    [ -n "${BENCH_KEEP_LOGS:-}" ] && cp "$WORK/pg/log" "$WORK/worker.log" "$WORK/stages" "$WORK/latencies" "$WORK/cpustat" "$BENCH_KEEP_LOGS/" 2>/dev/null
     rm -rf "$WORK"
 }
 trap cleanup EXIT INT TERM
@@ -112,6 +112,7 @@ for _ in $(seq 100); do curl -sf "http://127.0.0.1:$HP/readyz" >/dev/null && bre
 sleep 5    # the consumer groups' first join (the mock takes a few seconds)
 
 psqlq() { "$PG_BIN/psql" -h 127.0.0.1 -p "$PP" -U osago -d osago -Atq -c "$1"; }
+[ -n "${BENCH_PG_SQL:-}" ] && psqlq "$BENCH_PG_SQL" >/dev/null   # an experiment's change to the schema
 rss() { awk '/VmRSS/ {print $2}' "/proc/$WPID/status"; }
 # malloc's bytes in use (KiB), from the worker's /metrics: flat while RSS grows is fragmentation
 heap() { curl -s "http://127.0.0.1:$HP/metrics" | awk '/^osago_worker_heap_in_use_bytes / { print int($2 / 1024) }'; }
@@ -156,6 +157,13 @@ WAL0=$(psqlq "SELECT pg_current_wal_lsn()")
 perl "$ROOT/bench/inject.pl" "$RP" "$RATE" "$SECS" "$WORK/injected" > "$WORK/inject.out" &
 INJ=$!
 PIDS+=("$INJ")
+# the machine's busy and total jiffies once a second while injecting: a tail that follows the
+# cores filling up (rather than one event) shows in the windows below
+while kill -0 "$INJ" 2>/dev/null; do
+    awk -v ms="$(date +%s%3N)" '/^cpu / { print ms, $2 + $3 + $4 + $7 + $8, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' /proc/stat
+    sleep 1
+done > "$WORK/cpustat" &
+PIDS+=($!)
 while kill -0 "$INJ" 2>/dev/null; do
     sleep 30 & wait $! || true
     kill -0 "$INJ" 2>/dev/null && SAMPLES="$SAMPLES $(rss)" && HEAPS="$HEAPS $(heap)"
@@ -294,6 +302,11 @@ BY_WINDOW=$(awk -v t0="$T0" -v since="$SINCE" \
     NR > 1 && $1 != w { flush(); n = 0 }
     { w = $1; v[++n] = $2 }
     END { if (n) flush() }')
+# the machine's busy share over the same 10-s windows (of wall time from the first injection)
+BUSY_BY_WINDOW=$(awk -v t0="$T0" 'NR > 1 && $3 > t { w = int((m - t0) / 10000); if (w >= 0) { b[w] += $2 - u; a[w] += $3 - t; if (w > n) n = w } }
+    { m = $1; u = $2; t = $3 }
+    END { for (i = 0; i <= n; i++) if (a[i] > 0) printf "%s%d–%d s %.0f %%", (k++ ? ", " : ""), i * 10, i * 10 + 10, b[i] * 100 / a[i] }' \
+    "$WORK/cpustat")
 # applications completed in each second after the first injection: a stall shows as a gap
 TIMELINE=$(awk -v t0="$T0" '{ s = int(($3 - t0) / 1000); c[s]++; if (s > m) m = s }
     END { for (i = 0; i <= m; i++) printf "%s%d", (i ? " " : ""), c[i] + 0 }' "$WORK/latencies")
@@ -343,6 +356,8 @@ echo
 echo "Completed per second from the first injection: $TIMELINE."
 echo
 echo "Worker's added latency p50 / p99 by when the application was injected (10-s windows from the first injection, the warm-up left out): ${BY_WINDOW:--}."
+echo
+echo "Machine busy (both cores) in the same 10-s windows: ${BUSY_BY_WINDOW:--}."
 echo
 echo "Stages: $STAGES"
 if [ -s "$WORK/pg_statements" ]; then echo; echo '```'; cat "$WORK/pg_statements"; echo '```'; fi
