@@ -725,27 +725,60 @@ static int ex_claim_queue(executor_t *x, const char *name, int nparams, int mark
     return rc;
 }
 
+/* A row of a claim statement's answer: (app, insurer[, attempt]), and whether a call took it */
+typedef struct {
+    const char *app, *insurer;
+    int         attempt, taken;
+} ex_row_t;
+
+static int ex_row_cmp(const void *a, const void *b)
+{
+    const ex_row_t *x = a, *y = b;
+    int             d = strcasecmp(x->app, y->app);
+
+    return d != 0 ? d : strcmp(x->insurer, y->insurer);
+}
+
 /* Sets mark to `to` on every call marked `from` whose (app, insurer[, attempt]) is a row of
- * res; with_attempt: each row serves one call, so two copies of one task make one call. */
+ * res; with_attempt: each row serves one call, so two copies of one task make one call. The
+ * rows are sorted and each call looks its own up: a claim over a backlog holds a thousand
+ * calls, and comparing each with every row cost a million comparisons. */
 static void ex_mark_rows(executor_t *x, PGresult *res, int from, int to, int with_attempt)
 {
-    int   rows = PQntuples(res);
-    char *taken = calloc((size_t) rows + 1, 1);
+    int       rows = PQntuples(res);
+    ex_row_t *row = calloc((size_t) rows + 1, sizeof(*row));
 
-    for (call_t *c = x->lists[ST_CLAIMING].head; c != NULL && taken != NULL; c = c->next) {
+    if (row == NULL)
+        return;
+    for (int i = 0; i < rows; i++) {
+        row[i].app = PQgetvalue(res, i, 0);
+        row[i].insurer = PQgetvalue(res, i, 1);
+        row[i].attempt = with_attempt ? atoi(PQgetvalue(res, i, 2)) : 0;
+    }
+    qsort(row, (size_t) rows, sizeof(*row), ex_row_cmp);
+    for (call_t *c = x->lists[ST_CLAIMING].head; c != NULL; c = c->next) {
+        ex_row_t  key = { c->app_id, c->insurer, 0, 0 };
+        int       lo = 0, hi = rows;
+
         if (c->mark != from)
             continue;
-        for (int i = 0; i < rows; i++) {
-            if ((with_attempt && (taken[i] || atoi(PQgetvalue(res, i, 2)) != c->attempt))
-                || strcasecmp(PQgetvalue(res, i, 0), c->app_id) != 0
-                || strcmp(PQgetvalue(res, i, 1), c->insurer) != 0)
+        while (lo < hi) {           /* the first row not before the call's (app, insurer) */
+            int mid = lo + (hi - lo) / 2;
+
+            if (ex_row_cmp(&row[mid], &key) < 0)
+                lo = mid + 1;
+            else
+                hi = mid;
+        }
+        for (int i = lo; i < rows && ex_row_cmp(&row[i], &key) == 0; i++) {
+            if (with_attempt && (row[i].taken || row[i].attempt != c->attempt))
                 continue;
-            taken[i] = (char) with_attempt;
+            row[i].taken = with_attempt;
             c->mark = to;
             break;
         }
     }
-    free(taken);
+    free(row);
 }
 
 /*
