@@ -18,7 +18,7 @@
 # BENCH_FETCH_WAIT_MS (the worker's default unless set), BENCH_MAX_IN_FLIGHT (1024: 500/s x 10 calls x 125 ms on average need 625),
 # BENCH_SIM_OPTS (default --threads 1: one MHD thread costs the least CPU per call on 2 cores),
 # BENCH_WORKER_OPTS, BENCH_BROKER_OPTS (devbroker's, e.g. --partitions 1), BENCH_PG_OPTS, BENCH_PG_STATEMENTS=1 (pg_stat_statements per application, WAL included),
-# BENCH_PG_SQL (SQL run after the migrations: a schema change to try), BENCH_KEEP_LOGS=DIR.
+# BENCH_PG_SQL (SQL run as the osago role after the migrations, in one transaction: a schema change to try), BENCH_KEEP_LOGS=DIR.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -103,6 +103,10 @@ PIDS+=($!)
 SIM_PID=$!
 wait_for "$WORK/sim.log" 'insurer-sim: ready'
 "$BUILD/osago-worker" migrate --pg "$PG" --migrations "$ROOT/worker/migrations" 2>>"$WORK/worker.log"
+psqlq() { "$PG_BIN/psql" -h 127.0.0.1 -p "$PP" -U osago -d osago -Atq -c "$1"; }
+# an experiment's change to the schema, as the osago role, in one transaction, before the worker
+# prepares its statements
+[ -n "${BENCH_PG_SQL:-}" ] && psqlq "$BENCH_PG_SQL" >/dev/null
 "$BUILD/osago-worker" run --kafka "127.0.0.1:$KP" --redis "127.0.0.1:$RP" --pg "$PG" \
     --insurers "$WORK/insurers.json" --http "127.0.0.1:$HP" --max-in-flight "${BENCH_MAX_IN_FLIGHT:-1024}" \
     --log-level warn --kafka-session-timeout-ms 6000 ${BENCH_FETCH_WAIT_MS:+--kafka-fetch-wait-ms $BENCH_FETCH_WAIT_MS} ${BENCH_WORKER_OPTS:-} 2>>"$WORK/worker.log" &
@@ -111,8 +115,6 @@ PIDS+=("$WPID")
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$HP/readyz" >/dev/null && break; sleep 0.2; done
 sleep 5    # the consumer groups' first join (the mock takes a few seconds)
 
-psqlq() { "$PG_BIN/psql" -h 127.0.0.1 -p "$PP" -U osago -d osago -Atq -c "$1"; }
-[ -n "${BENCH_PG_SQL:-}" ] && psqlq "$BENCH_PG_SQL" >/dev/null   # an experiment's change to the schema
 rss() { awk '/VmRSS/ {print $2}' "/proc/$WPID/status"; }
 # malloc's bytes in use (KiB), from the worker's /metrics: flat while RSS grows is fragmentation
 heap() { curl -s "http://127.0.0.1:$HP/metrics" | awk '/^osago_worker_heap_in_use_bytes / { print int($2 / 1024) }'; }
@@ -160,7 +162,7 @@ PIDS+=("$INJ")
 # the machine's busy and total jiffies once a second while injecting: a tail that follows the
 # cores filling up (rather than one event) shows in the windows below
 while kill -0 "$INJ" 2>/dev/null; do
-    awk -v ms="$(date +%s%3N)" '/^cpu / { print ms, $2 + $3 + $4 + $7 + $8, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' /proc/stat
+    awk -v ms="$(date +%s%3N)" '/^cpu / { printf "%s %.0f %.0f\n", ms, $2 + $3 + $4 + $7 + $8, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' /proc/stat
     sleep 1
 done > "$WORK/cpustat" &
 PIDS+=($!)
@@ -303,7 +305,7 @@ BY_WINDOW=$(awk -v t0="$T0" -v since="$SINCE" \
     { w = $1; v[++n] = $2 }
     END { if (n) flush() }')
 # the machine's busy share over the same 10-s windows (of wall time from the first injection)
-BUSY_BY_WINDOW=$(awk -v t0="$T0" 'NR > 1 && $3 > t { w = int((m - t0) / 10000); if (w >= 0) { b[w] += $2 - u; a[w] += $3 - t; if (w > n) n = w } }
+BUSY_BY_WINDOW=$(awk -v t0="$T0" 'NR > 1 && $3 > t && (m + $1) / 2 >= t0 { w = int(((m + $1) / 2 - t0) / 10000); b[w] += $2 - u; a[w] += $3 - t; if (w > n) n = w }
     { m = $1; u = $2; t = $3 }
     END { for (i = 0; i <= n; i++) if (a[i] > 0) printf "%s%d–%d s %.0f %%", (k++ ? ", " : ""), i * 10, i * 10 + 10, b[i] * 100 / a[i] }' \
     "$WORK/cpustat")
@@ -357,7 +359,7 @@ echo "Completed per second from the first injection: $TIMELINE."
 echo
 echo "Worker's added latency p50 / p99 by when the application was injected (10-s windows from the first injection, the warm-up left out): ${BY_WINDOW:--}."
 echo
-echo "Machine busy (both cores) in the same 10-s windows: ${BUSY_BY_WINDOW:--}."
+echo "Machine busy (all $(nproc) cores) in the same 10-s windows: ${BUSY_BY_WINDOW:--}."
 echo
 echo "Stages: $STAGES"
 if [ -s "$WORK/pg_statements" ]; then echo; echo '```'; cat "$WORK/pg_statements"; echo '```'; fi
