@@ -741,8 +741,9 @@ static int ex_row_cmp(const void *a, const void *b)
 
 /* Sets mark to `to` on every call marked `from` whose (app, insurer[, attempt]) is a row of
  * res; with_attempt: each row serves one call, so two copies of one task make one call. The
- * rows are sorted and each call looks its own up: a claim over a backlog holds a thousand
- * calls, and comparing each with every row cost a million comparisons. */
+ * rows are sorted and each call looks its own up: over a backlog a claim holds up to
+ * --max-in-flight calls (512 by default, up to 10,000), and comparing each with every row grew
+ * with the square of that. */
 static void ex_mark_rows(executor_t *x, PGresult *res, int from, int to, int with_attempt)
 {
     int       rows = PQntuples(res);
