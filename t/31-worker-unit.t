@@ -1,6 +1,6 @@
 # The worker's cmocka unit tests (t/unit/test_worker_*.c: event codec, retry policy,
 # configuration, quote state machine, insurer file, PostgreSQL addresses, the ring of
-# applications completed lately), built with ASan and UBSan: each cmocka
+# applications completed lately, results' copy of the quotes), built with ASan and UBSan: each cmocka
 # test becomes one test here, and a sanitizer report or a non-zero exit fails the file.
 use strict;
 use warnings;
@@ -15,6 +15,6 @@ use OsagoTest;
 chdir OsagoTest::root() or die "cannot chdir to the repository root: $!";
 
 OsagoTest::run_cmocka(File::Spec->catfile(OsagoTest::build_dir(), 'san', "test_worker_$_"), $_)
-    for qw(event retry config quote_state insurers pg_hosts completed_ring);
+    for qw(event retry config quote_state insurers pg_hosts completed_ring quote_cache);
 
 done_testing();

@@ -16,7 +16,7 @@ WORKER_CPPFLAGS := $(shell pkg-config --cflags libpq 2>/dev/null || echo -I/usr/
 WORKER_LIBS     := -lrdkafka -lpq -lhiredis -lyajl -lcurl -lmicrohttpd -lpthread
 
 # Each unit test links only the file it tests: the pure parts of the worker stay pure.
-WORKER_UNITS      := event retry config quote_state insurers pg_hosts completed_ring
+WORKER_UNITS      := event retry config quote_state insurers pg_hosts completed_ring quote_cache
 WORKER_UNIT_BINS  := $(patsubst %,$(BUILD)/san/test_worker_%,$(WORKER_UNITS))
 WORKER_UNIT_LIBS  := -lcmocka -lyajl -lpq -lcurl
 

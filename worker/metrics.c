@@ -151,6 +151,9 @@ size_t metrics_render(const metrics_t *cm, char *buf, size_t cap)
     C(tasks_failed, "Quote tasks that ended in error after the last attempt.");
     C(results_applied, "Task results applied to PostgreSQL.");
     C(results_duplicate, "Redelivered task results that changed nothing.");
+    C(results_cache_hits,
+      "Applications whose results were decided from results' copy of their quotes.");
+    C(results_cache_misses, "Applications whose quotes results read again from PostgreSQL.");
     C(applications_completed, "Applications with every quote answered.");
     C(tasks_swept, "Stale quote tasks re-driven by the sweeper.");
     C(tasks_redriven, "Pending quote tasks re-driven by the sweeper (their task was lost).");

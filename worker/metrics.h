@@ -30,6 +30,8 @@ typedef struct {
     atomic_ulong tasks_failed;            /* error after the last attempt */
     atomic_ulong results_applied;
     atomic_ulong results_duplicate;       /* at-least-once redeliveries that changed nothing */
+    atomic_ulong results_cache_hits;      /* applications decided from results' copy */
+    atomic_ulong results_cache_misses;    /* applications whose quotes were read again */
     atomic_ulong applications_completed;
     atomic_ulong tasks_swept;             /* re-driven by the sweeper */
     atomic_ulong tasks_redriven;          /* pending too long: their Task was lost */

@@ -104,25 +104,39 @@ static int gen_quote(yajl_gen g, const rm_quote_t *q)
     return 0;
 }
 
-/* Fills quotes from rows [first, last) (one application); returns how many. */
-static int rm_collect(const PGresult *res, int first, int last, int qcol,
-                      const insurer_list_t *insurers, rm_quote_t *quotes)
+int read_model_quotes_of(const PGresult *res, int first, int last, int qcol,
+                         read_model_quote_t *quotes, int max)
 {
     int n = 0;
 
-    for (int i = first; i < last && n < INSURERS_MAX * 2; i++) {
+    for (int i = first; i < last && n < max; i++) {
         if (PQgetisnull(res, i, qcol))
-            continue;                    /* the LEFT JOIN's row of an application without quotes */
-        rm_quote_t      *q = &quotes[n++];
-        const insurer_t *ins;
+            continue;
+        quotes[n].code = PQgetvalue(res, i, qcol);
+        quotes[n].status = PQgetvalue(res, i, qcol + 1);
+        quotes[n].premium = PQgetisnull(res, i, qcol + 2) ? NULL : PQgetvalue(res, i, qcol + 2);
+        quotes[n].error = PQgetisnull(res, i, qcol + 3) ? NULL : PQgetvalue(res, i, qcol + 3);
+        n++;
+    }
+    return n;
+}
 
-        q->code = PQgetvalue(res, i, qcol);
-        ins = insurers_find(insurers, q->code);
+/* The quotes in the document's order (the insurer file's), with their names and API status. */
+static int rm_collect(const read_model_quote_t *in, int n, const insurer_list_t *insurers,
+                      rm_quote_t *quotes)
+{
+    if (n > INSURERS_MAX * 2)
+        n = INSURERS_MAX * 2;
+    for (int i = 0; i < n; i++) {
+        rm_quote_t      *q = &quotes[i];
+        const insurer_t *ins = insurers_find(insurers, in[i].code);
+
+        q->code = in[i].code;
         q->order = ins != NULL ? (int) (ins - insurers->items) : INSURERS_MAX;
         q->name = ins != NULL ? ins->name : q->code;
-        q->status = rm_api_status(PQgetvalue(res, i, qcol + 1));
-        q->premium = PQgetisnull(res, i, qcol + 2) ? NULL : PQgetvalue(res, i, qcol + 2);
-        q->error = PQgetisnull(res, i, qcol + 3) ? NULL : PQgetvalue(res, i, qcol + 3);
+        q->status = rm_api_status(in[i].status);
+        q->premium = in[i].premium;
+        q->error = in[i].error;
     }
     qsort(quotes, (size_t) n, sizeof(quotes[0]), rm_quote_cmp);
     return n;
@@ -149,12 +163,12 @@ static int rm_build(yajl_gen g, const PGresult *apps, int row, const rm_quote_t 
     return 0;
 }
 
-int read_model_doc_build(const PGresult *apps, int app_row, const PGresult *quotes, int first,
-                         int last, int qcol, const insurer_list_t *insurers, const char *trace,
+int read_model_doc_build(const PGresult *apps, int app_row, const read_model_quote_t *quotes,
+                         int n, const insurer_list_t *insurers, const char *trace,
                          read_model_doc_t *doc)
 {
     rm_quote_t           q[INSURERS_MAX * 2];
-    int                  nq = rm_collect(quotes, first, last, qcol, insurers, q);
+    int                  nq = rm_collect(quotes, n, insurers, q);
     const char          *id = PQgetvalue(apps, app_row, READ_MODEL_APP_ID);
     const char          *updated = PQgetvalue(apps, app_row, READ_MODEL_APP_UPDATED);
     yajl_gen             g = yajl_gen_alloc(NULL);
@@ -212,7 +226,11 @@ static int rm_docs(const PGresult *res, const insurer_list_t *insurers, const ch
         for (last = first + 1;
              last < rows && strcmp(PQgetvalue(res, last, READ_MODEL_APP_ID), id) == 0; last++)
             ;
-        if (read_model_doc_build(res, first, res, first, last, READ_MODEL_APP_NCOLS, insurers,
+        read_model_quote_t quotes[INSURERS_MAX * 2];
+        int                nq = read_model_quotes_of(res, first, last, READ_MODEL_APP_NCOLS, quotes,
+                                                     INSURERS_MAX * 2);
+
+        if (read_model_doc_build(res, first, quotes, nq, insurers,
                                  rm_trace_of(id, ids, traces, n), &docs[nd]) != 0) {
             while (nd > 0)
                 read_model_doc_free(&docs[--nd]);

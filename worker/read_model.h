@@ -31,6 +31,15 @@ enum {
 };
 #define READ_MODEL_QUOTE_COLUMNS "q.insurer_code, q.status, q.premium_rub::text, q.error"
 
+/* One quote of a document, as READ_MODEL_QUOTE_COLUMNS gives it (borrowed strings; status as
+ * PostgreSQL stores it, premium and error NULL when none). */
+typedef struct {
+    const char *code;
+    const char *status;
+    const char *premium;
+    const char *error;
+} read_model_quote_t;
+
 /* One document ready for Redis: {id, status, created_at, updated_at (ms),
  * insurers:[{code, name, status, premium_rub, error}]}, with what the write needs. */
 typedef struct {
@@ -44,13 +53,19 @@ typedef struct {
 } read_model_doc_t;
 
 /*
- * Builds the document of the application in row app_row of apps (READ_MODEL_APP_COLUMNS from
- * column 0) with the quotes in rows [first, last) of quotes (READ_MODEL_QUOTE_COLUMNS from column
- * qcol; a row whose code is NULL is skipped: a LEFT JOIN's application without quotes). 0, or -1
- * (logged). read_model_doc_free frees it.
+ * The quotes in rows [first, last) of res (READ_MODEL_QUOTE_COLUMNS from column qcol) as views
+ * into res, at most max; a row whose code is NULL is skipped (a LEFT JOIN's application without
+ * quotes). Returns how many.
  */
-int read_model_doc_build(const PGresult *apps, int app_row, const PGresult *quotes, int first,
-                         int last, int qcol, const insurer_list_t *insurers, const char *trace,
+int read_model_quotes_of(const PGresult *res, int first, int last, int qcol,
+                         read_model_quote_t *quotes, int max);
+
+/*
+ * Builds the document of the application in row app_row of apps (READ_MODEL_APP_COLUMNS from
+ * column 0) with quotes[0..n). 0, or -1 (logged). read_model_doc_free frees it.
+ */
+int read_model_doc_build(const PGresult *apps, int app_row, const read_model_quote_t *quotes,
+                         int n, const insurer_list_t *insurers, const char *trace,
                          read_model_doc_t *doc);
 
 void read_model_doc_free(read_model_doc_t *doc);

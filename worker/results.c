@@ -35,6 +35,7 @@
 #include "kafka.h"
 #include "log.h"
 #include "pg.h"
+#include "quote_cache.h"
 #include "quote_state.h"
 #include "read_model.h"
 #include "redis_conn.h"
@@ -69,6 +70,7 @@ typedef struct {
     const char    *app;
     const char    *ins;
     const char    *app_status;
+    const char    *app_version;    /* the application row's xmin (quote_cache.h) */
     quote_status_t status;
     int            attempt;
     int            changed;
@@ -96,6 +98,7 @@ typedef struct {
     /* The read models of the applications the batch changed, built from its transactions */
     read_model_doc_t docs[RES_BATCH];
     int              n_docs;
+    quote_cache_t    cache;              /* the quotes of the applications in progress */
     /* Applications completed lately, written again when Redis is reached on a new connection
      * (res_reassert): a failover may have lost them. */
     completed_ring_t completed;
@@ -136,7 +139,7 @@ static void res_nap(results_t *r, int64_t ms)
  * (two workers during a rebalance) wait for each other rather than deadlock, and count each
  * other's quotes: "completed" cannot be missed by both. */
 static const char res_lock_sql[] =
-    "SELECT a.id::text, a.status, q.insurer_code, q.status, q.attempt"
+    "SELECT a.id::text, a.status, q.insurer_code, q.status, q.attempt, a.xmin::text"
     " FROM applications a JOIN quotes q ON q.application_id = a.id"
     " WHERE (q.application_id, q.insurer_code) IN"
     "       (SELECT * FROM unnest($1::uuid[], $2::text[]))"
@@ -148,22 +151,26 @@ static const char res_quotes_sql[] =
     " error = t.error, heartbeat_at = NULL, updated_at = now()"
     " FROM jsonb_to_recordset($1::jsonb)"
     "      AS t(app uuid, ins text, status text, attempt int, premium numeric, error text)"
-    " WHERE q.application_id = t.app AND q.insurer_code = t.ins";
+    " WHERE q.application_id = t.app AND q.insurer_code = t.ins"
+    " RETURNING q.application_id::text, " READ_MODEL_QUOTE_COLUMNS;
 
-/* Every quote of the changed applications as the transaction left them: their status, and
- * their read models (built from these rows and res_apps' without reading them again). Grouped by
- * application (RES_STATE_APP: its id). */
+/* Every quote of the changed applications results holds no copy of (quote_cache.h), as the
+ * transaction left them: their status, and their read models (built from these rows and
+ * res_apps' without reading them again). Grouped by application. Its rows and res_quotes' are
+ * RES_QROW_APP (the id) and READ_MODEL_QUOTE_COLUMNS from RES_QROW_QUOTE. */
 static const char res_state_sql[] =
     "SELECT q.application_id::text, " READ_MODEL_QUOTE_COLUMNS
     " FROM quotes q WHERE q.application_id = ANY ($1::uuid[]) ORDER BY q.application_id";
-enum { RES_STATE_APP, RES_STATE_QUOTE };
+enum { RES_QROW_APP, RES_QROW_QUOTE };
 
-/* updated_at moves forward by at least 1 ms per change: it versions the read model */
+/* updated_at moves forward by at least 1 ms per change: it versions the read model. The xmin
+ * after READ_MODEL_APP_COLUMNS versions results' copy of the quotes. */
 static const char res_apps_sql[] =
     "UPDATE applications a SET status = t.status,"
     " updated_at = greatest(now(), a.updated_at + interval '1 millisecond')"
     " FROM unnest($1::uuid[], $2::text[]) AS t(id, status) WHERE a.id = t.id"
-    " RETURNING " READ_MODEL_APP_COLUMNS;
+    " RETURNING " READ_MODEL_APP_COLUMNS ", a.xmin::text";
+#define RES_APPS_VERSION READ_MODEL_APP_NCOLS
 
 /* Prepared once per connection, before the transaction (a statement that does not exist would
  * abort it): the parse and plan are most of a small statement's cost. */
@@ -182,6 +189,7 @@ static int res_prepare(results_t *r)
     /* a reconnection is a new backend: its pid (with the handle) says whether it is ours */
     if (r->prepared_conn == r->pg && r->prepared_pid == PQbackendPID(r->pg))
         return 0;
+    quote_cache_clear(&r->cache);   /* versions are xids: another server's mean nothing here */
     for (size_t i = 0; i < sizeof(res_stmts) / sizeof(res_stmts[0]); i++) {
         PGresult   *res = pg_prepare(r->pg, RES_ROLE, res_stmts[i].name, res_stmts[i].sql,
                                      res_stmts[i].nparams, &r->w->pg_wait);
@@ -357,67 +365,131 @@ static char *res_changes_json(const res_quote_t *q, int nq)
 
 /* ---- one transaction ---------------------------------------------------------------------- */
 
+#define RES_QUOTES_MAX (INSURERS_MAX * 2)   /* quotes of one application a document shows */
+
+/* The distinct applications whose quotes a transaction changed, with all their quotes as it
+ * leaves them: app k's are quotes[k * RES_QUOTES_MAX ...] (nq[k] of them), views into results'
+ * copy (cached[k]), res_quotes' rows and res_state's. */
 typedef struct {
-    const char **apps;     /* distinct applications whose quotes changed */
-    const char **status;   /* their new status */
-    const char **prev;     /* their status before */
-    int          n;
-    int          first[RES_BATCH], last[RES_BATCH];   /* their rows of res_state's result */
+    int                        n;
+    const char                *apps[RES_BATCH];
+    const char                *version[RES_BATCH];   /* the row's xmin as locked */
+    const char                *prev[RES_BATCH];      /* their status before */
+    const char                *status[RES_BATCH];    /* their new status */
+    const quote_cache_entry_t *cached[RES_BATCH];    /* NULL: their quotes are read (res_state) */
+    int                        nq[RES_BATCH];
+    read_model_quote_t        *quotes;
 } res_apps_t;
 
-/* The distinct applications whose quotes changed, with their status before. */
+static int res_app_index(const res_apps_t *a, const char *app)
+{
+    for (int k = 0; k < a->n; k++)
+        if (strcasecmp(a->apps[k], app) == 0)
+            return k;
+    return -1;
+}
+
+/* The distinct applications whose quotes changed, with their status and version before. */
 static void res_changed_apps(const res_quote_t *q, int nq, res_apps_t *a)
 {
-    for (int i = 0; i < nq; i++) {
-        int seen = 0;
-
-        for (int k = 0; k < a->n && !seen; k++)
-            seen = strcmp(a->apps[k], q[i].app) == 0;
-        if (q[i].changed && !seen) {
+    for (int i = 0; i < nq; i++)
+        if (q[i].changed && res_app_index(a, q[i].app) < 0) {
             a->prev[a->n] = q[i].app_status;
+            a->version[a->n] = q[i].app_version;
+            a->cached[a->n] = NULL;
+            a->nq[a->n] = 0;
             a->apps[a->n++] = q[i].app;
+        }
+}
+
+static read_model_quote_t *res_quote_of(res_apps_t *a, int k, const char *code)
+{
+    read_model_quote_t *qs = a->quotes + (size_t) k * RES_QUOTES_MAX;
+
+    for (int i = 0; i < a->nq[k]; i++)
+        if (strcmp(qs[i].code, code) == 0)
+            return &qs[i];
+    return NULL;
+}
+
+/* The applications results' copy still holds as their rows are, with the batch's decisions:
+ * their quotes need not be read. A copy without one of the changed quotes is not used (the
+ * quotes of an application are made once, so this does not happen). Premiums and error texts
+ * come later, as PostgreSQL wrote them (res_take_written). */
+static void res_from_cache(results_t *r, res_apps_t *a, const res_quote_t *q, int nq)
+{
+    for (int k = 0; k < a->n; k++) {
+        const quote_cache_entry_t *e = quote_cache_get(&r->cache, a->apps[k], a->version[k]);
+
+        if (e != NULL && e->n <= RES_QUOTES_MAX) {
+            memcpy(a->quotes + (size_t) k * RES_QUOTES_MAX, e->quotes,
+                   (size_t) e->n * sizeof(e->quotes[0]));
+            a->nq[k] = e->n;
+            a->cached[k] = e;
+        }
+    }
+    for (int i = 0; i < nq; i++) {
+        int                 k = q[i].changed ? res_app_index(a, q[i].app) : -1;
+        read_model_quote_t *c;
+
+        if (k < 0 || a->cached[k] == NULL)
+            continue;
+        if ((c = res_quote_of(a, k, q[i].ins)) != NULL) {
+            c->status = quote_status_name(q[i].status);
+        } else {
+            a->cached[k] = NULL;
+            a->nq[k] = 0;
         }
     }
 }
 
-/* Each changed application's rows [first, last) of state (res_state's, grouped by
- * application), in one pass over them. */
-static void res_group_rows(const PGresult *state, res_apps_t *a)
+/* The quotes of the applications not in results' copy, from res_state's rows. */
+static void res_from_state(res_apps_t *a, const PGresult *state)
 {
     int rows = PQntuples(state);
 
-    for (int k = 0; k < a->n; k++)
-        a->first[k] = a->last[k] = 0;
     for (int first = 0, last; first < rows; first = last) {
-        const char *app = PQgetvalue(state, first, RES_STATE_APP);
+        const char *app = PQgetvalue(state, first, RES_QROW_APP);
+        int         k = res_app_index(a, app);
 
         for (last = first + 1;
-             last < rows && strcmp(PQgetvalue(state, last, RES_STATE_APP), app) == 0; last++)
+             last < rows && strcmp(PQgetvalue(state, last, RES_QROW_APP), app) == 0; last++)
             ;
-        for (int k = 0; k < a->n; k++)
-            if (strcasecmp(a->apps[k], app) == 0) {
-                a->first[k] = first;
-                a->last[k] = last;
-                break;
-            }
+        if (k >= 0 && a->cached[k] == NULL)
+            a->nq[k] = read_model_quotes_of(state, first, last, RES_QROW_QUOTE,
+                                            a->quotes + (size_t) k * RES_QUOTES_MAX,
+                                            RES_QUOTES_MAX);
     }
 }
 
-/* Each application's new status, from all its quotes (res_state's rows). */
-static void res_app_status(const PGresult *state, res_apps_t *a)
+/* The changed quotes as PostgreSQL wrote them (res_quotes' rows): a premium's text is the
+ * column's (8734.5 is stored as 8734.50), so the document reads as one built from a SELECT. */
+static void res_take_written(res_apps_t *a, const PGresult *written)
+{
+    for (int row = 0; row < PQntuples(written); row++) {
+        int                 k = res_app_index(a, PQgetvalue(written, row, RES_QROW_APP));
+        read_model_quote_t  w, *c;
+
+        if (k < 0 || a->cached[k] == NULL
+            || read_model_quotes_of(written, row, row + 1, RES_QROW_QUOTE, &w, 1) != 1
+            || (c = res_quote_of(a, k, w.code)) == NULL)
+            continue;
+        *c = w;
+    }
+}
+
+/* Each application's new status, from all its quotes. */
+static void res_app_status(res_apps_t *a)
 {
     for (int k = 0; k < a->n; k++) {
-        int done = 0;
+        const read_model_quote_t *qs = a->quotes + (size_t) k * RES_QUOTES_MAX;
+        int                       done = 0;
 
-        for (int i = a->first[k]; i < a->last[k]; i++) {
-            const char *st = PQgetvalue(state, i, RES_STATE_QUOTE + 1);
-
-            done += strcmp(st, "ok") == 0 || strcmp(st, "error") == 0;
-        }
-        /* no rows cannot happen (its own quote changed); if it did, it stays in progress */
-        a->status[k] = app_status_name(a->last[k] > a->first[k]
-                                       ? app_status_from(a->last[k] - a->first[k], done)
-                                       : APP_IN_PROGRESS);
+        for (int i = 0; i < a->nq[k]; i++)
+            done += strcmp(qs[i].status, "ok") == 0 || strcmp(qs[i].status, "error") == 0;
+        /* no quotes cannot happen (its own quote changed); if it did, it stays in progress */
+        a->status[k] = app_status_name(a->nq[k] > 0 ? app_status_from(a->nq[k], done)
+                                                    : APP_IN_PROGRESS);
     }
 }
 
@@ -430,23 +502,21 @@ static const char *res_trace_of(res_item_t **its, int m, const char *app)
 }
 
 /* Keeps the read models of the applications a transaction changed, from its own rows: apps
- * (res_apps' RETURNING) and state. A later transaction of the batch (res_apply's one by one)
- * replaces an application's document; one that could not be built drops the older one too, so
- * that res_publish reads the application again rather than write a stale document. */
+ * (res_apps' RETURNING) and their quotes. A later transaction of the batch (res_apply's one by
+ * one) replaces an application's document; one that could not be built drops the older one too,
+ * so that res_publish reads the application again rather than write a stale document. */
 static void res_keep_docs(results_t *r, res_item_t **its, int m, const res_apps_t *a,
-                          const PGresult *apps, const PGresult *state)
+                          const PGresult *apps)
 {
     for (int row = 0; row < PQntuples(apps); row++) {
         const char      *app = PQgetvalue(apps, row, READ_MODEL_APP_ID);
         read_model_doc_t doc;
-        int              k = 0, j = 0, built;
+        int              k = res_app_index(a, app), j = 0, built;
 
-        while (k < a->n && strcasecmp(a->apps[k], app) != 0)
-            k++;
-        built = k < a->n
-                && read_model_doc_build(apps, row, state, a->first[k], a->last[k],
-                                        RES_STATE_QUOTE, r->w->insurers,
-                                        res_trace_of(its, m, app), &doc) == 0;
+        built = k >= 0
+                && read_model_doc_build(apps, row, a->quotes + (size_t) k * RES_QUOTES_MAX,
+                                        a->nq[k], r->w->insurers, res_trace_of(its, m, app),
+                                        &doc) == 0;
         while (j < r->n_docs && strcasecmp(r->docs[j].id, app) != 0)
             j++;
         if (j < r->n_docs) {
@@ -465,6 +535,31 @@ static void res_keep_docs(results_t *r, res_item_t **its, int m, const res_apps_
     }
 }
 
+/* Keeps a copy of the quotes of each application the transaction left in progress, under the
+ * version its commit gave the row; a completed one's is dropped. All copies are made before any
+ * is put: the quotes may point into the entries they replace. */
+static void res_remember_quotes(results_t *r, const res_apps_t *a, const PGresult *apps)
+{
+    quote_cache_entry_t fresh[RES_BATCH];
+    int                 n = 0;
+
+    for (int row = 0; row < PQntuples(apps); row++) {
+        const char *app = PQgetvalue(apps, row, READ_MODEL_APP_ID);
+        int         k = res_app_index(a, app);
+
+        if (k < 0 || strcmp(PQgetvalue(apps, row, READ_MODEL_APP_STATUS), "completed") == 0
+            || quote_cache_make(&fresh[n], app, PQgetvalue(apps, row, RES_APPS_VERSION),
+                                a->quotes + (size_t) k * RES_QUOTES_MAX, a->nq[k]) != 0)
+            continue;
+        n++;
+    }
+    for (int row = 0; row < PQntuples(apps); row++)
+        if (strcmp(PQgetvalue(apps, row, READ_MODEL_APP_STATUS), "completed") == 0)
+            quote_cache_drop(&r->cache, PQgetvalue(apps, row, READ_MODEL_APP_ID));
+    for (int i = 0; i < n; i++)
+        quote_cache_put(&r->cache, &fresh[i]);
+}
+
 /* Marks, per application that became completed, the last item that changed it. */
 static void res_mark_completed(res_item_t **its, int m, const res_apps_t *a)
 {
@@ -480,54 +575,88 @@ static void res_mark_completed(res_item_t **its, int m, const res_apps_t *a)
 }
 
 /*
- * Writes the decisions and commits: the quotes with every quote of their applications read back
- * in one round trip, then the applications' status with the COMMIT in another; keeps their read
- * models. 0, or -1 (the caller rolls back, or the connection was closed).
+ * Writes the decisions and commits, keeping the read models and results' copy of the quotes.
+ * When the copy holds every application changed, its status is known before anything is
+ * written: the quotes, the applications and the COMMIT go in one round trip. Otherwise the
+ * quotes go with every quote of the applications not held read back, and the applications'
+ * status with the COMMIT in a second round trip. 0, or -1 (the caller rolls back, or the
+ * connection was closed).
  */
 static int res_write_commit(results_t *r, res_item_t **its, int m, const res_quote_t *q, int nq,
                             int *bad_data)
 {
-    const char *mem[3 * RES_BATCH];
-    res_apps_t  a = { mem, mem + RES_BATCH, mem + 2 * RES_BATCH, 0, { 0 }, { 0 } };
-    char       *changes = res_changes_json(q, nq), *ids = NULL, *status = NULL;
-    pg_pipe_t   p = { { NULL }, 0, 0 }, c = { { NULL }, 0, 0 };
-    int         rc = -1;
+    res_apps_t        a = { .n = 0 };
+    const char       *missing[RES_BATCH];
+    char             *changes = res_changes_json(q, nq), *ids = NULL, *status = NULL;
+    char             *missing_ids = NULL;
+    pg_pipe_t         p = { { NULL }, 0, 0 }, c = { { NULL }, 0, 0 };
+    const PGresult   *written, *apps;
+    int               n_missing = 0, rc = -1;
 
     res_changed_apps(q, nq, &a);
-    if (changes == NULL || (ids = pg_text_array(a.apps, a.n)) == NULL)
+    if (changes == NULL || (ids = pg_text_array(a.apps, a.n)) == NULL
+        || (a.quotes = malloc((size_t) a.n * RES_QUOTES_MAX * sizeof(a.quotes[0]))) == NULL)
         goto out;
-    {
-        const char      *quotes_params[1] = { changes }, *state_params[1] = { ids };
-        const res_stmt_t write[2] = { { "res_quotes", NULL, 1, quotes_params },
-                                      { "res_state", NULL, 1, state_params } };
+    res_from_cache(r, &a, q, nq);
+    for (int k = 0; k < a.n; k++)
+        if (a.cached[k] == NULL)
+            missing[n_missing++] = a.apps[k];
+    if (n_missing == 0) {
+        res_app_status(&a);
+        if ((status = pg_text_array(a.status, a.n)) == NULL)
+            goto out;
+        {
+            const char      *quotes_params[1] = { changes }, *apps_params[2] = { ids, status };
+            const res_stmt_t all[3] = { { "res_quotes", NULL, 1, quotes_params },
+                                        { "res_apps", NULL, 2, apps_params },
+                                        { NULL, "COMMIT", 0, NULL } };
 
-        if (res_round(r, &p, write, 2) != 0)
+            if (res_round(r, &p, all, 3) != 0 || res_round_failed(&p, bad_data))
+                goto out;
+        }
+        written = p.res[0];
+        apps = p.res[1];
+    } else {
+        if ((missing_ids = pg_text_array(missing, n_missing)) == NULL)
             goto out;
-        if (res_round_failed(&p, bad_data))
-            goto out;
-        res_group_rows(p.res[1], &a);
-        res_app_status(p.res[1], &a);
-    }
-    if ((status = pg_text_array(a.status, a.n)) == NULL)
-        goto out;
-    {
-        const char      *apps_params[2] = { ids, status };
-        const res_stmt_t commit[2] = { { "res_apps", NULL, 2, apps_params },
-                                       { NULL, "COMMIT", 0, NULL } };
+        {
+            const char      *quotes_params[1] = { changes }, *state_params[1] = { missing_ids };
+            const res_stmt_t write[2] = { { "res_quotes", NULL, 1, quotes_params },
+                                          { "res_state", NULL, 1, state_params } };
 
-        if (res_round(r, &c, commit, 2) != 0)
+            if (res_round(r, &p, write, 2) != 0 || res_round_failed(&p, bad_data))
+                goto out;
+        }
+        res_from_state(&a, p.res[1]);
+        res_app_status(&a);
+        if ((status = pg_text_array(a.status, a.n)) == NULL)
             goto out;
-        if (res_round_failed(&c, bad_data))
-            goto out;
+        {
+            const char      *apps_params[2] = { ids, status };
+            const res_stmt_t commit[2] = { { "res_apps", NULL, 2, apps_params },
+                                           { NULL, "COMMIT", 0, NULL } };
+
+            if (res_round(r, &c, commit, 2) != 0 || res_round_failed(&c, bad_data))
+                goto out;
+        }
+        written = p.res[0];
+        apps = c.res[0];
     }
+    res_take_written(&a, written);
+    for (int k = 0; k < a.n; k++)
+        atomic_fetch_add(a.cached[k] != NULL ? &r->w->metrics->results_cache_hits
+                                             : &r->w->metrics->results_cache_misses, 1);
     res_mark_completed(its, m, &a);
-    res_keep_docs(r, its, m, &a, c.res[0], p.res[1]);
+    res_keep_docs(r, its, m, &a, apps);
+    res_remember_quotes(r, &a, apps);
     rc = 0;
 out:
     pg_pipe_clear(&p);
     pg_pipe_clear(&c);
+    free(a.quotes);
     free(changes);
     free(ids);
+    free(missing_ids);
     free(status);
     return rc;
 }
@@ -575,6 +704,7 @@ static int res_txn(results_t *r, res_item_t **its, int m, int *bad_data)
         q[i].app_status = PQgetvalue(locked, i, 1);
         q[i].ins = PQgetvalue(locked, i, 2);
         q[i].attempt = atoi(PQgetvalue(locked, i, 4));
+        q[i].app_version = PQgetvalue(locked, i, 5);
         q[i].changed = 0;
         if (quote_status_parse(PQgetvalue(locked, i, 3), &q[i].status) != 0)
             q[i].status = QUOTE_ERROR;                  /* unknown: treat as terminal */
@@ -1033,6 +1163,7 @@ void *results_main(void *arg)
     res_items_free(r->owed, &r->n_owed);   /* not done: redelivered, applied as duplicates */
     free(r->owed);
     completed_ring_free(&r->completed);
+    quote_cache_free(&r->cache);
     if (r->consumer != NULL) {
         rd_kafka_consumer_close(r->consumer);
         rd_kafka_destroy(r->consumer);

@@ -1,0 +1,146 @@
+#!/usr/bin/perl
+# Results keeps a copy of the quotes of each application in progress, versioned by the
+# application row (its xmin), so that each result need not read every quote of its application
+# again (worker/quote_cache.h). Only a results role runs; the task results are produced by hand.
+#  - the first result of an application reads its quotes; the next ones are decided from the copy;
+#  - a document built from the copy reads byte for byte as one built from a SELECT (the premium
+#    as the column stores it: 8734.5 becomes 8734.50);
+#  - a change by another writer that updates the application row (another worker; a hand edit
+#    done as docs/worker.md says) makes results read the quotes again, and count what it finds;
+#  - a new PostgreSQL connection forgets the copy (its versions are the server's xids).
+use strict;
+use warnings;
+use FindBin;
+use lib "$FindBin::Bin/lib";
+use Test::More;
+use JSON::PP;
+use Time::HiRes qw(time);
+use OsagoTest;
+use OsagoStack;
+
+OsagoStack::need_bins(qw(devbroker insurer-sim osago-worker));
+
+my $T0 = time;
+my $J = JSON::PP->new->canonical;
+my @CODES = qw(alfa ingos reso vsk);
+my $pg  = OsagoStack::Postgres->new;
+my $r   = OsagoTest::Redis->new;
+my $kb  = OsagoStack::Devbroker->new;
+my $sim = OsagoStack::InsurerSim->new(insurers => \@CODES);
+my $w = OsagoStack::Worker->new(pg => $pg, redis => $r, kafka => $kb, insurers => $sim,
+                                migrate => 1, name => 'results-copy', roles => 'results',
+                                args => [ OsagoStack::worker_flags(kafka_session_timeout_ms => 6000) ]);
+
+# An application as the orchestrator and executors leave it: in progress, each quote running.
+my $application = sub {
+    my @codes = @_;
+    my $id = OsagoStack::uuid7();
+    my $quotes = join ',', map { "('$id', '$_', 'running', 1)" } @codes;
+    $pg->psql("INSERT INTO applications (id, partner, payload, status)"
+              . " VALUES ('$id', 'partner-a', '{}', 'in_progress');"
+              . " INSERT INTO quotes (application_id, insurer_code, status, attempt) VALUES $quotes");
+    return $id;
+};
+my $result = sub {
+    my ($id, $code, %d) = @_;
+    my $ev = { type => 'OsagoApplicationTaskResult', version => 1,
+               event_id => OsagoStack::uuid7(), application_id => $id,
+               occurred_at => '2026-12-08T00:00:00.000Z',
+               traceparent => OsagoStack::traceparent(),
+               data => { insurer => $code, attempt => 1, %d } };
+    my $json = $J->encode($ev);
+    my ($c, undef, $err) = OsagoTest::kcat($kb->bootstrap, \"$json\n", '-P', '-t',
+                                           'osago.application.task-result', '-k', $id);
+    is($c, 0, "a result for $code produced (kcat)") or diag $err;
+};
+my $doc = sub { my $d = $r->cli('HGET', "osago:app:$_[0]", 'doc'); $d ? $J->decode($d) : undef };
+my $quote_in_doc = sub {
+    my ($id, $code) = @_;
+    my $d = $doc->($id) or return undef;
+    my ($q) = grep { $_->{code} eq $code } @{ $d->{insurers} || [] };
+    return $q;
+};
+my $wait_quote = sub {
+    my ($id, $code, $status, $secs) = @_;
+    return OsagoStack::wait_until(sub { (($quote_in_doc->($id, $code) // {})->{status} // '')
+                                        eq $status }, $secs // 15, 0.05);
+};
+my $count = sub { OsagoStack::metric_of($w->metrics, "results_cache_$_[0]") // 0 };
+my $app_status = sub { scalar $pg->psql("SELECT status FROM applications WHERE id = '$_[0]'") };
+
+# --- the first result reads, the next ones use the copy -------------------------------------------
+my $a1 = $application->(@CODES);
+$result->($a1, 'alfa', status => 'ok', premium_rub => '8734.5');
+ok($wait_quote->($a1, 'alfa', 'ok', 40), 'the first result is applied (the group joined)');
+is($count->('misses'), 1, '  its application\'s quotes were read');
+is($count->('hits'), 0, '  no copy used yet');
+
+$result->($a1, 'ingos', status => 'ok', premium_rub => '9100');
+ok($wait_quote->($a1, 'ingos', 'ok'), 'the second result is applied');
+is($count->('hits'), 1, '  decided from the copy');
+is($count->('misses'), 1, '  nothing read again');
+like($r->cli('HGET', "osago:app:$a1", 'doc') // '', qr/"code":"alfa"[^}]*"premium_rub":8734\.50,/,
+     '  the copy holds the premium as the column stores it');
+is($app_status->($a1), 'in_progress', '  two of four: still in progress');
+
+# the same document from a SELECT: delete it, and a duplicate result writes it again that way
+{
+    my $built = $r->cli('HGET', "osago:app:$a1", 'doc') // '';
+    $r->cli('DEL', "osago:app:$a1");
+    $result->($a1, 'ingos', status => 'ok', premium_rub => '9100');
+    ok(OsagoStack::wait_until(sub { defined $r->cli('HGET', "osago:app:$a1", 'doc') }, 15, 0.05),
+       'a duplicate writes the deleted document again, from a SELECT');
+    is($r->cli('HGET', "osago:app:$a1", 'doc') // '', $built,
+       '  byte for byte the document built from the copy');
+}
+
+# --- another writer: the row's version moves, the copy is not used -----------------------------
+$pg->psql("BEGIN; UPDATE quotes SET status = 'ok', premium_rub = 5000, attempt = 1"
+          . " WHERE application_id = '$a1' AND insurer_code = 'reso';"
+          . " UPDATE applications SET updated_at = updated_at + interval '1 millisecond'"
+          . " WHERE id = '$a1'; COMMIT");
+my $misses = $count->('misses');
+$result->($a1, 'vsk', status => 'error', error => 'HTTP 500');
+ok(OsagoStack::wait_until(sub { $app_status->($a1) eq 'completed' }, 15, 0.05),
+   'the last result after another writer\'s change completes the application');
+is($count->('misses'), $misses + 1, '  its quotes were read again');
+ok(OsagoStack::wait_until(sub { (($doc->($a1) // {})->{status} // '') eq 'completed' }, 15, 0.05),
+   '  the document says completed');
+like($r->cli('HGET', "osago:app:$a1", 'doc') // '',
+     qr/"code":"reso"[^}]*"status":"ok","premium_rub":5000\.00,/,
+     '  with the other writer\'s quote in it');
+is(($quote_in_doc->($a1, 'vsk') // {})->{error}, 'HTTP 500', '  and the error');
+
+# --- the copy completes an application in one round trip ----------------------------------------
+my $a2 = $application->(qw(alfa ingos));
+$result->($a2, 'alfa', status => 'ok', premium_rub => '7000');
+ok($wait_quote->($a2, 'alfa', 'ok'), 'another application: first result applied');
+my $hits = $count->('hits');
+$result->($a2, 'ingos', status => 'ok', premium_rub => '7100.25');
+ok(OsagoStack::wait_until(sub { (($doc->($a2) // {})->{status} // '') eq 'completed' }, 15, 0.05),
+   '  the second completes it, in the document');
+is($app_status->($a2), 'completed', '  and in PostgreSQL');
+is($count->('hits'), $hits + 1, '  decided from the copy');
+is(scalar $pg->psql("SELECT premium_rub FROM quotes WHERE application_id = '$a2'"
+                    . " AND insurer_code = 'ingos'"), '7100.25', '  the premium stored');
+
+# --- a new connection forgets the copy ------------------------------------------------------------
+my $a3 = $application->(qw(alfa ingos));
+$result->($a3, 'alfa', status => 'ok', premium_rub => '6500');
+ok($wait_quote->($a3, 'alfa', 'ok'), 'a third application: first result applied');
+$pg->restart;
+$misses = $count->('misses');
+$hits = $count->('hits');
+$result->($a3, 'ingos', status => 'ok', premium_rub => '6600');
+ok(OsagoStack::wait_until(sub { ($app_status->($a3) // '') eq 'completed' }, 30, 0.1),
+   'PostgreSQL restarted: the next result completes the application');
+is($count->('misses'), $misses + 1, '  its quotes read again on the new connection');
+is($count->('hits'), $hits, '  the copy not used');
+
+is(scalar $pg->psql("SELECT count(*) FROM quotes WHERE status NOT IN ('ok', 'error')"), 0,
+   'every quote ended ok or error');
+ok($w->running, 'the worker runs on');
+$w->stop;
+is($w->sanitizer_report, undef, 'no sanitizer report');
+diag sprintf 'took %.1f s', time - $T0;
+done_testing;
