@@ -5,8 +5,10 @@
 #  - the first result of an application reads its quotes; the next ones are decided from the copy;
 #  - a document built from the copy reads byte for byte as one built from a SELECT (the premium
 #    as the column stores it: 8734.5 becomes 8734.50);
-#  - a change by another writer that updates the application row (another worker; a hand edit
-#    done as docs/worker.md says) makes results read the quotes again, and count what it finds;
+#  - a change by another writer (another worker's results; a hand edit, through migration 004's
+#    triggers) makes results read the quotes again, and count what it finds;
+#  - the triggers pass the worker's own sessions by (osago.writer), and fire for anything else
+#    that changes what the copy holds, not for what it does not hold;
 #  - a new PostgreSQL connection forgets the copy (its versions are the server's xids).
 use strict;
 use warnings;
@@ -23,7 +25,8 @@ OsagoStack::need_bins(qw(devbroker insurer-sim osago-worker));
 my $T0 = time;
 my $J = JSON::PP->new->canonical;
 my @CODES = qw(alfa ingos reso vsk);
-my $pg  = OsagoStack::Postgres->new;
+# track_functions: the triggers' calls are counted in pg_stat_user_functions
+my $pg  = OsagoStack::Postgres->new(settings => [ '-c track_functions=pl' ]);
 my $r   = OsagoTest::Redis->new;
 my $kb  = OsagoStack::Devbroker->new;
 my $sim = OsagoStack::InsurerSim->new(insurers => \@CODES);
@@ -31,12 +34,13 @@ my $w = OsagoStack::Worker->new(pg => $pg, redis => $r, kafka => $kb, insurers =
                                 migrate => 1, name => 'results-copy', roles => 'results',
                                 args => [ OsagoStack::worker_flags(kafka_session_timeout_ms => 6000) ]);
 
-# An application as the orchestrator and executors leave it: in progress, each quote running.
+# An application as the orchestrator and executors leave it: in progress, each quote running;
+# written as the worker writes (osago.writer), so that migration 004's triggers pass it by.
 my $application = sub {
     my @codes = @_;
     my $id = OsagoStack::uuid7();
     my $quotes = join ',', map { "('$id', '$_', 'running', 1)" } @codes;
-    $pg->psql("INSERT INTO applications (id, partner, payload, status)"
+    $pg->psql("SET osago.writer = 'worker'; INSERT INTO applications (id, partner, payload, status)"
               . " VALUES ('$id', 'partner-a', '{}', 'in_progress');"
               . " INSERT INTO quotes (application_id, insurer_code, status, attempt) VALUES $quotes");
     return $id;
@@ -75,9 +79,12 @@ ok($wait_quote->($a1, 'alfa', 'ok', 40), 'the first result is applied (the group
 is($count->('misses'), 1, '  its application\'s quotes were read');
 is($count->('hits'), 0, '  no copy used yet');
 
+# what an executor's hand-back does to another quote meanwhile: nothing the copy holds
+$pg->psql("SET osago.writer = 'worker'; UPDATE quotes SET status = 'pending', attempt = 2"
+          . " WHERE application_id = '$a1' AND insurer_code = 'vsk'");
 $result->($a1, 'ingos', status => 'ok', premium_rub => '9100');
 ok($wait_quote->($a1, 'ingos', 'ok'), 'the second result is applied');
-is($count->('hits'), 1, '  decided from the copy');
+is($count->('hits'), 1, '  decided from the copy (a quote handed back meanwhile)');
 is($count->('misses'), 1, '  nothing read again');
 like($r->cli('HGET', "osago:app:$a1", 'doc') // '', qr/"code":"alfa"[^}]*"premium_rub":8734\.50,/,
      '  the copy holds the premium as the column stores it');
@@ -95,12 +102,14 @@ is($app_status->($a1), 'in_progress', '  two of four: still in progress');
 }
 
 # --- another writer: the row's version moves, the copy is not used -----------------------------
-$pg->psql("BEGIN; UPDATE quotes SET status = 'ok', premium_rub = 5000, attempt = 1"
-          . " WHERE application_id = '$a1' AND insurer_code = 'reso';"
-          . " UPDATE applications SET updated_at = updated_at + interval '1 millisecond'"
-          . " WHERE id = '$a1'; COMMIT");
+# by hand, without a word about the application: migration 004's trigger moves its version
+my $xmin = sub { scalar $pg->psql("SELECT xmin FROM applications WHERE id = '$_[0]'") };
+my $v0 = $xmin->($a1);
+$pg->psql("UPDATE quotes SET status = 'ok', premium_rub = 5000, attempt = 1"
+          . " WHERE application_id = '$a1' AND insurer_code = 'reso'");
+isnt($xmin->($a1), $v0, 'a quote made final by hand moves its application\'s version (trigger)');
 my $misses = $count->('misses');
-$result->($a1, 'vsk', status => 'error', error => 'HTTP 500');
+$result->($a1, 'vsk', status => 'error', error => 'HTTP 500', attempt => 2);
 ok(OsagoStack::wait_until(sub { $app_status->($a1) eq 'completed' }, 15, 0.05),
    'the last result after another writer\'s change completes the application');
 is($count->('misses'), $misses + 1, '  its quotes were read again');
@@ -142,5 +151,36 @@ is(scalar $pg->psql("SELECT count(*) FROM quotes WHERE status NOT IN ('ok', 'err
 ok($w->running, 'the worker runs on');
 $w->stop;
 is($w->sanitizer_report, undef, 'no sanitizer report');
+
+# --- the triggers: what they fire for ----------------------------------------------------------
+# Counted once every session that could have fired them has ended (the worker's above): one for
+# the hand edit, none for the worker's results, whose sessions say osago.writer = worker.
+my $fired = sub {
+    scalar $pg->psql("SELECT coalesce(sum(calls), 0) FROM pg_stat_user_functions"
+                     . " WHERE funcname = 'quotes_touch_application'") };
+is($fired->(), 1, 'the trigger fired for the hand edit only, not for the worker\'s results');
+my $a4 = $application->(qw(alfa ingos));
+my $touched = sub {
+    my ($sql, $what, $want) = @_;
+    my $before = $xmin->($a4);
+    $pg->psql($sql);
+    is($xmin->($a4) ne $before ? 1 : 0, $want ? 1 : 0,
+       ($want ? '' : 'not ') . "touched by $what");
+};
+$touched->("UPDATE quotes SET status = 'pending', heartbeat_at = now() WHERE application_id = '$a4'",
+           'running made pending (not what the copy holds)', 0);
+$touched->("UPDATE quotes SET error = 'by hand' WHERE application_id = '$a4' AND insurer_code = 'alfa'",
+           'an error text', 1);
+$touched->("UPDATE quotes SET status = 'error' WHERE application_id = '$a4' AND insurer_code = 'alfa'",
+           'a quote made final', 1);
+$touched->("UPDATE quotes SET status = 'ok', premium_rub = 10, error = NULL"
+           . " WHERE application_id = '$a4' AND insurer_code = 'alfa'", 'error made ok', 1);
+$touched->("INSERT INTO quotes (application_id, insurer_code) VALUES ('$a4', 'reso')",
+           'a quote added', 1);
+$touched->("DELETE FROM quotes WHERE application_id = '$a4' AND insurer_code = 'reso'",
+           'a quote removed', 1);
+$touched->("SET osago.writer = 'worker'; UPDATE quotes SET status = 'error'"
+           . " WHERE application_id = '$a4' AND insurer_code = 'ingos'",
+           'a session that says it is the worker', 0);
 diag sprintf 'took %.1f s', time - $T0;
 done_testing;

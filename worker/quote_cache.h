@@ -1,15 +1,16 @@
 /*
  * The results role's copy of the quotes of the applications it is completing, as its own last
  * transaction left them. A result whose application row is the version results itself wrote
- * (applications.xmin, read under the row's lock) is decided, and its read model built, from this
- * copy and the quotes the transaction changes, without reading every quote of the application
- * again: N quote rows per application with N insurers instead of about N².
+ * (the row's xmin with its updated_at, read under the row's lock) is decided, and its read model
+ * built, from this copy and the quotes the transaction changes, without reading every quote of
+ * the application again: N quote rows per application with N insurers instead of about N².
  *
  * It is sound because only results makes a quote ok or error, or gives it a premium or an error
  * text, and it updates the application row in the same transaction; every other writer of quotes
- * (the executor's claim, release and heartbeat, the sweeper) changes only what the API shows as
- * pending. So a copy is kept for "pending" and the two final states, never for running. A hand
- * edit of a quote must update its application row as well (docs/worker.md "PostgreSQL sessions").
+ * in the worker (the executor's claim, release and heartbeat, the sweeper) changes only what the
+ * API shows as pending. So a copy holds "pending" and the two final states, never running.
+ * Writers outside the worker (a hand edit, a data migration) move the row's version through
+ * migration 004's triggers.
  *
  * Direct-mapped by a hash of the application id: a collision replaces the older copy, which only
  * costs a read. Bounded to QUOTE_CACHE_SLOTS applications.
@@ -19,12 +20,13 @@
 
 #include "read_model.h"
 
-#define QUOTE_CACHE_SLOTS 4096   /* a power of two; ~10 times the applications in flight at
-                                  * 500/s with insurers answering within a second */
+/* A power of two: 30 times the applications in flight at 500/s with insurers answering within
+ * a second, 3 times when they take 10 s (1.7 MB of slots, allocated on first use) */
+#define QUOTE_CACHE_SLOTS 16384
 
 typedef struct {
     char                app[40];       /* as PostgreSQL prints a uuid; "" for a free slot */
-    char                version[16];   /* the application row's xmin results' commit left */
+    char                version[48];   /* the application row's version results' commit left */
     int                 n;
     read_model_quote_t *quotes;        /* one allocation with their strings */
 } quote_cache_entry_t;

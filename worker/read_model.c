@@ -221,15 +221,14 @@ static int rm_docs(const PGresult *res, const insurer_list_t *insurers, const ch
     int rows = PQntuples(res), nd = 0;
 
     for (int first = 0, last; first < rows; first = last) {
-        const char *id = PQgetvalue(res, first, READ_MODEL_APP_ID);
+        const char        *id = PQgetvalue(res, first, READ_MODEL_APP_ID);
+        read_model_quote_t quotes[INSURERS_MAX * 2];
+        int                nq;
 
         for (last = first + 1;
              last < rows && strcmp(PQgetvalue(res, last, READ_MODEL_APP_ID), id) == 0; last++)
             ;
-        read_model_quote_t quotes[INSURERS_MAX * 2];
-        int                nq = read_model_quotes_of(res, first, last, READ_MODEL_APP_NCOLS, quotes,
-                                                     INSURERS_MAX * 2);
-
+        nq = read_model_quotes_of(res, first, last, READ_MODEL_APP_NCOLS, quotes, INSURERS_MAX * 2);
         if (read_model_doc_build(res, first, quotes, nq, insurers,
                                  rm_trace_of(id, ids, traces, n), &docs[nd]) != 0) {
             while (nd > 0)

@@ -70,7 +70,7 @@ typedef struct {
     const char    *app;
     const char    *ins;
     const char    *app_status;
-    const char    *app_version;    /* the application row's xmin (quote_cache.h) */
+    const char    *app_version;    /* the application row's version (RES_APP_VERSION) */
     quote_status_t status;
     int            attempt;
     int            changed;
@@ -138,8 +138,14 @@ static void res_nap(results_t *r, int64_t ms)
 /* Locks the applications with their quotes in one order (by id), so that concurrent batches
  * (two workers during a rebalance) wait for each other rather than deadlock, and count each
  * other's quotes: "completed" cannot be missed by both. */
+/* The version of an application row results' copy of its quotes is trusted for
+ * (quote_cache.h): the transaction that wrote it, and its updated_at, which only moves forward.
+ * The xid alone would match another row version after a wraparound, or on another server. */
+#define RES_APP_VERSION \
+    "a.xmin::text || '/' || floor(extract(epoch FROM a.updated_at) * 1000000)::bigint"
+
 static const char res_lock_sql[] =
-    "SELECT a.id::text, a.status, q.insurer_code, q.status, q.attempt, a.xmin::text"
+    "SELECT a.id::text, a.status, q.insurer_code, q.status, q.attempt, " RES_APP_VERSION
     " FROM applications a JOIN quotes q ON q.application_id = a.id"
     " WHERE (q.application_id, q.insurer_code) IN"
     "       (SELECT * FROM unnest($1::uuid[], $2::text[]))"
@@ -163,13 +169,13 @@ static const char res_state_sql[] =
     " FROM quotes q WHERE q.application_id = ANY ($1::uuid[]) ORDER BY q.application_id";
 enum { RES_QROW_APP, RES_QROW_QUOTE };
 
-/* updated_at moves forward by at least 1 ms per change: it versions the read model. The xmin
- * after READ_MODEL_APP_COLUMNS versions results' copy of the quotes. */
+/* updated_at moves forward by at least 1 ms per change: it versions the read model. The
+ * version after READ_MODEL_APP_COLUMNS is what results' copy of the quotes is kept under. */
 static const char res_apps_sql[] =
     "UPDATE applications a SET status = t.status,"
     " updated_at = greatest(now(), a.updated_at + interval '1 millisecond')"
     " FROM unnest($1::uuid[], $2::text[]) AS t(id, status) WHERE a.id = t.id"
-    " RETURNING " READ_MODEL_APP_COLUMNS ", a.xmin::text";
+    " RETURNING " READ_MODEL_APP_COLUMNS ", " RES_APP_VERSION;
 #define RES_APPS_VERSION READ_MODEL_APP_NCOLS
 
 /* Prepared once per connection, before the transaction (a statement that does not exist would
@@ -184,12 +190,21 @@ static const struct {
     { "res_apps", res_apps_sql, 2 },
 };
 
+/* pg_ensure, forgetting what belonged to a connection it replaces: its prepared statements and
+ * results' copy of the quotes (res_prepare), whatever address or backend pid the new one has. */
+static int res_pg(results_t *r)
+{
+    if (r->pg == NULL || PQstatus(r->pg) != CONNECTION_OK)
+        r->prepared_conn = NULL;
+    return pg_ensure(&r->pg, &r->pg_start, r->w->cfg->pg_conninfo, RES_ROLE, &r->w->pg_wait);
+}
+
 static int res_prepare(results_t *r)
 {
-    /* a reconnection is a new backend: its pid (with the handle) says whether it is ours */
+    /* a reconnection is a new backend: res_pg, or its pid (with the handle), says so */
     if (r->prepared_conn == r->pg && r->prepared_pid == PQbackendPID(r->pg))
         return 0;
-    quote_cache_clear(&r->cache);   /* versions are xids: another server's mean nothing here */
+    quote_cache_clear(&r->cache);   /* its versions may mean other rows on another server */
     for (size_t i = 0; i < sizeof(res_stmts) / sizeof(res_stmts[0]); i++) {
         PGresult   *res = pg_prepare(r->pg, RES_ROLE, res_stmts[i].name, res_stmts[i].sql,
                                      res_stmts[i].nparams, &r->w->pg_wait);
@@ -373,7 +388,7 @@ static char *res_changes_json(const res_quote_t *q, int nq)
 typedef struct {
     int                        n;
     const char                *apps[RES_BATCH];
-    const char                *version[RES_BATCH];   /* the row's xmin as locked */
+    const char                *version[RES_BATCH];   /* the row's version as locked */
     const char                *prev[RES_BATCH];      /* their status before */
     const char                *status[RES_BATCH];    /* their new status */
     const quote_cache_entry_t *cached[RES_BATCH];    /* NULL: their quotes are read (res_state) */
@@ -648,7 +663,7 @@ static int res_write_commit(results_t *r, res_item_t **its, int m, const res_quo
                                              : &r->w->metrics->results_cache_misses, 1);
     res_mark_completed(its, m, &a);
     res_keep_docs(r, its, m, &a, apps);
-    res_remember_quotes(r, &a, apps);
+    res_remember_quotes(r, &a, apps);     /* last: its puts free entries a.quotes points into */
     rc = 0;
 out:
     pg_pipe_clear(&p);
@@ -773,7 +788,7 @@ static int res_apply_all(results_t *r)
             its[m++] = &r->items[i];
     if (m == 0)
         return 0;
-    if (pg_ensure(&r->pg, &r->pg_start, r->w->cfg->pg_conninfo, RES_ROLE, &r->w->pg_wait) != 0)
+    if (res_pg(r) != 0)
         return -1;
     return res_apply(r, its, m);
 }
@@ -874,7 +889,7 @@ static int res_publish(results_t *r, const res_item_t *items, int n, read_model_
         }
         if (k == 0)
             continue;
-        if (pg_ensure(&r->pg, &r->pg_start, r->w->cfg->pg_conninfo, RES_ROLE, &r->w->pg_wait) != 0
+        if (res_pg(r) != 0
             || res_redis(r) != 0)
             return -1;
         rc = read_model_publish_many(r->pg, r->redis, r->w->insurers, ids, traces, k,
@@ -1069,7 +1084,7 @@ static void res_reassert(results_t *r)
                                      RES_BATCH)) > 0) {
         int rc;
 
-        if (pg_ensure(&r->pg, &r->pg_start, r->w->cfg->pg_conninfo, RES_ROLE, &r->w->pg_wait) != 0
+        if (res_pg(r) != 0
             || (rc = read_model_publish_many(r->pg, r->redis, r->w->insurers, ids, NULL, k,
                                              r->w->cfg->app_ttl_s, &r->w->pg_wait)) < 0) {
             r->reassert_next_ms = res_now_ms() + RES_RETRY_MS;   /* from the oldest again */

@@ -156,15 +156,20 @@ static void test_drop_and_clear(void **state)
 static void test_key_too_long(void **state)
 {
     quote_cache_entry_t e;
-    char                app[64];
+    char                app[64], version[64];
     (void)state;
 
     memset(app, 'a', sizeof(app) - 1);
     app[sizeof(app) - 1] = '\0';
+    memset(version, '7', sizeof(version) - 1);
+    version[sizeof(version) - 1] = '\0';
     assert_int_equal(quote_cache_make(&e, app, "1", NULL, 0), -1);
     assert_null(e.quotes);
-    assert_int_equal(quote_cache_make(&e, APP_A, "12345678901234567", NULL, 0), -1);
+    assert_int_equal(quote_cache_make(&e, APP_A, version, NULL, 0), -1);
     assert_null(e.quotes);
+    /* what RES_APP_VERSION gives at most: a 32-bit xid, '/', microseconds as a bigint */
+    assert_int_equal(quote_cache_make(&e, APP_A, "4294967295/-9223372036854775808", NULL, 0), 0);
+    quote_cache_entry_free(&e);
 }
 
 int main(void)
