@@ -10,6 +10,10 @@
  * offsets are stored once the transaction committed and the read model was written; while Redis
  * is away, batches go on into PostgreSQL and owe their read models (res_batch).
  *
+ * An application's status and read model need all its quotes: results keeps a copy of them as
+ * its last commit left them (quote_cache.h) and reads them from PostgreSQL only when it holds
+ * none for the application's current version (res_from_cache, res_state).
+ *
  * The read models of the applications a transaction changed are built from its own rows
  * (res_keep_docs) rather than read again after the COMMIT; results owed to Redis (res_owe) drop
  * them and have their applications read again once Redis is back. Duplicates (at-least-once
