@@ -7,6 +7,8 @@
 #    as the column stores it: 8734.5 becomes 8734.50);
 #  - a change by another writer (another worker's results; a hand edit, through migration 004's
 #    triggers) makes results read the quotes again, and count what it finds;
+#  - data PostgreSQL refuses on the copy's one round trip skips that result alone; a batch with
+#    a copy and a read completes both applications;
 #  - the triggers pass the worker's own sessions by (osago.writer), and fire for anything else
 #    that changes what the copy holds, not for what it does not hold;
 #  - a new PostgreSQL connection forgets the copy (its versions are the server's xids).
@@ -132,6 +134,61 @@ is($app_status->($a2), 'completed', '  and in PostgreSQL');
 is($count->('hits'), $hits + 1, '  decided from the copy');
 is(scalar $pg->psql("SELECT premium_rub FROM quotes WHERE application_id = '$a2'"
                     . " AND insurer_code = 'ingos'"), '7100.25', '  the premium stored');
+
+# --- data PostgreSQL refuses, on the copy's one round trip: that result alone is skipped ----------
+# The event decoder lets no premium through that numeric(12,2) cannot hold, so a trigger of the
+# test's own refuses one (SQLSTATE 22003, a data exception): the quotes' update fails with the
+# applications' update and the COMMIT in the same round trip, and the batch is then applied one
+# result at a time.
+$pg->psql(q{CREATE FUNCTION test_refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN}
+          . q{ IF NEW.premium_rub = 4242 THEN RAISE EXCEPTION USING ERRCODE = '22003',}
+          . q{ MESSAGE = 'refused by the test'; END IF; RETURN NEW; END $$;}
+          . q{ CREATE TRIGGER test_refuse BEFORE UPDATE ON quotes FOR EACH ROW}
+          . q{ EXECUTE FUNCTION test_refuse()});
+my $a5 = $application->(qw(alfa ingos));
+$result->($a5, 'alfa', status => 'ok', premium_rub => '5100');
+ok($wait_quote->($a5, 'alfa', 'ok'), 'a fifth application: first result applied');
+$hits = $count->('hits');
+$result->($a5, 'ingos', status => 'ok', premium_rub => '4242');
+ok(OsagoStack::wait_until(sub {
+       grep { ($_->{event} // '') eq 'event_invalid' && ($_->{msg} // '') =~ /\Q$a5\E\/ingos/ }
+       @{ $w->log_lines } }, 15, 0.05),
+   '  a premium PostgreSQL refuses: that result is skipped, and the reason logged');
+$pg->psql('DROP TRIGGER test_refuse ON quotes; DROP FUNCTION test_refuse()');
+$result->($a5, 'ingos', status => 'ok', premium_rub => '5200');
+ok(OsagoStack::wait_until(sub { (($doc->($a5) // {})->{status} // '') eq 'completed' }, 15, 0.05),
+   '  the next result for the quote completes the application');
+is(scalar $pg->psql("SELECT premium_rub FROM quotes WHERE application_id = '$a5'"
+                    . " AND insurer_code = 'ingos'"), '5200.00', '  with its premium');
+cmp_ok($count->('hits'), '>', $hits, '  decided from the copy');
+
+# --- a copy and a read in one batch (one kcat call: most often one poll) --------------------------
+my ($a6, $a7) = ($application->(qw(alfa ingos)), $application->(qw(alfa ingos)));
+$result->($a6, 'alfa', status => 'ok', premium_rub => '6100');
+ok($wait_quote->($a6, 'alfa', 'ok'), 'a sixth application: first result applied');
+{
+    my @evs = map { $J->encode({ type => 'OsagoApplicationTaskResult', version => 1,
+                                 event_id => OsagoStack::uuid7(), application_id => $_->[0],
+                                 occurred_at => '2026-12-08T00:00:00.000Z',
+                                 traceparent => OsagoStack::traceparent(),
+                                 data => { insurer => $_->[1], attempt => 1, status => 'ok',
+                                           premium_rub => $_->[2] } }) }
+              [ $a6, 'ingos', '6200' ], [ $a7, 'alfa', '7100' ], [ $a7, 'ingos', '7200' ];
+    my ($c, undef, $err) = OsagoTest::kcat($kb->bootstrap, \(join("\n", @evs) . "\n"), '-P', '-t',
+                                           'osago.application.task-result');
+    is($c, 0, 'three results for two applications produced together (kcat)') or diag $err;
+}
+ok(OsagoStack::wait_until(sub { (($doc->($a6) // {})->{status} // '') eq 'completed'
+                                && (($doc->($a7) // {})->{status} // '') eq 'completed' }, 15, 0.05),
+   '  both applications completed, in their documents');
+is(scalar $pg->psql("SELECT string_agg(insurer_code || '=' || premium_rub, ',' ORDER BY application_id,"
+                    . " insurer_code) FROM quotes WHERE application_id IN ('$a6', '$a7')"),
+   'alfa=6100.00,ingos=6200.00,alfa=7100.00,ingos=7200.00', '  each quote with its premium')
+    if $a6 lt $a7;
+is(scalar $pg->psql("SELECT string_agg(insurer_code || '=' || premium_rub, ',' ORDER BY application_id,"
+                    . " insurer_code) FROM quotes WHERE application_id IN ('$a6', '$a7')"),
+   'alfa=7100.00,ingos=7200.00,alfa=6100.00,ingos=6200.00', '  each quote with its premium')
+    if $a7 lt $a6;
 
 # --- a new connection forgets the copy ------------------------------------------------------------
 my $a3 = $application->(qw(alfa ingos));
