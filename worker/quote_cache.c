@@ -25,16 +25,6 @@ const quote_cache_entry_t *quote_cache_get(const quote_cache_t *c, const char *a
     return strcmp(e->app, app) == 0 && strcmp(e->version, version) == 0 ? e : NULL;
 }
 
-/* Only what the copy can vouch for: running is the executor's to change without results. */
-static const char *qc_status(const char *status)
-{
-    if (strcmp(status, "ok") == 0)
-        return "ok";
-    if (strcmp(status, "error") == 0)
-        return "error";
-    return "pending";
-}
-
 static char *qc_copy(char **at, const char *s)
 {
     char *out;
@@ -65,7 +55,8 @@ int quote_cache_make(quote_cache_entry_t *e, const char *app, const char *versio
     at = (char *) (e->quotes + n);
     for (int i = 0; i < n; i++) {
         e->quotes[i].code = qc_copy(&at, quotes[i].code);
-        e->quotes[i].status = qc_status(quotes[i].status);
+        /* only what the copy can vouch for: running is the executor's to change */
+        e->quotes[i].status = read_model_api_status(quotes[i].status);
         e->quotes[i].premium = qc_copy(&at, quotes[i].premium);
         e->quotes[i].error = qc_copy(&at, quotes[i].error);
     }

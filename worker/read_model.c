@@ -60,14 +60,6 @@ static int rm_quote_cmp(const void *a, const void *b)
     return strcmp(x->code, y->code);
 }
 
-static const char *rm_api_status(const char *db_status)
-{
-    /* the API knows pending|ok|error: a running call is still pending for the client */
-    if (strcmp(db_status, "ok") == 0 || strcmp(db_status, "error") == 0)
-        return db_status;
-    return "pending";
-}
-
 static int gen_str(yajl_gen g, const char *s)
 {
     return yajl_gen_string(g, (const unsigned char *) s, strlen(s)) == yajl_gen_status_ok ? 0 : -1;
@@ -125,8 +117,8 @@ int read_model_quotes_of(const PGresult *res, int first, int last, int qcol,
 static int rm_collect(const read_model_quote_t *in, int n, const insurer_list_t *insurers,
                       rm_quote_t *quotes)
 {
-    if (n > INSURERS_MAX * 2)
-        n = INSURERS_MAX * 2;
+    if (n > READ_MODEL_QUOTES_MAX)
+        n = READ_MODEL_QUOTES_MAX;
     for (int i = 0; i < n; i++) {
         rm_quote_t      *q = &quotes[i];
         const insurer_t *ins = insurers_find(insurers, in[i].code);
@@ -134,7 +126,7 @@ static int rm_collect(const read_model_quote_t *in, int n, const insurer_list_t 
         q->code = in[i].code;
         q->order = ins != NULL ? (int) (ins - insurers->items) : INSURERS_MAX;
         q->name = ins != NULL ? ins->name : q->code;
-        q->status = rm_api_status(in[i].status);
+        q->status = read_model_api_status(in[i].status);
         q->premium = in[i].premium;
         q->error = in[i].error;
     }
@@ -167,7 +159,7 @@ int read_model_doc_build(const PGresult *apps, int app_row, const read_model_quo
                          int n, const insurer_list_t *insurers, const char *trace,
                          read_model_doc_t *doc)
 {
-    rm_quote_t           q[INSURERS_MAX * 2];
+    rm_quote_t           q[READ_MODEL_QUOTES_MAX];
     int                  nq = rm_collect(quotes, n, insurers, q);
     const char          *id = PQgetvalue(apps, app_row, READ_MODEL_APP_ID);
     const char          *updated = PQgetvalue(apps, app_row, READ_MODEL_APP_UPDATED);
@@ -222,13 +214,14 @@ static int rm_docs(const PGresult *res, const insurer_list_t *insurers, const ch
 
     for (int first = 0, last; first < rows; first = last) {
         const char        *id = PQgetvalue(res, first, READ_MODEL_APP_ID);
-        read_model_quote_t quotes[INSURERS_MAX * 2];
+        read_model_quote_t quotes[READ_MODEL_QUOTES_MAX];
         int                nq;
 
         for (last = first + 1;
              last < rows && strcmp(PQgetvalue(res, last, READ_MODEL_APP_ID), id) == 0; last++)
             ;
-        nq = read_model_quotes_of(res, first, last, READ_MODEL_APP_NCOLS, quotes, INSURERS_MAX * 2);
+        nq = read_model_quotes_of(res, first, last, READ_MODEL_APP_NCOLS, quotes,
+                                  READ_MODEL_QUOTES_MAX);
         if (read_model_doc_build(res, first, quotes, nq, insurers,
                                  rm_trace_of(id, ids, traces, n), &docs[nd]) != 0) {
             while (nd > 0)

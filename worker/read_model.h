@@ -6,6 +6,8 @@
 #ifndef OSAGO_WORKER_READ_MODEL_H
 #define OSAGO_WORKER_READ_MODEL_H
 
+#include <string.h>
+
 #include <hiredis/hiredis.h>
 #include <libpq-fe.h>
 
@@ -39,6 +41,20 @@ typedef struct {
     const char *premium;
     const char *error;
 } read_model_quote_t;
+
+/* The most quotes of one application a document shows. */
+#define READ_MODEL_QUOTES_MAX (INSURERS_MAX * 2)
+
+/* A quote's status as the API knows it, pending|ok|error (a running call is still pending for
+ * the client); a string literal, never the argument. */
+static inline const char *read_model_api_status(const char *db_status)
+{
+    if (strcmp(db_status, "ok") == 0)
+        return "ok";
+    if (strcmp(db_status, "error") == 0)
+        return "error";
+    return "pending";
+}
 
 /* One document ready for Redis: {id, status, created_at, updated_at (ms),
  * insurers:[{code, name, status, premium_rub, error}]}, with what the write needs. */

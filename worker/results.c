@@ -384,11 +384,9 @@ static char *res_changes_json(const res_quote_t *q, int nq)
 
 /* ---- one transaction ---------------------------------------------------------------------- */
 
-#define RES_QUOTES_MAX (INSURERS_MAX * 2)   /* quotes of one application a document shows */
-
 /* The distinct applications whose quotes a transaction changed, with all their quotes as it
- * leaves them: app k's are quotes[k * RES_QUOTES_MAX ...] (nq[k] of them), views into results'
- * copy (cached[k]), res_quotes' rows and res_state's. */
+ * leaves them: app k's are quotes[k * READ_MODEL_QUOTES_MAX ...] (nq[k] of them), views into
+ * results' copy (cached[k]), res_quotes' rows and res_state's. */
 typedef struct {
     int                        n;
     const char                *apps[RES_BATCH];
@@ -423,7 +421,7 @@ static void res_changed_apps(const res_quote_t *q, int nq, res_apps_t *a)
 
 static read_model_quote_t *res_quote_of(res_apps_t *a, int k, const char *code)
 {
-    read_model_quote_t *qs = a->quotes + (size_t) k * RES_QUOTES_MAX;
+    read_model_quote_t *qs = a->quotes + (size_t) k * READ_MODEL_QUOTES_MAX;
 
     for (int i = 0; i < a->nq[k]; i++)
         if (strcmp(qs[i].code, code) == 0)
@@ -440,8 +438,8 @@ static void res_from_cache(results_t *r, res_apps_t *a, const res_quote_t *q, in
     for (int k = 0; k < a->n; k++) {
         const quote_cache_entry_t *e = quote_cache_get(&r->cache, a->apps[k], a->version[k]);
 
-        if (e != NULL && e->n <= RES_QUOTES_MAX) {
-            memcpy(a->quotes + (size_t) k * RES_QUOTES_MAX, e->quotes,
+        if (e != NULL && e->n <= READ_MODEL_QUOTES_MAX) {
+            memcpy(a->quotes + (size_t) k * READ_MODEL_QUOTES_MAX, e->quotes,
                    (size_t) e->n * sizeof(e->quotes[0]));
             a->nq[k] = e->n;
             a->cached[k] = e;
@@ -476,8 +474,8 @@ static void res_from_state(res_apps_t *a, const PGresult *state)
             ;
         if (k >= 0 && a->cached[k] == NULL)
             a->nq[k] = read_model_quotes_of(state, first, last, RES_QROW_QUOTE,
-                                            a->quotes + (size_t) k * RES_QUOTES_MAX,
-                                            RES_QUOTES_MAX);
+                                            a->quotes + (size_t) k * READ_MODEL_QUOTES_MAX,
+                                            READ_MODEL_QUOTES_MAX);
     }
 }
 
@@ -501,7 +499,7 @@ static void res_take_written(res_apps_t *a, const PGresult *written)
 static void res_app_status(res_apps_t *a)
 {
     for (int k = 0; k < a->n; k++) {
-        const read_model_quote_t *qs = a->quotes + (size_t) k * RES_QUOTES_MAX;
+        const read_model_quote_t *qs = a->quotes + (size_t) k * READ_MODEL_QUOTES_MAX;
         int                       done = 0;
 
         for (int i = 0; i < a->nq[k]; i++)
@@ -533,7 +531,7 @@ static void res_keep_docs(results_t *r, res_item_t **its, int m, const res_apps_
         int              k = res_app_index(a, app), j = 0, built;
 
         built = k >= 0
-                && read_model_doc_build(apps, row, a->quotes + (size_t) k * RES_QUOTES_MAX,
+                && read_model_doc_build(apps, row, a->quotes + (size_t) k * READ_MODEL_QUOTES_MAX,
                                         a->nq[k], r->w->insurers, res_trace_of(its, m, app),
                                         &doc) == 0;
         while (j < r->n_docs && strcasecmp(r->docs[j].id, app) != 0)
@@ -568,7 +566,7 @@ static void res_remember_quotes(results_t *r, const res_apps_t *a, const PGresul
 
         if (k < 0 || strcmp(PQgetvalue(apps, row, READ_MODEL_APP_STATUS), "completed") == 0
             || quote_cache_make(&fresh[n], app, PQgetvalue(apps, row, RES_APPS_VERSION),
-                                a->quotes + (size_t) k * RES_QUOTES_MAX, a->nq[k]) != 0)
+                                a->quotes + (size_t) k * READ_MODEL_QUOTES_MAX, a->nq[k]) != 0)
             continue;
         n++;
     }
@@ -614,7 +612,7 @@ static int res_write_commit(results_t *r, res_item_t **its, int m, const res_quo
 
     res_changed_apps(q, nq, &a);
     if (changes == NULL || (ids = pg_text_array(a.apps, a.n)) == NULL
-        || (a.quotes = malloc((size_t) a.n * RES_QUOTES_MAX * sizeof(a.quotes[0]))) == NULL)
+        || (a.quotes = malloc((size_t) a.n * READ_MODEL_QUOTES_MAX * sizeof(*a.quotes))) == NULL)
         goto out;
     res_from_cache(r, &a, q, nq);
     for (int k = 0; k < a.n; k++)
