@@ -189,6 +189,14 @@ CONFIRM=$(curl -s "http://127.0.0.1:$HP/metrics" | awk '
     END { if (n > 0) printf "%d batches, mean %.1f ms; within 5 ms %.0f %%, 10 ms %.0f %%, 20 ms %.0f %%, 50 ms %.0f %%",
                             n, s / n, b["5"] * 100 / n, b["10"] * 100 / n, b["20"] * 100 / n, b["50"] * 100 / n
           else print "-" }')
+# the same applications as the worker's own histogram sees them (its SLO metric), whole run
+APP_HIST=$(curl -s "http://127.0.0.1:$HP/metrics" | awk '
+    /^osago_worker_application_ms_bucket/ { match($0, /le="[^"]+"/); le = substr($0, RSTART + 4, RLENGTH - 5)
+                                            if (le == "200" || le == "500" || le == "1000") b[le] = $2 }
+    /^osago_worker_application_ms_sum / { s = $2 } /^osago_worker_application_ms_count / { n = $2 }
+    END { if (n > 0) printf "%d applications, mean %.0f ms; within 200 ms %.1f %%, 500 ms %.1f %%, 1 s %.1f %%",
+                            n, s / n, b["200"] * 100 / n, b["500"] * 100 / n, b["1000"] * 100 / n
+          else print "-" }')
 WAL1=$(psqlq "SELECT pg_current_wal_lsn()")
 cpu_components > "$WORK/cpu1"
 BROKER1=$(broker_stats)
@@ -352,6 +360,8 @@ echo
 echo "The insurer calls: $INSURER_MS ms set; insurer-sim's own time (request in to answer out) p50 / p99 $SIM_OWN ms; as the executor timed them (curl) mean $CALL_MS ms."
 echo
 echo "Kafka's confirmation of the worker's produces (whole run): $CONFIRM."
+echo
+echo "The worker's own \`osago_worker_application_ms\` (acceptance to completed, whole run, warm-up included): $APP_HIST."
 echo
 [ -n "$FIXED_MS" ] &&
     { echo "Worker's added latency with each application's slowest insurer as insurer-sim timed it (not the $INSURER_MS ms set): p50 / p99 $ADDED_OWN ms."; echo; }

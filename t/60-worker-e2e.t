@@ -390,20 +390,44 @@ for my $k (qw(redis_up kafka_up pg_up)) {
 
 # every produce is a confirmed batch: the relay's Created, the orchestrator's Started and Tasks,
 # the executor's results; at least one batch per application for the relay and the orchestrator
-for my $h (qw(kafka_confirm_ms insurer_call_ms)) {
+for my $h (qw(kafka_confirm_ms insurer_call_ms application_ms)) {
     my $count = (OsagoStack::metric_of($m1, "${h}_count") // 0) - (OsagoStack::metric_of($m0, "${h}_count") // 0);
     my $inf = OsagoTest::prom_sum($m1, "osago_worker_${h}_bucket", le => '+Inf') // -1;
     my @le = sort { $a <=> $b } grep { $_ ne '+Inf' }
              map { /le="([^"]+)"/ ? $1 : () } grep { /^osago_worker_${h}_bucket\{/ } keys %$m1;
     my @cum = map { OsagoTest::prom_sum($m1, "osago_worker_${h}_bucket", le => $_) } @le;
     my @down = grep { $cum[$_] < $cum[$_ - 1] } 1 .. $#cum;
-    ok($count >= ($h eq 'insurer_call_ms' ? $n_tasks : 2), "histogram $h counted ($count)");
+    if ($h eq 'application_ms') {
+        is($count, $n_apps, "histogram $h counted once per application completed");
+    } else {
+        ok($count >= ($h eq 'insurer_call_ms' ? $n_tasks : 2), "histogram $h counted ($count)");
+    }
     ok(@le >= 10 && !@down && $inf == OsagoStack::metric_of($m1, "${h}_count"),
        "histogram $h: buckets cumulative, +Inf equals the count");
 }
 ok(OsagoTest::prom_sum($m1, 'osago_worker_kafka_confirm_ms_bucket', le => '5000')
        == OsagoStack::metric_of($m1, 'kafka_confirm_ms_count'),
    'every batch confirmed within 5 s on an idle broker');
+
+# each application's time is its row's, accepted (created_at) to completed (updated_at)
+{
+    my $in = join ',', map { "'$_'" } @ids;
+    my ($sum, $slowest) = split /\|/, scalar $pg->psql(
+        "SELECT sum(ms), max(ms) FROM (SELECT floor(extract(epoch FROM updated_at - created_at) * 1000)::bigint"
+        . " AS ms FROM applications WHERE id IN ($in) AND status = 'completed') t");
+    my $h_sum = (OsagoStack::metric_of($m1, 'application_ms_sum') // 0)
+              - (OsagoStack::metric_of($m0, 'application_ms_sum') // 0);
+    is($h_sum, $sum, 'histogram application_ms: its sum is the applications\' times in PostgreSQL');
+    my ($le) = grep { $_ >= $slowest } 100, 200, 500, 1000, 2000, 5000, 10000, 30000, 60000;
+    is(OsagoTest::prom_sum($m1, 'osago_worker_application_ms_bucket', le => $le),
+       OsagoStack::metric_of($m1, 'application_ms_count'),
+       "  and every application is in the bucket of the slowest one ($slowest ms, le=$le)");
+    my ($below) = grep { $_ < $slowest } reverse 100, 200, 500, 1000, 2000, 5000, 10000, 30000;
+    ok(!defined $below
+       || OsagoTest::prom_sum($m1, 'osago_worker_application_ms_bucket', le => $below)
+          < OsagoStack::metric_of($m1, 'application_ms_count'),
+       '  and not all in the bucket below it') if defined $below;
+}
 
 my $rss = OsagoTest::prom_sum($m1, 'process_resident_memory_bytes') // 0;
 my $heap = OsagoStack::metric_of($m1, 'heap_in_use_bytes') // 0;

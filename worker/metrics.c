@@ -17,13 +17,18 @@ size_t __sanitizer_get_free_bytes(void);
 #endif
 
 /* Upper bounds in ms. An insurer answers in tens of milliseconds to a minute (the timeout); Kafka
- * confirms in a few milliseconds, and in seconds only while a broker is away. */
+ * confirms in a few milliseconds, and in seconds only while a broker is away. An application
+ * waits for its slowest insurer, and for minutes only when an insurer times out and is called
+ * again (three attempts of up to a minute each, with the backoff between them). */
 static const long call_bounds[] = { 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000, 60000 };
 static const long confirm_bounds[] = { 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000 };
+static const long application_bounds[] = { 100, 200, 500, 1000, 2000, 5000, 10000, 30000, 60000,
+                                           120000, 300000 };
 #define NBOUNDS(a) ((int)(sizeof(a) / sizeof((a)[0])))
 
 _Static_assert(NBOUNDS(call_bounds) < METRICS_HIST_SLOTS, "too many insurer call bounds");
 _Static_assert(NBOUNDS(confirm_bounds) < METRICS_HIST_SLOTS, "too many Kafka confirm bounds");
+_Static_assert(NBOUNDS(application_bounds) < METRICS_HIST_SLOTS, "too many application bounds");
 
 static void observe(metrics_hist_t *h, const long *bounds, int nbounds, long ms)
 {
@@ -45,6 +50,11 @@ void metrics_observe_call_ms(metrics_t *m, long ms)
 void metrics_observe_kafka_confirm_ms(metrics_t *m, long ms)
 {
     observe(&m->kafka_confirm_ms, confirm_bounds, NBOUNDS(confirm_bounds), ms);
+}
+
+void metrics_observe_application_ms(metrics_t *m, long ms)
+{
+    observe(&m->application_ms, application_bounds, NBOUNDS(application_bounds), ms);
 }
 
 struct out {
@@ -174,6 +184,10 @@ size_t metrics_render(const metrics_t *cm, char *buf, size_t cap)
     histogram(&o, "kafka_confirm_ms",
               "Time from producing a batch of events to Kafka confirming all of them, in "
               "milliseconds.", &m->kafka_confirm_ms, confirm_bounds, NBOUNDS(confirm_bounds));
+    histogram(&o, "application_ms",
+              "Time from an application's acceptance at the edge to its completion (every "
+              "insurer answered), in milliseconds.", &m->application_ms, application_bounds,
+              NBOUNDS(application_bounds));
 
     if (cap > 0 && o.len >= cap)
         buf[cap - 1] = '\0';

@@ -40,19 +40,22 @@ typedef struct {
     atomic_long  calls_in_flight;
     metrics_hist_t insurer_call_ms;       /* an insurer call, request to answer */
     metrics_hist_t kafka_confirm_ms;      /* a produced batch, produce to Kafka's last report */
+    metrics_hist_t application_ms;        /* an application, accepted at the edge to completed */
     atomic_int   redis_up, kafka_up, pg_up;
 } metrics_t;
 
 /*
  * Counters render as osago_worker_<field>_total (publish_total as osago_worker_publish_total),
  * gauges as osago_worker_<field>, the histograms as osago_worker_<field> with le bounds of their
- * own: insurer_call_ms 50 ms to 60 s, kafka_confirm_ms 1 ms to 5 s. redis_up, kafka_up and
+ * own: insurer_call_ms 50 ms to 60 s, kafka_confirm_ms 1 ms to 5 s, application_ms 100 ms to 5
+ * min. redis_up, kafka_up and
  * pg_up are set by http.c's probe (every 5 s and on each /readyz): roles need not touch them.
  * metrics_render also shows the process's memory (resident, and malloc's bytes in use and free)
  * and returns the full length like snprintf: >= cap means the text was cut.
  */
 void   metrics_observe_call_ms(metrics_t *m, long ms);
 void   metrics_observe_kafka_confirm_ms(metrics_t *m, long ms);
+void   metrics_observe_application_ms(metrics_t *m, long ms);
 size_t metrics_render(const metrics_t *m, char *buf, size_t cap);   /* Prometheus text */
 
 #endif

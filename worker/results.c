@@ -64,6 +64,7 @@ typedef struct {
     int                 committed;   /* its transaction committed (whatever it decided) */
     int                 applied;     /* it changed its quote */
     int                 completed;   /* it made its application completed */
+    long                completed_after_ms;  /* then: acceptance to completion, or -1 */
     int                 skip;        /* no such quote, or data PostgreSQL refuses */
     int                 counted;     /* in the metrics already */
     int                 revoked;     /* its partition was taken away since: not ours to store */
@@ -174,13 +175,15 @@ static const char res_state_sql[] =
 enum { RES_QROW_APP, RES_QROW_QUOTE };
 
 /* updated_at moves forward by at least 1 ms per change: it versions the read model. The
- * version after READ_MODEL_APP_COLUMNS is what results' copy of the quotes is kept under. */
+ * version after READ_MODEL_APP_COLUMNS is what results' copy of the quotes is kept under; the
+ * age after it, what a completion adds to osago_worker_application_ms. */
 static const char res_apps_sql[] =
     "UPDATE applications a SET status = t.status,"
     " updated_at = greatest(now(), a.updated_at + interval '1 millisecond')"
     " FROM unnest($1::uuid[], $2::text[]) AS t(id, status) WHERE a.id = t.id"
-    " RETURNING " READ_MODEL_APP_COLUMNS ", " RES_APP_VERSION;
-#define RES_APPS_VERSION READ_MODEL_APP_NCOLS
+    " RETURNING " READ_MODEL_APP_COLUMNS ", " RES_APP_VERSION ","
+    "  floor(extract(epoch FROM a.updated_at - a.created_at) * 1000)::bigint";
+enum { RES_APPS_VERSION = READ_MODEL_APP_NCOLS, RES_APPS_AGE_MS };
 
 /* Prepared once per connection, before the transaction (a statement that does not exist would
  * abort it): the parse and plan are most of a small statement's cost. */
@@ -577,8 +580,19 @@ static void res_remember_quotes(results_t *r, const res_apps_t *a, const PGresul
         quote_cache_put(&r->cache, &fresh[i]);
 }
 
-/* Marks, per application that became completed, the last item that changed it. */
-static void res_mark_completed(res_item_t **its, int m, const res_apps_t *a)
+/* The age res_apps gave an application (acceptance to this update, in ms), or -1. */
+static long res_age_ms(const PGresult *apps, const char *app)
+{
+    for (int row = 0; row < PQntuples(apps); row++)
+        if (strcasecmp(PQgetvalue(apps, row, READ_MODEL_APP_ID), app) == 0)
+            return PQgetisnull(apps, row, RES_APPS_AGE_MS)
+                       ? -1 : atol(PQgetvalue(apps, row, RES_APPS_AGE_MS));
+    return -1;
+}
+
+/* Marks, per application that became completed, the last item that changed it, with the time
+ * the application took. */
+static void res_mark_completed(res_item_t **its, int m, const res_apps_t *a, const PGresult *apps)
 {
     for (int k = 0; k < a->n; k++) {
         if (strcmp(a->status[k], "completed") != 0 || strcmp(a->prev[k], "completed") == 0)
@@ -586,6 +600,7 @@ static void res_mark_completed(res_item_t **its, int m, const res_apps_t *a)
         for (int i = m - 1; i >= 0; i--)
             if (its[i]->applied && strcasecmp(its[i]->ev.application_id, a->apps[k]) == 0) {
                 its[i]->completed = 1;
+                its[i]->completed_after_ms = res_age_ms(apps, a->apps[k]);
                 break;
             }
     }
@@ -663,7 +678,7 @@ static int res_write_commit(results_t *r, res_item_t **its, int m, const res_quo
     for (int k = 0; k < a.n; k++)
         atomic_fetch_add(a.cached[k] != NULL ? &r->w->metrics->results_cache_hits
                                              : &r->w->metrics->results_cache_misses, 1);
-    res_mark_completed(its, m, &a);
+    res_mark_completed(its, m, &a, apps);
     res_keep_docs(r, its, m, &a, apps);
     res_remember_quotes(r, &a, apps);     /* last: its puts free entries a.quotes points into */
     rc = 0;
@@ -818,6 +833,8 @@ static void res_account(results_t *r)
         }
         if (it->completed) {
             atomic_fetch_add(&m->applications_completed, 1);
+            if (it->completed_after_ms >= 0)
+                metrics_observe_application_ms(m, it->completed_after_ms);
             wlog(LOG_INFO, RES_ROLE, it->ev.traceparent, "application_completed", "%s",
                  it->ev.application_id);
         }
