@@ -409,6 +409,28 @@ ok(OsagoTest::prom_sum($m1, 'osago_worker_kafka_confirm_ms_bucket', le => '5000'
        == OsagoStack::metric_of($m1, 'kafka_confirm_ms_count'),
    'every batch confirmed within 5 s on an idle broker');
 
+# the attempts again by insurer: every insurer of the file answered each application once
+{
+    my (@bad, $sum_by);
+    for my $c (@CODES) {
+        my %d = map { $_ => (OsagoStack::metric_of($m1, 'insurer_attempts', insurer => $c, outcome => $_) // -1)
+                          - (OsagoStack::metric_of($m0, 'insurer_attempts', insurer => $c, outcome => $_) // 0) }
+                qw(ok error timeout);
+        my $n = (OsagoStack::metric_of($m1, 'insurer_attempt_ms_count', insurer => $c) // -1)
+              - (OsagoStack::metric_of($m0, 'insurer_attempt_ms_count', insurer => $c) // 0);
+        push @bad, "$c: ok +$d{ok}, error +$d{error}, timeout +$d{timeout}, timed +$n"
+            unless $d{ok} == $n_apps && $d{error} == 0 && $d{timeout} == 0 && $n == $n_apps;
+        $sum_by += OsagoStack::metric_of($m1, 'insurer_attempt_ms_sum', insurer => $c) // 0;
+    }
+    ok(!@bad, "by insurer: each of the " . @CODES . " insurers +$n_apps ok attempts, timed, no error")
+        or diag join "\n", @bad;
+    is($sum_by, OsagoStack::metric_of($m1, 'insurer_call_ms_sum'),
+       '  their times add up to insurer_call_ms\' sum');
+    my @labels = sort keys %{ { map { /insurer="([^"]+)"/ ? ($1 => 1) : () }
+                                grep { /^osago_worker_insurer_attempt/ } keys %$m1 } };
+    is("@labels", join(' ', sort @CODES), '  and only the insurers of the file are shown');
+}
+
 # each application's time is its row's, accepted (created_at) to completed (updated_at)
 {
     my $in = join ',', map { "'$_'" } @ids;

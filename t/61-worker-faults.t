@@ -162,6 +162,24 @@ cmp_ok(($errs // 0) - (OsagoStack::metric_of($m0, 'insurer_errors') // 0), '>=',
        'metric insurer_errors counts the failed attempts');
 is(OsagoStack::metric_of($m1, 'calls_in_flight'), 0, 'nothing in flight at the end');
 
+# the same attempts by insurer: each outcome under the insurer that caused it
+{
+    my @bad;
+    for my $c (@CODES) {
+        my %d = map { $_ => (OsagoStack::metric_of($m1, 'insurer_attempts', insurer => $c, outcome => $_) // -1)
+                          - (OsagoStack::metric_of($m0, 'insurer_attempts', insurer => $c, outcome => $_) // 0) }
+                qw(ok error timeout);
+        my $good = (grep { $_ eq $c } @OK)
+                       ? $d{ok} == $N && $d{error} == 0 && $d{timeout} == 0
+                 : $c eq 'hangs'
+                       ? $d{ok} == 0 && $d{error} == 0 && $d{timeout} >= 3 * $N
+                       : $d{ok} == 0 && $d{error} >= 3 * $N && $d{timeout} == 0;
+        push @bad, "$c: ok +$d{ok}, error +$d{error}, timeout +$d{timeout}" unless $good;
+    }
+    ok(!@bad, 'by insurer: ok for alfa and ingos, timeouts for hangs, errors for e500, junk and rec500')
+        or diag join "\n", @bad;
+}
+
 my @retry_logs = grep { ($_->{level} // '') =~ /warn|error|info/ && ($_->{msg} // '') =~ /rec500|hangs|e500|junk/ }
                  @{ $w->log_lines };
 ok(@retry_logs, 'failed attempts are logged, naming the insurer');

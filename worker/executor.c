@@ -1216,7 +1216,6 @@ static void ex_succeeded(executor_t *x, call_t *c, const char *premium, long ms)
     ex_out_common(x, c, EV_TASK_RESULT, OUT_OK);
     c->out.ok = 1;
     snprintf(c->out.premium_rub, sizeof(c->out.premium_rub), "%s", premium);
-    atomic_fetch_add(&x->w->metrics->insurer_ok, 1);
     wlog(LOG_DEBUG, EX_ROLE, c->traceparent, "insurer_ok", "%s/%s attempt %d: %s RUB in %ld ms",
          c->app_id, c->insurer, c->attempt, premium, ms);
     ex_move(x, c, ST_OUTBOX);
@@ -1328,6 +1327,7 @@ static void ex_call_done(executor_t *x, call_t *c, CURLcode rc)
     long       status = 0, ms = (long) (ex_now_ms() - c->started_ms);
     char       reason[200], why[128] = "", premium[32];
     int        timeout = rc == CURLE_OPERATION_TIMEDOUT;
+    int        insurer = (int) (c->ins - x->w->insurers->items);  /* its place in the file */
     long       sent = 0;     /* request bytes: none, and the connection was never made */
 
     curl_easy_getinfo(c->easy, CURLINFO_RESPONSE_CODE, &status);
@@ -1338,11 +1338,11 @@ static void ex_call_done(executor_t *x, call_t *c, CURLcode rc)
     curl_slist_free_all(c->headers);
     c->headers = NULL;
     atomic_fetch_sub(&m->calls_in_flight, 1);
-    metrics_observe_call_ms(m, ms);
 
     if (rc == CURLE_OK && status == 200
         && ex_premium(c->answer != NULL ? c->answer : "", c->answer_len, premium,
                       sizeof(premium), why, sizeof(why)) == 0) {
+        metrics_observe_attempt(m, insurer, ms, METRICS_ATTEMPT_OK);
         ex_succeeded(x, c, premium, ms);
     } else {
         const char *detail = NULL;
@@ -1368,9 +1368,8 @@ static void ex_call_done(executor_t *x, call_t *c, CURLcode rc)
         } else {
             snprintf(reason, sizeof(reason), "malformed answer: %s", why);
         }
-        atomic_fetch_add(&m->insurer_errors, 1);
-        if (timeout)
-            atomic_fetch_add(&m->insurer_timeouts, 1);
+        metrics_observe_attempt(m, insurer, ms,
+                                timeout ? METRICS_ATTEMPT_TIMEOUT : METRICS_ATTEMPT_ERROR);
         ex_failed_as(x, c, reason, detail, retryable, LOG_WARN);
     }
     free(c->answer);

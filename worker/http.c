@@ -250,7 +250,7 @@ static enum MHD_Result serve_metrics(struct http_server *s, struct MHD_Connectio
         char *buf = malloc(cap);
         if (buf == NULL)
             return MHD_NO;
-        size_t n = metrics_render(s->w->metrics, buf, cap);
+        size_t n = metrics_render(s->w->metrics, s->w->insurers, buf, cap);
         if (n < cap)
             return reply(conn, MHD_HTTP_OK, "text/plain; version=0.0.4; charset=utf-8", buf, n,
                          MHD_RESPMEM_MUST_FREE);

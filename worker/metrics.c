@@ -42,9 +42,23 @@ static void observe(metrics_hist_t *h, const long *bounds, int nbounds, long ms)
     atomic_fetch_add(&h->sum_ms, (unsigned long)ms);
 }
 
-void metrics_observe_call_ms(metrics_t *m, long ms)
+void metrics_observe_attempt(metrics_t *m, int insurer, long ms, metrics_attempt_t outcome)
 {
+    metrics_insurer_t *by = insurer >= 0 && insurer < INSURERS_MAX ? &m->by_insurer[insurer] : NULL;
+
     observe(&m->insurer_call_ms, call_bounds, NBOUNDS(call_bounds), ms);
+    if (outcome == METRICS_ATTEMPT_OK)
+        atomic_fetch_add(&m->insurer_ok, 1);
+    else
+        atomic_fetch_add(&m->insurer_errors, 1);
+    if (outcome == METRICS_ATTEMPT_TIMEOUT)
+        atomic_fetch_add(&m->insurer_timeouts, 1);
+    if (by == NULL)
+        return;
+    observe(&by->call_ms, call_bounds, NBOUNDS(call_bounds), ms);
+    atomic_fetch_add(outcome == METRICS_ATTEMPT_OK      ? &by->ok
+                     : outcome == METRICS_ATTEMPT_ERROR ? &by->error
+                                                        : &by->timeout, 1);
 }
 
 void metrics_observe_kafka_confirm_ms(metrics_t *m, long ms)
@@ -86,23 +100,65 @@ static void gauge(struct out *o, const char *name, const char *help, long v)
         name, help, name, name, v);
 }
 
-/* The buckets, count and +Inf come from the same reads of the slots, so a scrape is always
+/* One series of a histogram, its labels (`insurer="alfa"`, or "" for none) before le. The
+ * buckets, count and +Inf come from the same reads of the slots, so a scrape is always
  * self-consistent; the sum is read apart and may be a call ahead. */
-static void histogram(struct out *o, const char *name, const char *help, metrics_hist_t *h,
-                      const long *bounds, int nbounds)
+static void histogram_series(struct out *o, const char *name, const char *labels,
+                             metrics_hist_t *h, const long *bounds, int nbounds)
 {
     unsigned long cumulative = 0;
+    const char   *sep = labels[0] != '\0' ? "," : "";
 
-    put(o, "# HELP osago_worker_%s %s\n# TYPE osago_worker_%s histogram\n", name, help, name);
     for (int i = 0; i <= nbounds; i++) {
         cumulative += atomic_load(&h->slot[i]);
         if (i < nbounds)
-            put(o, "osago_worker_%s_bucket{le=\"%ld\"} %lu\n", name, bounds[i], cumulative);
+            put(o, "osago_worker_%s_bucket{%s%sle=\"%ld\"} %lu\n", name, labels, sep, bounds[i],
+                cumulative);
         else
-            put(o, "osago_worker_%s_bucket{le=\"+Inf\"} %lu\n", name, cumulative);
+            put(o, "osago_worker_%s_bucket{%s%sle=\"+Inf\"} %lu\n", name, labels, sep,
+                cumulative);
     }
-    put(o, "osago_worker_%s_sum %lu\nosago_worker_%s_count %lu\n", name,
-        atomic_load(&h->sum_ms), name, cumulative);
+    put(o, "osago_worker_%s_sum%s%s%s %lu\nosago_worker_%s_count%s%s%s %lu\n",
+        name, labels[0] != '\0' ? "{" : "", labels, labels[0] != '\0' ? "}" : "",
+        atomic_load(&h->sum_ms),
+        name, labels[0] != '\0' ? "{" : "", labels, labels[0] != '\0' ? "}" : "", cumulative);
+}
+
+static void histogram(struct out *o, const char *name, const char *help, metrics_hist_t *h,
+                      const long *bounds, int nbounds)
+{
+    put(o, "# HELP osago_worker_%s %s\n# TYPE osago_worker_%s histogram\n", name, help, name);
+    histogram_series(o, name, "", h, bounds, nbounds);
+}
+
+/* The attempts again by insurer: which one fails or slows down. An insurer's code is
+ * [a-z0-9_-] (insurers.h), so it needs no escaping as a label value. */
+static void by_insurer(struct out *o, metrics_t *m, const insurer_list_t *insurers)
+{
+    static const char *const outcome[] = { "ok", "error", "timeout" };
+    char labels[64];
+
+    if (insurers == NULL || insurers->n <= 0)
+        return;
+    put(o, "# HELP osago_worker_insurer_attempts_total Insurer call attempts that ended, by insurer"
+           " and outcome (ok: a premium; error: any failure but a timeout; timeout).\n"
+           "# TYPE osago_worker_insurer_attempts_total counter\n");
+    for (int i = 0; i < insurers->n && i < INSURERS_MAX; i++) {
+        metrics_insurer_t *by = &m->by_insurer[i];
+        unsigned long      v[3] = { atomic_load(&by->ok), atomic_load(&by->error),
+                                    atomic_load(&by->timeout) };
+
+        for (int k = 0; k < 3; k++)
+            put(o, "osago_worker_insurer_attempts_total{insurer=\"%s\",outcome=\"%s\"} %lu\n",
+                insurers->items[i].code, outcome[k], v[k]);
+    }
+    put(o, "# HELP osago_worker_insurer_attempt_ms Insurer call time by insurer, in "
+           "milliseconds.\n# TYPE osago_worker_insurer_attempt_ms histogram\n");
+    for (int i = 0; i < insurers->n && i < INSURERS_MAX; i++) {
+        snprintf(labels, sizeof(labels), "insurer=\"%s\"", insurers->items[i].code);
+        histogram_series(o, "insurer_attempt_ms", labels, &m->by_insurer[i].call_ms, call_bounds,
+                         NBOUNDS(call_bounds));
+    }
 }
 
 /*
@@ -139,7 +195,7 @@ static void process_memory(struct out *o)
           (long)free_bytes);
 }
 
-size_t metrics_render(const metrics_t *cm, char *buf, size_t cap)
+size_t metrics_render(const metrics_t *cm, const insurer_list_t *insurers, char *buf, size_t cap)
 {
     /* atomic_load takes a non-const pointer in C11 (until C17's DR 459): reading is safe */
     metrics_t *m = (metrics_t *)cm;
@@ -188,6 +244,7 @@ size_t metrics_render(const metrics_t *cm, char *buf, size_t cap)
               "Time from an application's acceptance at the edge to its completion (every "
               "insurer answered), in milliseconds.", &m->application_ms, application_bounds,
               NBOUNDS(application_bounds));
+    by_insurer(&o, m, insurers);
 
     if (cap > 0 && o.len >= cap)
         buf[cap - 1] = '\0';

@@ -5,6 +5,8 @@
 #include <stdatomic.h>
 #include <stddef.h>
 
+#include "insurers.h"
+
 /* A histogram of milliseconds: slot i counts observations in (bound[i-1], bound[i]] of its
  * bounds (metrics.c), the slot after the last bound those above it. */
 #define METRICS_HIST_SLOTS 12
@@ -14,6 +16,15 @@ typedef struct {
     atomic_ulong count;
     atomic_ulong sum_ms;
 } metrics_hist_t;
+
+/* One insurer's attempts, by its place in the insurer file (insurer_list_t.items). */
+typedef struct {
+    metrics_hist_t call_ms;
+    atomic_ulong   ok, error, timeout;    /* disjoint: error is every failure but a timeout */
+} metrics_insurer_t;
+
+/* How an attempt ended, for metrics_observe_attempt. */
+typedef enum { METRICS_ATTEMPT_OK, METRICS_ATTEMPT_ERROR, METRICS_ATTEMPT_TIMEOUT } metrics_attempt_t;
 
 typedef struct {
     atomic_ulong intake_relayed;          /* stream entries stored and announced */
@@ -41,6 +52,7 @@ typedef struct {
     metrics_hist_t insurer_call_ms;       /* an insurer call, request to answer */
     metrics_hist_t kafka_confirm_ms;      /* a produced batch, produce to Kafka's last report */
     metrics_hist_t application_ms;        /* an application, accepted at the edge to completed */
+    metrics_insurer_t by_insurer[INSURERS_MAX];
     atomic_int   redis_up, kafka_up, pg_up;
 } metrics_t;
 
@@ -53,9 +65,13 @@ typedef struct {
  * metrics_render also shows the process's memory (resident, and malloc's bytes in use and free)
  * and returns the full length like snprintf: >= cap means the text was cut.
  */
-void   metrics_observe_call_ms(metrics_t *m, long ms);
+/* An insurer call attempt that ended, of the insurer at index `insurer` of the insurer file:
+ * its time in insurer_call_ms, its outcome in insurer_ok or insurer_errors (and
+ * insurer_timeouts), both again by insurer. */
+void   metrics_observe_attempt(metrics_t *m, int insurer, long ms, metrics_attempt_t outcome);
 void   metrics_observe_kafka_confirm_ms(metrics_t *m, long ms);
 void   metrics_observe_application_ms(metrics_t *m, long ms);
-size_t metrics_render(const metrics_t *m, char *buf, size_t cap);   /* Prometheus text */
+/* Prometheus text; the insurers name the by-insurer series (NULL: none shown). */
+size_t metrics_render(const metrics_t *m, const insurer_list_t *insurers, char *buf, size_t cap);
 
 #endif
