@@ -218,6 +218,8 @@ HOT=$(psqlq "SELECT string_agg(relname || ' ' || n_tup_upd || ' updates, ' ||
                               ORDER BY relname)
              FROM pg_stat_user_tables WHERE relname IN ('applications', 'quotes')")
 # why, when some did not end ok (a benchmark with errors measures something else)
+# a consumer that fell further behind than the stand-in keeps (librdkafka's OFFSET warning)
+OFFSET_RESETS=$(grep -c 'Offset out of range' "$WORK/worker.log" || true)
 ERR_REASONS=$(psqlq "SELECT count(*) || ' × ' || status || ': ' || coalesce(left(error, 120), '-')
                      FROM quotes WHERE status <> 'ok' GROUP BY status, left(error, 120)
                      ORDER BY count(*) DESC LIMIT 5")
@@ -348,6 +350,9 @@ echo
 echo "CPU per application: worker $(awk -v c="$CPUW" -v n="$N" 'BEGIN { printf "%.2f", c * 1000 / n }') ms, whole machine $(awk -v c="$CPUM" -v n="$N" 'BEGIN { printf "%.2f", c * 1000 / n }') ms (worker $CPUW s, machine $CPUM s for $N applications)."
 echo
 [ -n "$ERR_REASONS" ] && { echo "Quotes not ok:"; echo "$ERR_REASONS" | sed 's/^/- /'; echo; }
+[ "$OFFSET_RESETS" -gt 0 ] && {
+    echo "**The stand-in dropped events no consumer had read yet:** $OFFSET_RESETS offset resets (\`Offset out of range\`) in the worker's log. devbroker keeps about 5 MB per partition (docs/devbroker.md): a consumer further behind than that skips what was dropped, and the quotes it would have started wait for the sweeper. The figures above are not the pipeline's."
+    echo; }
 echo "CPU per application by component (ms): $COMPONENTS."
 echo
 echo "Kafka requests per application (devbroker): $(awk -v n="$N" '
