@@ -172,8 +172,8 @@ is(OsagoStack::metric_of($m1, 'calls_in_flight'), 0, 'nothing in flight at the e
         my $good = (grep { $_ eq $c } @OK)
                        ? $d{ok} == $N && $d{error} == 0 && $d{timeout} == 0
                  : $c eq 'hangs'
-                       ? $d{ok} == 0 && $d{error} == 0 && $d{timeout} >= 3 * $N
-                       : $d{ok} == 0 && $d{error} >= 3 * $N && $d{timeout} == 0;
+                       ? $d{ok} == 0 && $d{error} == 0 && $d{timeout} == 3 * $N
+                       : $d{ok} == 0 && $d{error} == 3 * $N && $d{timeout} == 0;
         push @bad, "$c: ok +$d{ok}, error +$d{error}, timeout +$d{timeout}" unless $good;
     }
     ok(!@bad, 'by insurer: ok for alfa and ingos, timeouts for hangs, errors for e500, junk and rec500')

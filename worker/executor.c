@@ -1327,7 +1327,7 @@ static void ex_call_done(executor_t *x, call_t *c, CURLcode rc)
     long       status = 0, ms = (long) (ex_now_ms() - c->started_ms);
     char       reason[200], why[128] = "", premium[32];
     int        timeout = rc == CURLE_OPERATION_TIMEDOUT;
-    int        insurer = (int) (c->ins - x->w->insurers->items);  /* its place in the file */
+    int        insurer = ex_ins_index(x, c);
     long       sent = 0;     /* request bytes: none, and the connection was never made */
 
     curl_easy_getinfo(c->easy, CURLINFO_RESPONSE_CODE, &status);

@@ -182,7 +182,7 @@ static const char res_apps_sql[] =
     " updated_at = greatest(now(), a.updated_at + interval '1 millisecond')"
     " FROM unnest($1::uuid[], $2::text[]) AS t(id, status) WHERE a.id = t.id"
     " RETURNING " READ_MODEL_APP_COLUMNS ", " RES_APP_VERSION ","
-    "  floor(extract(epoch FROM a.updated_at - a.created_at) * 1000)::bigint";
+    "  greatest(0, floor(extract(epoch FROM a.updated_at - a.created_at) * 1000))::bigint";
 enum { RES_APPS_VERSION = READ_MODEL_APP_NCOLS, RES_APPS_AGE_MS };
 
 /* Prepared once per connection, before the transaction (a statement that does not exist would
