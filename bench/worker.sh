@@ -217,9 +217,9 @@ HOT=$(psqlq "SELECT string_agg(relname || ' ' || n_tup_upd || ' updates, ' ||
                               round(100.0 * n_tup_hot_upd / greatest(n_tup_upd, 1)) || ' % HOT', '; '
                               ORDER BY relname)
              FROM pg_stat_user_tables WHERE relname IN ('applications', 'quotes')")
-# why, when some did not end ok (a benchmark with errors measures something else)
 # a consumer that fell further behind than the stand-in keeps (librdkafka's OFFSET warning)
 OFFSET_RESETS=$(grep -c 'Offset out of range' "$WORK/worker.log" || true)
+# why, when some did not end ok (a benchmark with errors measures something else)
 ERR_REASONS=$(psqlq "SELECT count(*) || ' × ' || status || ': ' || coalesce(left(error, 120), '-')
                      FROM quotes WHERE status <> 'ok' GROUP BY status, left(error, 120)
                      ORDER BY count(*) DESC LIMIT 5")

@@ -107,7 +107,9 @@ static void histogram_series(struct out *o, const char *name, const char *labels
                              metrics_hist_t *h, const long *bounds, int nbounds)
 {
     unsigned long cumulative = 0;
-    const char   *sep = labels[0] != '\0' ? "," : "";
+    int           labelled = labels[0] != '\0';
+    const char   *sep = labelled ? "," : "";
+    const char   *open = labelled ? "{" : "", *close = labelled ? "}" : "";
 
     for (int i = 0; i <= nbounds; i++) {
         cumulative += atomic_load(&h->slot[i]);
@@ -118,10 +120,8 @@ static void histogram_series(struct out *o, const char *name, const char *labels
             put(o, "osago_worker_%s_bucket{%s%sle=\"+Inf\"} %lu\n", name, labels, sep,
                 cumulative);
     }
-    put(o, "osago_worker_%s_sum%s%s%s %lu\nosago_worker_%s_count%s%s%s %lu\n",
-        name, labels[0] != '\0' ? "{" : "", labels, labels[0] != '\0' ? "}" : "",
-        atomic_load(&h->sum_ms),
-        name, labels[0] != '\0' ? "{" : "", labels, labels[0] != '\0' ? "}" : "", cumulative);
+    put(o, "osago_worker_%s_sum%s%s%s %lu\nosago_worker_%s_count%s%s%s %lu\n", name, open, labels,
+        close, atomic_load(&h->sum_ms), name, open, labels, close, cumulative);
 }
 
 static void histogram(struct out *o, const char *name, const char *help, metrics_hist_t *h,

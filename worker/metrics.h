@@ -24,7 +24,11 @@ typedef struct {
 } metrics_insurer_t;
 
 /* How an attempt ended, for metrics_observe_attempt. */
-typedef enum { METRICS_ATTEMPT_OK, METRICS_ATTEMPT_ERROR, METRICS_ATTEMPT_TIMEOUT } metrics_attempt_t;
+typedef enum {
+    METRICS_ATTEMPT_OK,
+    METRICS_ATTEMPT_ERROR,
+    METRICS_ATTEMPT_TIMEOUT
+} metrics_attempt_t;
 
 typedef struct {
     atomic_ulong intake_relayed;          /* stream entries stored and announced */
