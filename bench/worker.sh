@@ -176,27 +176,36 @@ for _ in $(seq 600); do
     sleep 0.2
 done
 RSS1=$(rss); HEAP1=$(heap)
+# the worker's metrics once the run is drained: the histograms below all read this one scrape
+METRICS1=$(curl -s "http://127.0.0.1:$HP/metrics")
+# "N <what>, mean M ms; within <bound> P %, ..." from histogram NAME of that scrape, with the
+# mean's and the shares' printf formats and the bounds (ms) to give shares for
+hist_shares() {
+    local name=$1 what=$2 mean_fmt=$3 share_fmt=$4
+    shift 4
+    awk -v name="$name" -v what="$what" -v mf="$mean_fmt" -v sf="$share_fmt" -v bounds="$*" '
+        BEGIN { nb = split(bounds, le, " ") }
+        index($1, "osago_worker_" name "_bucket{") == 1 {
+            match($1, /le="[^"]+"/); b[substr($1, RSTART + 4, RLENGTH - 5)] = $2 }
+        $1 == "osago_worker_" name "_sum" { s = $2 }
+        $1 == "osago_worker_" name "_count" { n = $2 }
+        END { if (n == 0) { print "-"; exit }
+              printf "%d %s, mean " mf " ms;", n, what, s / n
+              for (i = 1; i <= nb; i++)
+                  printf "%s %s " sf " %%", (i == 1 ? " within" : ","),
+                         (le[i] % 1000 == 0 ? le[i] / 1000 " s" : le[i] " ms"), b[le[i]] * 100 / n }' \
+        <<<"$METRICS1"
+}
 # the insurer calls as the executor timed them (curl, request to answer): the nominal time plus
 # what a saturated machine adds to the simulated insurer
-CALL_MS=$(curl -s "http://127.0.0.1:$HP/metrics" | awk '/^osago_worker_insurer_call_ms_sum / { s = $2 }
-    /^osago_worker_insurer_call_ms_count / { n = $2 } END { if (n > 0) printf "%.1f", s / n; else print "-" }')
+CALL_MS=$(awk '/^osago_worker_insurer_call_ms_sum / { s = $2 }
+    /^osago_worker_insurer_call_ms_count / { n = $2 } END { if (n > 0) printf "%.1f", s / n; else print "-" }' \
+    <<<"$METRICS1")
 # how long the worker's produces waited for Kafka's confirmation: what a role that waits for it
 # (relay, orchestrator) adds per batch
-CONFIRM=$(curl -s "http://127.0.0.1:$HP/metrics" | awk '
-    /^osago_worker_kafka_confirm_ms_bucket/ { match($0, /le="[^"]+"/); le = substr($0, RSTART + 4, RLENGTH - 5)
-                                              if (le == "5" || le == "10" || le == "20" || le == "50") b[le] = $2 }
-    /^osago_worker_kafka_confirm_ms_sum / { s = $2 } /^osago_worker_kafka_confirm_ms_count / { n = $2 }
-    END { if (n > 0) printf "%d batches, mean %.1f ms; within 5 ms %.0f %%, 10 ms %.0f %%, 20 ms %.0f %%, 50 ms %.0f %%",
-                            n, s / n, b["5"] * 100 / n, b["10"] * 100 / n, b["20"] * 100 / n, b["50"] * 100 / n
-          else print "-" }')
+CONFIRM=$(hist_shares kafka_confirm_ms batches %.1f %.0f 5 10 20 50)
 # the same applications as the worker's own histogram sees them (its SLO metric), whole run
-APP_HIST=$(curl -s "http://127.0.0.1:$HP/metrics" | awk '
-    /^osago_worker_application_ms_bucket/ { match($0, /le="[^"]+"/); le = substr($0, RSTART + 4, RLENGTH - 5)
-                                            if (le == "200" || le == "500" || le == "1000") b[le] = $2 }
-    /^osago_worker_application_ms_sum / { s = $2 } /^osago_worker_application_ms_count / { n = $2 }
-    END { if (n > 0) printf "%d applications, mean %.0f ms; within 200 ms %.1f %%, 500 ms %.1f %%, 1 s %.1f %%",
-                            n, s / n, b["200"] * 100 / n, b["500"] * 100 / n, b["1000"] * 100 / n
-          else print "-" }')
+APP_HIST=$(hist_shares application_ms applications %.0f %.1f 200 500 1000)
 WAL1=$(psqlq "SELECT pg_current_wal_lsn()")
 cpu_components > "$WORK/cpu1"
 BROKER1=$(broker_stats)
